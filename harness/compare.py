@@ -1,0 +1,407 @@
+"""Relative-gain tables over arms and runs. Reads records only (results.load_run); no torch.
+
+Which comparisons are made:
+
+- **Within a run**: every adapter arm against that run's zero-shot ``baseline`` arm. The
+  statistics are recomputed from ``predictions.jsonl`` with ``stats.compare_arms`` (paired by
+  item id) using the run's recorded seed and resample count, so a table never depends on
+  comparisons a run may or may not have stored. Only when a run has no per-item rows are its
+  stored comparisons shown (labelled ``stored``), else point numbers only.
+- **Across runs** (more than one run given): the first run given is the reference. Every
+  adapter arm of every other run is compared with the reference run's arm of the same name,
+  else with the reference's first adapter arm (seed 004's "improvement over exp1"); zero-shot
+  arms are compared too when their models differ (two base models on one suite). Paired by item
+  id when the eval fingerprints match; otherwise point numbers only, labelled
+  ``unpaired (different eval sets)``, with no CI or p-value.
+- Failed runs and failed arms are skipped with a note; a run given twice is used once.
+
+All comparisons land in one table, rows grouped by metric (so one metric across many arms
+reads like seed 004's sweep table), then in the order the runs and arms were given.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import metrics as M
+from harness import stats
+from harness.errors import InputError
+from harness.results import LoadedRun
+
+FORMATS = ("md", "csv", "json", "html")
+BASELINE_ARM = "baseline"
+PAIRED, UNPAIRED, NO_ITEMS, STORED = (
+    "paired", "unpaired (different eval sets)", "no per-item data", "stored")
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+CSV_FIELDS = (
+    "metric", "candidate_run", "candidate_arm", "baseline_run", "baseline_arm",
+    "baseline_value", "candidate_value", "abs_diff", "rel_gain", "ci_low", "ci_high",
+    "rel_ci_low", "rel_ci_high", "p_value", "p_value_holm", "significant", "better",
+    "lower_is_better", "pairing", "n_items", "test",
+)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One arm of one run, as it appears in the table."""
+
+    run: LoadedRun
+    arm: str
+    label: str  # "lora" for a single run, "#2:lora" or "<suite>:lora" for several runs
+
+
+@dataclass(frozen=True)
+class Pairing:
+    base: Side
+    cand: Side
+
+
+@dataclass
+class CompareTable:
+    """Everything a renderer needs: raw rows (numbers), notes and the settings used."""
+
+    rows: list[dict[str, Any]]
+    notes: list[str]
+    runs: list[dict[str, Any]]
+    alpha: float
+    settings: stats.StatsSettings
+
+
+def compare_runs(runs: list[LoadedRun], *, fmt: str = "md", alpha: float = 0.05) -> str:
+    """Render every adapter arm against its baseline (and the first run) as one table."""
+    render = _renderer(fmt)
+    return render(build_table(runs, alpha=alpha))
+
+
+def _renderer(fmt: str) -> Callable[[CompareTable], str]:
+    renderers = {"md": render_markdown, "csv": render_csv, "json": render_json,
+                 "html": render_html}
+    if fmt not in renderers:
+        raise InputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    return renderers[fmt]
+
+
+# ---------------------------------------------------------------- building the table
+
+
+def build_table(runs: Sequence[LoadedRun], *, alpha: float = 0.05) -> CompareTable:
+    if not runs:
+        raise InputError("compare needs at least one run")
+    notes: list[str] = []
+    usable = _usable_runs(runs, notes)
+    settings = stats.StatsSettings.from_record(
+        usable[0].record.get("stats") if usable else None, alpha=alpha)
+    labels = _run_labels(usable)
+    arms = {id(r): _usable_arms(r, notes) for r in usable}
+    pairings = _within_pairings(usable, arms, labels, notes)
+    pairings += _cross_pairings(usable, arms, labels, notes)
+    # grouped by metric, then in the order the pairings were made (runs, then arms, as given)
+    keyed = [((M.ALL_KEYS.index(r["metric"]), i), r)
+             for i, p in enumerate(pairings) for r in _compare(p, settings)]
+    rows = [r for _, r in sorted(keyed, key=lambda kr: kr[0])]
+    if not rows:
+        notes.append("nothing to compare: no run has an adapter arm beside a baseline arm")
+    return CompareTable(rows, notes, [_run_summary(r, labels) for r in usable], alpha, settings)
+
+
+def _usable_runs(runs: Sequence[LoadedRun], notes: list[str]) -> list[LoadedRun]:
+    seen: set[Path] = set()
+    usable = []
+    for run in runs:
+        where = run.path.resolve()
+        if where in seen:
+            notes.append(f"run {run.suite}/{run.run_id} given more than once; used once")
+            continue
+        seen.add(where)
+        if run.record.get("status") != "success":
+            notes.append(f"skipped run {run.suite}/{run.run_id}: {_failure(run.record)}")
+            continue
+        usable.append(run)
+    return usable
+
+
+def _failure(record: dict[str, Any]) -> str:
+    err = record.get("error") or {}
+    msg = err.get("message") if isinstance(err, dict) else str(err)
+    return f"status {record.get('status')!r}" + (f" ({msg})" if msg else "")
+
+
+def _usable_arms(run: LoadedRun, notes: list[str]) -> list[str]:
+    names = []
+    for name, arm in (run.record.get("arms") or {}).items():
+        status = arm.get("status", "success")
+        if status != "success" or not isinstance(arm.get("metrics"), dict):
+            notes.append(f"skipped arm {name} of run {run.suite}/{run.run_id}: status {status!r}")
+            continue
+        names.append(name)
+    return names
+
+
+def _run_labels(runs: Sequence[LoadedRun]) -> dict[int, str]:
+    """Short row labels: '' for a lone run, the suite when each run has its own, else #1, #2..
+
+    Run ids are 22 characters; as a prefix on every row they made the table twice as wide.
+    The "Runs:" list under the table maps each label to its suite, run id and path.
+    """
+    if len(runs) == 1:
+        return {id(runs[0]): ""}
+    if len({r.suite for r in runs}) == len(runs):
+        return {id(r): r.suite for r in runs}
+    return {id(r): f"#{i}" for i, r in enumerate(runs, 1)}
+
+
+def _side(run: LoadedRun, arm: str, labels: dict[int, str]) -> Side:
+    prefix = labels[id(run)]
+    return Side(run, arm, f"{prefix}:{arm}" if prefix else arm)
+
+
+def _adapters(arms: list[str]) -> list[str]:
+    return [a for a in arms if a != BASELINE_ARM]
+
+
+def _within_pairings(runs: Sequence[LoadedRun], arms: dict[int, list[str]],
+                     labels: dict[int, str], notes: list[str]) -> list[Pairing]:
+    out = []
+    for run in runs:
+        names = arms[id(run)]
+        if BASELINE_ARM not in names and _adapters(names):
+            notes.append(f"run {run.suite}/{run.run_id} has no usable {BASELINE_ARM} arm")
+            continue
+        base = _side(run, BASELINE_ARM, labels)
+        out += [Pairing(base, _side(run, a, labels)) for a in _adapters(names)]
+    return out
+
+
+def _cross_pairings(runs: Sequence[LoadedRun], arms: dict[int, list[str]],
+                    labels: dict[int, str], notes: list[str]) -> list[Pairing]:
+    """Every later run's arms against the first run's arm of the same name."""
+    if len(runs) < 2:
+        return []
+    ref, ref_arms = runs[0], arms[id(runs[0])]
+    out = []
+    for run in runs[1:]:
+        for arm in _adapters(arms[id(run)]):
+            target = arm if arm in ref_arms else next(iter(_adapters(ref_arms)), None)
+            if target is None:
+                notes.append(f"{_side(run, arm, labels).label}: the reference run has no "
+                             "adapter arm to compare with")
+                continue
+            out.append(Pairing(_side(ref, target, labels), _side(run, arm, labels)))
+        if _different_base_models(ref, run, ref_arms, arms[id(run)]):
+            out.append(Pairing(_side(ref, BASELINE_ARM, labels), _side(run, BASELINE_ARM, labels)))
+    return out
+
+
+def _different_base_models(a: LoadedRun, b: LoadedRun, arms_a: list[str], arms_b: list[str]
+                           ) -> bool:
+    if BASELINE_ARM not in arms_a or BASELINE_ARM not in arms_b:
+        return False
+    model_a = a.record["arms"][BASELINE_ARM].get("model")
+    return model_a != b.record["arms"][BASELINE_ARM].get("model")
+
+
+def _compare(p: Pairing, settings: stats.StatsSettings) -> list[dict[str, Any]]:
+    """Rows for one pairing, statistics recomputed from the per-item predictions."""
+    same_run = p.base.run is p.cand.run
+    paired = same_run or stats.same_eval_set(p.base.run.record, p.cand.run.record)
+    base_items = p.base.run.items(p.base.arm) if paired else []
+    cand_items = p.cand.run.items(p.cand.arm) if paired else []
+    pairing = PAIRED if base_items and cand_items else (NO_ITEMS if paired else UNPAIRED)
+    if pairing == NO_ITEMS:
+        base_items = cand_items = []
+    rows = stats.compare_arms(
+        base_items, cand_items, _metrics(p.base), _metrics(p.cand),
+        baseline=p.base.label, candidate=p.cand.label,
+        n_resamples=settings.n_resamples, seed=settings.seed, alpha=settings.alpha,
+    )
+    if pairing == NO_ITEMS and same_run:
+        rows, pairing = _stored(p, rows)
+    return [_decorate(r, p, pairing) for r in rows]
+
+
+def _metrics(side: Side) -> dict[str, Any]:
+    return side.run.record["arms"][side.arm]["metrics"]
+
+
+def _stored(p: Pairing, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Point rows enriched with the run's stored comparison statistics, where there are any."""
+    stored = {c.get("metric"): c for c in p.cand.run.record.get("comparisons") or []
+              if c.get("baseline") == p.base.arm and c.get("candidate") == p.cand.arm}
+    if not stored:
+        return rows, NO_ITEMS
+    for r in rows:
+        keep = {k: v for k, v in stored.get(r["metric"], {}).items()
+                if k in ("ci_low", "ci_high", "p_value", "p_value_holm", "rel_ci_low",
+                         "rel_ci_high", "significant", "n_items", "test")}
+        r.update(keep)
+        r["paired"] = r.get("ci_low") is not None
+    return rows, STORED
+
+
+def _decorate(row: dict[str, Any], p: Pairing, pairing: str) -> dict[str, Any]:
+    return {
+        **row,
+        "candidate_run": p.cand.run.run_id, "candidate_arm": p.cand.arm,
+        "baseline_run": p.base.run.run_id, "baseline_arm": p.base.arm,
+        "better": _verdict(row), "pairing": pairing,
+    }
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    """'better' | 'worse' | 'same', in the metric's own direction."""
+    d = row["abs_diff"]
+    if d == 0:
+        return "same"
+    return "better" if (d < 0) == bool(row["lower_is_better"]) else "worse"
+
+
+def _run_summary(run: LoadedRun, labels: dict[int, str]) -> dict[str, Any]:
+    return {
+        "label": labels[id(run)] or "-", "suite": run.suite, "run_id": run.run_id,
+        "path": str(run.path), "eval_fingerprint": stats.eval_fingerprint(run.record),
+        "device": (run.record.get("env") or {}).get("device"),
+    }
+
+
+# ---------------------------------------------------------------- cell formatting
+
+
+def fmt_value(metric: str, v: float | None, *, signed: bool = False) -> str:
+    """Human form of a metric value (or difference): GiB for memory, 4 decimals for scores."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    sign = "+" if signed else ""
+    if metric == "peak_memory_bytes":
+        return f"{v / 2**30:{sign}.2f} GiB"
+    if metric in ("eval_tokens_per_s", "gen_tokens_per_s"):
+        return f"{v:{sign},.1f}"
+    return f"{v:{sign}.4f}"
+
+
+def fmt_rel(row: dict[str, Any]) -> str:
+    """Seed 004 style: ↓17.3% for 1.1774 -> 0.9736, then whether that is better or worse."""
+    rel = row["rel_gain"]
+    if rel is None:
+        return "—"
+    arrow = "↑" if rel > 0 else "↓" if rel < 0 else "="
+    return f"{arrow}{abs(rel) * 100:.1f}% {row['better']}"
+
+
+def fmt_ci(row: dict[str, Any]) -> str:
+    if row.get("ci_low") is None:
+        return "—"
+    lo, hi = (fmt_value(row["metric"], row[k], signed=True) for k in ("ci_low", "ci_high"))
+    return f"[{lo}, {hi}]"
+
+
+def fmt_p(row: dict[str, Any]) -> str:
+    p = row.get("p_value_holm")
+    if p is None:
+        p = row.get("p_value")
+    if p is None:
+        return "—"
+    text = "<0.0001" if p < 1e-4 else f"{p:.4f}"
+    return text + (" *" if row.get("significant") else "")
+
+
+def fmt_pairing(row: dict[str, Any]) -> str:
+    if row["pairing"] == PAIRED and not M.is_per_item(row["metric"]):
+        return "point only"
+    n = row.get("n_items")
+    return f"{row['pairing']}, n={n}" if row["pairing"] == PAIRED and n else row["pairing"]
+
+
+COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str], str], ...] = (
+    ("Metric", lambda r: r["metric"], "l"),
+    ("Candidate", lambda r: r["candidate"], "l"),
+    ("Baseline", lambda r: r["baseline"], "l"),
+    ("Baseline value", lambda r: fmt_value(r["metric"], r["baseline_value"]), "r"),
+    ("Candidate value", lambda r: fmt_value(r["metric"], r["candidate_value"]), "r"),
+    ("Abs. gain", lambda r: fmt_value(r["metric"], r["abs_diff"], signed=True), "r"),
+    ("Rel. gain", fmt_rel, "r"),
+    ("CI (abs.)", fmt_ci, "l"),
+    ("p (Holm)", fmt_p, "r"),
+    ("Pairing", fmt_pairing, "l"),
+)
+
+
+def formatted_rows(table: CompareTable) -> list[list[str]]:
+    return [[cell(r) for _, cell, _ in COLUMNS] for r in table.rows]
+
+
+def legend(table: CompareTable) -> list[str]:
+    s = table.settings
+    level = round((1 - s.alpha) * 100, 2)
+    return [
+        f"`*` significant at alpha = {s.alpha:g} after Holm correction across the metrics of "
+        "each comparison.",
+        f"CI: {level:g}% paired percentile bootstrap over eval items ({s.n_resamples:,} "
+        f"resamples, seed {s.seed}); p: two-sided paired permutation test.",
+        "Rel. gain = (candidate - baseline) / baseline; ↓/↑ is the direction of the change, "
+        "better/worse reads it in the metric's direction (lower is better for "
+        f"{', '.join(sorted(M.LOWER_IS_BETTER))}).",
+    ]
+
+
+# ---------------------------------------------------------------- renderers
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(table: CompareTable) -> str:
+    head = [h for h, _, _ in COLUMNS]
+    align = ["---:" if a == "r" else "---" for _, _, a in COLUMNS]
+    lines = [f"## harness compare ({len(table.runs)} run{'s' * (len(table.runs) != 1)})", ""]
+    lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in formatted_rows(table)]
+    lines += [""] + legend(table)
+    lines += ["", "Runs:"] + [_md_run(r) for r in table.runs]
+    if table.notes:
+        lines += ["", "Notes:"] + [f"- {_md_cell(n)}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _md_run(r: dict[str, Any]) -> str:
+    return (f"- `{r['label']}`: {r['suite']}/{r['run_id']}, eval set {r['eval_fingerprint']}, "
+            f"device {r['device']}, {r['path']}")
+
+
+def render_csv(table: CompareTable) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in table.rows:
+        writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def render_json(table: CompareTable) -> str:
+    doc = {
+        "alpha": table.alpha, "stats": table.settings.as_record(), "runs": table.runs,
+        "comparisons": table.rows, "notes": table.notes,
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def render_html(table: CompareTable) -> str:
+    import jinja2  # only the html format needs it
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    return env.get_template("compare.html.j2").render(
+        headers=[(h, a) for h, _, a in COLUMNS], rows=formatted_rows(table),
+        significant=[bool(r.get("significant")) for r in table.rows],
+        legend=[line.replace("`", "") for line in legend(table)], runs=table.runs,
+        notes=table.notes,
+    )

@@ -1,0 +1,33 @@
+"""Exceptions raised by library code; only cli.py turns them into messages and exit codes."""
+
+
+class HarnessError(Exception):
+    """Base class. `exit_code` is what the CLI returns for it."""
+
+    exit_code = 1
+
+
+class InputError(HarnessError):
+    """Bad input from the user: config, data, usage, paths. Exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
+    """A suite file or override that does not validate."""
+
+
+class DataError(InputError):
+    """A data file or field mapping or template that cannot produce examples."""
+
+
+class ModelSourceError(InputError):
+    """A model path, hub id or packaged GGUF that cannot be resolved."""
+
+
+class RecordError(InputError):
+    """A run record that is missing, corrupt, or cannot be paired with another."""
+
+
+class RunFailed(HarnessError):
+    """A run started and failed; a `failed` record was written. Exit code 1."""

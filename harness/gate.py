@@ -1,0 +1,359 @@
+"""CI regression gate: a candidate run against a baseline run, under threshold rules. No torch.
+
+Rules (pytest-benchmark ``--benchmark-compare-fail`` style), each the largest allowed change in
+the metric's *worse* direction:
+
+- ``rougeL:-1%``      rougeL may not drop more than 1 % relative to the baseline
+- ``perplexity:+2%``  perplexity may not rise more than 2 %
+- ``loss:+0.05``      loss may not rise more than 0.05 (absolute, metric units)
+- ``rougeL:1%``       no sign: the metric's worse direction is implied
+- ``rougeL:-1%:sig``  fail only when the paired CI of the change lies wholly beyond the margin;
+  a point estimate beyond it whose CI still reaches the margin only warns.
+
+A sign pointing the *better* way (``perplexity:-2%``) would fail on improvements; it is refused
+as a mistake. Rules come from the suite's ``[gate]`` table recorded in the candidate
+(``config.gate.rules``) and from ``--rule``; a CLI rule replaces the suite's rules for its metric.
+
+Which arms: each adapter arm of the candidate against the baseline run's arm of the same name;
+if no name matches, the candidate's first adapter arm against the baseline's first. Runs with no
+adapter arms gate their zero-shot ``baseline`` arms. Values are paired over items by id (the
+same ``stats.compare_arms`` as compare) and a gate across different eval sets is refused:
+a threshold on different items measures the items, not the model.
+
+Outcomes: exit 0 pass; 1 a rule failed or the candidate run failed; bad rules, unknown metrics,
+a failed baseline or differing eval sets raise InputError / RecordError (exit 2). Different
+devices or library versions only warn; throughput and memory rules are then skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness import metrics as M
+from harness import stats
+from harness.compare import BASELINE_ARM, fmt_value
+from harness.errors import InputError, RecordError
+from harness.results import LoadedRun
+
+RULE_RE = re.compile(
+    r"^(?P<metric>[A-Za-z_][A-Za-z0-9_]*):(?P<sign>[+-]?)(?P<num>\d+(?:\.\d*)?|\.\d+)"
+    r"(?P<pct>%?)(?P<sig>:sig)?$"
+)
+RULE_HELP = "METRIC:[+|-]N[%][:sig], e.g. rougeL:-1%  perplexity:+2%  loss:+0.05  rougeL:-1%:sig"
+LIBRARIES = ("torch", "transformers", "peft")
+# Float slack when comparing a change with its limit: rougeL 0.5 -> 0.495 is exactly -1 %
+# but computes as -1.0000000000000009 %.
+EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How far a metric may move in its worse direction: ``limit`` >= 0, a fraction if relative."""
+
+    text: str
+    metric: str
+    limit: float
+    relative: bool
+    require_sig: bool
+    source: str = "cli"  # "cli" | "suite"
+
+    def allowed(self) -> str:
+        sign = "+" if M.lower_is_better(self.metric) else "-"
+        if self.relative:
+            return f"{sign}{self.limit * 100:g}%"
+        return f"{sign}{self.limit:g}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule applied to one candidate arm."""
+
+    rule: Rule
+    arm: str
+    baseline_arm: str
+    status: str  # "pass" | "fail" | "warn" | "skip"
+    message: str
+    row: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    exit_code: int  # 0 pass, 1 regression or failed candidate
+    markdown: str
+    warnings: list[str]
+    checks: tuple[Check, ...] = ()
+
+
+# ---------------------------------------------------------------- rules
+
+
+def parse_rule(text: str, *, source: str = "cli") -> Rule:
+    """``rougeL:-1%`` -> Rule; InputError naming the rule when it is malformed."""
+    where = "--rule" if source == "cli" else "the suite's [gate] rules"
+    m = RULE_RE.match(text.strip())
+    if not m:
+        raise InputError(f"bad gate rule {text!r} (from {where}): expected {RULE_HELP}")
+    metric = m["metric"]
+    if metric not in M.ALL_KEYS:
+        raise InputError(f"bad gate rule {text!r} (from {where}): unknown metric {metric!r}; "
+                         f"known: {', '.join(M.ALL_KEYS)}")
+    _check_sign(text, metric, m["sign"], where)
+    if m["sig"] and not M.is_per_item(metric):
+        raise InputError(f"bad gate rule {text!r} (from {where}): ':sig' needs per-item values "
+                         f"and {metric} has one number per arm")
+    num = float(m["num"])
+    return Rule(text.strip(), metric, num / 100 if m["pct"] else num, bool(m["pct"]),
+                bool(m["sig"]), source)
+
+
+def _check_sign(text: str, metric: str, sign: str, where: str) -> None:
+    worse = "+" if M.lower_is_better(metric) else "-"
+    if sign and sign != worse:
+        way = "lower" if worse == "+" else "higher"
+        fixed = f"{metric}:{worse}{text.strip()[len(metric) + 2:]}"
+        raise InputError(
+            f"bad gate rule {text!r} (from {where}): {way} is better for {metric}, so its "
+            f"allowed regression has sign {worse}; write {fixed}"
+        )
+
+
+def suite_rules(record: Mapping[str, Any]) -> list[str]:
+    """Rule strings from the recorded suite's ``[gate]`` table (none when absent)."""
+    gate = (record.get("config") or {}).get("gate")
+    if gate is None:
+        return []
+    rules = gate.get("rules", []) if isinstance(gate, Mapping) else None
+    if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+        raise InputError(f"config.gate.rules of {stats.run_label(record)} must be a list of "
+                         f"strings like 'rougeL:-1%', got {rules!r}")
+    return rules
+
+
+def gate_rules(record: Mapping[str, Any], cli_rules: Sequence[str]) -> list[Rule]:
+    """Suite rules, with every metric named by a CLI rule taken from the CLI instead."""
+    cli = [parse_rule(r, source="cli") for r in cli_rules]
+    suite = [parse_rule(r, source="suite") for r in suite_rules(record)]
+    overridden = {r.metric for r in cli}
+    rules = [r for r in suite if r.metric not in overridden] + cli
+    if not rules:
+        raise InputError("no gate rules: pass --rule (e.g. --rule rougeL:-1%) or add "
+                         "[gate] rules = [...] to the suite")
+    return list(dict.fromkeys(rules))  # drop exact duplicates, keep order
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def run_gate(candidate: LoadedRun, baseline: LoadedRun, *, cli_rules: list[str]) -> GateOutcome:
+    """Apply the rules to every candidate arm against its baseline-run counterpart."""
+    rules = gate_rules(candidate.record, cli_rules)
+    if baseline.record.get("status") != "success":
+        raise RecordError(f"baseline run {_label(baseline)} did not succeed "
+                          f"({_error_message(baseline.record)}); pick another baseline")
+    if candidate.record.get("status") != "success":
+        return _failed_candidate(candidate, baseline)
+    stats.check_pairable(candidate.record, baseline.record)
+    notes = env_warnings(candidate.record, baseline.record)
+    same_device = _device(candidate.record) == _device(baseline.record)
+    checks: list[Check] = []
+    for cand_arm, base_arm in arm_pairs(candidate, baseline, notes):
+        checks += _check_arm(candidate, baseline, cand_arm, base_arm, rules, same_device)
+    code = 1 if any(c.status == "fail" for c in checks) else 0
+    md = render(candidate, baseline, checks, notes, code)
+    warnings = notes + [f"{c.rule.text} on arm {c.arm}: {c.message}" for c in checks
+                        if c.status in ("warn", "skip")]
+    return GateOutcome(code, md, warnings, tuple(checks))
+
+
+def _label(run: LoadedRun) -> str:
+    return f"{run.suite}/{run.run_id}"
+
+
+def _error_message(record: Mapping[str, Any]) -> str:
+    err = record.get("error")
+    msg = err.get("message") if isinstance(err, Mapping) else err
+    return f"status {record.get('status')!r}" + (f": {msg}" if msg else "")
+
+
+def _failed_candidate(candidate: LoadedRun, baseline: LoadedRun) -> GateOutcome:
+    msg = f"candidate run {_label(candidate)} failed ({_error_message(candidate.record)})"
+    md = (f"## harness gate: ❌ FAIL\n\n{msg}.\n\nBaseline: `{_label(baseline)}`. "
+          "No rules were evaluated.\n")
+    return GateOutcome(1, md, [msg])
+
+
+def _device(record: Mapping[str, Any]) -> Any:
+    return (record.get("env") or {}).get("device")
+
+
+def env_warnings(cand: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
+    """Differences that make the comparison less clean without making it meaningless."""
+    out = []
+    if _device(cand) != _device(base):
+        out.append(f"records come from different devices (candidate {_device(cand)}, baseline "
+                   f"{_device(base)}): throughput and memory rules are skipped")
+    env_c, env_b = cand.get("env") or {}, base.get("env") or {}
+    diffs = [f"{lib} {env_c.get(lib)} vs {env_b.get(lib)}" for lib in LIBRARIES
+             if env_c.get(lib) != env_b.get(lib)]
+    if diffs:
+        out.append("library versions differ (candidate vs baseline): " + ", ".join(diffs))
+    return out
+
+
+def _adapter_arms(run: LoadedRun) -> list[str]:
+    return [a for a in run.record.get("arms") or {} if a != BASELINE_ARM]
+
+
+def arm_pairs(candidate: LoadedRun, baseline: LoadedRun, warnings: list[str]
+              ) -> list[tuple[str, str]]:
+    """(candidate arm, baseline-run arm) pairs: same names, else the first adapter arms."""
+    cand, base = _adapter_arms(candidate), _adapter_arms(baseline)
+    if not cand and not base:
+        return [(BASELINE_ARM, BASELINE_ARM)]
+    if not cand or not base:
+        which = "candidate" if not cand else "baseline"
+        raise RecordError(f"cannot gate {_label(candidate)} against {_label(baseline)}: the "
+                          f"{which} run has no adapter arm")
+    pairs = [(a, a) for a in cand if a in base]
+    if not pairs:
+        warnings.append(f"no candidate arm has a namesake in the baseline run; gating "
+                        f"{cand[0]} against {base[0]}")
+        return [(cand[0], base[0])]
+    warnings += [f"candidate arm {a} has no namesake in the baseline run and is not gated"
+                 for a in cand if a not in base]
+    return pairs
+
+
+def _arm(run: LoadedRun, name: str) -> Mapping[str, Any]:
+    return (run.record.get("arms") or {})[name]
+
+
+def _check_arm(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_arm: str,
+               rules: Sequence[Rule], same_device: bool) -> list[Check]:
+    if _arm(baseline, base_arm).get("status", "success") != "success":
+        raise RecordError(f"baseline run {_label(baseline)}: arm {base_arm} did not succeed")
+    status = _arm(candidate, cand_arm).get("status", "success")
+    if status != "success":
+        msg = f"candidate arm {cand_arm} did not succeed (status {status!r})"
+        return [Check(r, cand_arm, base_arm, "fail", msg) for r in rules]
+    rows = _comparison_rows(candidate, baseline, cand_arm, base_arm, rules)
+    return [_evaluate(r, rows.get(r.metric), cand_arm, base_arm, same_device) for r in rules]
+
+
+def _comparison_rows(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_arm: str,
+                     rules: Sequence[Rule]) -> dict[str, dict[str, Any]]:
+    settings = stats.StatsSettings.from_record(candidate.record.get("stats"))
+    needed = list(dict.fromkeys(r.metric for r in rules))
+    base_items, cand_items = baseline.items(base_arm), candidate.items(cand_arm)
+    if not (base_items and cand_items):  # no predictions.jsonl: point values only
+        if any(r.require_sig for r in rules):
+            raise RecordError(f"':sig' rules need per-item predictions; {_label(candidate)} "
+                              f"or {_label(baseline)} has none for arm {cand_arm}/{base_arm}")
+        base_items, cand_items = [], []
+    rows = stats.compare_arms(
+        base_items, cand_items,
+        _arm(baseline, base_arm).get("metrics") or {},
+        _arm(candidate, cand_arm).get("metrics") or {},
+        baseline=base_arm, candidate=cand_arm, metrics=needed,
+        n_resamples=settings.n_resamples, seed=settings.seed, alpha=settings.alpha,
+    )
+    return {r["metric"]: r for r in rows}
+
+
+def _evaluate(rule: Rule, row: Mapping[str, Any] | None, cand_arm: str, base_arm: str,
+              same_device: bool) -> Check:
+    def check(status: str, message: str) -> Check:
+        return Check(rule, cand_arm, base_arm, status, message, row)
+
+    if rule.metric in M.DEVICE_BOUND and not same_device:
+        return check("skip", "the runs used different devices")
+    if row is None:
+        raise InputError(f"gate rule {rule.text!r}: {rule.metric} is not recorded for both "
+                         f"{cand_arm} (candidate) and {base_arm} (baseline)")
+    worse = _worsening(rule, row, "rel_gain" if rule.relative else "abs_diff")
+    if worse is None:
+        return check("skip", "the baseline value is 0, so a relative change is undefined; "
+                     "use an absolute rule")
+    if worse <= rule.limit + EPS:
+        return check("pass", "within the limit")
+    beyond = f"{_change_text(rule, row)} is beyond the allowed {rule.allowed()}"
+    if not rule.require_sig:
+        return check("fail", beyond)
+    return _significance(rule, row, beyond, check)
+
+
+def _worsening(rule: Rule, row: Mapping[str, Any], key: str) -> float | None:
+    """How far ``row[key]`` moved in the metric's worse direction (negative = it improved)."""
+    v = row.get(key)
+    if v is None:
+        return None
+    return float(v) if M.lower_is_better(rule.metric) else -float(v)
+
+
+def _significance(rule: Rule, row: Mapping[str, Any], beyond: str, check: Any) -> Check:
+    """':sig' rules fail only when even the CI's most favourable end is beyond the margin."""
+    lo_key, hi_key = ("rel_ci_low", "rel_ci_high") if rule.relative else ("ci_low", "ci_high")
+    lo, hi = row.get(lo_key), row.get(hi_key)
+    if lo is None or hi is None:
+        return check("warn", f"{beyond}, but no CI is available to confirm it")
+    best_end = lo if M.lower_is_better(rule.metric) else -hi  # least worsening in the CI
+    ci = f"CI [{_fmt_change(rule, lo)}, {_fmt_change(rule, hi)}]"
+    if best_end > rule.limit + EPS:
+        return check("fail", f"{beyond} and the {ci} excludes the margin")
+    return check("warn", f"{beyond}, but the {ci} reaches the margin (not significant)")
+
+
+def _fmt_change(rule: Rule, v: float) -> str:
+    return f"{v * 100:+.2f}%" if rule.relative else fmt_value(rule.metric, v, signed=True)
+
+
+def _change_text(rule: Rule, row: Mapping[str, Any]) -> str:
+    key = "rel_gain" if rule.relative else "abs_diff"
+    return f"{rule.metric} {_fmt_change(rule, float(row[key]))}"
+
+
+# ---------------------------------------------------------------- summary
+
+
+RESULT = {"pass": "✅ pass", "fail": "❌ FAIL", "warn": "⚠️ warn", "skip": "⏭️ skipped"}
+
+
+def render(candidate: LoadedRun, baseline: LoadedRun, checks: Sequence[Check],
+           warnings: Sequence[str], code: int) -> str:
+    """The Markdown summary printed by the CLI and appended to $GITHUB_STEP_SUMMARY."""
+    failed = sum(c.status == "fail" for c in checks)
+    verdict = "✅ pass" if code == 0 else f"❌ FAIL ({failed} regression{'s' * (failed != 1)})"
+    lines = [f"## harness gate: {verdict}", "",
+             f"Candidate `{_label(candidate)}` vs baseline `{_label(baseline)}`, eval set "
+             f"`{stats.eval_fingerprint(candidate.record)}`.", ""]
+    lines += ["| Rule | Arm | Baseline | Candidate | Change | CI of change | Result |",
+              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    lines += [_check_line(c) for c in checks]
+    lines += _bullets("Warnings", warnings)
+    return "\n".join(lines) + "\n"
+
+
+def _check_line(c: Check) -> str:
+    r, row = c.rule, c.row or {}
+    arm = c.arm if c.arm == c.baseline_arm else f"{c.arm} vs {c.baseline_arm}"
+    change, ci = "—", "—"
+    if row:
+        key, lo, hi = (("rel_gain", "rel_ci_low", "rel_ci_high") if r.relative
+                       else ("abs_diff", "ci_low", "ci_high"))
+        if row.get(key) is not None:
+            change = _fmt_change(r, row[key])
+        if row.get(lo) is not None and row.get(hi) is not None:
+            ci = f"[{_fmt_change(r, row[lo])}, {_fmt_change(r, row[hi])}]"
+    cells = [f"`{r.text}` ({r.source})", arm,
+             fmt_value(r.metric, row.get("baseline_value")),
+             fmt_value(r.metric, row.get("candidate_value")), change, ci,
+             f"{RESULT[c.status]}: {c.message}" if c.status != "pass" else RESULT["pass"]]
+    return "| " + " | ".join(s.replace("|", "\\|") for s in cells) + " |"
+
+
+def _bullets(title: str, items: Iterable[str]) -> list[str]:
+    items = list(items)
+    return ["", f"{title}:"] + [f"- {w}" for w in items] if items else []

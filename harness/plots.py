@@ -1,0 +1,256 @@
+"""Small inline-SVG charts for the HTML report: line, grouped-bar and interval (forest) plots.
+
+No matplotlib: reports render in a plain CI job from records alone, and three chart kinds fit
+in a couple of hundred lines. Every label is escaped. The SVG carries no ``xmlns`` URL (inline
+SVG in HTML5 does not need one), so a report holds no http(s) strings of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from markupsafe import Markup, escape
+
+W = 640  # viewBox width; CSS scales each chart to its column
+# Okabe-Ito-like, colour-blind safe; the zero-shot baseline is always grey.
+BASELINE_COLOR = "#8b94a3"
+PALETTE = ("#2563eb", "#e36b0a", "#0e9f6e", "#a23fd4", "#d6336c", "#0891b2", "#a16207")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a line chart; ``markers`` for sparse series such as eval loss."""
+
+    name: str
+    points: list[tuple[float, float]]
+    color: str
+    dashed: bool = False
+    markers: bool = False
+
+
+@dataclass(frozen=True)
+class Bars:
+    """One bar per category; ``errors`` are absolute (low, high) whisker ends or None."""
+
+    name: str
+    color: str
+    values: list[float | None]
+    errors: list[tuple[float, float] | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One row of a forest plot: a point estimate and an optional interval."""
+
+    label: str
+    value: float
+    low: float | None
+    high: float | None
+    color: str
+    strong: bool = False  # significant: filled marker
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Linear map from data [lo, hi] to pixels [a, b]."""
+
+    lo: float
+    hi: float
+    a: float
+    b: float
+
+    def __call__(self, v: float) -> float:
+        return self.a + (v - self.lo) / (self.hi - self.lo) * (self.b - self.a)
+
+
+def arm_colors(arms: Sequence[str]) -> dict[str, str]:
+    adapters = [a for a in arms if a != "baseline"]
+    colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(adapters)}
+    return {"baseline": BASELINE_COLOR, **colors}
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values (steps of 1, 2, 2.5 or 5 x 10^k) covering [lo, hi]."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [0.0, 1.0]
+    if hi - lo < 1e-12:
+        pad = abs(hi) * 0.1 or 1.0
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw - 1e-15)
+    start = math.floor(lo / step + 1e-9) * step
+    count = math.ceil((hi - start) / step - 1e-9)
+    return [round(start + i * step, 12) for i in range(count + 1)]
+
+
+def fmt_tick(v: float) -> str:
+    if abs(v) >= 10_000:
+        return f"{v:,.0f}"
+    return f"{v:.6g}"
+
+
+# ------------------------------------------------------------------ drawing primitives
+
+
+def _svg(title: str, body: str, height: int, width: int = W) -> Markup:
+    return Markup(
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(title)}"><title>{escape(title)}</title>{body}</svg>'
+    )
+
+
+def _text(x: float, y: float, s: str, cls: str = "", anchor: str = "middle", **kw: str) -> str:
+    extra = "".join(f' {k.replace("_", "-")}="{v}"' for k, v in kw.items())
+    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" class="{cls}"{extra}>'
+            f"{escape(s)}</text>")
+
+
+def _y_axis(ys: Scale, ticks: list[float], x0: float, x1: float, label: str) -> str:
+    """Horizontal grid lines with tick labels on the left and a rotated axis label."""
+    out = []
+    for t in ticks:
+        y = ys(t)
+        out.append(f'<line class="grid" x1="{x0}" x2="{x1}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        out.append(_text(x0 - 6, y + 4, fmt_tick(t), "tick", "end"))
+    mid = (ys.a + ys.b) / 2
+    out.append(_text(14, mid, label, "axis", transform=f"rotate(-90 14 {mid:.1f})"))
+    return "".join(out)
+
+
+def _legend(entries: list[tuple[str, str, bool]], x: float, y: float, right: float) -> str:
+    """Swatches in one row at the top; long legends wrap onto further rows."""
+    out, cx, cy = [], x, y
+    for name, color, dashed in entries:
+        width = 30 + 7 * len(name)
+        if cx + width > right and cx > x:
+            cx, cy = x, cy + 16
+        dash = ' stroke-dasharray="5 3"' if dashed else ""
+        out.append(f'<line x1="{cx}" x2="{cx + 18}" y1="{cy - 4}" y2="{cy - 4}" '
+                   f'stroke="{color}" stroke-width="3"{dash}/>')
+        out.append(_text(cx + 23, cy, name, "legend", "start"))
+        cx += width
+    return "".join(out)
+
+
+# ------------------------------------------------------------------ charts
+
+
+def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str,
+               width: int = W) -> Markup | None:
+    """Lines against a shared x axis (training steps); None when there is nothing to draw."""
+    pts = [p for s in series for p in s.points]
+    if not pts:
+        return None
+    legend_rows = 1 + sum(30 + 7 * len(s.name) for s in series) // (width - 80)
+    height, left, right, bottom = 300, 64, width - 16, 300 - 44
+    top = 28 + 16 * legend_rows
+    xt = nice_ticks(min(p[0] for p in pts), max(p[0] for p in pts))
+    yt = nice_ticks(min(p[1] for p in pts), max(p[1] for p in pts))
+    xs, ys = Scale(xt[0], xt[-1], left, right), Scale(yt[0], yt[-1], bottom, top)
+    body = [_y_axis(ys, yt, left, right, y_label)]
+    body += [_text(xs(t), bottom + 16, fmt_tick(t), "tick") for t in xt]
+    body.append(_text((left + right) / 2, height - 6, x_label, "axis"))
+    body += [_polyline(s, xs, ys) for s in series]
+    body.append(_legend([(s.name, s.color, s.dashed) for s in series], left, 16, right))
+    return _svg(title, "".join(body), height, width)
+
+
+def _polyline(s: Series, xs: Scale, ys: Scale) -> str:
+    coords = " ".join(f"{xs(x):.1f},{ys(y):.1f}" for x, y in sorted(s.points))
+    dash = ' stroke-dasharray="6 4"' if s.dashed else ""
+    line = (f'<polyline class="series" fill="none" stroke="{s.color}" stroke-width="2"'
+            f'{dash} points="{coords}"><title>{escape(s.name)}</title></polyline>')
+    if not (s.markers or len(s.points) == 1):
+        return line
+    dots = "".join(f'<circle cx="{xs(x):.1f}" cy="{ys(y):.1f}" r="3.5" fill="{s.color}">'
+                   f"<title>{escape(s.name)}: {fmt_tick(y)}</title></circle>"
+                   for x, y in s.points)
+    return line + dots
+
+
+def bar_chart(
+    categories: list[str],
+    bars: list[Bars],
+    *,
+    title: str,
+    y_label: str,
+    value_fmt: Callable[[float], str] = fmt_tick,
+) -> Markup | None:
+    """Grouped bars (one group per category, one bar per series) from zero, with whiskers;
+    series without any value (an arm that never ran) take no slot."""
+    bars = [b for b in bars if any(v is not None for v in b.values)]
+    vals = [v for b in bars for v in b.values if v is not None]
+    if not vals:
+        return None
+    whiskers = [x for b in bars for e in b.errors if e for x in e]
+    height, left, right, top, bottom = 280, 64, W - 16, 44, 280 - 40
+    yt = nice_ticks(min(0.0, *vals, *whiskers), max(0.0, *vals, *whiskers))
+    ys = Scale(yt[0], yt[-1], bottom, top)
+    group_w = (right - left) / len(categories)
+    body = [_y_axis(ys, yt, left, right, y_label)]
+    for ci, cat in enumerate(categories):
+        gx = left + ci * group_w
+        body.append(_text(gx + group_w / 2, bottom + 18, cat, "tick"))
+        body += _bar_group(bars, ci, gx, group_w, ys, value_fmt)
+    body.append(_legend([(b.name, b.color, False) for b in bars], left, 16, right))
+    return _svg(title, "".join(body), height)
+
+
+def _bar_group(bars: list[Bars], ci: int, gx: float, group_w: float, ys: Scale,
+               value_fmt: Callable[[float], str]) -> list[str]:
+    bw = min(48.0, group_w * 0.8 / len(bars))
+    x = gx + (group_w - bw * len(bars)) / 2
+    out = []
+    for b in bars:
+        v = b.values[ci]
+        if v is not None:
+            y0, y1 = sorted((ys(0.0), ys(v)))
+            out.append(f'<rect x="{x + 2:.1f}" y="{y0:.1f}" width="{bw - 4:.1f}" '
+                       f'height="{max(y1 - y0, 0.5):.1f}" fill="{b.color}" rx="2">'
+                       f"<title>{escape(b.name)}: {escape(value_fmt(v))}</title></rect>")
+            err = b.errors[ci] if ci < len(b.errors) else None
+            # A value label where there is room and no whisker to collide with.
+            label = _text(x + bw / 2, y0 - 5, value_fmt(v), "value") if bw >= 34 else ""
+            out.append(_whisker(x + bw / 2, err, ys) if err else label)
+        x += bw
+    return out
+
+
+def _whisker(cx: float, err: tuple[float, float], ys: Scale) -> str:
+    lo, hi = ys(err[0]), ys(err[1])
+    return (f'<path class="whisker" d="M{cx:.1f},{lo:.1f}V{hi:.1f}'
+            f'M{cx - 5:.1f},{lo:.1f}h10M{cx - 5:.1f},{hi:.1f}h10"/>')
+
+
+def interval_chart(rows: list[Interval], *, title: str, x_label: str) -> Markup | None:
+    """Forest plot: one row per estimate, a CI bar and a zero line. Filled dot = significant."""
+    if not rows:
+        return None
+    row_h, top, left, right = 26, 16, 210, W - 20
+    height = top + row_h * len(rows) + 44
+    ends = [x for r in rows for x in (r.value, r.low, r.high) if x is not None]
+    xt = nice_ticks(min(0.0, *ends), max(0.0, *ends))
+    xs, bottom = Scale(xt[0], xt[-1], left, right), top + row_h * len(rows)
+    body = []
+    for t in xt:
+        cls = "zero" if t == 0 else "grid"
+        body.append(f'<line class="{cls}" x1="{xs(t):.1f}" x2="{xs(t):.1f}" y1="{top}" '
+                    f'y2="{bottom}"/>' + _text(xs(t), bottom + 16, fmt_tick(t), "tick"))
+    body.append(_text((left + right) / 2, height - 8, x_label, "axis"))
+    body += [_interval_row(r, top + row_h * (i + 0.5), xs, left) for i, r in enumerate(rows)]
+    return _svg(title, "".join(body), height)
+
+
+def _interval_row(r: Interval, y: float, xs: Scale, left: float) -> str:
+    out = [_text(left - 10, y + 4, r.label, "tick", "end")]
+    if r.low is not None and r.high is not None:
+        out.append(f'<line x1="{xs(r.low):.1f}" x2="{xs(r.high):.1f}" y1="{y:.1f}" '
+                   f'y2="{y:.1f}" stroke="{r.color}" stroke-width="2.5"/>')
+    fill = r.color if r.strong else "#fff"
+    out.append(f'<circle cx="{xs(r.value):.1f}" cy="{y:.1f}" r="5" fill="{fill}" '
+               f'stroke="{r.color}" stroke-width="2"><title>{escape(r.label)}: '
+               f"{fmt_tick(round(r.value, 3))}</title></circle>")
+    return "".join(out)

@@ -1,0 +1,109 @@
+"""Progress reporting for long stages, and the end-of-run summary table (rich).
+
+Library code takes a `Progress` and calls it; only the CLI builds the rich one that draws.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichBar
+from rich.table import Table
+
+from harness.metrics import ALL_KEYS, lower_is_better
+
+Advance = Callable[[int], None]
+
+
+class Progress(Protocol):
+    def stage(self, text: str) -> None: ...
+
+    def task(self, description: str, total: int | None) -> Advance: ...
+
+
+class NullProgress:
+    def stage(self, text: str) -> None:
+        logging.getLogger("harness").info(text)
+
+    def task(self, description: str, total: int | None) -> Advance:
+        return lambda n: None
+
+
+class RichProgress:
+    def __init__(self, bar: RichBar):
+        self.bar = bar
+
+    def stage(self, text: str) -> None:
+        self.bar.console.print(f"[bold]>[/bold] {text}", highlight=False)
+
+    def task(self, description: str, total: int | None) -> Advance:
+        tid = self.bar.add_task(description, total=total)
+        return lambda n: self.bar.advance(tid, n)
+
+
+@contextlib.contextmanager
+def console_progress(console: Console) -> Iterator[RichProgress]:
+    quiet_libraries()
+    bar = RichBar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console)
+    with bar:
+        yield RichProgress(bar)
+
+
+def quiet_libraries() -> None:
+    """transformers/datasets draw their own tqdm bars and warnings; ours replace them."""
+    with contextlib.suppress(ImportError):
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.utils.logging.set_verbosity_error()
+
+
+def summary_table(record: dict[str, Any]) -> Table:
+    """Zero-shot vs each adapter arm, one row per metric, with the paired CI when present."""
+    arms = [a for a in record.get("arms", {}) if a != "baseline"]
+    table = Table(title=f"{record.get('suite')} / {record.get('run_id')}")
+    table.add_column("metric")
+    table.add_column("zero-shot", justify="right")
+    for a in arms:
+        table.add_column(a, justify="right")
+        table.add_column("Δ (95% CI)", justify="right")
+    comps = {(c["candidate"], c["metric"]): c for c in record.get("comparisons", [])}
+    base = record.get("arms", {}).get("baseline", {}).get("metrics", {})
+    for m in ALL_KEYS:
+        if base.get(m) is None:
+            continue
+        row = [m + (" ↓" if lower_is_better(m) else ""), _fmt(base[m])]
+        for a in arms:
+            val = record["arms"][a].get("metrics", {}).get(m)
+            row += [_fmt(val), _delta(comps.get((a, m)))]
+        table.add_row(*row)
+    return table
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
+
+
+def _delta(c: dict[str, Any] | None) -> str:
+    if not c or c.get("abs_diff") is None:
+        return "—"
+    text = f"{c['abs_diff']:+.4f}"
+    if c.get("ci_low") is not None:
+        text += f" [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+    p = c.get("p_value_holm", c.get("p_value"))
+    if p is not None:
+        text += f" p={p:.3g}"
+    return text

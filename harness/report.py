@@ -1,0 +1,703 @@
+"""Render a stored run into ``report.html`` and ``report.md`` (DESIGN §2).
+
+Reads the record and its JSONL files only, never torch, so ``harness report`` runs in a plain CI
+job on records made on a GPU box. Python turns the record into display-ready strings (one place
+for number formatting and for the "is higher better?" logic); the Jinja templates in
+``templates/`` only lay them out. The HTML is one self-contained file: inline CSS, inline SVG
+plots, a few lines of inline JS, and a Content-Security-Policy that forbids every fetch.
+
+Model outputs and dataset text are untrusted: HTML autoescaping covers the HTML report, and the
+``md`` filter neutralises ``|``, newlines and ``<`` in Markdown table cells.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from harness import plots
+from harness.errors import HarnessError, RecordError
+from harness.metrics import ALL_KEYS, QUALITY_KEYS, ROUGE_KEYS, lower_is_better
+from harness.results import LoadedRun, atomic_write_text
+
+TEMPLATES_ENV = "HARNESS_TEMPLATES"  # override for non-editable installs
+HTML_TEMPLATE, MD_TEMPLATE, JS_FILE = "report.html.j2", "report.md.j2", "_report.js"
+MAX_EXAMPLES = 200  # the browser stays fast; the largest gains and regressions are kept
+DASH = "—"
+
+LABELS = {
+    "loss": "Loss", "perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum", "eval_tokens_per_s": "Eval tokens/s",
+    "gen_tokens_per_s": "Gen tokens/s", "peak_memory_bytes": "Peak memory",
+}
+# Decimal places per metric: ROUGE in 0..1 needs 4 to show seed-003-sized gains (+0.0007).
+DECIMALS = {"loss": 4, "perplexity": 3, "eval_tokens_per_s": 1, "gen_tokens_per_s": 1,
+            **{k: 4 for k in ROUGE_KEYS}}
+CARD_METRICS = ("rougeL", "rouge1", "perplexity", "loss")
+# Float keys holding a share in 0..1, shown as percentages (e.g. the lengths' share_truncated).
+SHARE_WORDS = ("share", "frac", "efficiency", "pct", "truncated")
+
+
+# ------------------------------------------------------------------ public API
+
+
+def write_reports(run: LoadedRun) -> list[Path]:
+    """Write report.html and report.md into the run directory; return their paths."""
+    html, md = render_html(run), render_markdown(run)
+    return [atomic_write_text(run.path / "report.html", html),
+            atomic_write_text(run.path / "report.md", md)]
+
+
+def render_html(run: LoadedRun) -> str:
+    env, data = _env(), _read(run)
+    script = (templates_dir() / JS_FILE).read_text(encoding="utf-8")
+    # The CSP admits exactly this script by its hash: injected markup could not run code even
+    # if escaping ever failed, and nothing can be fetched from anywhere.
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    return env.get_template(HTML_TEMPLATE).render(
+        **_context(run, data), plots=_plots(data), examples=_examples(data),
+        script=Markup(script), script_hash=digest)
+
+
+def render_markdown(run: LoadedRun) -> str:
+    env, data = _env(), _read(run)
+    return env.get_template(MD_TEMPLATE).render(_context(run, data))
+
+
+# ------------------------------------------------------------------ templates
+
+
+def templates_dir() -> Path:
+    """The repo's templates/ (editable install) or $HARNESS_TEMPLATES."""
+    override = os.environ.get(TEMPLATES_ENV)
+    path = Path(override) if override else Path(__file__).resolve().parent.parent / "templates"
+    if not (path / HTML_TEMPLATE).is_file():
+        raise HarnessError(
+            f"report templates not found in {path}; install harness from a checkout "
+            f"(pip install -e .) or point {TEMPLATES_ENV} at the repository's templates/ folder"
+        )
+    return path
+
+
+_ENV: dict[Path, jinja2.Environment] = {}
+
+
+def _env() -> jinja2.Environment:
+    path = templates_dir()
+    if path not in _ENV:
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(path),
+            undefined=jinja2.StrictUndefined,
+            # HTML (and anything unknown) is escaped; Markdown is not, it uses the md filter.
+            autoescape=jinja2.select_autoescape(disabled_extensions=("md.j2", "md"),
+                                                default=True, default_for_string=True),
+            trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        )
+        env.filters["md"] = md_cell
+        _ENV[path] = env
+    return _ENV[path]
+
+
+def md_cell(value: Any) -> str:
+    """One GitHub-Markdown table cell: no row breaks, no column breaks, no raw HTML."""
+    text = "" if value is None else str(value)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(text.replace("|", "\\|").split())
+
+
+# ------------------------------------------------------------------ reading the run
+
+
+@dataclass
+class _Data:
+    """Everything the report reads, gathered once; unreadable files become warnings."""
+
+    record: dict[str, Any]
+    arms: list[str]
+    items: dict[str, list[dict[str, Any]]]
+    train_log: list[dict[str, Any]]
+    alpha: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def arm_records(self) -> dict[str, Any]:
+        return _dict(self.record.get("arms"))
+
+
+def _read(run: LoadedRun) -> _Data:
+    warnings: list[str] = []
+    preds = _tolerant(lambda: run.predictions, warnings)
+    log = _tolerant(run.train_log, warnings)
+    record = run.record
+    arms = _arm_names(list(_dict(record.get("arms"))), preds, log)
+    items = {a: [p for p in preds if p.get("arm") == a] for a in arms}
+    alpha = _num(_dict(record.get("stats")).get("alpha")) or 0.05
+    warnings += [str(w) for w in record.get("warnings") or [] if w]  # the pipeline's own
+    return _Data(record, arms, items, log, alpha, warnings)
+
+
+def _tolerant(read: Callable[[], list[dict[str, Any]]], warnings: list[str]) -> list[dict]:
+    """A failed run may leave a half-written JSONL line: report the rest, say what was lost."""
+    try:
+        return [r for r in read() if isinstance(r, dict)]
+    except RecordError as e:
+        warnings.append(str(e))
+        return []
+
+
+def _arm_names(record_arms: list[str], preds: list[dict], log: list[dict]) -> list[str]:
+    """Record order, then arms only seen in predictions or the train log; baseline first."""
+    seen = record_arms + [r.get("arm") for r in preds] + [r.get("arm") for r in log]
+    names = list(dict.fromkeys(a for a in seen if isinstance(a, str)))
+    return sorted(names, key=lambda a: a != "baseline")
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _num(v: Any) -> float | None:
+    """A finite number, or None (missing, null, NaN, inf, text)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def label(metric: str) -> str:
+    return LABELS.get(metric, metric)
+
+
+def fmt_metric(metric: str, v: Any, signed: bool = False) -> str:
+    x = _num(v)
+    if x is None:
+        return DASH
+    if metric.endswith("_bytes"):
+        return ("+" if signed and x > 0 else "-" if x < 0 else "") + fmt_bytes(abs(x))
+    sign = "+" if signed else ""
+    if metric in DECIMALS:
+        return format(x, f"{sign},.{DECIMALS[metric]}f")
+    return format(x, f"{sign}.4g")
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def fmt_pct(v: Any, signed: bool = True) -> str:
+    x = _num(v)
+    return DASH if x is None else format(100 * x, "+.1f" if signed else ".1f") + "%"
+
+
+def fmt_p(v: Any) -> str:
+    x = _num(v)
+    if x is None:
+        return DASH
+    return "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def fmt_count(v: Any) -> str:
+    x = _num(v)
+    return DASH if x is None else f"{x:,.0f}"
+
+
+def fmt_seconds(v: Any) -> str:
+    s = _num(v)
+    if s is None:
+        return DASH
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{int(s // 60)} min {int(s % 60)} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+
+
+def fmt_raw(v: Any) -> str:
+    """A config value as the suite spelled it (no rounding, no percentages)."""
+    if v is None:
+        return DASH
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list | tuple):
+        return ", ".join(str(x) for x in v) or "[]"
+    return str(v)
+
+
+def fmt_value(key: str, v: Any) -> str:
+    """Generic cell: metrics by name, shares as %, counts with separators, text as is."""
+    if isinstance(v, bool) or v is None:
+        return DASH if v is None else ("yes" if v else "no")
+    if isinstance(v, list | tuple):
+        return ", ".join(str(x) for x in v)
+    if not isinstance(v, int | float):
+        return str(v)
+    if key in DECIMALS or key.endswith("_bytes"):
+        return fmt_metric(key, v)
+    if isinstance(v, float) and 0 <= v <= 1 and any(w in key for w in SHARE_WORDS):
+        return fmt_pct(v, signed=False)
+    return f"{v:,}" if isinstance(v, int) else f"{v:,.4g}"
+
+
+# ------------------------------------------------------------------ context shared by both
+
+
+def _context(run: LoadedRun, d: _Data) -> dict[str, Any]:
+    rec, headline = d.record, _headline(d)
+    return {
+        "suite": run.suite, "run_id": run.run_id, "status": str(rec.get("status", "unknown")),
+        "error": _error(rec), "warnings": d.warnings, "summary": _summary(rec, d),
+        "versions": _versions(_dict(rec.get("env"))), "headline": headline,
+        "cards": _cards(headline), "p_label": _p_label(rec), "ci_label": _ci_label(d.alpha),
+        "alpha": d.alpha, "arm_table": _arm_table(d), "training": _training(d),
+        "lengths": _lengths(_dict(_dict(rec.get("data")).get("lengths"))),
+        "config": _config_rows(_dict(rec.get("config"))),
+        "config_json": json.dumps(rec.get("config"), indent=2, ensure_ascii=False, default=str),
+        "stats": _stats_line(_dict(rec.get("stats"))),
+        "harness_version": str(_dict(rec.get("env")).get("harness_version", "")),
+    }
+
+
+def _error(rec: dict[str, Any]) -> dict[str, str] | None:
+    err = rec.get("error")
+    if not err and rec.get("status") != "failed":
+        return None
+    err = _dict(err) or {"message": str(err or "the run failed without an error message")}
+    return {k: str(err.get(k) or "") for k in ("type", "message", "stage")}
+
+
+def _summary(rec: dict[str, Any], d: _Data) -> list[tuple[str, str]]:
+    env, data = _dict(rec.get("env")), _dict(rec.get("data"))
+    return [("Model", _model(rec, d)), ("Device", str(env.get("device", DASH))),
+            ("Peak memory measured as", str(env.get("memory_kind", DASH)).replace("_", " ")),
+            ("Train examples", fmt_count(data.get("n_train"))),
+            ("Eval examples", fmt_count(data.get("n_eval"))),
+            ("Eval fingerprint", str(data.get("eval_fingerprint", DASH))),
+            ("Git commit", _git(_dict(env.get("git")))),
+            ("Started", str(rec.get("started_at") or DASH)),
+            ("Finished", str(rec.get("finished_at") or DASH)),
+            ("Wall time", fmt_seconds(rec.get("wall_time_s")))]
+
+
+def _model(rec: dict[str, Any], d: _Data) -> str:
+    name = _dict(_dict(rec.get("config")).get("model")).get("name_or_path")
+    models = [str(_dict(a).get("model")) for a in d.arm_records.values() if _dict(a).get("model")]
+    return str(name or (models[0] if models else DASH))
+
+
+def _git(git: dict[str, Any]) -> str:
+    if not git.get("commit"):
+        return DASH
+    return f"{str(git['commit'])[:12]}" + (" (dirty: uncommitted changes)" if git.get("dirty")
+                                            else "")
+
+
+def _versions(env: dict[str, Any]) -> list[tuple[str, str]]:
+    skip = {"device", "memory_kind", "git"}
+    return [(k, str(v)) for k, v in env.items()
+            if k not in skip and isinstance(v, str | int | float)]
+
+
+def _stats_line(stats: dict[str, Any]) -> str:
+    if not stats:
+        return ""
+    method = str(stats.get("method", "paired statistics")).replace("_", " ")
+    parts = [method] + [f"{k.replace('_', ' ')} {v}" for k, v in stats.items()
+                        if k != "method" and isinstance(v, str | int | float)]
+    return ", ".join(parts)
+
+
+def _p_label(rec: dict[str, Any]) -> str:
+    comps = rec.get("comparisons") or []
+    holm = any(_dict(c).get("p_value_holm") is not None for c in comps)
+    return "p (Holm)" if holm else "p"
+
+
+def _ci_label(alpha: float) -> str:
+    return f"{100 * (1 - alpha):.4g}% CI"
+
+
+# ------------------------------------------------------------------ headline
+
+
+def _headline(d: _Data) -> list[dict[str, Any]]:
+    """One table per (candidate, baseline) pair, metrics in the canonical order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in d.record.get("comparisons") or []:
+        if isinstance(c, dict) and c.get("metric"):
+            key = (str(c.get("candidate", "?")), str(c.get("baseline", "baseline")))
+            groups.setdefault(key, []).append(c)
+    return [{"candidate": cand, "baseline": base,
+             "baseline_label": "Zero-shot" if base == "baseline" else base,
+             "rows": [_headline_row(c, d.alpha) for c in _by_metric(cs)]}
+            for (cand, base), cs in groups.items()]
+
+
+def _by_metric(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    order = {k: i for i, k in enumerate(ALL_KEYS)}
+    return sorted(rows, key=lambda c: order.get(c["metric"], len(order)))
+
+
+def _headline_row(c: dict[str, Any], alpha: float) -> dict[str, Any]:
+    m = str(c["metric"])
+    diff = _num(c.get("abs_diff"))
+    return {
+        "metric": label(m), "key": m, "lower": lower_is_better(m),
+        "baseline": fmt_metric(m, c.get("baseline_value")),
+        "candidate": fmt_metric(m, c.get("candidate_value")),
+        "candidate_value": _num(c.get("candidate_value")),
+        "abs": fmt_metric(m, diff, signed=True), "rel": fmt_pct(c.get("rel_gain")),
+        "ci": _fmt_interval(m, c.get("ci_low"), c.get("ci_high")),
+        "rel_ci": _fmt_rel_ci(c), "p": fmt_p(_p(c)), "p_raw": fmt_p(c.get("p_value")),
+        "sig": _significant(c, alpha), "tone": _tone(m, diff),
+    }
+
+
+def _p(c: dict[str, Any]) -> float | None:
+    holm = _num(c.get("p_value_holm"))
+    return holm if holm is not None else _num(c.get("p_value"))
+
+
+def _significant(c: dict[str, Any], alpha: float) -> bool | None:
+    """The record's verdict, else p (Holm when present) <= alpha; None for point-only rows
+    (throughput, memory), which stats marks ``significant: false`` without any test."""
+    p = _p(c)
+    if p is None:
+        return None
+    return bool(c["significant"]) if isinstance(c.get("significant"), bool) else p <= alpha
+
+
+def _tone(metric: str, diff: float | None) -> str:
+    """'good' / 'bad' in the metric's own direction (a lower loss is good)."""
+    if not diff:
+        return ""
+    better = diff < 0 if lower_is_better(metric) else diff > 0
+    return "good" if better else "bad"
+
+
+def _fmt_interval(metric: str, lo: Any, hi: Any) -> str:
+    if _num(lo) is None or _num(hi) is None:
+        return DASH
+    return f"[{fmt_metric(metric, lo, True)}, {fmt_metric(metric, hi, True)}]"
+
+
+def _fmt_rel_ci(c: dict[str, Any]) -> str:
+    lo, hi = _num(c.get("rel_ci_low")), _num(c.get("rel_ci_high"))
+    return "" if lo is None or hi is None else f"[{fmt_pct(lo)}, {fmt_pct(hi)}]"
+
+
+def _cards(headline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Key numbers of the best adapter by ROUGE-L (the first one when there is no ROUGE-L)."""
+    if not headline:
+        return []
+
+    def rouge_l(g: dict[str, Any]) -> float:
+        vals = [r["candidate_value"] for r in g["rows"] if r["key"] == "rougeL"]
+        return vals[0] if vals and vals[0] is not None else -math.inf
+
+    best = max(headline, key=rouge_l)
+    rows = {r["key"]: r for r in best["rows"]}
+    return [{**rows[k], "arm": best["candidate"]} for k in CARD_METRICS if k in rows][:4]
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _arm_table(d: _Data) -> dict[str, Any]:
+    """Every arm's metrics side by side (arms as rows: sweeps have many), best in bold."""
+    metrics_by_arm = {a: _dict(_dict(d.arm_records.get(a)).get("metrics")) for a in d.arms}
+    keys = _ordered({k for m in metrics_by_arm.values() for k in m})
+    best = {k: _best([_num(m.get(k)) for m in metrics_by_arm.values()], k) for k in keys}
+    rows = [{"arm": a, "status": str(_dict(d.arm_records.get(a)).get("status", "not run")),
+             "cells": [{"text": fmt_metric(k, m.get(k)),
+                        "best": _num(m.get(k)) is not None and _num(m.get(k)) == best[k]}
+                       for k in keys]}
+            for a, m in metrics_by_arm.items()]
+    show_status = any(r["status"] != "success" for r in rows)
+    return {"columns": [_col(k) for k in keys], "rows": rows, "show_status": show_status}
+
+
+def _col(key: str) -> dict[str, Any]:
+    return {"key": key, "label": label(key), "lower": lower_is_better(key)}
+
+
+def _ordered(keys: Iterable[str]) -> list[str]:
+    known = [k for k in ALL_KEYS if k in keys]
+    return known + sorted(set(keys) - set(known))
+
+
+def _best(values: list[float | None], metric: str) -> float | None:
+    vals = [v for v in values if v is not None]
+    if len(vals) < 2 or min(vals) == max(vals):
+        return None  # nothing to single out
+    return min(vals) if lower_is_better(metric) else max(vals)
+
+
+TRAIN_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("global_steps", "Steps", fmt_count),
+    ("epochs", "Epochs", lambda v: fmt_value("epochs", v)),
+    ("effective_batch_size", "Effective batch", fmt_count),
+    ("trainable_params", "Trainable params", fmt_count),
+    ("total_params", "Total params", fmt_count),
+    ("trainable_share", "Trainable %", lambda v: fmt_pct(v, signed=False).replace("%", " %")),
+    ("adapter_bytes", "Adapter size", lambda v: DASH if _num(v) is None else fmt_bytes(v)),
+    ("train_runtime_s", "Train time", fmt_seconds),
+    ("train_tokens_per_s", "Train tokens/s", lambda v: fmt_metric("eval_tokens_per_s", v)),
+    ("padding_efficiency", "Padding efficiency", lambda v: fmt_pct(v, signed=False)),
+    ("train_tokens", "Train tokens", fmt_count),
+    ("final_train_loss", "Final train loss", lambda v: fmt_metric("loss", v)),
+    ("best_eval_loss", "Best eval loss", lambda v: fmt_metric("loss", v)),
+)
+# Redundant with padding_efficiency or internal: not shown.
+TRAIN_HIDDEN = frozenset({"computed_tokens", "config"})
+LENGTH_LABELS = {
+    "n": "Examples", "mean": "Mean tokens", "median": "Median tokens", "max": "Max tokens",
+    "mean_response": "Mean response tokens", "share_truncated": "Truncated",
+    "dropped_too_long": "Dropped (too long)",
+}
+
+
+def _training(d: _Data) -> dict[str, Any] | None:
+    """One column per adapter arm. Rows: the train-config knobs that differ between arms (a
+    sweep's cells) first, then what training measured, known rows in order and formatted;
+    rows that are null in every arm are skipped."""
+    raw = {a: _dict(v) for a, v in _dict(d.record.get("training")).items()}
+    if not raw:
+        return None
+    varying = _varying(raw)
+    per_arm = {a: _with_share(v) for a, v in raw.items()}
+    present = {k for v in per_arm.values() for k, x in v.items()
+               if _scalar(x) and x is not None} - TRAIN_HIDDEN
+    known = {k for k, _, _ in TRAIN_ROWS}
+    rows = [("config." + k, {a: varying[a].get(k) for a in raw}, fmt_raw)
+            for k in sorted({k for v in varying.values() for k in v})]
+    rows += [(name, {a: v.get(k) for a, v in per_arm.items()}, f)
+             for k, name, f in TRAIN_ROWS if k in present]
+    rows += [(k.replace("_", " "), {a: v.get(k) for a, v in per_arm.items()},
+              lambda x, k=k: fmt_value(k, x)) for k in sorted(present - known)]
+    return {"arms": list(raw), "rows": [{"label": name, "cells": [f(vals[a]) for a in raw]}
+                                        for name, vals, f in rows]}
+
+
+def _varying(training: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per arm, the train-config entries (dotted keys) whose values differ across arms."""
+    flat = {a: dict(_flatten(_dict(t.get("config")))) for a, t in training.items()}
+    keys = {k for f in flat.values() for k in f}
+    varying = {k for k in keys if len({json.dumps(f.get(k), default=str)
+                                       for f in flat.values()}) > 1}
+    return {a: {k: f.get(k) for k in varying} for a, f in flat.items()} if len(flat) > 1 else {}
+
+
+def _with_share(t: dict[str, Any]) -> dict[str, Any]:
+    n, total = _num(t.get("trainable_params")), _num(t.get("total_params"))
+    return {**t, "trainable_share": n / total} if n is not None and total else t
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, str | int | float | bool) or v is None
+
+
+def _lengths(lengths: dict[str, Any]) -> dict[str, Any] | None:
+    """Length statistics per split (``{split: {stat: x}}``) or per split and field
+    (``{split: {field: {stat: x}}}``); shares are shown as percentages."""
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for split, v in lengths.items():
+        v = _dict(v)
+        nested = {f: s for f, s in v.items() if isinstance(s, dict)}
+        rows += [(f"{split} · {f}", s) for f, s in nested.items()]
+        flat = {k: x for k, x in v.items() if _scalar(x)}
+        rows += [(split, flat)] if flat else []
+    keys = list(dict.fromkeys(k for _, s in rows for k, x in s.items() if _scalar(x)))
+    if not rows or not keys:
+        return None
+    return {"columns": [LENGTH_LABELS.get(k, k.replace("_", " ")) for k in keys],
+            "rows": [{"split": name, "cells": [fmt_value(k, s.get(k)) for k in keys]}
+                     for name, s in rows]}
+
+
+def _config_rows(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model and training sub-configs flattened to dotted keys."""
+    sections = [("Model", config.get("model")), ("Training / adapter", config.get("train"))]
+    return [{"title": t, "rows": [(k, fmt_raw(v)) for k, v in _flatten(_dict(s))]}
+            for t, s in sections if _dict(s)]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out += _flatten(v, key + ".") if isinstance(v, dict) else [(key, v)]
+    return out
+
+
+# ------------------------------------------------------------------ plots (HTML only)
+
+
+def _plots(d: _Data) -> list[dict[str, Any]]:
+    colors = plots.arm_colors(d.arms)
+    charts = [_loss_plot(d, colors), _rouge_plot(d, colors), _gain_plot(d, colors),
+              _system_plot(d, colors), _memory_plot(d, colors)]
+    return [c for c in charts if c and c["svg"] is not None]
+
+
+def _loss_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
+    series = []
+    for arm in d.arms:
+        rows = [r for r in d.train_log if r.get("arm") == arm and _num(r.get("step")) is not None]
+        for key, suffix, dashed in (("loss", "train", False), ("eval_loss", "eval", True)):
+            pts = [(float(r["step"]), float(r[key])) for r in rows if _num(r.get(key)) is not None]
+            if pts:
+                series.append(plots.Series(f"{arm} {suffix}", pts, colors[arm], dashed, dashed))
+    svg = plots.line_chart(series, title="Training and eval loss", x_label="optimizer step",
+                           y_label="loss (nats / token)", width=960)
+    return {"title": "Loss curves", "svg": svg, "wide": True,
+            "caption": "Solid: training loss; dashed with dots: eval loss, per adapter arm."}
+
+
+def _rouge_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
+    keys = [k for k in ROUGE_KEYS if any(k in _arm_metrics(d, a) for a in d.arms)]
+    z = statistics.NormalDist().inv_cdf(1 - d.alpha / 2)
+    bars = [plots.Bars(a, colors[a], [_num(_arm_metrics(d, a).get(k)) for k in keys],
+                       [_mean_ci(d.items[a], k, _num(_arm_metrics(d, a).get(k)), z)
+                        for k in keys]) for a in d.arms]
+    svg = plots.bar_chart([label(k) for k in keys], bars, title="ROUGE by arm",
+                          y_label="F-measure", value_fmt=lambda v: f"{v:.3f}") if keys else None
+    return {"title": "ROUGE by arm", "svg": svg, "wide": False,
+            "caption": f"Whiskers: {_ci_label(d.alpha)} of the mean over items "
+                       "(normal approximation)."}
+
+
+def _arm_metrics(d: _Data, arm: str) -> dict[str, Any]:
+    return _dict(_dict(d.arm_records.get(arm)).get("metrics"))
+
+
+def _mean_ci(items: list[dict[str, Any]], key: str, centre: float | None,
+             z: float) -> tuple[float, float] | None:
+    vals = [v for v in (_num(r.get(key)) for r in items) if v is not None]
+    if centre is None or len(vals) < 2:
+        return None
+    half = z * statistics.stdev(vals) / math.sqrt(len(vals))
+    return centre - half, centre + half
+
+
+def _gain_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
+    """Relative improvement with its CI, signed so that right is always better."""
+    rows = []
+    for g in _headline(d):
+        for c in _by_metric([c for c in d.record.get("comparisons") or []
+                             if isinstance(c, dict) and c.get("candidate") == g["candidate"]
+                             and c.get("baseline", "baseline") == g["baseline"]]):
+            row = _gain_interval(c, g["candidate"], colors, d.alpha)
+            rows += [row] if row else []
+    svg = plots.interval_chart(rows, title="Relative improvement over baseline",
+                               x_label="relative improvement over baseline, %  (right = better)")
+    return {"title": "Relative improvement", "svg": svg, "wide": False,
+            "caption": f"Bars: {_ci_label(d.alpha)}; filled dot: significant at "
+                       f"α = {d.alpha:g}. Lower-is-better metrics are sign-flipped; a metric "
+                       "whose baseline is 0 has no relative gain and is left out."}
+
+
+def _gain_interval(c: dict[str, Any], arm: str, colors: dict[str, str],
+                   alpha: float) -> plots.Interval | None:
+    m, rel, base = str(c["metric"]), _num(c.get("rel_gain")), _num(c.get("baseline_value"))
+    if rel is None or m not in QUALITY_KEYS:  # throughput and memory have their own charts
+        return None
+    lo, hi = _num(c.get("rel_ci_low")), _num(c.get("rel_ci_high"))
+    if (lo is None or hi is None) and base and _num(c.get("ci_low")) is not None:
+        lo, hi = _num(c.get("ci_low")) / base, _num(c.get("ci_high")) / base  # type: ignore
+    sign = -100.0 if lower_is_better(m) else 100.0
+    ends = sorted((sign * lo, sign * hi)) if lo is not None and hi is not None else (None, None)
+    name = f"{arm} · {label(m)}"
+    return plots.Interval(name, sign * rel, ends[0], ends[1], colors.get(arm, plots.PALETTE[0]),
+                          strong=bool(_significant(c, alpha)))
+
+
+def _system_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
+    keys = ("eval_tokens_per_s", "gen_tokens_per_s")
+    bars = [plots.Bars(a, colors[a], [_num(_arm_metrics(d, a).get(k)) for k in keys])
+            for a in d.arms]
+    svg = plots.bar_chart([label(k) for k in keys], bars, title="Throughput by arm",
+                          y_label="tokens / s", value_fmt=lambda v: f"{v:,.1f}")
+    return {"title": "Throughput", "svg": svg, "wide": False,
+            "caption": "Teacher-forced eval and greedy generation; model loading excluded."}
+
+
+def _memory_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
+    gib = [_num(_arm_metrics(d, a).get("peak_memory_bytes")) for a in d.arms]
+    bars = [plots.Bars(a, colors[a], [None if v is None else v / 2**30])
+            for a, v in zip(d.arms, gib, strict=True)]
+    kind = str(_dict(d.record.get("env")).get("memory_kind", "")).replace("_", " ")
+    svg = plots.bar_chart(["Peak memory"], bars, title="Peak memory by arm", y_label="GiB",
+                          value_fmt=lambda v: f"{v:.2f}")
+    return {"title": "Peak memory", "svg": svg, "wide": False,
+            "caption": f"Measured as {kind}." if kind else ""}
+
+
+# ------------------------------------------------------------------ per-example browser
+
+
+def _examples(d: _Data) -> dict[str, Any] | None:
+    """Items joined across arms, sorted by the first adapter's ROUGE-L gain (largest first)."""
+    if not any(d.items.values()):
+        return None
+    adapters = [a for a in d.arms if a != "baseline"]
+    by_arm = {a: {str(r.get("id")): r for r in d.items[a]} for a in d.arms}
+    ids = list(dict.fromkeys(str(r.get("id")) for a in d.arms for r in d.items[a]))
+    rows = [_example(i, d.arms, adapters, by_arm) for i in ids]
+    known = sorted((r for r in rows if _gain(r) is not None), key=_gain, reverse=True)
+    unknown = [r for r in rows if _gain(r) is None]  # no baseline or no adapter output
+    shown = _keep_extremes(known, MAX_EXAMPLES) + unknown[:max(0, MAX_EXAMPLES - len(known))]
+    return {"arms": d.arms, "adapters": adapters, "rows": shown, "total": len(rows)}
+
+
+def _example(item_id: str, arms: list[str], adapters: list[str],
+             by_arm: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    rows = {a: by_arm[a].get(item_id) for a in arms}
+    first = next(r for r in rows.values() if r)
+    base = rows.get("baseline") or {}
+    outputs = [_output(a, rows[a], base) for a in arms]
+    gains = [o["d_rouge"] for o in outputs if o["arm"] in adapters]
+    return {"id": item_id, "prompt": str(first.get("prompt", "")),
+            "reference": str(first.get("reference", "")), "outputs": outputs, "gains": gains}
+
+
+def _output(arm: str, row: dict[str, Any] | None, base: dict[str, Any]) -> dict[str, Any]:
+    row = row or {}
+    rl, loss = _num(row.get("rougeL")), _num(row.get("loss"))
+    b_rl, b_loss = _num(base.get("rougeL")), _num(base.get("loss"))
+    d_rouge = None if arm == "baseline" or rl is None or b_rl is None else rl - b_rl
+    d_loss = None if arm == "baseline" or loss is None or b_loss is None else loss - b_loss
+    return {"arm": arm, "present": bool(row), "text": str(row.get("prediction", "")),
+            "rouge": fmt_metric("rougeL", rl), "loss": fmt_metric("loss", loss),
+            "d_rouge": d_rouge, "d_rouge_text": fmt_metric("rougeL", d_rouge, True),
+            "d_loss_text": fmt_metric("loss", d_loss, True),
+            "tone": _tone("rougeL", d_rouge), "loss_tone": _tone("loss", d_loss)}
+
+
+def _gain(row: dict[str, Any]) -> float | None:
+    """The first adapter's per-item ROUGE-L gain: the default sort key."""
+    return row["gains"][0] if row["gains"] else None
+
+
+def _keep_extremes(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """``rows`` sorted by gain: keep the largest gains and the largest regressions."""
+    if len(rows) <= limit:
+        return rows
+    head = limit // 2
+    return rows[:head] + rows[len(rows) - (limit - head):]

@@ -1,0 +1,188 @@
+"""The run directory: written once, atomically; read back without torch.
+
+Layout of ``<out>/<suite>/<run_id>/`` (the public contract, DESIGN §2):
+
+- ``run.json``          the record (see ``RUN_KEYS``)
+- ``predictions.jsonl`` one line per (arm, eval item)
+- ``train_log.jsonl``   one line per logged step of each adapter arm (``arm`` field)
+- ``adapters/<arm>/``   PEFT adapter + README.md model card
+- ``report.html``, ``report.md``
+
+A run is assembled in a hidden staging folder ``.<run_id>.partial`` beside its final place and
+renamed into place once complete, so readers never see half a run; a crash still ends in a
+renamed folder whose ``run.json`` says ``"status": "failed"`` with the error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import RecordError
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+TRAIN_LOG_FILE = "train_log.jsonl"
+ADAPTERS_DIR = "adapters"
+
+RUN_KEYS = (
+    "schema_version", "suite", "run_id", "status", "error", "config", "env", "data",
+    "arms", "comparisons", "stats", "training", "started_at", "finished_at", "wall_time_s",
+)
+COMPARISON_KEYS = (
+    "metric", "baseline", "candidate", "baseline_value", "candidate_value", "abs_diff",
+    "rel_gain", "ci_low", "ci_high", "p_value",
+)
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time to the second plus 6 random hex digits."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class RunDir:
+    """A run being written. ``path`` is the staging folder until ``finalize()``."""
+
+    final: Path
+    path: Path
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return atomic_write_text(self.path / name, dumps(obj))
+
+    def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Path:
+        text = "".join(json.dumps(r, ensure_ascii=False, default=_jsonable) + "\n" for r in rows)
+        return atomic_write_text(self.path / name, text)
+
+    def append_jsonl(self, name: str, row: Mapping[str, Any]) -> None:
+        with open(self.path / name, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
+
+    def finalize(self) -> Path:
+        """Move the staged run into its final place; never onto an existing run."""
+        if self.final.exists():
+            raise RecordError(f"{self.final}: a run with this id already exists")
+        os.replace(self.path, self.final)
+        self.path = self.final
+        return self.final
+
+
+def create_run_dir(out_dir: Path, suite_name: str, run_id: str | None = None) -> RunDir:
+    """Reserve ``out_dir/suite_name/run_id`` (a new id if taken) and stage into a hidden dir."""
+    parent = Path(out_dir) / suite_name
+    parent.mkdir(parents=True, exist_ok=True)
+    run_id = run_id or new_run_id()
+    while (parent / run_id).exists() or (parent / f".{run_id}.partial").exists():
+        run_id = new_run_id()
+    staging = parent / f".{run_id}.partial"
+    staging.mkdir()
+    return RunDir(final=parent / run_id, path=staging)
+
+
+def discard(run: RunDir) -> None:
+    shutil.rmtree(run.path, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable) + "\n"
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "model_dump"):
+        return o.model_dump(mode="json")
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+# ---------------------------------------------------------------- reading (no torch)
+
+
+@dataclass
+class LoadedRun:
+    """A run read back from disk: the record plus lazily read per-item predictions."""
+
+    path: Path
+    record: dict[str, Any]
+    _predictions: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.record.get("run_id", self.path.name))
+
+    @property
+    def suite(self) -> str:
+        return str(self.record.get("suite", self.path.parent.name))
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        if self._predictions is None:
+            self._predictions = read_jsonl(self.path / PREDICTIONS_FILE)
+        return self._predictions
+
+    def items(self, arm: str) -> list[dict[str, Any]]:
+        """Per-item rows of one arm, in eval order."""
+        return [p for p in self.predictions if p.get("arm") == arm]
+
+    def train_log(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.path / TRAIN_LOG_FILE)
+
+
+def resolve_run_path(arg: str | Path) -> Path:
+    """A RUN argument is a run directory or its run.json."""
+    p = Path(arg)
+    if p.is_file() and p.name == RUN_FILE:
+        return p.parent
+    if p.is_dir() and (p / RUN_FILE).is_file():
+        return p
+    raise RecordError(f"{arg}: not a run directory or run.json (no {RUN_FILE} found)")
+
+
+def load_run(arg: str | Path) -> LoadedRun:
+    path = resolve_run_path(arg)
+    try:
+        record = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path / RUN_FILE}: corrupt JSON at line {e.lineno}: {e.msg}") from e
+    if not isinstance(record, dict) or "schema_version" not in record:
+        raise RecordError(f"{path / RUN_FILE}: not a harness run record (no schema_version)")
+    if record["schema_version"] > SCHEMA_VERSION:
+        raise RecordError(
+            f"{path / RUN_FILE}: schema_version {record['schema_version']} is newer than this "
+            f"harness understands ({SCHEMA_VERSION}); upgrade harness"
+        )
+    return LoadedRun(path=path, record=record)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: corrupt JSON line: {e.msg}") from e
+    return rows

@@ -1,0 +1,212 @@
+"""Evaluation of one arm: teacher-forced loss, greedy generation, ROUGE, throughput, memory.
+
+Identical for the zero-shot base model and every adapter; the items come in eval order and
+results go back in eval order.
+
+Teacher-forced pass (DESIGN §8): items are sorted by length and batched (padding only up to the
+batch's longest item), and the LM head is applied only from the first scored position of the
+batch onwards (`logits_to_keep`), so prompt positions never get full-vocabulary logits.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.config import EvalSpec
+from harness.encoding import IGNORE_INDEX, Encoded
+from harness.metrics import ROUGE_KEYS
+
+Advance = Callable[[int], None]
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ItemLoss:
+    nll_sum: float
+    n_tokens: int
+
+    @property
+    def loss(self) -> float:
+        return self.nll_sum / self.n_tokens if self.n_tokens else float("nan")
+
+
+@dataclass(frozen=True)
+class Generations:
+    texts: list[str]
+    n_tokens: list[int]  # generated tokens per item, up to and including EOS
+    tokens_per_s: float
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index batches, longest first (an OOM shows up on the first batch, not the last)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# ---------------------------------------------------------------- teacher-forced loss
+
+
+def teacher_forced(
+    model: Any, items: Sequence[Encoded], batch_size: int, pad_id: int, advance: Advance = _noop
+) -> tuple[list[ItemLoss], float]:
+    """Per-item summed NLL over reference tokens, and tokens/s of the pass (padding excluded)."""
+    import torch
+
+    out: list[ItemLoss | None] = [None] * len(items)
+    fed = 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in length_sorted_batches([len(e.input_ids) for e in items], batch_size):
+            for i, loss in zip(batch, _batch_nll(model, [items[i] for i in batch], pad_id)):
+                out[i] = loss
+            fed += sum(len(items[i].input_ids) for i in batch)
+            advance(len(batch))
+    wall = time.perf_counter() - start
+    return [x for x in out if x is not None], fed / wall if wall > 0 else 0.0
+
+
+def _batch_nll(model: Any, batch: Sequence[Encoded], pad_id: int) -> list[ItemLoss]:
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, e in enumerate(batch):  # right padding: positions stay 0..n-1 for every row
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    # Logits at position t predict token t+1; the first scored token sits at min(prompt_len).
+    first = max(min(e.prompt_len for e in batch) - 1, 0)
+    keep = torch.arange(first, width - 1, device=device)
+    logits = _logits(model, ids.to(device), mask.to(device), keep)  # [B, width-1-first, V]
+    target = labels[:, first + 1:].to(device)
+    nll = F.cross_entropy(
+        logits.float().transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # [B, T]
+    sums = nll.sum(1).tolist()
+    counts = (target != IGNORE_INDEX).sum(1).tolist()
+    return [ItemLoss(s, int(c)) for s, c in zip(sums, counts)]
+
+
+def _logits(model: Any, ids: Any, mask: Any, keep: Any) -> Any:
+    try:
+        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    except TypeError:  # remote-code models without logits_to_keep: full logits, then slice
+        return model(input_ids=ids, attention_mask=mask).logits[:, keep]
+
+
+# ---------------------------------------------------------------- generation
+
+
+def generate(
+    model: Any, tokenizer: Any, items: Sequence[Encoded], spec: EvalSpec, advance: Advance = _noop
+) -> Generations:
+    """Batched, left-padded generation with ``max_new_tokens``; greedy unless the suite samples."""
+    import torch
+
+    texts: list[str] = [""] * len(items)
+    counts = [0] * len(items)
+    gen_cfg = generation_config(model, tokenizer, spec)
+    eos = set(_as_list(gen_cfg.eos_token_id))
+    torch.manual_seed(spec.seed)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in length_sorted_batches([e.prompt_len for e in items], spec.batch_size):
+            new = _generate_batch(model, [items[i].prompt_ids for i in batch], gen_cfg)
+            for i, row in zip(batch, new.tolist()):
+                n = _count_until_eos(row, eos)
+                counts[i] = n
+                texts[i] = tokenizer.decode(row[:n], skip_special_tokens=True).strip()
+            advance(len(batch))
+    wall = time.perf_counter() - start
+    return Generations(texts, counts, sum(counts) / wall if wall > 0 else 0.0)
+
+
+def generation_config(model: Any, tokenizer: Any, spec: EvalSpec):
+    """Explicit settings: the model's own generation_config (sampling defaults of instruct
+    models) never leaks in, so greedy means greedy."""
+    from transformers import GenerationConfig
+
+    eos = set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    eos.add(tokenizer.eos_token_id)
+    kw: dict[str, Any] = {}
+    if spec.do_sample:
+        kw = {"temperature": spec.temperature, "top_p": spec.top_p}
+    return GenerationConfig(
+        max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample, num_beams=spec.num_beams,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(e for e in eos if e is not None),
+        **kw,
+    )
+
+
+def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], gen_cfg: Any) -> Any:
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), gen_cfg.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):  # left padding: every row's next token is at `width`
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                         generation_config=gen_cfg)
+    return out[:, width:]  # [B, new]
+
+
+def _count_until_eos(row: Sequence[int], eos: set[int]) -> int:
+    for i, tok in enumerate(row):
+        if tok in eos:
+            return i + 1
+    return len(row)
+
+
+def _as_list(x: Any) -> list[Any]:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+# ---------------------------------------------------------------- ROUGE and memory
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str], stemmer: bool = True):
+    """Per-item F-measures (0..1) of rouge-score for rouge1/2/L/Lsum."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=stemmer)
+    rows = []
+    for pred, ref in zip(predictions, references):
+        s = scorer.score(ref, pred)
+        rows.append({k: s[k].fmeasure for k in ROUGE_KEYS})
+    return rows
+
+
+def reset_peak_memory(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory(device: str) -> tuple[int, str]:
+    """(bytes, kind): CUDA peak allocated since the last reset, else the process's peak RSS
+    (which can only grow, so on CPU later arms report at least the earlier arms' peak)."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated()), "cuda_max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "process_peak_rss"

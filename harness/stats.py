@@ -1,0 +1,373 @@
+"""Paired statistics for two arms evaluated on the same items. NumPy only, no torch.
+
+What is computed, per metric, for a candidate arm against a baseline arm (DESIGN §7):
+
+- **Point values** come from the arms' recorded metric dicts (the numbers the pipeline wrote);
+  ``abs_diff = candidate - baseline`` and ``rel_gain = abs_diff / baseline`` (None when the
+  baseline is 0).
+- **Confidence interval**: paired percentile bootstrap. Items are resampled with replacement
+  *as pairs* (both arms keep the same items in a resample), the metric is recomputed for each
+  arm on the resample, and the ``alpha/2`` and ``1 - alpha/2`` quantiles of the difference give
+  the CI of ``abs_diff``; the same resamples give the CI of ``rel_gain`` (difference divided by
+  the resampled baseline value). Percentile rather than BCa: it needs no jackknife (which
+  would cost n extra evaluations at 10,000 items) and with hundreds of items the sampling
+  distribution of a mean is close to symmetric, where the two agree.
+- **p-value**: two-sided paired permutation test. Under the null "the two arms are
+  exchangeable on every item" each item's pair of scores may swap arm labels. For mean metrics
+  (ROUGE) swapping labels flips the sign of the item's difference, i.e. a sign-flip test on
+  per-item differences (``test="sign-flip"``). For the ratio metrics ``loss`` and
+  ``perplexity`` (sum NLL / sum tokens) the swapped sums are recomputed and the ratio difference
+  re-evaluated (``test="label-swap"``), so the corpus metric is tested as it is defined, not via
+  a per-item proxy. ``p = (1 + #{|T*| >= |T_obs|}) / (1 + n_resamples)`` (Phipson & Smyth 2010:
+  never 0, exact-level test), so 10,000 resamples resolve p down to ~1e-4.
+  A permutation p rather than one read off the bootstrap: it is exact under its null at any
+  sample size and its false-positive rate is alpha by construction (tests/test_stats.py checks
+  ~5% on simulated null comparisons).
+- **Holm** step-down correction over the metrics of one comparison that have a p-value
+  (``p_value_holm``); ``significant`` is ``p_value_holm <= alpha``. The raw p is kept beside it.
+  loss and perplexity are one test in two guises (exp is monotone) and both count in Holm:
+  slightly conservative, never anti-conservative.
+- Corpus metrics are recomputed from resampled *sums* (``sum nll_sum / sum n_tokens``;
+  perplexity = exp of that), never as a mean of per-item values. System metrics (throughput,
+  peak memory) have one number per arm: point difference only, CI and p are None.
+
+Speed: one seeded resample matrix (n_resamples x n_items) per comparison, shared by every
+metric. It is never materialised whole (10,000 x 10,000 int32 = 400 MB); it is drawn in row
+chunks of ~500k cells, each turned into a count matrix with ``bincount`` and multiplied by the
+(n_items x columns) matrix of per-item values, so every metric costs one small matrix product.
+Chunks of 50 rows x 10,000 items (4 MB of counts, cache-resident) ran 2.6x faster than 1,000-row
+chunks on the 2-core CI box. The permutation masks are drawn the same way as packed random bits.
+Results depend only on (seed, n_resamples, n_items) and the data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from harness import metrics as M
+from harness.errors import InputError, RecordError
+
+DEFAULT_RESAMPLES = 10_000
+METHOD = "paired_bootstrap"
+P_VALUE_TEST = "paired_permutation"
+# ~500k cells per chunk: 4 MB of int64 counts stays in cache (measured fastest, see docstring).
+CHUNK_CELLS = 500_000
+# Relative tolerance when counting |T*| >= |T_obs|: sums of 10k float64 values carry ~1e-13
+# relative error, so a permutation equal to the observed one must still count as extreme.
+TIE_RTOL = 1e-9
+ITEM_COLUMNS = (*M.ROUGE_KEYS, "nll_sum", "n_tokens")
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    """How comparisons are computed; recorded in run.json under ``stats``."""
+
+    n_resamples: int = DEFAULT_RESAMPLES
+    seed: int = 0
+    alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        if int(self.n_resamples) < 1:
+            raise InputError(f"stats.n_resamples must be >= 1, got {self.n_resamples}")
+        if not 0.0 < float(self.alpha) < 1.0:
+            raise InputError(f"stats.alpha must be in (0, 1), got {self.alpha}")
+
+    def as_record(self) -> dict[str, Any]:
+        return {"method": METHOD, **asdict(self), "p_value_test": P_VALUE_TEST}
+
+    @classmethod
+    def from_record(cls, stats: Mapping[str, Any] | None, *, alpha: float | None = None
+                    ) -> StatsSettings:
+        """Settings a stored record was made with (defaults where absent); alpha overridable."""
+        stats = stats or {}
+        return cls(
+            n_resamples=int(stats.get("n_resamples", DEFAULT_RESAMPLES)),
+            seed=int(stats.get("seed", 0)),
+            alpha=float(alpha if alpha is not None else stats.get("alpha", 0.05)),
+        )
+
+
+def stats_record(n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, alpha: float = 0.05
+                 ) -> dict[str, Any]:
+    """The ``stats`` block of run.json: method, n_resamples, seed, alpha, p_value_test."""
+    return StatsSettings(n_resamples, seed, alpha).as_record()
+
+
+# ---------------------------------------------------------------- pairing records
+
+
+def run_label(record: Mapping[str, Any]) -> str:
+    return f"{record.get('suite', '?')}/{record.get('run_id', '?')}"
+
+
+def eval_fingerprint(record: Mapping[str, Any]) -> str | None:
+    data = record.get("data") or {}
+    fp = data.get("eval_fingerprint")
+    return str(fp) if fp else None
+
+
+def same_eval_set(record_a: Mapping[str, Any], record_b: Mapping[str, Any]) -> bool:
+    """True when both records name the same (non-empty) eval fingerprint."""
+    fa = eval_fingerprint(record_a)
+    return fa is not None and fa == eval_fingerprint(record_b)
+
+
+def check_pairable(record_a: Mapping[str, Any], record_b: Mapping[str, Any]) -> None:
+    """Refuse to pair two runs whose eval items differ (a paired test needs the same items)."""
+    if same_eval_set(record_a, record_b):
+        return
+    fa, fb = eval_fingerprint(record_a), eval_fingerprint(record_b)
+    raise RecordError(
+        f"cannot pair runs {run_label(record_a)} and {run_label(record_b)}: their eval sets "
+        f"differ (data.eval_fingerprint {fa or 'missing'} vs {fb or 'missing'})"
+    )
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values, in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = (m - np.arange(m)) * p[order]  # smallest p times m, next times m-1, ...
+    adjusted = np.minimum(np.maximum.accumulate(stepped), 1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    return out.tolist()
+
+
+# ---------------------------------------------------------------- resampling matrices
+
+
+def _chunk_rows(n_items: int, n_resamples: int) -> int:
+    return max(1, min(n_resamples, CHUNK_CELLS // max(n_items, 1)))
+
+
+def _streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent bootstrap and permutation streams from one recorded seed."""
+    boot, perm = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(boot), np.random.default_rng(perm)
+
+
+def bootstrap_indices(n_items: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """The shared resample index matrix, (n_resamples, n_items) int32, in row chunks."""
+    rng = _streams(seed)[0]
+    step = _chunk_rows(n_items, n_resamples)
+    for start in range(0, n_resamples, step):
+        rows = min(step, n_resamples - start)
+        yield rng.integers(0, n_items, size=(rows, n_items), dtype=np.int32)
+
+
+def swap_masks(n_items: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Permutation masks, (n_resamples, n_items) of 0/1 (1 = swap arm labels), in chunks."""
+    rng = _streams(seed)[1]
+    step = _chunk_rows(n_items, n_resamples)
+    for start in range(0, n_resamples, step):
+        rows = min(step, n_resamples - start)
+        packed = rng.integers(0, 256, size=(rows, (n_items + 7) // 8), dtype=np.uint8)
+        yield np.unpackbits(packed, axis=1, count=n_items).astype(np.float64)
+
+
+def _counts(idx: np.ndarray) -> np.ndarray:
+    """Index rows -> how often each item was drawn, (rows, n_items) float64."""
+    rows, n = idx.shape
+    flat = idx + (np.arange(rows, dtype=np.int64) * n)[:, None]
+    return np.bincount(flat.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
+
+
+# ---------------------------------------------------------------- metric kernels
+
+
+def _metric_value(metric: str, sums: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+    """A metric from column sums over a (re)sample of n items; arrays broadcast over resamples."""
+    if metric in M.ROUGE_KEYS:
+        return sums[metric] / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = sums["nll_sum"] / sums["n_tokens"]
+    return np.exp(loss) if metric == "perplexity" else loss
+
+
+def _columns_for(metric: str) -> tuple[str, ...]:
+    return (metric,) if metric in M.ROUGE_KEYS else ("nll_sum", "n_tokens")
+
+
+@dataclass(frozen=True)
+class PairedItems:
+    """Per-item columns of both arms, aligned by item id: name -> (n_items,) float64."""
+
+    n: int
+    base: dict[str, np.ndarray]
+    cand: dict[str, np.ndarray]
+
+
+def _item_column(rows: Sequence[Mapping[str, Any]], col: str, arm: str) -> np.ndarray:
+    try:
+        if col == "nll_sum" and rows and "nll_sum" not in rows[0]:
+            # predictions.jsonl may carry only the per-item mean loss; nll_sum = loss x tokens
+            return np.array([float(r["loss"]) * float(r["n_tokens"]) for r in rows])
+        return np.array([float(r[col]) for r in rows])
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecordError(f"arm {arm}: per-item rows lack a numeric {col!r} ({e})") from e
+
+
+def _ids(rows: Sequence[Mapping[str, Any]], arm: str) -> dict[str, int]:
+    ids = {str(r.get("id")): i for i, r in enumerate(rows)}
+    if len(ids) != len(rows):
+        raise RecordError(f"arm {arm}: per-item rows repeat an id ({len(rows) - len(ids)} dupes)")
+    return ids
+
+
+def pair_items(base_items: Sequence[Mapping[str, Any]], cand_items: Sequence[Mapping[str, Any]],
+               *, baseline: str, candidate: str, columns: Sequence[str]) -> PairedItems:
+    """Align the candidate's rows to the baseline's order by id; refuse differing id sets."""
+    bid, cid = _ids(base_items, baseline), _ids(cand_items, candidate)
+    if bid.keys() != cid.keys():
+        only_b, only_c = len(bid.keys() - cid.keys()), len(cid.keys() - bid.keys())
+        raise RecordError(
+            f"cannot pair {candidate} with {baseline}: item ids differ ({only_b} only in "
+            f"{baseline}, {only_c} only in {candidate})"
+        )
+    cand_sorted = [cand_items[cid[i]] for i in bid]
+    base = {c: _item_column(base_items, c, baseline) for c in columns}
+    cand = {c: _item_column(cand_sorted, c, candidate) for c in columns}
+    return PairedItems(len(bid), base, cand)
+
+
+# ---------------------------------------------------------------- resampling engine
+
+
+def _resample(p: PairedItems, metrics: Sequence[str], settings: StatsSettings
+              ) -> dict[str, dict[str, np.ndarray]]:
+    """Bootstrap diffs / rel gains and permutation statistics, each (n_resamples,) per metric."""
+    cols = sorted({c for m in metrics for c in _columns_for(m)})
+    base = np.column_stack([p.base[c] for c in cols])  # (n, k)
+    cand = np.column_stack([p.cand[c] for c in cols])  # (n, k)
+    both, delta = np.hstack([base, cand]), cand - base  # (n, 2k), (n, k)
+    tot_b, tot_c = base.sum(0), cand.sum(0)  # (k,)
+    out: dict[str, dict[str, list[np.ndarray]]] = {m: {"diff": [], "rel": [], "perm": []}
+                                                   for m in metrics}
+    k, B = len(cols), settings.n_resamples
+    for idx in bootstrap_indices(p.n, B, settings.seed):
+        sums = _counts(idx) @ both  # (rows, 2k)
+        _collect_boot(out, metrics, cols, sums[:, :k], sums[:, k:], p.n)
+    for mask in swap_masks(p.n, B, settings.seed):
+        moved = mask @ delta  # (rows, k): how much swapping moves each column sum
+        _collect_perm(out, metrics, cols, tot_b + moved, tot_c - moved, p.n)
+    return {m: {key: np.concatenate(v) for key, v in parts.items()} for m, parts in out.items()}
+
+
+def _as_sums(cols: Sequence[str], arr: np.ndarray) -> dict[str, np.ndarray]:
+    return {c: arr[..., j] for j, c in enumerate(cols)}
+
+
+def _collect_boot(out: dict[str, Any], metrics: Sequence[str], cols: Sequence[str],
+                  sb: np.ndarray, sc: np.ndarray, n: int) -> None:
+    b_sums, c_sums = _as_sums(cols, sb), _as_sums(cols, sc)
+    for m in metrics:
+        vb, vc = _metric_value(m, b_sums, n), _metric_value(m, c_sums, n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[m]["diff"].append(vc - vb)
+            out[m]["rel"].append((vc - vb) / vb)
+
+
+def _collect_perm(out: dict[str, Any], metrics: Sequence[str], cols: Sequence[str],
+                  sb: np.ndarray, sc: np.ndarray, n: int) -> None:
+    b_sums, c_sums = _as_sums(cols, sb), _as_sums(cols, sc)
+    for m in metrics:
+        out[m]["perm"].append(_metric_value(m, c_sums, n) - _metric_value(m, b_sums, n))
+
+
+def _observed(p: PairedItems, metric: str) -> float:
+    """The statistic the permutation distribution is compared with, from the items."""
+    b = {c: v.sum() for c, v in p.base.items()}
+    c = {c: v.sum() for c, v in p.cand.items()}
+    return float(_metric_value(metric, c, p.n) - _metric_value(metric, b, p.n))
+
+
+def permutation_p(observed: float, null: np.ndarray) -> float:
+    """Two-sided Monte-Carlo p: (1 + #{|T*| >= |T_obs|}) / (1 + n)."""
+    null = null[np.isfinite(null)]
+    hits = np.count_nonzero(np.abs(null) >= abs(observed) * (1 - TIE_RTOL))
+    return float((1 + hits) / (1 + len(null)))
+
+
+def _interval(values: np.ndarray, alpha: float) -> tuple[float | None, float | None]:
+    values = values[np.isfinite(values)]  # a resample whose baseline is 0 has no relative gain
+    if values.size == 0:
+        return None, None
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+# ---------------------------------------------------------------- public entry point
+
+
+def compare_arms(
+    base_items: Sequence[Mapping[str, Any]],
+    cand_items: Sequence[Mapping[str, Any]],
+    base_metrics: Mapping[str, Any],
+    cand_metrics: Mapping[str, Any],
+    *,
+    baseline: str,
+    candidate: str,
+    metrics: Sequence[str] = M.ALL_KEYS,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> list[dict[str, Any]]:
+    """One comparison row per metric recorded (numeric) in both arms' metric dicts.
+
+    Per-item metrics get a paired CI and p-value when both item lists are non-empty; with no
+    items at all (e.g. runs on different eval sets) every row is a point difference only.
+    """
+    settings = StatsSettings(n_resamples, seed, alpha)
+    unknown = [m for m in metrics if m not in M.ALL_KEYS]
+    if unknown:
+        raise InputError(f"unknown metric(s) {unknown}; known: {', '.join(M.ALL_KEYS)}")
+    present = [m for m in metrics if _num(base_metrics.get(m)) and _num(cand_metrics.get(m))]
+    rows = [_point_row(m, base_metrics, cand_metrics, baseline, candidate) for m in present]
+    tested = [r for r in rows if M.is_per_item(r["metric"])]
+    if tested and (base_items or cand_items):
+        cols = sorted({c for r in tested for c in _columns_for(r["metric"])})
+        paired = pair_items(base_items, cand_items, baseline=baseline, candidate=candidate,
+                            columns=cols)
+        _fill_paired(tested, paired, settings)
+    return rows
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _point_row(metric: str, base_metrics: Mapping[str, Any], cand_metrics: Mapping[str, Any],
+               baseline: str, candidate: str) -> dict[str, Any]:
+    b, c = float(base_metrics[metric]), float(cand_metrics[metric])
+    return {
+        "metric": metric, "baseline": baseline, "candidate": candidate,
+        "baseline_value": b, "candidate_value": c, "abs_diff": c - b,
+        "rel_gain": (c - b) / b if b != 0 else None,
+        "ci_low": None, "ci_high": None, "p_value": None,
+        "rel_ci_low": None, "rel_ci_high": None, "p_value_holm": None, "significant": False,
+        "lower_is_better": M.lower_is_better(metric), "paired": False, "n_items": None,
+        "test": "none",
+    }
+
+
+def _fill_paired(rows: list[dict[str, Any]], paired: PairedItems, settings: StatsSettings) -> None:
+    """Add CIs, p-values and the Holm correction to the per-item metric rows, in place."""
+    dist = _resample(paired, [r["metric"] for r in rows], settings)
+    for r in rows:
+        d = dist[r["metric"]]
+        r["ci_low"], r["ci_high"] = _interval(d["diff"], settings.alpha)
+        if r["baseline_value"] != 0:
+            r["rel_ci_low"], r["rel_ci_high"] = _interval(d["rel"], settings.alpha)
+        r["p_value"] = permutation_p(_observed(paired, r["metric"]), d["perm"])
+        r["paired"], r["n_items"] = True, paired.n
+        r["test"] = "sign-flip" if r["metric"] in M.ROUGE_KEYS else "label-swap"
+    for r, adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
+        r["p_value_holm"] = adj
+        r["significant"] = bool(adj <= settings.alpha)

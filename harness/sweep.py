@@ -1,0 +1,60 @@
+"""Adapter arms of a suite: one `lora` arm, or one arm per sweep cell (named cells + grid).
+
+Each cell is the suite with dotted-key overrides applied and re-validated, so a cell can change
+anything a `--set` can (train.r, train.learning_rate, train.max_steps, ...). The zero-shot
+baseline does not depend on the cells and is evaluated once for all of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from harness.config import Suite, with_overrides
+from harness.errors import ConfigError
+
+DEFAULT_ARM = "lora"
+# Tables a cell may not override: the baseline and the eval items are shared by all cells.
+_SHARED = ("name", "model", "data", "eval", "stats", "sweep")
+
+
+def expand(suite: Suite) -> list[tuple[str, Suite]]:
+    """(arm name, cell suite) for every adapter arm; [] for an eval-only suite."""
+    if suite.train is None:
+        if suite.sweep:
+            raise ConfigError(f"{suite.name}: [sweep] needs a [train] table")
+        return []
+    if suite.sweep is None:
+        return [(DEFAULT_ARM, suite)]
+    cells = [(c.name, dict(c.set)) for c in suite.sweep.cells] + grid_cells(suite.sweep.grid)
+    if not cells:
+        raise ConfigError(f"{suite.name}: [sweep] has neither cells nor grid")
+    names = [n for n, _ in cells]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes or "baseline" in names:
+        raise ConfigError(f"{suite.name}: sweep cell names must be unique and not 'baseline': "
+                          f"{dupes or ['baseline']}")
+    return [(name, _cell(suite, name, sets)) for name, sets in cells]
+
+
+def grid_cells(grid: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Cartesian product; names like `r8_learning_rate0.0002` from the keys' last parts."""
+    if not grid:
+        return []
+    keys = list(grid)
+    out = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        name = "_".join(f"{k.rsplit('.', 1)[-1]}{v}" for k, v in zip(keys, values))
+        out.append((name, dict(zip(keys, values))))
+    return out
+
+
+def _cell(suite: Suite, name: str, sets: dict[str, Any]) -> Suite:
+    bad = [k for k in sets if k.split(".")[0] in _SHARED]
+    if bad:
+        raise ConfigError(f"sweep cell {name!r}: cannot override {bad}: the zero-shot baseline "
+                          "and eval items are shared by all cells")
+    try:
+        return with_overrides(suite, {**sets, "sweep": None})
+    except ConfigError as e:
+        raise ConfigError(f"sweep cell {name!r}: {e}") from e

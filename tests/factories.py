@@ -1,0 +1,124 @@
+"""Build run directories that follow the record contract, without torch or a model.
+
+Used by the tests of everything that only reads records (stats, compare, gate, report).
+The shapes here are the ones `pipeline.run_suite` writes; tests/test_pipeline.py checks a
+real run against `validate_run_dir` below so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import results
+from harness.metrics import ROUGE_KEYS
+
+
+def make_items(n: int, *, seed: int, rouge_mean: float, nll_mean: float) -> list[dict[str, Any]]:
+    """Per-item rows for one arm: rouge in [0, 1], nll_sum over 5..40 reference tokens."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        n_tok = int(rng.integers(5, 41))
+        nll = float(max(0.05, rng.normal(nll_mean, 0.3))) * n_tok
+        row: dict[str, Any] = {
+            "id": f"item-{i:04d}",
+            "prompt": f"Prompt {i} <b>bold</b>",
+            "reference": f"Reference {i}",
+            "prediction": f"Prediction {i} <script>alert(1)</script>",
+            "loss": nll / n_tok,
+            "nll_sum": nll,
+            "n_tokens": n_tok,
+            "gen_tokens": int(rng.integers(1, 20)),
+        }
+        for k in ROUGE_KEYS:
+            row[k] = float(np.clip(rng.normal(rouge_mean, 0.15), 0.0, 1.0))
+        rows.append(row)
+    return rows
+
+
+def arm_metrics(items: list[dict[str, Any]], **system: float) -> dict[str, float]:
+    nll = sum(r["nll_sum"] for r in items)
+    tok = sum(r["n_tokens"] for r in items)
+    m = {"loss": nll / tok, "perplexity": math.exp(nll / tok)}
+    for k in ROUGE_KEYS:
+        m[k] = float(np.mean([r[k] for r in items]))
+    m.update({"eval_tokens_per_s": 400.0, "gen_tokens_per_s": 50.0, "peak_memory_bytes": 2e9})
+    m.update(system)
+    return m
+
+
+def make_run(
+    out_dir: Path,
+    *,
+    suite: str = "toy",
+    n: int = 50,
+    arms: dict[str, tuple[float, float]] | None = None,
+    seed: int = 0,
+    status: str = "success",
+    device: str = "cpu",
+    eval_fingerprint: str = "fp-toy-0001",
+    error: dict[str, Any] | None = None,
+) -> Path:
+    """A finished run directory. ``arms`` maps arm name -> (rouge_mean, nll_mean)."""
+    arms = arms or {"baseline": (0.30, 2.5), "lora": (0.45, 1.8)}
+    run = results.create_run_dir(out_dir, suite)
+    preds, record_arms, log = [], {}, []
+    for j, (arm, (rouge_mean, nll_mean)) in enumerate(arms.items()):
+        items = make_items(n, seed=seed + 17 * j, rouge_mean=rouge_mean, nll_mean=nll_mean)
+        preds += [{"arm": arm, **r} for r in items]
+        adapter = None if arm == "baseline" else f"{results.ADAPTERS_DIR}/{arm}"
+        record_arms[arm] = {
+            "model": "toy/model", "adapter": adapter, "status": "success",
+            "metrics": arm_metrics(items),
+        }
+        if adapter:
+            log += [{"arm": arm, "step": s, "epoch": s / 10, "loss": 3.0 - 0.1 * s,
+                     "learning_rate": 1e-4} for s in range(1, 11)]
+            log += [{"arm": arm, "step": 10, "epoch": 1.0, "eval_loss": nll_mean}]
+    record = {
+        "schema_version": results.SCHEMA_VERSION,
+        "suite": suite,
+        "run_id": run.final.name,
+        "status": status,
+        "error": error,
+        "config": {"name": suite, "model": {"name_or_path": "toy/model"}},
+        "env": {"device": device, "memory_kind": "process_peak_rss", "harness_version": "0.1.0",
+                "torch": "2.13.0", "transformers": "5.0.0", "peft": "0.18.0",
+                "python": "3.11.7", "git": {"commit": "abc1234", "dirty": False}},
+        "data": {"eval_fingerprint": eval_fingerprint, "n_train": 100, "n_eval": n},
+        "arms": record_arms,
+        "comparisons": [],
+        "stats": {"method": "paired_bootstrap", "n_resamples": 2000, "seed": 0, "alpha": 0.05},
+        "training": {a: {"trainable_params": 1000, "total_params": 100000}
+                     for a in arms if a != "baseline"},
+        "started_at": "2026-11-22T00:00:00Z",
+        "finished_at": "2026-11-22T00:01:00Z",
+        "wall_time_s": 60.0,
+    }
+    run.write_jsonl(results.PREDICTIONS_FILE, preds)
+    run.write_jsonl(results.TRAIN_LOG_FILE, log)
+    run.write_json(results.RUN_FILE, record)
+    return run.finalize()
+
+
+def validate_run_dir(path: Path) -> dict[str, Any]:
+    """Assert a run directory follows DESIGN §2; returns the record."""
+    loaded = results.load_run(path)
+    rec = loaded.record
+    missing = [k for k in results.RUN_KEYS if k not in rec]
+    assert not missing, f"run.json lacks {missing}"
+    assert rec["status"] in ("success", "failed")
+    assert {"eval_fingerprint", "n_train", "n_eval"} <= set(rec["data"])
+    assert "baseline" in rec["arms"]
+    for name, arm in rec["arms"].items():
+        assert {"model", "adapter", "metrics"} <= set(arm), name
+    for c in rec["comparisons"]:
+        assert set(results.COMPARISON_KEYS) <= set(c), c
+    pred_keys = {"arm", "id", "prompt", "reference", "prediction", "loss", "n_tokens", *ROUGE_KEYS}
+    for p in loaded.predictions:
+        assert pred_keys <= set(p), set(p) ^ pred_keys
+    return rec

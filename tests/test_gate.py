@@ -1,0 +1,253 @@
+"""harness gate: rule parsing, every exit code through the CLI, suite rules, significance,
+device and version warnings, $GITHUB_STEP_SUMMARY."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from harness import gate, results
+from harness.errors import InputError, RecordError
+from harness.metrics import ROUGE_KEYS
+from harness.results import RUN_FILE, load_run
+
+from .factories import arm_metrics, make_run
+
+
+@pytest.fixture(autouse=True)
+def no_step_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never append to a real GitHub step summary when the suite itself runs in Actions."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+@pytest.fixture()
+def base(tmp_path: Path) -> Path:
+    return make_run(tmp_path / "baselines", n=60)
+
+
+def derive(baseline: Path, out: Path, *, rouge_factor: float = 1.0, noise: float = 0.0,
+           nll_add: float = 0.0, device: str | None = None, env: dict[str, Any] | None = None,
+           config: dict[str, Any] | None = None, system: dict[str, float] | None = None,
+           rename: dict[str, str] | None = None) -> Path:
+    """A candidate run on the baseline's items: lora's per-item scores moved in a known way.
+
+    The noise is centred, so the candidate's mean rouge is exactly rouge_factor x the
+    baseline's while its spread (and so the CI) grows with ``noise``.
+    """
+    src = load_run(baseline)
+    rec = json.loads(json.dumps(src.record))
+    rows = [dict(r) for r in src.predictions]
+    lora = [r for r in rows if r["arm"] == "lora"]
+    e = np.random.default_rng(0).normal(0, 1, len(lora))
+    e = noise * (e - e.mean())
+    for r, d in zip(lora, e, strict=True):
+        for k in ROUGE_KEYS:
+            r[k] = r[k] * rouge_factor + d
+        r["nll_sum"] += nll_add * r["n_tokens"]
+        r["loss"] = r["nll_sum"] / r["n_tokens"]
+    rec["arms"]["lora"]["metrics"] = arm_metrics(lora, **(system or {}))
+    rec["env"].update(env or {}, **({"device": device} if device else {}))
+    rec["config"].update(config or {})
+    for old, new in (rename or {}).items():
+        rec["arms"][new] = rec["arms"].pop(old)
+        for r in rows:
+            r["arm"] = new if r["arm"] == old else r["arm"]
+    return write_run(out, rec, rows)
+
+
+def write_run(out: Path, rec: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+    run = results.create_run_dir(out, rec["suite"])
+    rec["run_id"] = run.final.name
+    run.write_jsonl(results.PREDICTIONS_FILE, rows)
+    run.write_json(results.RUN_FILE, rec)
+    return run.finalize()
+
+
+def cli(*args: str) -> Any:
+    from harness.cli import app
+
+    return CliRunner().invoke(app, ["gate", *args])
+
+
+def outcome(cand: Path, base: Path, *rules: str) -> gate.GateOutcome:
+    return gate.run_gate(load_run(cand), load_run(base), cli_rules=list(rules))
+
+
+# ---------------------------------------------------------------- rules
+
+
+def test_rules_parse_into_small_objects():
+    r = gate.parse_rule("rougeL:-1%")
+    assert (r.metric, r.limit, r.relative, r.require_sig, r.source) == (
+        "rougeL", 0.01, True, False, "cli")
+    assert gate.parse_rule("loss:+0.05") == gate.Rule("loss:+0.05", "loss", 0.05, False, False)
+    assert gate.parse_rule("perplexity:2%:sig", source="suite").require_sig
+    assert gate.parse_rule("perplexity:2%").allowed() == "+2%"  # unsigned: the worse way
+    assert gate.parse_rule("rougeL:1%").allowed() == "-1%"
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("rougeL", "expected METRIC"), ("rougeL:-x%", "expected METRIC"),
+    ("rougeL:-1%:strict", "expected METRIC"), ("bleu:-1%", "unknown metric 'bleu'"),
+    ("rougeL:+1%", "write rougeL:-1%"), ("perplexity:-2%:sig", "write perplexity:+2%:sig"),
+    ("peak_memory_bytes:+5%:sig", "one number per arm"),
+])
+def test_malformed_rules_are_refused_by_name(text: str, why: str):
+    with pytest.raises(InputError, match="bad gate rule") as e:
+        gate.parse_rule(text)
+    assert repr(text) in str(e.value) and why in str(e.value)
+
+
+def test_suite_rules_are_used_and_cli_rules_override_them_per_metric():
+    rec = {"config": {"gate": {"rules": ["rougeL:-1%", "loss:+0.05"]}}}
+    rules = gate.gate_rules(rec, ["rougeL:-5%"])
+    assert [(r.text, r.source) for r in rules] == [("loss:+0.05", "suite"), ("rougeL:-5%", "cli")]
+    assert gate.gate_rules({"config": {}}, ["loss:+1"])[0].text == "loss:+1"
+    with pytest.raises(InputError, match="no gate rules"):
+        gate.gate_rules({"config": {}}, [])
+    with pytest.raises(InputError, match="list of strings"):
+        gate.gate_rules({"config": {"gate": {"rules": "rougeL:-1%"}}}, [])
+
+
+# ---------------------------------------------------------------- exit codes through the CLI
+
+
+def test_exit_0_when_within_every_rule(base: Path, tmp_path: Path):
+    cand = derive(base, tmp_path, rouge_factor=0.995)  # -0.5 %, allowed -1 %
+    res = cli(str(cand), "--baseline", str(base), "--rule", "rougeL:-1%", "--rule", "loss:+0.05")
+    assert res.exit_code == 0, res.output
+    assert "## harness gate: ✅ pass" in res.stdout and "`rougeL:-1%` (cli)" in res.stdout
+
+
+def test_exit_1_on_a_regression_and_the_summary_is_appended(base: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    summary = tmp_path / "summary.md"
+    summary.write_text("# earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    cand = derive(base, tmp_path, rouge_factor=0.97)  # -3 %
+    res = cli(str(cand), "--baseline", str(base), "--rule", "rougeL:-1%", "--rule", "loss:+0.05")
+    assert res.exit_code == 1
+    text = summary.read_text()
+    assert text.startswith("# earlier step\n") and "❌ FAIL (1 regression)" in text
+    assert "rougeL -3.00% is beyond the allowed -1%" in text
+    assert text.endswith(res.stdout.rstrip("\n") + "\n\n") or res.stdout.strip() in text
+
+
+@pytest.mark.parametrize("rule", ["rougeL", "bleu:-1%", "rougeL:+1%"])
+def test_exit_2_on_a_bad_rule(base: Path, tmp_path: Path, rule: str):
+    res = cli(str(derive(base, tmp_path)), "--baseline", str(base), "--rule", rule)
+    assert res.exit_code == 2 and repr(rule) in res.stderr
+
+
+def test_exit_2_on_a_bad_path_or_a_different_eval_set(base: Path, tmp_path: Path):
+    res = cli(str(tmp_path / "missing"), "--baseline", str(base), "--rule", "rougeL:-1%")
+    assert res.exit_code == 2 and "not a run directory" in res.stderr
+    other = make_run(tmp_path / "other", n=60, eval_fingerprint="fp-other")
+    res = cli(str(other), "--baseline", str(base), "--rule", "rougeL:-1%")
+    assert res.exit_code == 2 and "eval sets differ" in res.stderr
+    with pytest.raises(RecordError, match="fp-other"):
+        outcome(other, base, "rougeL:-1%")
+
+
+def test_failed_candidate_exits_1_with_its_error(base: Path, tmp_path: Path):
+    failed = make_run(tmp_path / "c", n=60, status="failed", error={"message": "NaN loss at 12"})
+    res = cli(str(failed), "--baseline", str(base), "--rule", "rougeL:-1%")
+    assert res.exit_code == 1 and "NaN loss at 12" in res.stdout and "FAIL" in res.stdout
+
+
+def test_failed_baseline_is_a_record_error(base: Path, tmp_path: Path):
+    failed = make_run(tmp_path / "b", n=60, status="failed", error={"message": "OOM"})
+    res = cli(str(base), "--baseline", str(failed), "--rule", "rougeL:-1%")
+    assert res.exit_code == 2 and "baseline run" in res.stderr and "OOM" in res.stderr
+
+
+# ---------------------------------------------------------------- rules from the record
+
+
+def test_suite_gate_rules_apply_and_cli_overrides_them(base: Path, tmp_path: Path):
+    cand = derive(base, tmp_path, rouge_factor=0.97, config={"gate": {"rules": ["rougeL:-1%"]}})
+    res = cli(str(cand), "--baseline", str(base))
+    assert res.exit_code == 1 and "`rougeL:-1%` (suite)" in res.stdout
+    res = cli(str(cand), "--baseline", str(base), "--rule", "rougeL:-5%")
+    assert res.exit_code == 0 and "(suite)" not in res.stdout
+
+
+def test_no_rules_anywhere_is_bad_input(base: Path, tmp_path: Path):
+    res = cli(str(derive(base, tmp_path)), "--baseline", str(base))
+    assert res.exit_code == 2 and "no gate rules" in res.stderr
+
+
+def test_absolute_and_relative_rules_on_lower_is_better_metrics(base: Path, tmp_path: Path):
+    cand = derive(base, tmp_path, nll_add=0.1)  # loss +0.1 nats, perplexity +~10.5 %
+    assert outcome(cand, base, "loss:+0.05").exit_code == 1
+    assert outcome(cand, base, "loss:+0.2").exit_code == 0
+    assert outcome(cand, base, "perplexity:+2%").exit_code == 1
+    assert outcome(cand, base, "perplexity:+11%").exit_code == 0
+    better = derive(base, tmp_path, nll_add=-0.3)
+    assert outcome(better, base, "loss:+0", "perplexity:+0%").exit_code == 0
+
+
+# ---------------------------------------------------------------- significance
+
+
+def test_sig_rule_warns_when_the_ci_reaches_the_margin(base: Path, tmp_path: Path):
+    noisy = derive(base, tmp_path, rouge_factor=0.98, noise=0.15)  # -2 %, but a wide CI
+    plain = outcome(noisy, base, "rougeL:-1%")
+    assert plain.exit_code == 1
+    sig = outcome(noisy, base, "rougeL:-1%:sig")
+    assert sig.exit_code == 0 and sig.checks[0].status == "warn"
+    assert any("not significant" in w for w in sig.warnings)
+    assert "⚠️ warn" in sig.markdown
+
+
+def test_sig_rule_fails_when_the_ci_excludes_the_margin(base: Path, tmp_path: Path):
+    clean = derive(base, tmp_path, rouge_factor=0.95, noise=0.001)  # -5 %, tight CI
+    res = outcome(clean, base, "rougeL:-1%:sig")
+    assert res.exit_code == 1 and "excludes the margin" in res.checks[0].message
+    row = res.checks[0].row
+    assert row is not None and row["rel_ci_high"] < -0.01
+
+
+# ---------------------------------------------------------------- environments and arms
+
+
+def test_different_devices_skip_throughput_rules_with_a_message(base: Path, tmp_path: Path):
+    slow = {"eval_tokens_per_s": 100.0}  # the baseline's toy record says 400
+    other_device = derive(base, tmp_path, device="cuda:0 NVIDIA H100", system=slow)
+    res = outcome(other_device, base, "eval_tokens_per_s:-5%", "rougeL:-1%")
+    assert res.exit_code == 0
+    assert [c.status for c in res.checks] == ["skip", "pass"]
+    assert any("different devices" in w for w in res.warnings)
+    assert "⏭️ skipped" in res.markdown
+    same_device = derive(base, tmp_path, system=slow)
+    assert outcome(same_device, base, "eval_tokens_per_s:-5%").exit_code == 1
+
+
+def test_library_version_differences_only_warn(base: Path, tmp_path: Path):
+    cand = derive(base, tmp_path, env={"transformers": "4.57.0"})
+    res = outcome(cand, base, "rougeL:-1%")
+    assert res.exit_code == 0
+    assert any("transformers 4.57.0 vs 5.0.0" in w for w in res.warnings)
+    assert "library versions differ" in res.markdown
+
+
+def test_arms_fall_back_to_the_first_adapter_when_names_differ(base: Path, tmp_path: Path):
+    cand = derive(base, tmp_path, rouge_factor=0.97, rename={"lora": "qlora"})
+    res = outcome(cand, base, "rougeL:-1%")
+    assert res.exit_code == 1
+    assert (res.checks[0].arm, res.checks[0].baseline_arm) == ("qlora", "lora")
+    assert any("gating qlora against lora" in w for w in res.warnings)
+
+
+def test_failed_candidate_arm_fails_the_gate(base: Path, tmp_path: Path):
+    cand = derive(base, tmp_path)
+    rec = json.loads((cand / RUN_FILE).read_text())
+    rec["arms"]["lora"]["status"] = "failed"
+    (cand / RUN_FILE).write_text(json.dumps(rec))
+    res = outcome(cand, base, "rougeL:-1%")
+    assert res.exit_code == 1 and "did not succeed" in res.markdown

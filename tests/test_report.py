@@ -1,0 +1,331 @@
+"""report.html / report.md rendered from records built by tests/factories (no torch, no model)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from harness import plots, report
+from harness.cli import app
+from harness.errors import HarnessError
+from harness.metrics import QUALITY_KEYS, ROUGE_KEYS, SYSTEM_KEYS
+from harness.results import PREDICTIONS_FILE, RUN_FILE, TRAIN_LOG_FILE, load_run
+
+from .factories import make_run
+
+THREE_ARMS = {"baseline": (0.30, 2.5), "lora": (0.45, 1.8), "qlora": (0.27, 2.6)}
+ESCAPED_SCRIPT = "&lt;script&gt;alert(1)&lt;/script&gt;"
+
+
+def edit_record(path: Path, **changes: Any) -> None:
+    rec = json.loads((path / RUN_FILE).read_text())
+    rec.update(changes)
+    (path / RUN_FILE).write_text(json.dumps(rec))
+
+
+def comparisons(path: Path, *, paired: bool = True) -> list[dict[str, Any]]:
+    """Rows shaped like harness.stats writes them; CIs and p from a normal approximation."""
+    run = load_run(path)
+    arms = run.record["arms"]
+    rows = []
+    for cand in [a for a in arms if a != "baseline"]:
+        for m in QUALITY_KEYS + SYSTEM_KEYS:
+            rows.append(comparison(run, m, cand, paired=paired and m in ROUGE_KEYS + ("loss",)))
+        ps = [r["p_value"] for r in rows if r["candidate"] == cand and r["p_value"] is not None]
+        for r in rows:
+            if r["candidate"] == cand and r["p_value"] is not None:
+                r["p_value_holm"] = min(1.0, r["p_value"] * len(ps))
+                r["significant"] = r["p_value_holm"] <= 0.05
+    return rows
+
+
+def comparison(run, metric: str, cand: str, *, paired: bool) -> dict[str, Any]:
+    b = run.record["arms"]["baseline"]["metrics"][metric]
+    c = run.record["arms"][cand]["metrics"][metric]
+    row = {"metric": metric, "baseline": "baseline", "candidate": cand, "baseline_value": b,
+           "candidate_value": c, "abs_diff": c - b, "rel_gain": (c - b) / b, "ci_low": None,
+           "ci_high": None, "p_value": None, "rel_ci_low": None, "rel_ci_high": None,
+           "p_value_holm": None, "significant": False}
+    if paired:
+        diffs = [y[metric] - x[metric] for x, y in zip(run.items("baseline"), run.items(cand))]
+        mean = sum(diffs) / len(diffs)
+        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+        row.update(ci_low=c - b - 1.96 * se, ci_high=c - b + 1.96 * se,
+                   rel_ci_low=(c - b - 1.96 * se) / b, rel_ci_high=(c - b + 1.96 * se) / b,
+                   p_value=math.erfc(abs(mean / se) / math.sqrt(2)))
+    return row
+
+
+def rich_run(tmp_path: Path, n: int = 50, arms: dict | None = None) -> Path:
+    """A successful run with comparisons, training details, length stats and a train config."""
+    path = make_run(tmp_path, n=n, arms=arms or THREE_ARMS)
+    edit_record(
+        path,
+        comparisons=comparisons(path),
+        config={"name": "toy", "model": {"name_or_path": "toy/model", "load_in_4bit": False},
+                "train": {"r": 8, "alpha": 16, "learning_rate": 2e-4, "max_steps": 10}},
+        training={a: {"trainable_params": 921_600, "total_params": 135_436_608,
+                      "adapter_bytes": 3_702_784, "train_runtime_s": 312.5,
+                      "train_tokens_per_s": 190.4, "padding_efficiency": 0.8125,
+                      "computed_tokens": 70_000, "config": {"r": r, "alpha": 16}}
+                  for a, r in (("lora", 8), ("qlora", 16))},
+        data={"eval_fingerprint": "fp-toy-0001", "n_train": 100, "n_eval": n,
+              "lengths": {"train": {"n": 100, "mean": 412.3, "median": 388, "max": 1024,
+                                    "share_truncated": 0.031},
+                          "eval": {"n": n, "mean": 398.0, "median": 377.5, "max": 990,
+                                   "share_truncated": 0.0}}},
+    )
+    return path
+
+
+def failed_run(tmp_path: Path) -> Path:
+    """Baseline evaluated, then the lora arm ran out of memory while training."""
+    path = make_run(tmp_path, arms={"baseline": (0.30, 2.5)}, status="failed",
+                    error={"type": "RuntimeError", "message": "CUDA out of memory",
+                           "stage": "train:lora"})
+    rec = json.loads((path / RUN_FILE).read_text())
+    rec["arms"]["lora"] = {"model": "toy/model", "adapter": None, "metrics": {},
+                           "status": "running"}
+    rec["training"] = {}
+    (path / RUN_FILE).write_text(json.dumps(rec))
+    (path / TRAIN_LOG_FILE).write_text(
+        "".join(json.dumps({"arm": "lora", "step": s, "epoch": s / 10, "loss": 3 - 0.2 * s,
+                            "learning_rate": 1e-4}) + "\n" for s in range(1, 4)))
+    return path
+
+
+@pytest.fixture()
+def rich(tmp_path: Path) -> Path:
+    return rich_run(tmp_path)
+
+
+def headline_row(html: str, candidate: str, metric: str) -> str:
+    section = html.split(f"<h3>{candidate} <span")[1]
+    return section.split(f'data-metric="{metric}"')[1].split("</tr>")[0]
+
+
+# ------------------------------------------------------------------ success
+
+
+def test_headline_table_has_values_ci_p_and_significance(rich: Path):
+    html = report.render_html(load_run(rich))
+    c = next(c for c in json.loads((rich / RUN_FILE).read_text())["comparisons"]
+             if c["candidate"] == "lora" and c["metric"] == "rougeL")
+    row = headline_row(html, "lora", "rougeL")
+    assert f"{c['baseline_value']:.4f}" in row and f"{c['candidate_value']:.4f}" in row
+    assert f"{c['abs_diff']:+.4f}" in row
+    assert f"{100 * c['rel_gain']:+.1f}%" in row
+    assert f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" in row
+    assert "&lt;0.001" in row and "significant" in row and 'class="num good strong"' in row
+    assert "p (Holm)" in html and "95% CI" in html
+
+
+def test_lower_is_better_metrics_read_as_gains_when_they_drop(rich: Path):
+    html = report.render_html(load_run(rich))
+    loss = headline_row(html, "lora", "loss")  # 2.5 -> 1.8 nats: a drop, shown as better
+    assert re.search(r'class="num good[^"]*">-0\.\d{4}<', loss)
+    assert 'title="lower is better"' in loss
+    worse = headline_row(html, "qlora", "rougeL")  # 0.30 -> 0.27: a regression
+    assert 'class="num bad' in worse
+
+
+def test_point_only_comparisons_render_dashes(rich: Path):
+    row = headline_row(report.render_html(load_run(rich)), "lora", "gen_tokens_per_s")
+    assert row.count("—") >= 3  # CI, p and significance
+    assert "n.s." not in row
+
+
+def test_model_outputs_and_prompts_are_escaped(rich: Path):
+    html = report.render_html(load_run(rich))
+    assert "<script>alert(1)</script>" not in html
+    assert ESCAPED_SCRIPT in html
+    assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert html.count("<script") == 1  # ours, admitted by its hash in the CSP
+
+
+def test_html_is_self_contained(rich: Path):
+    html = report.render_html(load_run(rich))
+    assert not re.search(r"https?://", html)
+    assert not re.search(r"<(link|script|img|iframe)[^>]*(src|href)=\"(?!data:|#)", html)
+    assert "@import" not in html and "url(" not in html
+    assert "default-src 'none'" in html
+
+
+def test_script_hash_matches_the_inline_script(rich: Path):
+    import base64
+    import hashlib
+
+    html = report.render_html(load_run(rich))
+    script = re.search(r"<script>(.*?)</script>", html, re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in html
+
+
+def test_plots_are_inline_svg(rich: Path):
+    html = report.render_html(load_run(rich))
+    assert html.count('<svg class="chart"') == 5  # loss, ROUGE, gain, throughput, memory
+    assert "<polyline" in html and "optimizer step" in html  # loss curves with axis label
+    assert 'class="whisker"' in html  # CI error bars on the ROUGE bars
+    assert "Relative improvement over baseline" in html and "<circle" in html
+    assert "lora eval" in html and "qlora train" in html  # legend entries
+
+
+def test_summary_training_lengths_and_config(rich: Path):
+    html = report.render_html(load_run(rich))
+    assert "abc1234" in html and "transformers" in html and "60.0 s" in html
+    assert "921,600" in html and "0.7 %" in html and "3.53 MiB" in html  # 921600/135M
+    assert "81.2%" in html and "5 min 12 s" in html
+    assert "Truncated" in html and "3.1%" in html and "377.5" in html
+    assert "learning_rate" in html and "0.0002" in html
+    assert "computed_tokens" not in html.split('id="training"')[1].split("</section>")[0]
+
+
+def test_sweep_knobs_that_differ_become_training_columns(rich: Path):
+    md = report.render_markdown(load_run(rich))
+    training = md.split("## Training")[1].split("##")[0]
+    assert "| | lora | qlora |" in training
+    assert "| config.r | 8 | 16 |" in training and "alpha" not in training  # same in both
+
+
+def test_examples_sorted_by_rouge_gain(rich: Path):
+    html = report.render_html(load_run(rich))
+    rows = re.findall(r'<tr data-id="(item-\d+)" data-g0="([^"]*)" data-g1="([^"]*)"', html)
+    assert len(rows) == 50
+    gains = [float(g) for _, g, _ in rows]
+    assert gains == sorted(gains, reverse=True)
+    assert 'data-sort="regression"' in html and 'id="sort-arm"' in html
+
+
+def test_examples_are_capped_keeping_gains_and_regressions(tmp_path: Path):
+    html = report.render_html(load_run(make_run(tmp_path, n=report.MAX_EXAMPLES + 30)))
+    gains = [float(g) for g in re.findall(r'<tr data-id="[^"]+" data-g0="([^"]*)"', html)]
+    assert len(gains) == report.MAX_EXAMPLES
+    assert f"Showing {report.MAX_EXAMPLES} of {report.MAX_EXAMPLES + 30} items" in html
+    assert gains[0] > 0 > gains[-1]
+
+
+def test_no_comparisons_falls_back_to_metrics_by_arm(tmp_path: Path):
+    run = load_run(make_run(tmp_path))
+    html, md = report.render_html(run), report.render_markdown(run)
+    assert "holds no paired comparisons" in html and 'id="arms"' in html
+    assert "No paired comparisons" in md and "## Metrics by arm" in md
+
+
+# ------------------------------------------------------------------ failed runs
+
+
+def test_failed_run_shows_error_and_what_was_measured(tmp_path: Path):
+    run = load_run(failed_run(tmp_path))
+    html, md = report.render_html(run), report.render_markdown(run)
+    assert 'class="error-box"' in html and "CUDA out of memory" in html
+    assert "<code>train:lora</code>" in html and "RuntimeError" in html
+    assert 'class="pill failed"' in html
+    assert "lora train" in html  # the partial loss curve still plotted
+    assert "running" in html  # arm status column appears when an arm did not finish
+    assert "Run failed" in md and "CUDA out of memory" in md and "train:lora" in md
+
+
+def test_failed_run_with_a_bare_record_does_not_crash(tmp_path: Path):
+    path = tmp_path / "bare"
+    path.mkdir()
+    (path / RUN_FILE).write_text(json.dumps({
+        "schema_version": 1, "status": "failed", "arms": None, "comparisons": None,
+        "error": {"type": "ValueError", "message": "bad <data>"}}))
+    run = load_run(path)
+    html, md = report.render_html(run), report.render_markdown(run)
+    assert "bad &lt;data&gt;" in html and "bad &lt;data&gt;" in md
+    assert 'id="examples"' not in html
+
+
+def test_a_corrupt_predictions_line_becomes_a_warning(rich: Path):
+    with open(rich / PREDICTIONS_FILE, "a") as f:
+        f.write('{"arm": "lora", "id": "item-9\n')
+    html = report.render_html(load_run(rich))
+    assert 'class="warn"' in html and "corrupt JSON line" in html
+
+
+# ------------------------------------------------------------------ markdown
+
+
+def test_markdown_tables(rich: Path):
+    md = report.render_markdown(load_run(rich))
+    assert "| Metric | Zero-shot | lora | Abs. gain | Rel. gain | 95% CI (abs.) | p (Holm) |" in md
+    rouge = next(line for line in md.splitlines() if line.startswith("| ROUGE-L |"))
+    assert "**+" in rouge and "yes" in rouge and rouge.count("|") == 9
+    assert "| Perplexity (↓) |" in md and "[report.html](report.html)" in md
+    assert "<script" not in md
+    for line in md.splitlines():
+        if line.startswith("|"):
+            assert line.endswith("|"), line
+
+
+def test_md_cell_escapes_table_breaking_text():
+    assert report.md_cell("a|b\nc <img src=x>") == "a\\|b c &lt;img src=x&gt;"
+    assert report.md_cell(None) == ""
+
+
+def test_markdown_escapes_untrusted_arm_names(tmp_path: Path):
+    run = load_run(make_run(tmp_path, arms={"baseline": (0.3, 2.5), "x|<i>y": (0.4, 2.0)}))
+    md = report.render_markdown(run)
+    assert "| x\\|&lt;i&gt;y |" in md
+
+
+# ------------------------------------------------------------------ files, CLI, imports
+
+
+def test_write_reports_writes_both_files(rich: Path):
+    paths = report.write_reports(load_run(rich))
+    assert [p.name for p in paths] == ["report.html", "report.md"]
+    assert all(p.parent == rich and p.stat().st_size > 1000 for p in paths)
+
+
+def test_cli_report_writes_both_files(rich: Path):
+    result = CliRunner().invoke(app, ["report", str(rich / RUN_FILE)])
+    assert result.exit_code == 0, result.output
+    assert (rich / "report.html").is_file() and (rich / "report.md").is_file()
+    assert "report.html" in result.output
+
+
+def test_cli_report_bad_path_exits_2(tmp_path: Path):
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+
+
+def test_missing_templates_is_a_clear_error(rich: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv(report.TEMPLATES_ENV, str(tmp_path / "empty"))
+    with pytest.raises(HarnessError, match="report templates not found"):
+        report.render_html(load_run(rich))
+
+
+def test_report_does_not_import_torch():
+    code = ("import sys, harness.report, harness.plots; "
+            "sys.exit(int(any(m in sys.modules for m in ('torch', 'transformers', 'peft'))))")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+# ------------------------------------------------------------------ plots
+
+
+@pytest.mark.parametrize(("lo", "hi", "first", "last"), [
+    (0.0, 1.0, 0.0, 1.0), (0.27, 0.46, 0.25, 0.5), (1.8, 2.6, 1.8, 2.6), (5.0, 5.0, 4.4, 5.6),
+    (-12.0, 40.0, -20.0, 40.0),
+])
+def test_nice_ticks_cover_the_range(lo, hi, first, last):
+    ticks = plots.nice_ticks(lo, hi)
+    assert ticks[0] == pytest.approx(first) and ticks[-1] == pytest.approx(last)
+    assert 3 <= len(ticks) <= 8
+
+
+def test_chart_labels_are_escaped():
+    svg = plots.line_chart([plots.Series("<b>x</b>", [(0, 1), (1, 2)], "#000")],
+                           title="t", x_label="x", y_label="y")
+    assert "<b>" not in svg and "&lt;b&gt;" in svg
+    assert plots.line_chart([], title="t", x_label="x", y_label="y") is None

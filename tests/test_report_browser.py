@@ -1,0 +1,70 @@
+"""The HTML report in headless Chromium: it opens from disk, its script runs, its plots draw.
+
+Skipped only when no Chromium binary is found (`apt-get install chromium`; .ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import report
+from harness.results import load_run
+
+from .test_report import ESCAPED_SCRIPT, rich_run
+
+CHROMIUM = next(filter(None, (shutil.which(n) for n in (
+    "chromium", "chromium-browser", "google-chrome", "google-chrome-stable"))), None)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium)")
+
+# No network, no first-run UI, no background services: the page must stand on its own.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-extensions", "--hide-scrollbars", "--mute-audio"]
+ACCENT = (0x25, 0x63, 0xEB)  # the first adapter arm's bars and lines (plots.PALETTE[0])
+HEADER = (0x15, 0x1A, 0x24)  # the page header's background
+
+
+def chromium(tmp_path: Path, *args: str) -> str:
+    cmd = [str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def html_file(tmp_path_factory) -> Path:
+    run = load_run(rich_run(tmp_path_factory.mktemp("runs")))
+    return report.write_reports(run)[0]
+
+
+def test_page_loads_with_tables_plots_and_sorted_examples(html_file: Path, tmp_path: Path):
+    dom = chromium(tmp_path, "--dump-dom", html_file.as_uri())
+    assert 'data-js="ready"' in dom  # the inline script ran (so the CSP hash matched)
+    assert 'data-sorted="gain"' in dom
+    assert dom.count('<svg class="chart"') == 5 and dom.count("<table") >= 6
+    assert len(re.findall(r'<tr data-id="item-\d+"', dom)) == 50
+    assert ESCAPED_SCRIPT in dom and "<script>alert" not in dom
+
+
+def test_sort_order_chosen_by_link(html_file: Path, tmp_path: Path):
+    dom = chromium(tmp_path, "--dump-dom", html_file.as_uri() + "#sort=regression")
+    assert 'data-sorted="regression"' in dom
+    gains = [float(g) for g in re.findall(r'<tr data-id="[^"]+" data-g0="([^"]+)"', dom)]
+    assert len(gains) == 50 and gains == sorted(gains)
+
+
+def test_screenshot_is_not_blank(html_file: Path, tmp_path: Path):
+    shot = tmp_path / "report.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", html_file.as_uri())
+    assert shot.stat().st_size > 50_000  # a blank 1280x2000 page compresses to a few KB
+    image = pytest.importorskip("PIL.Image")
+    with image.open(shot) as im:
+        colors = {c for _, c in im.convert("RGB").getcolors(maxcolors=1 << 22)}
+    assert len(colors) > 200  # text, tables, plots: anti-aliased, many shades
+    assert HEADER in colors and ACCENT in colors  # header painted, plot bars drawn

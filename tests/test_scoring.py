@@ -1,0 +1,111 @@
+"""Evaluation maths against independent computations on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness import scoring
+from harness.config import DataSpec, EvalSpec
+from harness.data import Example
+from harness.encoding import encode
+
+from .conftest import build_model, build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return build_model(tok, seed=3).eval()
+
+
+@pytest.fixture(scope="module")
+def items(tok):
+    spec = DataSpec(path="x", prompt_template="p", response_template="r", max_length=64)
+    texts = [("Report: " + "rain " * (i % 7), "Oslo " * (1 + i % 4)) for i in range(11)]
+    return [encode(Example(str(i), p, r), tok, spec) for i, (p, r) in enumerate(texts)]
+
+
+def reference_nll(model, e) -> tuple[float, int]:
+    """Unbatched, full logits, loss from the model's own labels path."""
+    ids = torch.tensor([e.input_ids])
+    labels = torch.tensor([e.labels])
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels)
+    n = sum(1 for x in e.labels[1:] if x != -100)
+    return out.loss.item() * n, n
+
+
+def test_teacher_forced_matches_unbatched_full_logits(model, tok, items):
+    scores, tps = scoring.teacher_forced(model, items, batch_size=4, pad_id=tok.pad_token_id)
+    assert tps > 0
+    for e, s in zip(items, scores):
+        nll, n = reference_nll(model, e)
+        assert s.n_tokens == n == e.n_response_tokens
+        assert s.nll_sum == pytest.approx(nll, rel=1e-4, abs=1e-4)
+
+
+def test_batch_size_does_not_change_scores(model, tok, items):
+    one, _ = scoring.teacher_forced(model, items, batch_size=1, pad_id=tok.pad_token_id)
+    many, _ = scoring.teacher_forced(model, items, batch_size=8, pad_id=tok.pad_token_id)
+    assert [round(a.nll_sum, 3) for a in one] == [round(b.nll_sum, 3) for b in many]
+
+
+def test_results_come_back_in_eval_order(model, tok, items):
+    scores, _ = scoring.teacher_forced(model, items, batch_size=3, pad_id=tok.pad_token_id)
+    assert [s.n_tokens for s in scores] == [e.n_response_tokens for e in items]
+
+
+def test_batched_left_padded_generation_equals_one_by_one(model, tok, items):
+    spec = EvalSpec(max_new_tokens=6, batch_size=4)
+    batched = scoring.generate(model, tok, items, spec)
+    single = scoring.generate(model, tok, items, EvalSpec(max_new_tokens=6, batch_size=1))
+    assert batched.texts == single.texts
+    assert batched.n_tokens == single.n_tokens
+    assert all(1 <= n <= 6 for n in batched.n_tokens)
+
+
+def test_generation_is_greedy_by_default(model, tok, items):
+    spec = EvalSpec(max_new_tokens=5, batch_size=1)
+    e = items[0]
+    ours = scoring.generate(model, tok, [e], spec).texts[0]
+    ids = torch.tensor([e.prompt_ids])
+    with torch.no_grad():
+        for _ in range(5):  # hand-rolled argmax decoding
+            nxt = model(input_ids=ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+            if nxt.item() == tok.eos_token_id:
+                break
+    hand = tok.decode(ids[0, len(e.prompt_ids):], skip_special_tokens=True).strip()
+    assert ours == hand
+
+
+def test_count_until_eos_includes_eos():
+    assert scoring._count_until_eos([5, 6, 2, 0, 0], {2}) == 3
+    assert scoring._count_until_eos([5, 6, 7], {2}) == 3
+
+
+def test_rouge_uses_stemming_and_f_measure():
+    rows = scoring.rouge(["the cats were running"], ["the cat was running"], stemmer=True)
+    plain = scoring.rouge(["the cats were running"], ["the cat was running"], stemmer=False)
+    assert rows[0]["rouge1"] == pytest.approx(0.75)  # the, cat, run match after stemming
+    assert plain[0]["rouge1"] == pytest.approx(0.5)
+    assert set(rows[0]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+
+
+def test_length_sorted_batches_cover_everything_once():
+    batches = scoring.length_sorted_batches([3, 9, 1, 7, 5], 2)
+    assert batches == [[1, 3], [4, 0], [2]]
+    assert sorted(i for b in batches for i in b) == list(range(5))
+
+
+def test_peak_memory_cpu_is_rss():
+    n, kind = scoring.peak_memory("cpu")
+    assert kind == "process_peak_rss" and n > 10 * 2**20
+    assert math.isfinite(n)
