@@ -145,6 +145,8 @@ class TrainSpec(_Strict):
     load_best_model_at_end: bool = False
     gradient_checkpointing: bool = False
     group_by_length: bool = True
+    # On CUDA out-of-memory, halve the per-device batch (accelerate) instead of failing.
+    auto_find_batch_size: bool = True
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []
 
     @model_validator(mode="after")
@@ -171,6 +173,14 @@ class EvalSpec(_Strict):
     num_beams: Annotated[int, Field(ge=1)] = 1
     rouge_stemmer: bool = True
     seed: int = 0
+    # Extra prompt templates evaluated zero-shot on the base model, each as an arm
+    # `baseline@<name>` compared with the suite's own template (seed 003 compared five).
+    baseline_templates: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], str] = {}
+    # Reuse an identical earlier zero-shot evaluation (same model, items, settings, versions).
+    cache_baseline: bool = True
+    # Evaluate a trained (unquantized) adapter merged into the base weights: same numbers
+    # (to float rounding), no extra LoRA matmuls per forward.
+    merge_adapter: bool = True
 
     @property
     def generate(self) -> bool:
@@ -220,6 +230,16 @@ class Suite(_Strict):
     def _abs(cls, v: Any) -> Path:
         return Path(v).resolve()
 
+    @model_validator(mode="after")
+    def _across_tables(self) -> Suite:
+        t = self.train
+        if t and t.load_best_model_at_end and self.data.validation_size == 0:
+            # Choosing a checkpoint by the eval items' loss would leak them into training.
+            raise ValueError("train.load_best_model_at_end needs data.validation_size > 0")
+        if t and t.precision == "fp16" and self.model.device == "cpu":
+            raise ValueError("train.precision = 'fp16' needs a GPU; use fp32 or bf16 on a CPU")
+        return self
+
     def resolve(self, p: str) -> Path:
         """A path from the suite, relative to the suite file's folder."""
         path = Path(p).expanduser()
@@ -244,9 +264,17 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     return validate_suite(raw, path=path, text=text)
 
 
-# Setting one model source replaces the other, so `--set model.name_or_path=./tiny` swaps a
-# packaged GGUF suite onto a local model without also having to unset model.package.
-_SOURCE_SWITCH = {"name_or_path": ("package", "gguf_file"), "package": ("name_or_path",)}
+# Setting one source replaces the other, so `--set model.name_or_path=./tiny` swaps a packaged
+# GGUF suite onto a local model (and `--set data.path=x.jsonl` a hub dataset onto a local file)
+# without also having to unset the old source.
+_SOURCE_SWITCH = {
+    "model": {"name_or_path": ("package", "gguf_file"), "package": ("name_or_path",)},
+    "data": {
+        "path": ("dataset", "config_name", "train_path", "eval_path"),
+        "train_path": ("dataset", "config_name", "path"),
+        "dataset": ("path", "train_path", "eval_path"),
+    },
+}
 
 
 def validate_suite(raw: dict[str, Any], *, path: Path, text: str = "") -> Suite:
@@ -269,9 +297,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {item!r}: {part} is not a table")
         node = child
-    if parents == ["model"] and leaf in _SOURCE_SWITCH:
-        for other in _SOURCE_SWITCH[leaf]:
-            node.pop(other, None)
+    for other in _SOURCE_SWITCH.get(".".join(parents), {}).get(leaf, ()):
+        node.pop(other, None)
     node[leaf] = parse_value(value.strip())
 
 

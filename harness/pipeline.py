@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import config, data, encoding, modeling, results, scoring, stats, sweep, train
+from harness import cache, config, data, encoding, modeling, results, scoring, stats, sweep, train
 from harness import env as environment
 from harness.config import Suite
 from harness.errors import InputError
@@ -37,6 +37,7 @@ class Preflight:
     source: modeling.ModelSource
     splits: data.DataSplits
     arms: list[tuple[str, Suite]]
+    variants: list[tuple[str, Suite, data.DataSplits]] = field(default_factory=list)
 
     def __str__(self) -> str:
         s = self.splits
@@ -46,7 +47,20 @@ class Preflight:
 
 def preflight(suite: Suite) -> Preflight:
     """Everything that can be checked without loading weights; raises InputError subclasses."""
-    return Preflight(modeling.resolve_source(suite), data.load_splits(suite), sweep.expand(suite))
+    source = modeling.resolve_source(suite)
+    splits = data.load_splits(suite)
+    return Preflight(source, splits, sweep.expand(suite), _variants(suite, splits))
+
+
+def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, data.DataSplits]]:
+    """The suite once per extra baseline template, on the same eval items."""
+    out = []
+    for name, template in suite.eval.baseline_templates.items():
+        variant = config.with_overrides(suite, {"data.prompt_template": template})
+        vsplits = data.load_splits(variant)
+        assert [e.id for e in vsplits.eval] == [e.id for e in splits.eval]  # same seed, same rows
+        out.append((f"baseline@{name}", variant, vsplits))
+    return out
 
 
 @dataclass
@@ -86,19 +100,54 @@ def _execute(run: _Run, checked: Preflight) -> None:
     suite, p = run.suite, run.progress
     run.stage = "load"
     src = checked.source
-    p.stage(f"loading {src.label}" + (" (converting GGUF once)" if src.converted and not src.converted.exists() else ""))
+    fresh = src.converted is not None and not src.converted.exists()
+    p.stage(f"loading {src.label}" + (" (converting GGUF once, ~30 s)" if fresh else ""))
     path = modeling.ensure_converted(src)
     device = modeling.pick_device(suite.model)
     run.record["env"] = environment.describe(device, suite.base_dir)
     tok = modeling.load_tokenizer(suite, path)
     enc_eval, enc_val, enc_train = _encode(run, checked.splits, tok)
+    base = _Lazy(lambda: modeling.load_model(suite, path, device))
     run.stage = "eval:baseline"
-    base = modeling.load_model(suite, path, device)
-    _eval_arm(run, "baseline", base, tok, enc_eval, checked.splits, device, adapter=None)
+    _zero_shot(run, "baseline", suite, base, tok, enc_eval, checked.splits, device, checked)
+    for name, variant, vsplits in checked.variants:
+        run.stage = f"eval:{name}"
+        enc, _ = encoding.encode_all(vsplits.eval, tok, variant.data)
+        _zero_shot(run, name, variant, base, tok, enc, vsplits, device, checked)
+        _compare(run, name)
     del base
     for name, cell in checked.arms:
         _train_arm(run, name, cell, path, tok, device, (enc_train, enc_val, enc_eval),
                    checked.splits)
+
+
+class _Lazy:
+    """The base model, loaded only if some zero-shot arm is not in the cache."""
+
+    def __init__(self, load):
+        self._load, self._model = load, None
+
+    def get(self):
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+
+def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, splits,
+               device: str, checked: Preflight) -> None:
+    fields = cache.baseline_key_fields(suite, checked.source, device,
+                                       checked.splits.eval_fingerprint, variant=name)
+    hit = cache.load(fields) if suite.eval.cache_baseline else None
+    if hit is not None:
+        arm, rows = hit
+        run.progress.stage(f"{name}: reusing the cached zero-shot evaluation")
+        run.record["arms"][name] = {**arm, "cached": True}
+        run.predictions += rows
+        return
+    _eval_arm(run, name, base.get(), tok, enc, splits.eval, device, adapter=None)
+    if suite.eval.cache_baseline:
+        rows = [r for r in run.predictions if r["arm"] == name]
+        cache.store(fields, run.record["arms"][name], rows)
 
 
 def _encode(run: _Run, splits: data.DataSplits, tok: Any):
@@ -131,7 +180,9 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
                                         "config": config.dump(cell)["train"]}
         arm["adapter"] = f"{results.ADAPTERS_DIR}/{name}"
         run.stage = f"eval:{name}"
-        _eval_arm(run, name, result.model, tok, enc_eval, splits, device, adapter=arm["adapter"])
+        model, merged = _for_eval(result.model, cell)
+        _eval_arm(run, name, model, tok, enc_eval, splits.eval, device, adapter=arm["adapter"])
+        run.record["arms"][name]["merged_for_eval"] = merged
         train.write_model_card(adapter_dir, base_model=run.suite.model.label, suite=cell,
                                arm=name, metrics=arm["metrics"],
                                baseline=run.record["arms"]["baseline"]["metrics"])
@@ -140,6 +191,14 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
         if run.suite.sweep is None or isinstance(e, InputError):
             raise
         _arm_failed(arm, e, run.stage)
+
+
+def _for_eval(model: Any, cell: Suite) -> tuple[Any, bool]:
+    """The adapter is saved already, so it can be merged in place for a faster eval; 4/8-bit
+    weights cannot take the merge without re-quantizing, so those stay unmerged."""
+    if cell.eval.merge_adapter and not cell.model.quantization:
+        return model.merge_and_unload(), True
+    return model, False
 
 
 def _arm_failed(arm: dict[str, Any], e: BaseException, stage: str) -> None:
@@ -169,7 +228,7 @@ def _expected_steps(spec, n_train: int) -> int:
     return math.ceil(per_epoch * spec.epochs)
 
 
-def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, splits, device: str,
+def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, device: str,
               adapter: str | None) -> None:
     spec = run.suite.eval
     model.eval()
@@ -183,7 +242,7 @@ def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, splits, device:
         gens = scoring.generate(model, tok, items, spec,
                                 run.progress.task(f"generate {name}", len(items)))
     peak, _ = scoring.peak_memory(device)
-    rows = _prediction_rows(name, splits.eval, losses, gens, spec.rouge_stemmer)
+    rows = _prediction_rows(name, examples, losses, gens, spec.rouge_stemmer)
     run.predictions += rows
     run.record["arms"][name] = {
         "model": run.suite.model.label, "adapter": adapter, "status": "success",

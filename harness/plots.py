@@ -120,18 +120,33 @@ def _y_axis(ys: Scale, ticks: list[float], x0: float, x1: float, label: str) -> 
     return "".join(out)
 
 
-def _legend(entries: list[tuple[str, str, bool]], x: float, y: float, right: float) -> str:
-    """Swatches in one row at the top; long legends wrap onto further rows."""
-    out, cx, cy = [], x, y
-    for name, color, dashed in entries:
+def _legend_layout(names: list[str], x: float, right: float) -> list[tuple[float, int]]:
+    """(x, row) of each entry: greedy rows, about 7 viewBox units per character."""
+    out, cx, row = [], x, 0
+    for name in names:
         width = 30 + 7 * len(name)
         if cx + width > right and cx > x:
-            cx, cy = x, cy + 16
+            cx, row = x, row + 1
+        out.append((cx, row))
+        cx += width
+    return out
+
+
+def _legend_rows(names: list[str], x: float, right: float) -> int:
+    """How many rows the legend takes, so the plot area can start below it."""
+    return 1 + max((row for _, row in _legend_layout(names, x, right)), default=0)
+
+
+def _legend(entries: list[tuple[str, str, bool]], x: float, y: float, right: float) -> str:
+    """Swatches at the top; long legends wrap onto further rows (16 units apart)."""
+    out = []
+    layout = _legend_layout([name for name, _, _ in entries], x, right)
+    for (name, color, dashed), (cx, row) in zip(entries, layout, strict=True):
+        cy = y + 16 * row
         dash = ' stroke-dasharray="5 3"' if dashed else ""
         out.append(f'<line x1="{cx}" x2="{cx + 18}" y1="{cy - 4}" y2="{cy - 4}" '
                    f'stroke="{color}" stroke-width="3"{dash}/>')
         out.append(_text(cx + 23, cy, name, "legend", "start"))
-        cx += width
     return "".join(out)
 
 
@@ -144,9 +159,8 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str,
     pts = [p for s in series for p in s.points]
     if not pts:
         return None
-    legend_rows = 1 + sum(30 + 7 * len(s.name) for s in series) // (width - 80)
     height, left, right, bottom = 300, 64, width - 16, 300 - 44
-    top = 28 + 16 * legend_rows
+    top = 28 + 16 * _legend_rows([s.name for s in series], left, right)
     xt = nice_ticks(min(p[0] for p in pts), max(p[0] for p in pts))
     yt = nice_ticks(min(p[1] for p in pts), max(p[1] for p in pts))
     xs, ys = Scale(xt[0], xt[-1], left, right), Scale(yt[0], yt[-1], bottom, top)
@@ -186,7 +200,8 @@ def bar_chart(
     if not vals:
         return None
     whiskers = [x for b in bars for e in b.errors if e for x in e]
-    height, left, right, top, bottom = 280, 64, W - 16, 44, 280 - 40
+    height, left, right, bottom = 280, 64, W - 16, 280 - 40
+    top = 28 + 16 * _legend_rows([b.name for b in bars], left, right)
     yt = nice_ticks(min(0.0, *vals, *whiskers), max(0.0, *vals, *whiskers))
     ys = Scale(yt[0], yt[-1], bottom, top)
     group_w = (right - left) / len(categories)

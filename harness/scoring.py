@@ -51,6 +51,22 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def split_on_oom(fn: Callable[[list[Any]], list[Any]], batch: list[Any]) -> list[Any]:
+    """``fn(batch)``; on CUDA out-of-memory, the two halves one after the other (recursively),
+    so a too-large eval batch size backs off instead of failing the run."""
+    import torch
+
+    try:
+        return fn(batch)
+    except torch.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return split_on_oom(fn, batch[:half]) + split_on_oom(fn, batch[half:])
+
+
 # ---------------------------------------------------------------- teacher-forced loss
 
 
@@ -65,7 +81,8 @@ def teacher_forced(
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in length_sorted_batches([len(e.input_ids) for e in items], batch_size):
-            for i, loss in zip(batch, _batch_nll(model, [items[i] for i in batch], pad_id)):
+            nll = split_on_oom(lambda b: _batch_nll(model, [items[i] for i in b], pad_id), batch)
+            for i, loss in zip(batch, nll):
                 out[i] = loss
             fed += sum(len(items[i].input_ids) for i in batch)
             advance(len(batch))
@@ -124,8 +141,9 @@ def generate(
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in length_sorted_batches([e.prompt_len for e in items], spec.batch_size):
-            new = _generate_batch(model, [items[i].prompt_ids for i in batch], gen_cfg)
-            for i, row in zip(batch, new.tolist()):
+            prompts = [items[i].prompt_ids for i in batch]
+            new = split_on_oom(lambda b: _generate_batch(model, b, gen_cfg).tolist(), prompts)
+            for i, row in zip(batch, new):
                 n = _count_until_eos(row, eos)
                 counts[i] = n
                 texts[i] = tokenizer.decode(row[:n], skip_special_tokens=True).strip()

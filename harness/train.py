@@ -84,6 +84,7 @@ def training_arguments(spec: TrainSpec, out: Path, device: str, has_validation: 
         dataloader_num_workers=0,
         disable_tqdm=True,
         use_cpu=device == "cpu",
+        auto_find_batch_size=spec.auto_find_batch_size and device == "cuda",
     )
 
 
@@ -185,7 +186,9 @@ def _summary(trainer: Any, out: Any, spec: TrainSpec) -> dict[str, Any]:
         "train_tokens_per_s": round(trainer.real_tokens / runtime, 2) if runtime else None,
         "padding_efficiency": round(trainer.real_tokens / trainer.computed_tokens, 4)
         if trainer.computed_tokens else None,
-        "effective_batch_size": spec.batch_size * spec.gradient_accumulation_steps,
+        "train_batch_size": state.train_batch_size,  # smaller than asked after an OOM back-off
+        "effective_batch_size": (state.train_batch_size or spec.batch_size)
+        * spec.gradient_accumulation_steps,
     }
 
 

@@ -62,6 +62,14 @@ def build_model(tokenizer, seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
+@pytest.fixture(autouse=True)
+def _isolated_cache(request, tmp_path_factory, monkeypatch):
+    """Each test gets its own baseline/model cache, except slow tests of the real model, which
+    share the user's (its GGUF conversion is 30 s)."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny Llama + tokenizer (2 layers, hidden 32, vocab 400; ~60k parameters)."""

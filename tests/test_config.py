@@ -123,3 +123,15 @@ def test_dump_is_json_and_roundtrips(tmp_path):
     assert dumped["train"]["r"] == 4 and "base_dir" not in dumped
     again = config.with_overrides(s, {"train.r": 32})
     assert again.train.r == 32 and again.base_dir == s.base_dir
+
+
+def test_set_data_path_replaces_hub_dataset(tmp_path):
+    text = MINIMAL.replace('path = "x.jsonl"', 'dataset = "EdinburghNLP/xsum"\nconfig_name = "x"')
+    s = config.load_suite(write(tmp_path, text), ["data.path=local.jsonl"])
+    assert s.data.path == "local.jsonl" and s.data.dataset is None and s.data.config_name is None
+
+
+def test_load_best_needs_a_validation_split(tmp_path):
+    msg = error_of(tmp_path, MINIMAL + "\n[train]\nload_best_model_at_end = true\n"
+                   "eval_strategy = 'epoch'\nsave_strategy = 'epoch'\n")
+    assert "data.validation_size > 0" in msg

@@ -329,3 +329,14 @@ def test_chart_labels_are_escaped():
                            title="t", x_label="x", y_label="y")
     assert "<b>" not in svg and "&lt;b&gt;" in svg
     assert plots.line_chart([], title="t", x_label="x", y_label="y") is None
+
+
+def test_a_sweep_with_many_arms_renders(tmp_path: Path):
+    arms = {"baseline": (0.3, 2.5), **{f"r{r}-lr{lr}": (0.35, 2.0) for r in (8, 16, 32)
+                                       for lr in ("1e-4", "2e-4")}}
+    path = rich_run(tmp_path, n=20, arms=arms)
+    html = report.render_html(load_run(path))
+    assert html.count("<h3>r") == 6  # one headline table per sweep cell
+    forest = html.split("Relative improvement over baseline</title>")[1].split("</svg>")[0]
+    assert forest.count("<circle") == 6 * 6  # six quality metrics per cell
+    assert all(f"{a} train" in html for a in arms if a != "baseline")

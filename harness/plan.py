@@ -1,0 +1,604 @@
+"""`harness plan`: what a suite will cost, from the model's config alone (no weights loaded).
+
+The model is built on the meta device (shapes, no memory; ~4 s for phi-2 on 2 cores), so
+parameter counts come from the real module tree, not from a formula per architecture:
+
+- LoRA adds ``r * (in + out)`` parameters per wrapped layer (A: r x in, B: out x r), on the
+  modules peft would wrap: a target matches a module whose name equals it or ends with
+  ``"." + target``; ``"all-linear"`` is every Linear / Conv1D except the output head.
+- Optimizer steps follow transformers 5's Trainer: ``ceil(ceil(n / batch) / accumulation)``
+  per epoch (the last partial accumulation still steps), ``ceil(epochs * per_epoch)`` in all
+  unless ``max_steps`` is set; warmup is ``warmup_steps`` or ``ceil(ratio * total)``.
+- Memory is a rough single-GPU estimate: weights as loaded + LoRA weights, gradients and
+  optimizer states + activations of one micro-batch at ``max_length`` + ~1 GiB CUDA context.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness import data, modeling, sweep
+from harness.config import ModelSpec, Suite, TrainSpec
+from harness.errors import ConfigError, DataError, ModelSourceError
+
+GIB = 1024**3
+CONTEXT_BYTES = GIB  # CUDA context + cuBLAS workspace + allocator slack, measured ~0.5-1 GiB
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "auto": 2}  # auto: 16-bit on a GPU
+# Adam keeps two fp32 moments per trainable parameter (8 B); bitsandbytes' 8-bit Adam two
+# uint8 states (2 B, plus block scales we ignore); plain SGD (no momentum) and Adafactor's
+# factored second moment are ~0.
+_OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8,
+                    "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0, "adafactor": 0}
+# Usable memory (GiB, as torch reports it) of common GPUs, smallest first.
+GPU_CLASSES = (
+    (14.7, "16 GB class (T4, V100-16GB)"),
+    (22.0, "24 GB class (L4, A10G, RTX 3090/4090)"),
+    (39.4, "40 GB class (A100-40GB)"),
+    (44.4, "48 GB class (L40S, RTX A6000)"),
+    (79.1, "80 GB class (A100-80GB, H100)"),
+    (139.8, "141 GB class (H200)"),
+)
+_LORA_KINDS = ("linear", "conv1d", "embedding")
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One named module. ``kind`` is linear / conv1d / embedding, else the module's class."""
+
+    name: str
+    kind: str
+    in_features: int = 0
+    out_features: int = 0
+    bias: int = 0  # bias elements
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan needs from the meta-device model."""
+
+    architecture: str
+    model_type: str
+    config_source: str
+    total_params: int
+    bias_params: int  # every *.bias parameter (LoRA bias="all" trains them all)
+    layers: tuple[Layer, ...]
+    output_layer: str | None  # the LM head: never quantized, excluded from "all-linear"
+    quantizable_params: int  # Linear/Conv1D weights bitsandbytes would quantize
+    quantizable_rows: int  # their output rows (8-bit keeps one fp32 scale per row)
+    hidden_size: int | None
+    num_layers: int | None
+    intermediate_size: int | None
+    vocab_size: int | None
+    gated_mlp: bool  # SwiGLU-style: gate and up projections both of intermediate size
+
+
+@dataclass(frozen=True)
+class DataCounts:
+    train: int | None
+    validation: int | None
+    eval: int | None
+    known: bool  # False: the dataset could not be loaded; sizes are the suite's
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    n_train: int | None
+    batch_size: int
+    accumulation: int
+    epochs: float
+    steps_per_epoch: int | None
+    total_steps: int | None
+    warmup_steps: int | None
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.accumulation
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes. ``activations`` is None when the config lacks the sizes to estimate it."""
+
+    weights: int  # as trained (QLoRA: peft upcasts the unquantized rest to fp32)
+    adapter_state: int  # LoRA weights + gradients (fp32) + optimizer states
+    activations: int | None
+    tokens: int  # batch_size * max_length: the micro-batch the activations assume
+    context: int = CONTEXT_BYTES
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.adapter_state + (self.activations or 0) + self.context
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """One adapter arm: its LoRA size, optimizer schedule and training memory."""
+
+    name: str
+    train: TrainSpec
+    lora_layers: int
+    lora_params: int  # sum of r * (in + out) over the wrapped layers
+    bias_params: int  # base biases made trainable by train.bias
+    unmatched_targets: tuple[str, ...]
+    schedule: Schedule
+    memory: Memory
+
+    @property
+    def trainable(self) -> int:
+        return self.lora_params + self.bias_params
+
+    def trainable_share(self, total_params: int) -> float:
+        """As peft's print_trainable_parameters: trainable / (base + LoRA parameters)."""
+        return self.trainable / (total_params + self.lora_params)
+
+
+@dataclass(frozen=True)
+class Plan:
+    suite: str
+    model: str
+    shape: ModelShape
+    model_spec: ModelSpec
+    data: DataCounts
+    weight_bytes: int  # as loaded for evaluation
+    cells: tuple[CellPlan, ...]
+    max_length: int
+
+
+# ---------------------------------------------------------------- make_plan
+
+
+def make_plan(suite: Suite) -> Plan:
+    """Counts, schedule and memory for every adapter arm; raises InputError subclasses."""
+    arms = sweep.expand(suite)  # bad sweep cells fail before anything slow
+    shape = model_shape(suite)
+    counts = data_counts(suite)
+    cells = tuple(cell_plan(name, cell, shape, counts.train) for name, cell in arms)
+    return Plan(suite=suite.name, model=suite.model.label, shape=shape, model_spec=suite.model,
+                data=counts, weight_bytes=weight_bytes(shape, suite.model, training=False),
+                cells=cells, max_length=suite.data.max_length)
+
+
+def cell_plan(name: str, cell: Suite, shape: ModelShape, n_train: int | None) -> CellPlan:
+    spec = cell.train
+    assert spec is not None
+    matched, unmatched = lora_targets(shape, spec.target_modules)
+    lora = sum(spec.r * (layer.in_features + layer.out_features) for layer in matched)
+    bias = _trainable_bias(shape, matched, spec.bias)
+    return CellPlan(
+        name=name, train=spec, lora_layers=len(matched), lora_params=lora, bias_params=bias,
+        unmatched_targets=unmatched, schedule=schedule(spec, n_train),
+        memory=train_memory(shape, cell, lora + bias),
+    )
+
+
+# ---------------------------------------------------------------- the model, on meta
+
+
+def model_shape(suite: Suite) -> ModelShape:
+    """Config -> meta-device model -> shapes. No weights are read or allocated."""
+    cfg, source = load_config(suite)
+    model = _meta_model(cfg, suite.model)
+    layers = tuple(_layer(name, m) for name, m in model.named_modules() if name)
+    head = _output_layer(model)
+    quantizable = [x for x in layers if x.kind in ("linear", "conv1d") and x.name != head]
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    hidden = getattr(text, "hidden_size", None)
+    inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or (
+        4 * hidden if hidden else None)  # GPT-2 style configs leave the MLP at 4h
+    return ModelShape(
+        architecture=type(model).__name__, model_type=getattr(cfg, "model_type", "?"),
+        config_source=source, total_params=sum(p.numel() for p in model.parameters()),
+        bias_params=sum(p.numel() for n, p in model.named_parameters() if _is_bias(n)),
+        layers=layers, output_layer=head,
+        quantizable_params=sum(x.in_features * x.out_features for x in quantizable),
+        quantizable_rows=sum(x.out_features for x in quantizable),
+        hidden_size=hidden, num_layers=getattr(text, "num_hidden_layers", None),
+        intermediate_size=inter, vocab_size=getattr(text, "vocab_size", None),
+        gated_mlp=_gated(layers, inter, getattr(text, "num_hidden_layers", None)),
+    )
+
+
+def load_config(suite: Suite) -> tuple[Any, str]:
+    """(config, where it came from): local dir, converted GGUF cache, GGUF metadata, or the
+    hub id (HF cache, or fetched when a network exists)."""
+    src = modeling.resolve_source(suite)
+    spec = suite.model
+    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    conv = src.converted
+    if conv is not None and (conv / "config.json").is_file():
+        return _auto_config(str(conv), src.label, kw), f"converted cache {conv}"
+    kw["revision"] = spec.revision
+    if src.gguf_file:
+        kw["gguf_file"] = src.gguf_file
+        return _auto_config(src.path, src.label, kw), f"GGUF metadata of {src.gguf_file}"
+    local = os.path.isdir(src.path)
+    where = f"{src.path}/config.json" if local else f"hub id {src.path} (cache or network)"
+    return _auto_config(src.path, src.label, kw), where
+
+
+def _auto_config(path: str, label: str, kw: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelSourceError(_config_error(label, e)) from e
+
+
+def _config_error(label: str, e: Exception) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    offline = _offline() or "connect" in text.lower()
+    if offline:
+        return f"model config for {label} not found locally and no network: {text}"
+    return f"model config for {label} cannot be read: {text}"
+
+
+def _offline() -> bool:
+    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f.lower() in ("1", "true", "yes", "on") for f in flags)
+
+
+def _meta_model(cfg: Any, spec: ModelSpec) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):  # shapes only: a 7B model costs no memory here
+            return AutoModelForCausalLM.from_config(cfg, trust_remote_code=spec.trust_remote_code)
+    except (ValueError, KeyError, ImportError) as e:
+        raise ModelSourceError(f"model {spec.label}: cannot build a causal LM from its config "
+                               f"({type(cfg).__name__}): {e}") from e
+
+
+def _layer(name: str, m: Any) -> Layer:
+    import torch.nn as nn
+    from transformers.pytorch_utils import Conv1D
+
+    bias = getattr(m, "bias", None)
+    nb = bias.numel() if isinstance(bias, nn.Parameter) else 0
+    if isinstance(m, nn.Linear):
+        return Layer(name, "linear", m.in_features, m.out_features, nb)
+    if isinstance(m, Conv1D):  # GPT-2 style: weight is (in, out)
+        return Layer(name, "conv1d", m.weight.shape[0], m.weight.shape[1], nb)
+    if isinstance(m, nn.Embedding):  # LoRA A: r x vocab, B: dim x r
+        return Layer(name, "embedding", m.num_embeddings, m.embedding_dim)
+    return Layer(name, type(m).__name__)
+
+
+def _output_layer(model: Any) -> str | None:
+    head = model.get_output_embeddings()
+    return next((n for n, m in model.named_modules() if m is head), None) if head else None
+
+
+def _is_bias(name: str) -> bool:
+    return name == "bias" or name.endswith(".bias")
+
+
+def _gated(layers: Sequence[Layer], inter: int | None, n_blocks: int | None) -> bool:
+    """Gate + up projections (2 per block of intermediate size), or one fused of 2x size."""
+    if not inter or not n_blocks:
+        return False
+    outs = [x.out_features for x in layers if x.kind == "linear"]
+    return outs.count(inter) >= 2 * n_blocks or outs.count(2 * inter) >= n_blocks
+
+
+# ---------------------------------------------------------------- LoRA targets
+
+
+def lora_targets(shape: ModelShape, targets: list[str] | str) -> tuple[list[Layer], tuple[str, ...]]:
+    """(layers peft would wrap, targets that matched nothing), with peft's matching rule."""
+    if targets == "all-linear":
+        picked = [x for x in shape.layers
+                  if x.kind in ("linear", "conv1d") and x.name != shape.output_layer]
+        return picked, ()
+    picked = [x for x in shape.layers if any(_matches(x.name, t) for t in targets)]
+    unmatched = tuple(t for t in targets if not any(_matches(x.name, t) for x in picked))
+    _check_targets(shape, picked, targets)
+    return picked, unmatched
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def _check_targets(shape: ModelShape, picked: list[Layer], targets: Sequence[str]) -> None:
+    """peft raises on both of these at get_peft_model time; say so before any weights load."""
+    bad = [x for x in picked if x.kind not in _LORA_KINDS]
+    if bad:
+        raise ConfigError(f"train.target_modules: {bad[0].name} is a {bad[0].kind}, which LoRA "
+                          f"cannot wrap; target its Linear layers: {_linear_names(shape)}")
+    if not picked:
+        raise ConfigError(f"train.target_modules: none of {list(targets)} is in "
+                          f"{shape.architecture}; its Linear layers: {_linear_names(shape)}")
+
+
+def _linear_names(shape: ModelShape) -> str:
+    names = dict.fromkeys(x.name.rsplit(".", 1)[-1] for x in shape.layers
+                          if x.kind in ("linear", "conv1d"))
+    return ", ".join(names)
+
+
+def _trainable_bias(shape: ModelShape, matched: Sequence[Layer], bias: str) -> int:
+    if bias == "all":
+        return shape.bias_params
+    if bias == "lora_only":
+        return sum(x.bias for x in matched)
+    return 0
+
+
+# ---------------------------------------------------------------- data and schedule
+
+
+def data_counts(suite: Suite) -> DataCounts:
+    """Examples per split from the data itself; for a hub dataset that cannot be loaded
+    (offline), the suite's sizes, marked unknown. Local data errors are real errors."""
+    spec = suite.data
+    try:
+        s = data.load_splits(suite)
+    except DataError as e:
+        if not (spec.dataset and _unavailable(e, spec.dataset)):
+            raise
+        return DataCounts(spec.train_size, spec.validation_size, spec.eval_size, known=False,
+                          note=f"dataset {spec.dataset} not available here, sizes from the suite")
+    dropped = sum(s.dropped.values())
+    note = f"{dropped} duplicates dropped" if dropped else ""
+    return DataCounts(len(s.train), len(s.validation), len(s.eval), known=True, note=note)
+
+
+def _unavailable(e: DataError, dataset: str) -> bool:
+    # data._load_hub words a failed load_dataset as "data.dataset 'x': cannot load: ..."
+    return str(e).startswith(f"data.dataset {dataset!r}: cannot load")
+
+
+def schedule(spec: TrainSpec, n_train: int | None) -> Schedule:
+    per_epoch = steps_per_epoch(n_train, spec.batch_size, spec.gradient_accumulation_steps)
+    total = spec.max_steps or (math.ceil(spec.epochs * per_epoch) if per_epoch else None)
+    return Schedule(n_train=n_train, batch_size=spec.batch_size,
+                    accumulation=spec.gradient_accumulation_steps, epochs=spec.epochs,
+                    steps_per_epoch=per_epoch, total_steps=total,
+                    warmup_steps=warmup_steps(spec, total))
+
+
+def steps_per_epoch(n_train: int | None, batch_size: int, accumulation: int) -> int | None:
+    """transformers 5 Trainer: batches = ceil(n / batch); a trailing partial accumulation
+    group still makes an optimizer step, so ceil(batches / accumulation), at least 1."""
+    if not n_train:
+        return None
+    batches = math.ceil(n_train / batch_size)
+    return max(1, math.ceil(batches / accumulation))  # 2,000 ex / 2 / 8 -> 125
+
+
+def warmup_steps(spec: TrainSpec, total: int | None) -> int | None:
+    """TrainingArguments.get_warmup_steps: an explicit count wins, else ceil(ratio * total)."""
+    if spec.warmup_steps:
+        return spec.warmup_steps
+    if total is None:
+        return None
+    return math.ceil(total * spec.warmup_ratio)  # 0.03 * 512 -> 16
+
+
+# ---------------------------------------------------------------- memory
+
+
+def weight_bytes(shape: ModelShape, spec: ModelSpec, *, training: bool) -> int:
+    """Bytes of the base weights on the GPU. 4-bit nf4/fp4: 0.5 B per quantized weight plus
+    one fp32 absmax per 64-weight block (+0.0625 B), or with double quant an 8-bit absmax per
+    block and one fp32 per 256 blocks (+0.0159 B). 8-bit: 1 B plus a fp32 scale per row.
+    The LM head, embeddings, norms and biases stay 16-bit; peft's k-bit preparation upcasts
+    them to fp32 for training."""
+    rest_bytes = _DTYPE_BYTES[spec.dtype]
+    q = spec.quantization
+    if q is None:
+        return shape.total_params * rest_bytes
+    if q.bits == 4:
+        quantized = shape.quantizable_params * bytes_per_4bit_weight(q.double_quant)
+    else:
+        quantized = shape.quantizable_params + 4 * shape.quantizable_rows
+    rest = shape.total_params - shape.quantizable_params
+    return int(quantized + rest * (4 if training else rest_bytes))
+
+
+def bytes_per_4bit_weight(double_quant: bool) -> float:
+    absmax = 1 / 64 + 4 / (64 * 256) if double_quant else 4 / 64
+    return 0.5 + absmax  # 0.5159 with double quant, 0.5625 without
+
+
+def train_memory(shape: ModelShape, cell: Suite, trainable: int) -> Memory:
+    spec = cell.train
+    assert spec is not None
+    # LoRA weights and their gradients are fp32 (peft upcasts adapters), plus optimizer states.
+    state = trainable * (4 + 4 + _OPTIMIZER_BYTES.get(spec.optimizer, 8))
+    tokens = spec.batch_size * cell.data.max_length
+    return Memory(weights=weight_bytes(shape, cell.model, training=True), adapter_state=state,
+                  activations=activation_bytes(shape, cell, tokens), tokens=tokens)
+
+
+def activation_bytes(shape: ModelShape, cell: Suite, tokens: int) -> int | None:
+    """Saved activations of one micro-batch, SDPA/flash attention (no seq^2 term).
+
+    Per block and token ~ 9h + 2i elements (3i with a gated MLP): LN outputs, q/k/v, attention
+    output, residuals, MLP in / activation (Korthikanti et al. 2022 count 34h bytes = 17h
+    16-bit elements for i = 4h; phi-2: 9 * 2560 + 2 * 10240 = 43,520 = 17h). Gradient
+    checkpointing keeps only each block's input (h) plus one block's worth. The logits add
+    vocab per token three times: as computed, as fp32 for the loss, and their gradient.
+    """
+    h, n, i, v = (shape.hidden_size, shape.num_layers, shape.intermediate_size,
+                  shape.vocab_size)
+    if not (h and n and i and v):
+        return None
+    spec = cell.train
+    assert spec is not None
+    elem = _activation_dtype_bytes(cell)
+    block = (9 * h + (3 if shape.gated_mlp else 2) * i) * elem
+    stored = n * h * elem + block if spec.gradient_checkpointing else n * block
+    logits = v * (elem + 4 + 4)
+    return tokens * (stored + logits)
+
+
+def _activation_dtype_bytes(cell: Suite) -> int:
+    spec = cell.train
+    assert spec is not None
+    if spec.precision in ("fp16", "bf16"):
+        return 2
+    if cell.model.quantization:  # fp32 training of a k-bit model: norms upcast -> fp32 states
+        return 4
+    return _DTYPE_BYTES[cell.model.dtype]
+
+
+def gpu_class(total_bytes: int) -> str:
+    gib = total_bytes / GIB
+    for capacity, label in GPU_CLASSES:
+        if gib <= capacity:
+            return label
+    return "more than one 141 GB GPU: shard it (FSDP) or cut batch / max_length"
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def render_plan(plan: Plan) -> str:
+    """Plain text, lines kept under 80 columns where possible (terminals and CI logs)."""
+    lines = _header(plan)
+    if not plan.cells:
+        lines.append("no [train] table: eval only (zero-shot baseline)")
+    elif len(plan.cells) == 1:
+        lines += _single(plan, plan.cells[0])
+    else:
+        lines += _sweep(plan)
+    return "\n".join(lines)
+
+
+def _header(plan: Plan) -> list[str]:
+    s = plan.shape
+    d = plan.data
+    return [
+        f"suite       {plan.suite}",
+        f"model       {plan.model}: {s.model_type} ({s.architecture})",
+        f"config      {s.config_source}",
+        f"parameters  {s.total_params:,} ({_human(s.total_params)})",
+        f"data        train {_n(d.train)} / validation {_n(d.validation)} / eval {_n(d.eval)}"
+        + ("" if d.known else " (unknown)"),
+        *([f"            {d.note}"] if d.note else []),
+        f"weights     {_gib(plan.weight_bytes)} to load: {_quant_words(plan)}",
+        "",
+    ]
+
+
+def _quant_words(plan: Plan) -> str:
+    spec, s = plan.model_spec, plan.shape
+    rest = _DTYPE_BYTES[spec.dtype]
+    q = spec.quantization
+    if q is None:
+        return f"{s.total_params:,} x {rest} B ({spec.dtype})"
+    per = bytes_per_4bit_weight(q.double_quant) if q.bits == 4 else 1
+    kind = f"{q.quant_type}{' + double quant' if q.double_quant else ''}" if q.bits == 4 else ""
+    return (f"{q.bits}-bit {kind} {s.quantizable_params:,} x {per:.4g} B + "
+            f"{s.total_params - s.quantizable_params:,} x {rest} B").replace("  ", " ")
+
+
+def _single(plan: Plan, c: CellPlan) -> list[str]:
+    t, sc, m = c.train, c.schedule, c.memory
+    return [
+        f"arm {c.name}",
+        f"  LoRA          r {t.r}, alpha {t.alpha:g}, {c.lora_layers} layers: {_targets(t)}",
+        f"  trainable     {c.trainable:,} = {_pct(c, plan)} of {_with_lora(c, plan):,}",
+        *_unmatched(c),
+        f"  batch         {sc.batch_size} x {sc.accumulation} accumulation = "
+        f"{sc.effective_batch} per optimizer step",
+        f"  steps/epoch   {_n(sc.steps_per_epoch)}{_per_epoch_why(sc)}",
+        f"  total steps   {_n(sc.total_steps)}{_total_why(t, sc)}",
+        f"  warmup        {_n(sc.warmup_steps)} steps{_warmup_why(t)}",
+        f"  optimizer     {t.optimizer}, lr {t.learning_rate:g} {t.scheduler}, {t.precision}",
+        f"  train memory  ~{_gib(m.total)} -> {gpu_class(m.total)}",
+        *_memory_lines(m),
+    ]
+
+
+def _sweep(plan: Plan) -> list[str]:
+    first = plan.cells[0].schedule
+    lines = [f"{len(plan.cells)} sweep cells; {_n(first.n_train)} train examples; "
+             "steps = optimizer steps", ""]
+    rows = [("arm", "r", "lr", "batch", "steps/ep", "steps", "warmup", "trainable", "memory")]
+    rows += [_row(plan, c) for c in plan.cells]
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    for r in rows:
+        cols = [r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(cols).rstrip())
+    big = max(plan.cells, key=lambda c: c.memory.total)
+    lines += ["", f"largest: {big.name} ~{_gib(big.memory.total)} -> "
+                  f"{gpu_class(big.memory.total)}", *_memory_lines(big.memory)]
+    return lines + [x for c in plan.cells for x in _unmatched(c, prefix=f"{c.name}: ")]
+
+
+def _row(plan: Plan, c: CellPlan) -> tuple[str, ...]:
+    sc = c.schedule
+    return (c.name, str(c.train.r), f"{c.train.learning_rate:g}",
+            f"{sc.batch_size}x{sc.accumulation}", _n(sc.steps_per_epoch), _n(sc.total_steps),
+            _n(sc.warmup_steps), f"{_human(c.trainable)} {_pct(c, plan)}",
+            f"{c.memory.total / GIB:.1f}G")
+
+
+def _memory_lines(m: Memory) -> list[str]:
+    act = ("? (config lacks sizes)" if m.activations is None
+           else f"{_gib(m.activations)} ({m.tokens:,} tokens, upper bound)")
+    return [f"    = weights {_gib(m.weights)} + LoRA weights/grads/optimizer "
+            f"{_gib(m.adapter_state)}", f"      + activations {act}",
+            f"      + CUDA context ~{_gib(m.context)}; estimate, not a measurement"]
+
+
+def _unmatched(c: CellPlan, prefix: str = "  ") -> list[str]:
+    return [f"{prefix}warning: target {t!r} matches no module (peft ignores it)"
+            for t in c.unmatched_targets]
+
+
+def _targets(t: TrainSpec) -> str:
+    return t.target_modules if isinstance(t.target_modules, str) else ", ".join(t.target_modules)
+
+
+def _with_lora(c: CellPlan, plan: Plan) -> int:
+    return plan.shape.total_params + c.lora_params
+
+
+def _pct(c: CellPlan, plan: Plan) -> str:
+    return f"{100 * c.trainable_share(plan.shape.total_params):.3g}%"
+
+
+def _per_epoch_why(sc: Schedule) -> str:
+    if sc.steps_per_epoch is None:
+        return " (number of train examples unknown)"
+    return (f" = ceil(ceil({sc.n_train:,} / {sc.batch_size}) / {sc.accumulation})")
+
+
+def _total_why(t: TrainSpec, sc: Schedule) -> str:
+    if t.max_steps:
+        return " (train.max_steps)"
+    return f" = ceil({t.epochs:g} epochs x {_n(sc.steps_per_epoch)})"
+
+
+def _warmup_why(t: TrainSpec) -> str:
+    if t.warmup_steps:
+        return " (train.warmup_steps)"
+    return f" = ceil({t.warmup_ratio:g} x total)" if t.warmup_ratio else ""
+
+
+def _n(x: int | None) -> str:
+    return "unknown" if x is None else f"{x:,}"
+
+
+def _gib(b: int) -> str:
+    return f"{b / GIB:.2f} GiB"
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)

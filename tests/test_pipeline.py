@@ -1,0 +1,91 @@
+"""Pipeline features beyond the basic run: the zero-shot cache, several templates on the
+baseline, evaluating a merged adapter, and eval batches that back off on out-of-memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from harness import cache, results, scoring
+from harness.cli import app
+
+runner = CliRunner()
+FAST = ["--set", "train.max_steps=4", "--set", "data.eval_size=6", "--set", "data.train_size=16"]
+
+
+def run(suite_dir, *extra: str):
+    res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out",
+                              str(suite_dir / "results"), *FAST, *extra], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return results.load_run(sorted((suite_dir / "results" / "tiny").iterdir())[-1])
+
+
+def test_zero_shot_is_cached_and_reused_never_for_adapters(suite_dir):
+    first = run(suite_dir)
+    second = run(suite_dir, "--set", "train.r=4")  # another recipe, same baseline
+    assert "cached" not in first.record["arms"]["baseline"]
+    assert second.record["arms"]["baseline"]["cached"] is True
+    assert second.items("baseline") == first.items("baseline")
+    assert "cached" not in second.record["arms"]["lora"]
+    assert second.items("lora") != first.items("lora")
+
+
+def test_cache_key_changes_with_generation_settings(suite_dir):
+    run(suite_dir)
+    other = run(suite_dir, "--set", "eval.max_new_tokens=3")
+    assert "cached" not in other.record["arms"]["baseline"]
+    assert all(r["gen_tokens"] <= 3 for r in other.items("baseline"))
+
+
+def test_cache_can_be_disabled_and_ignores_corrupt_entries(suite_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    run(suite_dir)
+    (entry,) = (tmp_path / "baselines").iterdir()
+    entry.write_text("{not json")
+    again = run(suite_dir)
+    assert "cached" not in again.record["arms"]["baseline"]
+    off = run(suite_dir, "--set", "eval.cache_baseline=false")
+    assert "cached" not in off.record["arms"]["baseline"]
+    assert cache.key_of({"a": 1}) != cache.key_of({"a": 2})
+
+
+def test_several_templates_on_the_baseline(suite_dir):
+    terse_template = '{ terse = "{{ instruction }} {{ input }}\\n" }'  # TOML escape
+    rec = run(suite_dir, "--set", f"eval.baseline_templates={terse_template}")
+    arms = rec.record["arms"]
+    assert set(arms) == {"baseline", "baseline@terse", "lora"}
+    assert arms["baseline@terse"]["adapter"] is None
+    terse = rec.items("baseline@terse")
+    assert [r["id"] for r in terse] == [r["id"] for r in rec.items("baseline")]
+    assert not any("### Instruction" in r["prompt"] for r in terse)
+    assert {c["candidate"] for c in rec.record["comparisons"]} == {"baseline@terse", "lora"}
+
+
+def test_merged_adapter_gives_the_adapters_numbers(suite_dir):
+    merged = run(suite_dir, "--set", "eval.cache_baseline=false")
+    unmerged = run(suite_dir, "--set", "eval.merge_adapter=false")
+    assert merged.record["arms"]["lora"]["merged_for_eval"] is True
+    assert unmerged.record["arms"]["lora"]["merged_for_eval"] is False
+    for a, b in zip(merged.items("lora"), unmerged.items("lora")):
+        assert a["nll_sum"] == pytest.approx(b["nll_sum"], rel=1e-4)
+        assert a["prediction"] == b["prediction"]
+
+
+def test_split_on_oom_backs_off_to_smaller_batches():
+    calls = []
+
+    def fn(batch):
+        calls.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return [x * 10 for x in batch]
+
+    assert scoring.split_on_oom(fn, [1, 2, 3, 4, 5]) == [10, 20, 30, 40, 50]
+    assert calls[0] == 5 and max(calls[1:]) <= 3
+
+    def always(batch):
+        raise torch.OutOfMemoryError("simulated")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        scoring.split_on_oom(always, [1, 2])
