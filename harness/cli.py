@@ -54,7 +54,13 @@ def run(
     out.print(progress.summary_table(outcome.record))
     out.print(f"run directory: {outcome.path}", soft_wrap=True, highlight=False)
     if outcome.record["status"] != "success":
-        err.print(f"[red]run failed:[/red] {outcome.record['error']['message']}", soft_wrap=True)
+        err.print("run failed: " + outcome.record["error"]["message"], soft_wrap=True,
+                  markup=False, highlight=False)
+        raise typer.Exit(1)
+    failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == "failed"]
+    if failed:
+        err.print(f"{len(failed)} arm(s) failed: {', '.join(failed)} (see run.json)",
+                  soft_wrap=True, markup=False)
         raise typer.Exit(1)
 
 
@@ -90,7 +96,8 @@ def plan(
 
     try:
         s = config.load_suite(suite, set_ or [])
-        out.print(planning.render_plan(planning.make_plan(s)), highlight=False)
+        out.print(planning.render_plan(planning.make_plan(s)), highlight=False, markup=False,
+                  soft_wrap=True)
     except HarnessError as e:
         _fail(e)
 

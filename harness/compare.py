@@ -2,17 +2,20 @@
 
 Which comparisons are made:
 
-- **Within a run**: every adapter arm against that run's zero-shot ``baseline`` arm. The
-  statistics are recomputed from ``predictions.jsonl`` with ``stats.compare_arms`` (paired by
-  item id) using the run's recorded seed and resample count, so a table never depends on
-  comparisons a run may or may not have stored. Only when a run has no per-item rows are its
-  stored comparisons shown (labelled ``stored``), else point numbers only.
+- **Within a run**: every other arm (adapters, and extra zero-shot prompt-template arms
+  ``baseline@<name>``) against that run's zero-shot ``baseline`` arm. Statistics are
+  recomputed from ``predictions.jsonl`` with ``stats.compare_arms`` (paired by item id), with
+  the first run's recorded seed and resample count (one setting per table, stated in the
+  legend; ``--alpha`` sets the level), so a table never depends on comparisons a run may or
+  may not have stored. Only a run without per-item rows shows its stored comparisons
+  (labelled ``stored``), else point numbers only (``no per-item data``).
 - **Across runs** (more than one run given): the first run given is the reference. Every
-  adapter arm of every other run is compared with the reference run's arm of the same name,
-  else with the reference's first adapter arm (seed 004's "improvement over exp1"); zero-shot
-  arms are compared too when their models differ (two base models on one suite). Paired by item
-  id when the eval fingerprints match; otherwise point numbers only, labelled
-  ``unpaired (different eval sets)``, with no CI or p-value.
+  adapter arm (one with an adapter path) of every other run is compared with the reference's
+  adapter arm of the same name, else with the reference's first adapter arm (seed 004's
+  "improvement over exp1"); zero-shot arms are compared with their namesakes only when the
+  base models differ (two base models on one suite). Paired by item id when the eval
+  fingerprints match; otherwise point numbers only, labelled ``unpaired (different eval
+  sets)``, with no CI or p-value.
 - Failed runs and failed arms are skipped with a note; a run given twice is used once.
 
 All comparisons land in one table, rows grouped by metric (so one metric across many arms
@@ -162,49 +165,65 @@ def _side(run: LoadedRun, arm: str, labels: dict[int, str]) -> Side:
     return Side(run, arm, f"{prefix}:{arm}" if prefix else arm)
 
 
-def _adapters(arms: list[str]) -> list[str]:
+def _others(arms: list[str]) -> list[str]:
     return [a for a in arms if a != BASELINE_ARM]
+
+
+def is_adapter_arm(run: LoadedRun, arm: str) -> bool:
+    """Trained arms: all but the zero-shot ``baseline`` / ``baseline@<template>`` arms.
+
+    Judged by name as well as by the adapter path, because an adapter arm whose training
+    failed has no adapter path and must still be seen (and fail a gate).
+    """
+    zero_shot_name = arm == BASELINE_ARM or arm.startswith(BASELINE_ARM + "@")
+    return not zero_shot_name or bool((run.record.get("arms") or {}).get(arm, {}).get("adapter"))
 
 
 def _within_pairings(runs: Sequence[LoadedRun], arms: dict[int, list[str]],
                      labels: dict[int, str], notes: list[str]) -> list[Pairing]:
+    """Every other arm of a run (adapters, extra zero-shot templates) against its baseline."""
     out = []
     for run in runs:
         names = arms[id(run)]
-        if BASELINE_ARM not in names and _adapters(names):
+        if BASELINE_ARM not in names and _others(names):
             notes.append(f"run {run.suite}/{run.run_id} has no usable {BASELINE_ARM} arm")
             continue
         base = _side(run, BASELINE_ARM, labels)
-        out += [Pairing(base, _side(run, a, labels)) for a in _adapters(names)]
+        out += [Pairing(base, _side(run, a, labels)) for a in _others(names)]
     return out
 
 
 def _cross_pairings(runs: Sequence[LoadedRun], arms: dict[int, list[str]],
                     labels: dict[int, str], notes: list[str]) -> list[Pairing]:
-    """Every later run's arms against the first run's arm of the same name."""
+    """Every later run's arms against an arm of the first run (see ``_cross_target``)."""
     if len(runs) < 2:
         return []
-    ref, ref_arms = runs[0], arms[id(runs[0])]
+    ref = runs[0]
     out = []
     for run in runs[1:]:
-        for arm in _adapters(arms[id(run)]):
-            target = arm if arm in ref_arms else next(iter(_adapters(ref_arms)), None)
-            if target is None:
+        for arm in arms[id(run)]:
+            target = _cross_target(ref, arms[id(ref)], run, arm)
+            if target is None and is_adapter_arm(run, arm):
                 notes.append(f"{_side(run, arm, labels).label}: the reference run has no "
                              "adapter arm to compare with")
-                continue
-            out.append(Pairing(_side(ref, target, labels), _side(run, arm, labels)))
-        if _different_base_models(ref, run, ref_arms, arms[id(run)]):
-            out.append(Pairing(_side(ref, BASELINE_ARM, labels), _side(run, BASELINE_ARM, labels)))
+            if target is not None:
+                out.append(Pairing(_side(ref, target, labels), _side(run, arm, labels)))
     return out
 
 
-def _different_base_models(a: LoadedRun, b: LoadedRun, arms_a: list[str], arms_b: list[str]
-                           ) -> bool:
-    if BASELINE_ARM not in arms_a or BASELINE_ARM not in arms_b:
-        return False
-    model_a = a.record["arms"][BASELINE_ARM].get("model")
-    return model_a != b.record["arms"][BASELINE_ARM].get("model")
+def _cross_target(ref: LoadedRun, ref_arms: list[str], run: LoadedRun, arm: str) -> str | None:
+    """Adapter arms: the reference's namesake adapter, else its first adapter arm. Zero-shot
+    arms: the namesake, only when the base models differ (else the row would read 0)."""
+    if is_adapter_arm(run, arm):
+        adapters = [a for a in ref_arms if is_adapter_arm(ref, a)]
+        return arm if arm in adapters else next(iter(adapters), None)
+    if arm in ref_arms and _model(ref, arm) != _model(run, arm):
+        return arm
+    return None
+
+
+def _model(run: LoadedRun, arm: str) -> Any:
+    return run.record["arms"][arm].get("model")
 
 
 def _compare(p: Pairing, settings: stats.StatsSettings) -> list[dict[str, Any]]:
@@ -264,7 +283,7 @@ def _verdict(row: dict[str, Any]) -> str:
 
 def _run_summary(run: LoadedRun, labels: dict[int, str]) -> dict[str, Any]:
     return {
-        "label": labels[id(run)] or "-", "suite": run.suite, "run_id": run.run_id,
+        "label": labels[id(run)], "suite": run.suite, "run_id": run.run_id,
         "path": str(run.path), "eval_fingerprint": stats.eval_fingerprint(run.record),
         "device": (run.record.get("env") or {}).get("device"),
     }
@@ -343,7 +362,8 @@ def legend(table: CompareTable) -> list[str]:
         f"`*` significant at alpha = {s.alpha:g} after Holm correction across the metrics of "
         "each comparison.",
         f"CI: {level:g}% paired percentile bootstrap over eval items ({s.n_resamples:,} "
-        f"resamples, seed {s.seed}); p: two-sided paired permutation test.",
+        f"resamples, seed {s.seed}), per metric (not adjusted for multiplicity); "
+        "p: two-sided paired permutation test.",
         "Rel. gain = (candidate - baseline) / baseline; ↓/↑ is the direction of the change, "
         "better/worse reads it in the metric's direction (lower is better for "
         f"{', '.join(sorted(M.LOWER_IS_BETTER))}).",
@@ -371,7 +391,8 @@ def render_markdown(table: CompareTable) -> str:
 
 
 def _md_run(r: dict[str, Any]) -> str:
-    return (f"- `{r['label']}`: {r['suite']}/{r['run_id']}, eval set {r['eval_fingerprint']}, "
+    label = f"`{r['label']}`: " if r["label"] else ""
+    return (f"- {label}{r['suite']}/{r['run_id']}, eval set {r['eval_fingerprint']}, "
             f"device {r['device']}, {r['path']}")
 
 
@@ -385,11 +406,17 @@ def render_csv(table: CompareTable) -> str:
 
 
 def render_json(table: CompareTable) -> str:
+    rows = [{k: _finite_or_none(v) for k, v in r.items()} for r in table.rows]
     doc = {
         "alpha": table.alpha, "stats": table.settings.as_record(), "runs": table.runs,
-        "comparisons": table.rows, "notes": table.notes,
+        "comparisons": rows, "notes": table.notes,
     }
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _finite_or_none(v: Any) -> Any:
+    """Strict JSON has no NaN: a stored comparison may carry one (json.dumps writes NaN)."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def render_html(table: CompareTable) -> str:

@@ -22,7 +22,7 @@ from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from harness.config import DataSpec, Suite
-from harness.errors import DataError
+from harness.errors import DataError, DatasetUnavailable
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # ShareGPT speaker names -> chat-template roles (FineTome-100k uses "from"/"value").
@@ -66,13 +66,18 @@ def load_splits(suite: Suite) -> DataSplits:
     train_pool, eval_pool, source = _load_pools(suite)
     _check_fields(spec, train_pool, source)
     render = _renderer(spec, source)
-    train_rows, val_rows, eval_rows = _select(spec, train_pool, eval_pool)
+    # With cleaning on, train_size counts examples after it (seed 002's 1,080 are clean ones):
+    # take the whole pool here and cut after dedupe (below) or drop_longer (when encoding).
+    cut_later = spec.dedupe or spec.drop_longer
+    train_rows, val_rows, eval_rows = _select(spec, train_pool, eval_pool, cut_train=not cut_later)
     eval_ex = [render(r, i) for i, r in eval_rows]
     val_ex = [render(r, i) for i, r in val_rows]
     train_ex = [render(r, i) for i, r in train_rows]
     dropped: dict[str, int] = {}
     if spec.dedupe:
         train_ex, dropped["duplicates"] = dedupe(train_ex, against=eval_ex + val_ex)
+    if spec.train_size and not spec.drop_longer:
+        train_ex = train_ex[: spec.train_size]
     if not eval_ex:
         raise DataError(f"{source}: the eval set is empty (check data.eval_size and the data)")
     if suite.train is not None and not train_ex:
@@ -153,7 +158,8 @@ def _load_hub(spec: DataSpec) -> tuple[Rows, Rows | None, str]:
         ev = (datasets.load_dataset(spec.dataset, spec.config_name, split=spec.eval_split)
               if spec.eval_split and spec.eval_split != spec.train_split else None)
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"data.dataset {spec.dataset!r}: cannot load: {_one_line(e)}") from e
+        raise DatasetUnavailable(
+            f"data.dataset {spec.dataset!r}: cannot load: {_one_line(e)}") from e
     return train.to_list(), (ev.to_list() if ev is not None else None), source
 
 
@@ -181,7 +187,7 @@ def _check_fields(spec: DataSpec, rows: Rows, source: str) -> None:
 # ---------------------------------------------------------------- selection
 
 
-def _select(spec: DataSpec, train_pool: Rows, eval_pool: Rows | None):
+def _select(spec: DataSpec, train_pool: Rows, eval_pool: Rows | None, cut_train: bool = True):
     """Indexed rows for (train, validation, eval); see the module docstring for the layout."""
     rng = np.random.default_rng(spec.seed)
     if eval_pool is None:
@@ -189,14 +195,14 @@ def _select(spec: DataSpec, train_pool: Rows, eval_pool: Rows | None):
         n_eval = spec.eval_size or max(1, len(train_pool) // 10)  # default: hold out 10 %
         ev, rest = perm[:n_eval], perm[n_eval:]
         val, rest = rest[: spec.validation_size], rest[spec.validation_size:]
-        tr = rest[: spec.train_size] if spec.train_size else rest
+        tr = rest[: spec.train_size] if spec.train_size and cut_train else rest
         pick = [(i, train_pool[i]) for i in tr], [(i, train_pool[i]) for i in val]
         return pick[0], pick[1], [(i, train_pool[i]) for i in ev]
     eperm = rng.permutation(len(eval_pool)).tolist()
     n_eval = spec.eval_size or len(eval_pool)
     ev, val = eperm[:n_eval], eperm[n_eval: n_eval + spec.validation_size]
     tperm = rng.permutation(len(train_pool)).tolist()
-    tr = tperm[: spec.train_size] if spec.train_size else tperm
+    tr = tperm[: spec.train_size] if spec.train_size and cut_train else tperm
     return ([(i, train_pool[i]) for i in tr], [(i, eval_pool[i]) for i in val],
             [(i, eval_pool[i]) for i in ev])
 

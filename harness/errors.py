@@ -21,6 +21,10 @@ class DataError(InputError):
     """A data file or field mapping or template that cannot produce examples."""
 
 
+class DatasetUnavailable(DataError):
+    """A hub dataset that cannot be loaded here (no network and not in the local cache)."""
+
+
 class ModelSourceError(InputError):
     """A model path, hub id or packaged GGUF that cannot be resolved."""
 

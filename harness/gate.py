@@ -14,9 +14,10 @@ A sign pointing the *better* way (``perplexity:-2%``) would fail on improvements
 as a mistake. Rules come from the suite's ``[gate]`` table recorded in the candidate
 (``config.gate.rules``) and from ``--rule``; a CLI rule replaces the suite's rules for its metric.
 
-Which arms: each adapter arm of the candidate against the baseline run's arm of the same name;
-if no name matches, the candidate's first adapter arm against the baseline's first. Runs with no
-adapter arms gate their zero-shot ``baseline`` arms. Values are paired over items by id (the
+Which arms: each adapter arm (an arm with an adapter path) of the candidate against the
+baseline run's arm of the same name; if no name matches, the candidate's first adapter arm
+against the baseline's first. Runs with no adapter arms (eval-only suites) gate their zero-shot
+``baseline`` arms. Values are paired over items by id (the
 same ``stats.compare_arms`` as compare) and a gate across different eval sets is refused:
 a threshold on different items measures the items, not the model.
 
@@ -27,6 +28,7 @@ devices or library versions only warn; throughput and memory rules are then skip
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from typing import Any
 
 from harness import metrics as M
 from harness import stats
-from harness.compare import BASELINE_ARM, fmt_value
+from harness.compare import BASELINE_ARM, fmt_value, is_adapter_arm
 from harness.errors import InputError, RecordError
 from harness.results import LoadedRun
 
@@ -204,7 +206,7 @@ def env_warnings(cand: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
 
 
 def _adapter_arms(run: LoadedRun) -> list[str]:
-    return [a for a in run.record.get("arms") or {} if a != BASELINE_ARM]
+    return [a for a in run.record.get("arms") or {} if is_adapter_arm(run, a)]
 
 
 def arm_pairs(candidate: LoadedRun, baseline: LoadedRun, warnings: list[str]
@@ -240,7 +242,23 @@ def _check_arm(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_ar
         msg = f"candidate arm {cand_arm} did not succeed (status {status!r})"
         return [Check(r, cand_arm, base_arm, "fail", msg) for r in rules]
     rows = _comparison_rows(candidate, baseline, cand_arm, base_arm, rules)
-    return [_evaluate(r, rows.get(r.metric), cand_arm, base_arm, same_device) for r in rules]
+    values = (_arm(candidate, cand_arm).get("metrics") or {},
+              _arm(baseline, base_arm).get("metrics") or {})
+    return [_evaluate(r, rows.get(r.metric), values, cand_arm, base_arm, same_device)
+            for r in rules]
+
+
+def _unmeasured(rule: Rule, values: tuple[Mapping[str, Any], Mapping[str, Any]], cand_arm: str,
+                base_arm: str) -> Check:
+    """No comparison row: a NaN / inf candidate value is a regression, a missing one bad input."""
+    cand, base = (v.get(rule.metric) for v in values)
+    if isinstance(base, float) and not math.isfinite(base):
+        raise RecordError(f"baseline arm {base_arm}: {rule.metric} is {base}; pick another "
+                          "baseline")
+    if isinstance(cand, float) and not math.isfinite(cand) and base is not None:
+        return Check(rule, cand_arm, base_arm, "fail", f"candidate {rule.metric} is {cand}")
+    raise InputError(f"gate rule {rule.text!r}: {rule.metric} is not recorded for both "
+                     f"{cand_arm} (candidate) and {base_arm} (baseline)")
 
 
 def _comparison_rows(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_arm: str,
@@ -263,7 +281,8 @@ def _comparison_rows(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, b
     return {r["metric"]: r for r in rows}
 
 
-def _evaluate(rule: Rule, row: Mapping[str, Any] | None, cand_arm: str, base_arm: str,
+def _evaluate(rule: Rule, row: Mapping[str, Any] | None,
+              values: tuple[Mapping[str, Any], Mapping[str, Any]], cand_arm: str, base_arm: str,
               same_device: bool) -> Check:
     def check(status: str, message: str) -> Check:
         return Check(rule, cand_arm, base_arm, status, message, row)
@@ -271,8 +290,7 @@ def _evaluate(rule: Rule, row: Mapping[str, Any] | None, cand_arm: str, base_arm
     if rule.metric in M.DEVICE_BOUND and not same_device:
         return check("skip", "the runs used different devices")
     if row is None:
-        raise InputError(f"gate rule {rule.text!r}: {rule.metric} is not recorded for both "
-                         f"{cand_arm} (candidate) and {base_arm} (baseline)")
+        return _unmeasured(rule, values, cand_arm, base_arm)
     worse = _worsening(rule, row, "rel_gain" if rule.relative else "abs_diff")
     if worse is None:
         return check("skip", "the baseline value is 0, so a relative change is undefined; "

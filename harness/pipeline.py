@@ -49,7 +49,22 @@ def preflight(suite: Suite) -> Preflight:
     """Everything that can be checked without loading weights; raises InputError subclasses."""
     source = modeling.resolve_source(suite)
     splits = data.load_splits(suite)
-    return Preflight(source, splits, sweep.expand(suite), _variants(suite, splits))
+    arms = sweep.expand(suite)
+    _check_targets(suite, arms)
+    return Preflight(source, splits, arms, _variants(suite, splits))
+
+
+def _check_targets(suite: Suite, arms: list[tuple[str, Suite]]) -> None:
+    """LoRA target modules against the model's real layer names (meta device, no weights),
+    so a typo fails before the baseline is evaluated, not after."""
+    if not arms:
+        return
+    from harness import plan
+
+    shape = plan.model_shape(suite)
+    for _, cell in arms:
+        assert cell.train is not None
+        plan.lora_targets(shape, cell.train.target_modules)
 
 
 def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, data.DataSplits]]:
@@ -155,6 +170,8 @@ def _encode(run: _Run, splits: data.DataSplits, tok: Any):
     enc_eval, s_eval = encoding.encode_all(splits.eval, tok, spec)
     enc_val, s_val = encoding.encode_all(splits.validation, tok, spec, drop_longer=spec.drop_longer)
     enc_train, s_train = encoding.encode_all(splits.train, tok, spec, drop_longer=spec.drop_longer)
+    if spec.drop_longer and spec.train_size:
+        enc_train = enc_train[: spec.train_size]  # train_size counts examples that fit
     run.record["data"]["lengths"] = {"train": s_train, "validation": s_val, "eval": s_eval}
     run.record["data"]["n_train"] = len(enc_train)
     return enc_eval, enc_val, enc_train
@@ -221,11 +238,10 @@ def _fit(run: _Run, name: str, cell: Suite, model: Any, tok: Any, enc_train, enc
     )
 
 
-def _expected_steps(spec, n_train: int) -> int:
-    if spec.max_steps:
-        return spec.max_steps
-    per_epoch = max(1, math.ceil(n_train / spec.batch_size) // spec.gradient_accumulation_steps)
-    return math.ceil(per_epoch * spec.epochs)
+def _expected_steps(spec, n_train: int) -> int | None:
+    from harness import plan
+
+    return plan.schedule(spec, n_train).total_steps
 
 
 def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, device: str,

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from harness import data, modeling, sweep
 from harness.config import ModelSpec, Suite, TrainSpec
-from harness.errors import ConfigError, DataError, ModelSourceError
+from harness.errors import ConfigError, DatasetUnavailable, ModelSourceError
 
 GIB = 1024**3
-CONTEXT_BYTES = GIB  # CUDA context + cuBLAS workspace + allocator slack, measured ~0.5-1 GiB
+CONTEXT_BYTES = GIB  # CUDA context + cuBLAS workspace + allocator slack: typically 0.5-1 GiB
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "auto": 2}  # auto: 16-bit on a GPU
 # Adam keeps two fp32 moments per trainable parameter (8 B); bitsandbytes' 8-bit Adam two
 # uint8 states (2 B, plus block scales we ignore); plain SGD (no momentum) and Adafactor's
@@ -149,7 +150,6 @@ class Plan:
     data: DataCounts
     weight_bytes: int  # as loaded for evaluation
     cells: tuple[CellPlan, ...]
-    max_length: int
 
 
 # ---------------------------------------------------------------- make_plan
@@ -163,7 +163,7 @@ def make_plan(suite: Suite) -> Plan:
     cells = tuple(cell_plan(name, cell, shape, counts.train) for name, cell in arms)
     return Plan(suite=suite.name, model=suite.model.label, shape=shape, model_spec=suite.model,
                 data=counts, weight_bytes=weight_bytes(shape, suite.model, training=False),
-                cells=cells, max_length=suite.data.max_length)
+                cells=cells)
 
 
 def cell_plan(name: str, cell: Suite, shape: ModelShape, n_train: int | None) -> CellPlan:
@@ -189,10 +189,7 @@ def model_shape(suite: Suite) -> ModelShape:
     layers = tuple(_layer(name, m) for name, m in model.named_modules() if name)
     head = _output_layer(model)
     quantizable = [x for x in layers if x.kind in ("linear", "conv1d") and x.name != head]
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    hidden = getattr(text, "hidden_size", None)
-    inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or (
-        4 * hidden if hidden else None)  # GPT-2 style configs leave the MLP at 4h
+    hidden, n_layers, inter, vocab = _sizes(cfg)
     return ModelShape(
         architecture=type(model).__name__, model_type=getattr(cfg, "model_type", "?"),
         config_source=source, total_params=sum(p.numel() for p in model.parameters()),
@@ -200,10 +197,19 @@ def model_shape(suite: Suite) -> ModelShape:
         layers=layers, output_layer=head,
         quantizable_params=sum(x.in_features * x.out_features for x in quantizable),
         quantizable_rows=sum(x.out_features for x in quantizable),
-        hidden_size=hidden, num_layers=getattr(text, "num_hidden_layers", None),
-        intermediate_size=inter, vocab_size=getattr(text, "vocab_size", None),
-        gated_mlp=_gated(layers, inter, getattr(text, "num_hidden_layers", None)),
+        hidden_size=hidden, num_layers=n_layers, intermediate_size=inter, vocab_size=vocab,
+        gated_mlp=_gated(layers, inter, n_layers),
     )
+
+
+def _sizes(cfg: Any) -> tuple[int | None, int | None, int | None, int | None]:
+    """(hidden, blocks, MLP width, vocab) of the text model; None where the config lacks it."""
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    hidden = getattr(text, "hidden_size", None)
+    inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or (
+        4 * hidden if hidden else None)  # GPT-2 style configs leave the MLP at 4h
+    return hidden, getattr(text, "num_hidden_layers", None), inter, getattr(text, "vocab_size",
+                                                                             None)
 
 
 def load_config(suite: Suite) -> tuple[Any, str]:
@@ -293,7 +299,8 @@ def _gated(layers: Sequence[Layer], inter: int | None, n_blocks: int | None) -> 
 # ---------------------------------------------------------------- LoRA targets
 
 
-def lora_targets(shape: ModelShape, targets: list[str] | str) -> tuple[list[Layer], tuple[str, ...]]:
+def lora_targets(shape: ModelShape, targets: list[str] | str,
+                 ) -> tuple[list[Layer], tuple[str, ...]]:
     """(layers peft would wrap, targets that matched nothing), with peft's matching rule."""
     if targets == "all-linear":
         picked = [x for x in shape.layers
@@ -343,19 +350,15 @@ def data_counts(suite: Suite) -> DataCounts:
     spec = suite.data
     try:
         s = data.load_splits(suite)
-    except DataError as e:
-        if not (spec.dataset and _unavailable(e, spec.dataset)):
-            raise
+    except DatasetUnavailable:
         return DataCounts(spec.train_size, spec.validation_size, spec.eval_size, known=False,
-                          note=f"dataset {spec.dataset} not available here, sizes from the suite")
-    dropped = sum(s.dropped.values())
-    note = f"{dropped} duplicates dropped" if dropped else ""
-    return DataCounts(len(s.train), len(s.validation), len(s.eval), known=True, note=note)
+                          note=f"dataset {spec.dataset} cannot be loaded here")
+    notes = [f"{n:,} {why} dropped" for why, n in s.dropped.items() if n]
+    if spec.drop_longer:  # needs the tokenizer: counted by `harness run`, not here
+        notes.append(f"train items over {spec.max_length:,} tokens not yet dropped")
+    return DataCounts(len(s.train), len(s.validation), len(s.eval), known=True,
+                      note="; ".join(notes))
 
-
-def _unavailable(e: DataError, dataset: str) -> bool:
-    # data._load_hub words a failed load_dataset as "data.dataset 'x': cannot load: ..."
-    return str(e).startswith(f"data.dataset {dataset!r}: cannot load")
 
 
 def schedule(spec: TrainSpec, n_train: int | None) -> Schedule:
@@ -478,18 +481,24 @@ def render_plan(plan: Plan) -> str:
 
 def _header(plan: Plan) -> list[str]:
     s = plan.shape
-    d = plan.data
     return [
         f"suite       {plan.suite}",
-        f"model       {plan.model}: {s.model_type} ({s.architecture})",
+        f"model       {plan.model}",
+        f"arch        {s.model_type} / {s.architecture}",
         f"config      {s.config_source}",
         f"parameters  {s.total_params:,} ({_human(s.total_params)})",
-        f"data        train {_n(d.train)} / validation {_n(d.validation)} / eval {_n(d.eval)}"
-        + ("" if d.known else " (unknown)"),
-        *([f"            {d.note}"] if d.note else []),
-        f"weights     {_gib(plan.weight_bytes)} to load: {_quant_words(plan)}",
+        *_data_lines(plan.data),
+        f"weights     {_gib(plan.weight_bytes)} to load",
+        f"            {_quant_words(plan)}",
         "",
     ]
+
+
+def _data_lines(d: DataCounts) -> list[str]:
+    sizes = f"train {_n(d.train)} / validation {_n(d.validation)} / eval {_n(d.eval)}"
+    if not d.known:
+        return [f"data        unknown: {d.note}", f"            the suite asks for {sizes}"]
+    return [f"data        {sizes}", *([f"            {d.note}"] if d.note else [])]
 
 
 def _quant_words(plan: Plan) -> str:
@@ -499,16 +508,17 @@ def _quant_words(plan: Plan) -> str:
     if q is None:
         return f"{s.total_params:,} x {rest} B ({spec.dtype})"
     per = bytes_per_4bit_weight(q.double_quant) if q.bits == 4 else 1
-    kind = f"{q.quant_type}{' + double quant' if q.double_quant else ''}" if q.bits == 4 else ""
-    return (f"{q.bits}-bit {kind} {s.quantizable_params:,} x {per:.4g} B + "
-            f"{s.total_params - s.quantizable_params:,} x {rest} B").replace("  ", " ")
+    kind = f" {q.quant_type}{' + double quant' if q.double_quant else ''}" if q.bits == 4 else ""
+    return (f"{q.bits}-bit{kind}: {_human(s.quantizable_params)} x {per:.4g} B, "
+            f"{_human(s.total_params - s.quantizable_params)} unquantized x {rest} B")
 
 
 def _single(plan: Plan, c: CellPlan) -> list[str]:
     t, sc, m = c.train, c.schedule, c.memory
     return [
         f"arm {c.name}",
-        f"  LoRA          r {t.r}, alpha {t.alpha:g}, {c.lora_layers} layers: {_targets(t)}",
+        f"  LoRA          r {t.r}, alpha {t.alpha:g}, dropout {t.dropout:g}, bias {t.bias}",
+        *_wrap(f"  targets       {c.lora_layers} layers: {_targets(t)}", indent=16),
         f"  trainable     {c.trainable:,} = {_pct(c, plan)} of {_with_lora(c, plan):,}",
         *_unmatched(c),
         f"  batch         {sc.batch_size} x {sc.accumulation} accumulation = "
@@ -516,34 +526,42 @@ def _single(plan: Plan, c: CellPlan) -> list[str]:
         f"  steps/epoch   {_n(sc.steps_per_epoch)}{_per_epoch_why(sc)}",
         f"  total steps   {_n(sc.total_steps)}{_total_why(t, sc)}",
         f"  warmup        {_n(sc.warmup_steps)} steps{_warmup_why(t)}",
-        f"  optimizer     {t.optimizer}, lr {t.learning_rate:g} {t.scheduler}, {t.precision}",
+        f"  optimizer     {t.optimizer}, lr {_lr(t.learning_rate)} {t.scheduler}, {t.precision}",
         f"  train memory  ~{_gib(m.total)} -> {gpu_class(m.total)}",
         *_memory_lines(m),
     ]
 
 
 def _sweep(plan: Plan) -> list[str]:
-    first = plan.cells[0].schedule
-    lines = [f"{len(plan.cells)} sweep cells; {_n(first.n_train)} train examples; "
-             "steps = optimizer steps", ""]
-    rows = [("arm", "r", "lr", "batch", "steps/ep", "steps", "warmup", "trainable", "memory")]
-    rows += [_row(plan, c) for c in plan.cells]
-    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
-    for r in rows:
-        cols = [r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]
-        lines.append("  ".join(cols).rstrip())
+    """One row per cell with the columns that differ; the rest once, above the table."""
+    columns = list(zip(*[_row(plan, c) for c in plan.cells]))
+    heads = ("r", "lr", "batch", "steps/ep", "steps", "warmup", "trainable", "train mem")
+    same = [f"{h} {col[0]}" for h, col in zip(heads, columns) if len(set(col)) == 1]
+    table = [("arm", *(h for h, col in zip(heads, columns) if len(set(col)) > 1))]
+    table += [(c.name, *(v for v, col in zip(row, columns) if len(set(col)) > 1))
+              for c, row in zip(plan.cells, zip(*columns))]
     big = max(plan.cells, key=lambda c: c.memory.total)
-    lines += ["", f"largest: {big.name} ~{_gib(big.memory.total)} -> "
-                  f"{gpu_class(big.memory.total)}", *_memory_lines(big.memory)]
-    return lines + [x for c in plan.cells for x in _unmatched(c, prefix=f"{c.name}: ")]
+    return [
+        f"{len(plan.cells)} sweep cells on {_n(plan.cells[0].schedule.n_train)} train examples"
+        "; steps are optimizer steps",
+        *_wrap("all cells: " + ", ".join(same), indent=11), "", *_table(table), "",
+        f"largest: {big.name} ~{_gib(big.memory.total)}",
+        f"  -> {gpu_class(big.memory.total)}", *_memory_lines(big.memory),
+        *[x for c in plan.cells for x in _unmatched(c, prefix=f"{c.name}: ")],
+    ]
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    return ["  ".join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])])
+            .rstrip() for r in rows]
 
 
 def _row(plan: Plan, c: CellPlan) -> tuple[str, ...]:
     sc = c.schedule
-    return (c.name, str(c.train.r), f"{c.train.learning_rate:g}",
-            f"{sc.batch_size}x{sc.accumulation}", _n(sc.steps_per_epoch), _n(sc.total_steps),
-            _n(sc.warmup_steps), f"{_human(c.trainable)} {_pct(c, plan)}",
-            f"{c.memory.total / GIB:.1f}G")
+    return (str(c.train.r), _lr(c.train.learning_rate), f"{sc.batch_size}x{sc.accumulation}",
+            _n(sc.steps_per_epoch), _n(sc.total_steps), _n(sc.warmup_steps),
+            f"{_human(c.trainable)} {_pct(c, plan)}", f"{c.memory.total / GIB:.1f} GiB")
 
 
 def _memory_lines(m: Memory) -> list[str]:
@@ -560,7 +578,12 @@ def _unmatched(c: CellPlan, prefix: str = "  ") -> list[str]:
 
 
 def _targets(t: TrainSpec) -> str:
-    return t.target_modules if isinstance(t.target_modules, str) else ", ".join(t.target_modules)
+    return t.target_modules if isinstance(t.target_modules, str) else " ".join(t.target_modules)
+
+
+def _wrap(line: str, indent: int) -> list[str]:
+    return textwrap.wrap(line, width=79, subsequent_indent=" " * indent,
+                         break_long_words=False) or [line]
 
 
 def _with_lora(c: CellPlan, plan: Plan) -> int:
@@ -587,6 +610,11 @@ def _warmup_why(t: TrainSpec) -> str:
     if t.warmup_steps:
         return " (train.warmup_steps)"
     return f" = ceil({t.warmup_ratio:g} x total)" if t.warmup_ratio else ""
+
+
+def _lr(x: float) -> str:
+    mantissa, exp = f"{x:e}".split("e")  # 0.0002 -> "2e-4", as the seeds write it
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
 def _n(x: int | None) -> str:

@@ -218,3 +218,15 @@ def test_cli_compare_bad_input_exits_2(tmp_path: Path):
     assert res.exit_code == 2 and "not a run directory" in res.stderr
     res = runner.invoke(app, ["compare", str(make_run(tmp_path, n=5)), "--format", "pdf"])
     assert res.exit_code == 2 and "md, csv, json, html" in res.stderr
+
+
+def test_template_arms_are_compared_within_a_run_but_not_across(tmp_path: Path):
+    arms = {"baseline": (0.3, 2.5), "baseline@short": (0.32, 2.4), "lora": (0.45, 1.8)}
+    runs = [make_run(tmp_path, n=15, arms=arms, seed=s) for s in (0, 1)]
+    for path in runs:  # a zero-shot prompt-template arm has no adapter
+        edit(path, lambda rec: rec["arms"]["baseline@short"].update(adapter=None))
+    pairs = {(r["Candidate"], r["Baseline"])
+             for r in md_rows(compare.compare_runs([load_run(p) for p in runs]))}
+    assert pairs == {("#1:baseline@short", "#1:baseline"), ("#1:lora", "#1:baseline"),
+                     ("#2:baseline@short", "#2:baseline"), ("#2:lora", "#2:baseline"),
+                     ("#2:lora", "#1:lora")}

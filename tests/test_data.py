@@ -49,7 +49,8 @@ def test_selection_is_seeded_disjoint_and_eval_stable(tmp_path):
     b = data.load_splits(suite(tmp_path, validation_size=5, train_size=40))
     ids = lambda xs: [x.id for x in xs]  # noqa: E731
     assert ids(a.eval) == ids(b.eval) and a.eval_fingerprint == b.eval_fingerprint
-    assert not set(ids(a.eval)) & set(ids(a.train)) and not set(ids(a.eval)) & set(ids(a.validation))
+    assert not set(ids(a.eval)) & set(ids(a.train))
+    assert not set(ids(a.eval)) & set(ids(a.validation))
     assert len(a.train) == 20 and len(b.train) == 40 and len(a.validation) == 5
     c = data.load_splits(suite(tmp_path, seed=1))
     assert ids(c.eval) != ids(a.eval) and c.eval_fingerprint != a.eval_fingerprint
@@ -137,3 +138,13 @@ def test_two_files_for_train_and_eval(tmp_path):
     s = suite(tmp_path, path=None, train_path="tr.jsonl", eval_path="ev.jsonl", eval_size=None)
     splits = data.load_splits(s)
     assert len(splits.eval) == 36 and len(splits.train) == 60
+
+
+def test_train_size_counts_examples_after_dedupe(tmp_path):
+    rows = [{"id": f"r{i}", "instruction": "x", "input": "", "output": str(i % 30)}
+            for i in range(90)]
+    (tmp_path / "dup.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = suite(tmp_path, path="dup.jsonl", eval_size=2, dedupe=True, train_size=20)
+    splits = data.load_splits(s)
+    assert len(splits.train) == 20  # 28 distinct non-eval answers, cut to 20 after dedupe
+    assert len({e.response for e in splits.train}) == 20

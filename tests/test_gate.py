@@ -251,3 +251,36 @@ def test_failed_candidate_arm_fails_the_gate(base: Path, tmp_path: Path):
     (cand / RUN_FILE).write_text(json.dumps(rec))
     res = outcome(cand, base, "rougeL:-1%")
     assert res.exit_code == 1 and "did not succeed" in res.markdown
+
+
+def test_fallback_skips_zero_shot_template_arms(tmp_path: Path):
+    arms = {"baseline": (0.3, 2.5), "baseline@short": (0.3, 2.5), "lora": (0.45, 1.8)}
+    base = make_run(tmp_path / "b", n=30, arms=arms)
+    cand = derive(base, tmp_path, rename={"lora": "qlora"})
+    for path in (base, cand):
+        rec = json.loads((path / RUN_FILE).read_text())
+        rec["arms"]["baseline@short"]["adapter"] = None
+        (path / RUN_FILE).write_text(json.dumps(rec))
+    res = outcome(cand, base, "rougeL:-1%")
+    assert [(c.arm, c.baseline_arm) for c in res.checks] == [("qlora", "lora")]
+
+
+def test_nan_candidate_fails_and_an_unrecorded_metric_is_bad_input(base: Path, tmp_path: Path):
+    cand = derive(base, tmp_path)
+    rec = json.loads((cand / RUN_FILE).read_text())
+    rec["arms"]["lora"]["metrics"]["loss"] = float("nan")  # json writes NaN; a diverged run
+    del rec["arms"]["lora"]["metrics"]["gen_tokens_per_s"]
+    (cand / RUN_FILE).write_text(json.dumps(rec))
+    res = outcome(cand, base, "loss:+0.05")
+    assert res.exit_code == 1 and "candidate loss is nan" in res.markdown
+    with pytest.raises(InputError, match="gen_tokens_per_s is not recorded"):
+        outcome(cand, base, "gen_tokens_per_s:-5%")
+
+
+def test_an_adapter_arm_that_failed_before_saving_still_fails_the_gate(base: Path, tmp_path: Path):
+    cand = derive(base, tmp_path)
+    rec = json.loads((cand / RUN_FILE).read_text())
+    rec["arms"]["lora"].update(status="failed", adapter=None, metrics={})
+    (cand / RUN_FILE).write_text(json.dumps(rec))
+    res = outcome(cand, base, "rougeL:-1%")
+    assert res.exit_code == 1 and res.checks[0].status == "fail"

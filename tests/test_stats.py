@@ -305,6 +305,17 @@ def test_resampling_matrices_have_the_documented_shapes():
     assert masks.shape == (9, 13) and set(np.unique(masks)) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("k", [1, 3, 4, 9])
+def test_both_summation_routes_equal_a_plain_gather(k: int):
+    """<= 4 distinct columns go through complex gathers, more through a count matrix."""
+    rng = np.random.default_rng(k)
+    values = rng.random((37, k))
+    values[:, -1] = values[:, 0]  # a duplicated column (n_tokens on one tokenizer) is reused
+    idx = np.concatenate(list(stats.bootstrap_indices(37, 120, 0)))
+    want = values[idx].sum(axis=1)  # (120, k)
+    assert stats.ColumnSums(values)(idx) == pytest.approx(want, rel=1e-12)
+
+
 def test_record_only_modules_do_not_import_torch():
     code = ("import sys, harness.stats, harness.compare, harness.gate, harness.cli; "
             "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "

