@@ -18,6 +18,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,9 +80,14 @@ def render_markdown(run: LoadedRun) -> str:
 
 
 def templates_dir() -> Path:
-    """The repo's templates/ (editable install) or $HARNESS_TEMPLATES."""
+    """$HARNESS_TEMPLATES, else the checkout's templates/ (editable install), else the copy a
+    regular install puts in <prefix>/share/harness/templates (pyproject data-files)."""
     override = os.environ.get(TEMPLATES_ENV)
-    path = Path(override) if override else Path(__file__).resolve().parent.parent / "templates"
+    candidates = [Path(override)] if override else [
+        Path(__file__).resolve().parent.parent / "templates",
+        Path(sys.prefix) / "share" / "harness" / "templates",
+    ]
+    path = next((p for p in candidates if (p / HTML_TEMPLATE).is_file()), candidates[0])
     if not (path / HTML_TEMPLATE).is_file():
         raise HarnessError(
             f"report templates not found in {path}; install harness from a checkout "
