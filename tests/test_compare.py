@@ -138,6 +138,7 @@ def test_cross_run_rows_are_paired_only_on_the_same_eval_set(tmp_path: Path):
         assert r["ci_low"] is None and r["p_value"] is None
     md = compare.compare_runs([load_run(p) for p in (ref, same, other)])
     assert "unpaired (different eval sets)" in md
+    assert md.count("| Metric |") == 1, "many runs, one table"
     assert {r["Candidate"] for r in md_rows(md)} == {"#1:lora", "#2:lora", "#3:lora"}
     assert f"`#2`: toy/{ids[1]}" in md
 
