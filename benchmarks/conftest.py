@@ -7,7 +7,7 @@ with the neighbours' load, ratios measured side by side much less. Nothing here 
 
 Sizes can be changed without editing code (defaults in brackets):
 HARNESS_BENCH_EVAL_ITEMS [64], HARNESS_BENCH_GEN_ITEMS [16], HARNESS_BENCH_ROUNDS [2],
-HARNESS_BENCH_TRAIN_STEPS [4], HARNESS_BENCH_BATCH [8].
+HARNESS_BENCH_TRAIN_STEPS [4], HARNESS_BENCH_BATCH [8], HARNESS_BENCH_THREADS [torch default].
 """
 
 from __future__ import annotations
@@ -163,6 +163,11 @@ class Timer:
         that alternated A-B-B-A, so both means cover the same stretch of machine load."""
         return self.mean(slow) / self.mean(fast)
 
+    def pair_ratios(self, slow: str, fast: str) -> tuple[float, float]:
+        """(min, max) of the per-round ratios: how much the load moved the pairs."""
+        r = [a / b for a, b in zip(self.times[slow], self.times[fast])]
+        return round(min(r), 3), round(max(r), 3)
+
 
 @pytest.fixture()
 def timer() -> Timer:
@@ -186,22 +191,31 @@ def record(benchmark: Any) -> Callable[..., None]:
 
 @pytest.fixture()
 def alternate(benchmark: Any) -> Callable[..., None]:
-    """``alternate(ours, baselines, rounds)``: time ``ours`` with pytest-benchmark and run
-    ``baselines`` (which time themselves) in A-B-B-A order around it: base, ours, ours, base,
-    base, ours, ... and a closing base, so a load change during the run hits both sides alike.
+    """``alternate(ours, baselines, rounds)``: time ``ours(i)`` with pytest-benchmark for rounds
+    i = 0..rounds-1 and run ``baselines(i)`` (which time themselves) in A-B-B-A order around
+    it: base(0) ours(0) ours(1) base(1) base(2) ours(2) ours(3) base(3) ..., so each round's
+    two sides run back to back and a load change hits both alike. A round is typically one
+    length-sorted batch, so the two sides of a pair are seconds apart.
     """
 
-    def _alternate(ours: Callable[[], Any], baselines: Callable[[], None], rounds: int) -> None:
+    def _alternate(ours: Callable[[int], Any], baselines: Callable[[int], None],
+                   rounds: int) -> None:
         state = {"round": 0}
 
         def setup() -> None:
             i = state["round"]
-            state["round"] += 1
-            for _ in range(1 if i == 0 else 2 if i % 2 == 0 else 0):
-                baselines()
+            if i % 2 == 0:
+                if i > 0:
+                    baselines(i - 1)
+                baselines(i)
 
-        benchmark.pedantic(ours, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
-        baselines()
+        def timed() -> None:
+            ours(state["round"])
+            state["round"] += 1
+
+        benchmark.pedantic(timed, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+        if (rounds - 1) % 2 == 1:
+            baselines(rounds - 1)
 
     return _alternate
 
