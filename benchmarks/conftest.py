@@ -6,7 +6,7 @@ them round by round, and reports the *ratio*: on a shared 2-core machine absolut
 with the neighbours' load, ratios measured side by side much less. Nothing here asserts a time.
 
 Sizes can be changed without editing code (defaults in brackets):
-HARNESS_BENCH_EVAL_ITEMS [64], HARNESS_BENCH_GEN_ITEMS [16], HARNESS_BENCH_ROUNDS [2],
+HARNESS_BENCH_EVAL_ITEMS [64], HARNESS_BENCH_GEN_ITEMS [32], HARNESS_BENCH_ROUNDS [2],
 HARNESS_BENCH_TRAIN_STEPS [4], HARNESS_BENCH_BATCH [8], HARNESS_BENCH_THREADS [torch default].
 """
 
@@ -39,7 +39,7 @@ def env_int(name: str, default: int) -> int:
 
 
 EVAL_ITEMS = env_int("HARNESS_BENCH_EVAL_ITEMS", 64)
-GEN_ITEMS = env_int("HARNESS_BENCH_GEN_ITEMS", 16)
+GEN_ITEMS = env_int("HARNESS_BENCH_GEN_ITEMS", 32)
 ROUNDS = env_int("HARNESS_BENCH_ROUNDS", 2)
 TRAIN_STEPS = env_int("HARNESS_BENCH_TRAIN_STEPS", 4)
 BATCH = env_int("HARNESS_BENCH_BATCH", 8)

@@ -73,37 +73,40 @@ def summary_table(record: dict[str, Any]) -> Table:
     """Zero-shot vs each adapter arm, one row per metric, with the paired CI when present."""
     arms = [a for a in record.get("arms", {}) if a != "baseline"]
     table = Table(title=f"{record.get('suite')} / {record.get('run_id')}")
-    table.add_column("metric")
-    table.add_column("zero-shot", justify="right")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("zero-shot", justify="right", no_wrap=True)
     for a in arms:
-        table.add_column(a, justify="right")
-        table.add_column("Δ (95% CI)", justify="right")
+        table.add_column(a, justify="right", no_wrap=True)
+        table.add_column("Δ [95% CI]", justify="right")
+        table.add_column("p (Holm)", justify="right", no_wrap=True)
     comps = {(c["candidate"], c["metric"]): c for c in record.get("comparisons", [])}
     base = record.get("arms", {}).get("baseline", {}).get("metrics", {})
     for m in ALL_KEYS:
         if base.get(m) is None:
             continue
-        row = [m + (" ↓" if lower_is_better(m) else ""), _fmt(base[m])]
+        row = [m + (" ↓" if lower_is_better(m) else ""), _fmt(base[m], m)]
         for a in arms:
             val = record["arms"][a].get("metrics", {}).get(m)
-            row += [_fmt(val), _delta(comps.get((a, m)))]
+            row += [_fmt(val, m), *_delta(comps.get((a, m)), m)]
         table.add_row(*row)
     return table
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, metric: str, sign: str = "") -> str:
     if v is None:
         return "—"
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
+    if metric == "peak_memory_bytes":
+        return f"{v / 2**30:{sign}.2f} GiB"
+    if metric.endswith("tokens_per_s"):
+        return f"{v:{sign},.1f}"
+    return f"{v:{sign}.4f}" if not sign else f"{v:{sign}.3f}"
 
 
-def _delta(c: dict[str, Any] | None) -> str:
+def _delta(c: dict[str, Any] | None, metric: str) -> tuple[str, str]:
     if not c or c.get("abs_diff") is None:
-        return "—"
-    text = f"{c['abs_diff']:+.4f}"
+        return "—", "—"
+    text = _fmt(c["abs_diff"], metric, "+")
     if c.get("ci_low") is not None:
-        text += f" [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+        text += f" [{_fmt(c['ci_low'], metric, '+')}, {_fmt(c['ci_high'], metric, '+')}]"
     p = c.get("p_value_holm", c.get("p_value"))
-    if p is not None:
-        text += f" p={p:.3g}"
-    return text
+    return text, ("—" if p is None else f"{p:.2g}")

@@ -5,11 +5,13 @@ results go back in eval order.
 
 Teacher-forced pass (DESIGN §8): items are sorted by length and batched (padding only up to the
 batch's longest item), and the LM head is applied only from the first scored position of the
-batch onwards (`logits_to_keep`), so prompt positions never get full-vocabulary logits.
+batch onwards (`logits_to_keep`), so prompt positions never get full-vocabulary logits; the
+prompt prefix every item shares (a system prompt) runs once and batches start from its KV cache.
 """
 
 from __future__ import annotations
 
+import copy
 import resource
 import sys
 import time
@@ -80,8 +82,10 @@ def teacher_forced(
     fed = 0
     start = time.perf_counter()
     with torch.inference_mode():
+        prefix = shared_prefix(model, items)
         for batch in length_sorted_batches([len(e.input_ids) for e in items], batch_size):
-            nll = split_on_oom(lambda b: _batch_nll(model, [items[i] for i in b], pad_id), batch)
+            nll = split_on_oom(
+                lambda b: _batch_nll(model, [items[i] for i in b], pad_id, prefix), batch)
             for i, loss in zip(batch, nll):
                 out[i] = loss
             fed += sum(len(items[i].input_ids) for i in batch)
@@ -90,7 +94,56 @@ def teacher_forced(
     return [x for x in out if x is not None], fed / wall if wall > 0 else 0.0
 
 
-def _batch_nll(model: Any, batch: Sequence[Encoded], pad_id: int) -> list[ItemLoss]:
+# Below this many shared tokens the extra forward pass costs about what it saves.
+MIN_SHARED_PREFIX = 8
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Tokens every eval item starts with, run through the model once, and their KV cache."""
+
+    length: int
+    cache: Any
+
+
+def shared_prefix(model: Any, items: Sequence[Encoded]) -> Prefix | None:
+    """Run the prompt prefix all items share (a chat template's system prompt, a fixed
+    instruction) once; every batch then starts from its KV cache instead of recomputing it.
+    The default suite's items share 26 of ~102 tokens. The prefix stops before the first
+    scored position, whose logits must come from the batch. None when there is too little to
+    share or the model keeps no usable cache."""
+    import torch
+
+    if len(items) < 2:
+        return None
+    n = min(_common_prefix_len([e.input_ids for e in items]),
+            min(e.prompt_len for e in items) - 1)
+    if n < MIN_SHARED_PREFIX:
+        return None
+    device = next(model.parameters()).device
+    ids = torch.tensor([items[0].input_ids[:n]], device=device)
+    try:
+        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+    except (TypeError, ValueError):  # remote-code models without these arguments
+        return None
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None  # legacy tuple caches (old remote code): recompute the prefix per batch
+    return Prefix(n, cache)
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def _batch_nll(
+    model: Any, batch: Sequence[Encoded], pad_id: int, prefix: Prefix | None = None
+) -> list[ItemLoss]:
     import torch
     import torch.nn.functional as F
 
@@ -106,9 +159,15 @@ def _batch_nll(model: Any, batch: Sequence[Encoded], pad_id: int) -> list[ItemLo
         mask[row, :n] = 1
     # Logits at position t predict token t+1; the first scored token sits at min(prompt_len).
     first = max(min(e.prompt_len for e in batch) - 1, 0)
-    keep = torch.arange(first, width - 1, device=device)
-    logits = _logits(model, ids.to(device), mask.to(device), keep)  # [B, width-1-first, V]
-    target = labels[:, first + 1:].to(device)
+    skip, extra = 0, {}
+    if prefix is not None:  # the batch starts after the shared prefix, from its cache
+        skip = prefix.length
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(len(batch))
+        extra = {"past_key_values": cache, "use_cache": True}
+    keep = torch.arange(first - skip, width - 1 - skip, device=device)
+    logits = _logits(model, ids[:, skip:].to(device), mask.to(device), keep, extra)
+    target = labels[:, first + 1:].to(device)  # logits: [B, width-1-first, V]
     nll = F.cross_entropy(
         logits.float().transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none"
     )  # [B, T]
@@ -117,11 +176,11 @@ def _batch_nll(model: Any, batch: Sequence[Encoded], pad_id: int) -> list[ItemLo
     return [ItemLoss(s, int(c)) for s, c in zip(sums, counts)]
 
 
-def _logits(model: Any, ids: Any, mask: Any, keep: Any) -> Any:
+def _logits(model: Any, ids: Any, mask: Any, keep: Any, extra: dict[str, Any]) -> Any:
     try:
-        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, **extra).logits
     except TypeError:  # remote-code models without logits_to_keep: full logits, then slice
-        return model(input_ids=ids, attention_mask=mask).logits[:, keep]
+        return model(input_ids=ids, attention_mask=mask, **extra).logits[:, keep]
 
 
 # ---------------------------------------------------------------- generation
@@ -140,7 +199,7 @@ def generate(
     torch.manual_seed(spec.seed)
     start = time.perf_counter()
     with torch.inference_mode():
-        for batch in length_sorted_batches([e.prompt_len for e in items], spec.batch_size):
+        for batch in length_sorted_batches([e.prompt_len for e in items], spec.gen_batch_size):
             prompts = [items[i].prompt_ids for i in batch]
             new = split_on_oom(lambda b: _generate_batch(model, b, gen_cfg).tolist(), prompts)
             for i, row in zip(batch, new):

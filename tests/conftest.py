@@ -48,13 +48,14 @@ def build_tokenizer():
     return fast
 
 
-def build_model(tokenizer, seed: int = 0):
+def build_model(tokenizer, seed: int = 0, hidden: int = 32):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
@@ -76,6 +77,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-llama")
     tok = build_tokenizer()
     build_model(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qlora_model_dir(tmp_path_factory) -> Path:
+    """The tiny Llama at hidden 64: bitsandbytes' CPU 4-bit kernel (used on CPUs with
+    AVX512-BF16) repacks weights in 64-value blocks per row and fails on 32-wide rows."""
+    path = tmp_path_factory.mktemp("tiny-llama-64")
+    tok = build_tokenizer()
+    build_model(tok, hidden=64).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

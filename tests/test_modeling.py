@@ -47,26 +47,26 @@ def _dtypes(model, part: str) -> set:
     return {p.dtype for n, p in model.named_parameters() if part in n} - {torch.uint8}
 
 
-def test_bf16_qlora_keeps_frozen_weights_in_bf16(tiny_model_dir, tmp_path):
+def test_bf16_qlora_keeps_frozen_weights_in_bf16(qlora_model_dir, tmp_path):
     import torch
 
-    model = _attach(tmp_path, tiny_model_dir, "bfloat16")
+    model = _attach(tmp_path, qlora_model_dir, "bfloat16")
     assert _dtypes(model, "norm") == {torch.bfloat16}
     assert _dtypes(model, "embed_tokens") == {torch.bfloat16}
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
 
 
-def test_fp16_qlora_gets_peft_fp32_upcast(tiny_model_dir, tmp_path):
+def test_fp16_qlora_gets_peft_fp32_upcast(qlora_model_dir, tmp_path):
     import torch
 
-    model = _attach(tmp_path, tiny_model_dir, "float16")
+    model = _attach(tmp_path, qlora_model_dir, "float16")
     assert _dtypes(model, "norm") == {torch.float32}  # fp16 activations stay in range
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
-def test_qlora_gradient_checkpointing_reaches_the_base_model(tiny_model_dir, tmp_path):
-    model = _attach(tmp_path, tiny_model_dir, "bfloat16", checkpointing=True)
+def test_qlora_gradient_checkpointing_reaches_the_base_model(qlora_model_dir, tmp_path):
+    model = _attach(tmp_path, qlora_model_dir, "bfloat16", checkpointing=True)
     assert model.base_model.model.is_gradient_checkpointing
     import torch
 

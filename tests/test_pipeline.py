@@ -15,10 +15,15 @@ FAST = ["--set", "train.max_steps=4", "--set", "data.eval_size=6", "--set", "dat
 
 
 def run(suite_dir, *extra: str):
+    """One `harness run`; its run directory is the one that is new (two runs in one second
+    have ids that sort by their random suffix)."""
+    out = suite_dir / "results" / "tiny"
+    before = set(out.iterdir()) if out.is_dir() else set()
     res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out",
                               str(suite_dir / "results"), *FAST, *extra], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    return results.load_run(sorted((suite_dir / "results" / "tiny").iterdir())[-1])
+    (new,) = set(out.iterdir()) - before
+    return results.load_run(new)
 
 
 def test_zero_shot_is_cached_and_reused_never_for_adapters(suite_dir):

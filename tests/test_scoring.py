@@ -57,15 +57,67 @@ def test_batch_size_does_not_change_scores(model, tok, items):
     assert [round(a.nll_sum, 3) for a in one] == [round(b.nll_sum, 3) for b in many]
 
 
+SYSTEM = "System: you answer with one weather word for the city.\n"
+
+
+@pytest.fixture(scope="module")
+def prefixed_items(tok):
+    """Items sharing a system prompt, as a chat template makes them."""
+    spec = DataSpec(path="x", prompt_template="p", response_template="r", max_length=96)
+    texts = [(SYSTEM + "Report: " + "rain " * (i % 5), "Oslo " * (1 + i % 3)) for i in range(9)]
+    return [encode(Example(str(i), p, r), tok, spec) for i, (p, r) in enumerate(texts)]
+
+
+def test_shared_prefix_runs_once_and_scores_stay_exact(model, tok, prefixed_items):
+    prefix = scoring.shared_prefix(model, prefixed_items)
+    assert prefix is not None
+    assert scoring.MIN_SHARED_PREFIX <= prefix.length < min(e.prompt_len for e in prefixed_items)
+    common = scoring._common_prefix_len([e.input_ids for e in prefixed_items])
+    assert prefix.length == min(common, min(e.prompt_len for e in prefixed_items) - 1)
+    scores, _ = scoring.teacher_forced(model, prefixed_items, 4, tok.pad_token_id)
+    for e, s in zip(prefixed_items, scores):
+        nll, n = reference_nll(model, e)  # the whole sequence, no cache
+        assert s.n_tokens == n
+        assert s.nll_sum == pytest.approx(nll, rel=1e-4, abs=1e-4)
+
+
+def test_shared_prefix_through_a_peft_adapter(tok, prefixed_items):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(build_model(tok, seed=5), LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    assert scoring.shared_prefix(peft_model, prefixed_items) is not None
+    scores, _ = scoring.teacher_forced(peft_model, prefixed_items, 3, tok.pad_token_id)
+    for e, s in zip(prefixed_items, scores):
+        assert s.nll_sum == pytest.approx(reference_nll(peft_model, e)[0], rel=1e-4, abs=1e-4)
+
+
+def test_no_shared_prefix_when_items_share_little(model, items):
+    assert scoring.shared_prefix(model, items) is None  # "<s>Report:" is under the minimum
+    assert scoring.shared_prefix(model, items[:1]) is None
+
+
+def test_common_prefix_len():
+    assert scoring._common_prefix_len([[1, 2, 3, 4], [1, 2, 3], [1, 2, 9, 4]]) == 2
+    assert scoring._common_prefix_len([[5, 1], [6, 1]]) == 0
+
+
+def test_generation_batch_defaults_to_at_least_32():
+    assert EvalSpec(batch_size=4).gen_batch_size == 32
+    assert EvalSpec(batch_size=64).gen_batch_size == 64
+    assert EvalSpec(batch_size=4, generate_batch_size=2).gen_batch_size == 2
+
+
 def test_results_come_back_in_eval_order(model, tok, items):
     scores, _ = scoring.teacher_forced(model, items, batch_size=3, pad_id=tok.pad_token_id)
     assert [s.n_tokens for s in scores] == [e.n_response_tokens for e in items]
 
 
 def test_batched_left_padded_generation_equals_one_by_one(model, tok, items):
-    spec = EvalSpec(max_new_tokens=6, batch_size=4)
+    spec = EvalSpec(max_new_tokens=6, generate_batch_size=4)
     batched = scoring.generate(model, tok, items, spec)
-    single = scoring.generate(model, tok, items, EvalSpec(max_new_tokens=6, batch_size=1))
+    single = scoring.generate(model, tok, items, EvalSpec(max_new_tokens=6,
+                                                          generate_batch_size=1))
     assert batched.texts == single.texts
     assert batched.n_tokens == single.n_tokens
     assert all(1 <= n <= 6 for n in batched.n_tokens)

@@ -167,18 +167,18 @@ def test_seed001_recipe_runs(tiny_model_dir, tmp_path):
     assert 0 < len(with_input) < len(prompts) or len(prompts) < 4  # empty inputs dropped
 
 
-def test_seed002_qlora_recipe_runs(tiny_model_dir, tmp_path):
+def test_seed002_qlora_recipe_runs(qlora_model_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
-    path = run_seed("seed002_tinyllama_qlora_code", tiny_model_dir, tmp_path)
+    path = run_seed("seed002_tinyllama_qlora_code", qlora_model_dir, tmp_path)
     rec = check_trained(path, ["lora"])
     assert rec["config"]["model"]["quantization"]["bits"] == 4
     assert "duplicates" in rec["data"]["dropped"]  # dedupe = true ran
     assert "dropped_too_long" in rec["data"]["lengths"]["train"]  # drop_longer = true ran
 
 
-def test_seed003_qlora_xsum_recipe_runs(tiny_model_dir, tmp_path):
+def test_seed003_qlora_xsum_recipe_runs(qlora_model_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
-    path = run_seed("seed003_phi2_qlora_xsum", tiny_model_dir, tmp_path)
+    path = run_seed("seed003_phi2_qlora_xsum", qlora_model_dir, tmp_path)
     rec = check_trained(path, ["lora"])
     templates = {f"baseline@{n}" for n in ("simple", "instruct", "chat", "qa")}
     assert templates | {"baseline", "lora"} == set(rec["arms"])
