@@ -7,7 +7,8 @@ tokens (DESIGN §2 `eval_tokens_per_s`) for both, so the tokens/s ratio is the w
 
 What differs (DESIGN §8): lm-eval computes full-vocabulary logits and log-softmax (49k classes)
 at every position; harness applies the LM head only from the first scored position of each
-length-sorted batch. Target: >= 1.5x.
+length-sorted batch and runs the prompt prefix all items share once, reusing its KV cache.
+Target: >= 1.5x.
 
 Token identity: lm-eval's string API (`HFLM.loglikelihood`) moves *all* trailing whitespace of
 the context into the continuation (`context.rstrip()`), so with a chat template it would also
