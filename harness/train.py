@@ -150,6 +150,8 @@ def train_adapter(
         out = trainer.train()
     summary = _summary(trainer, out, spec)
     shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints: the adapter is saved separately
+    with contextlib.suppress(OSError):  # the shared checkpoints/ folder, once no arm uses it
+        work_dir.parent.rmdir()
     return TrainResult(model=trainer.model, summary=summary)
 
 

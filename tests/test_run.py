@@ -49,6 +49,7 @@ def test_run_directory_matches_contract(finished):
     assert {"commit", "dirty"} <= set(rec["env"]["git"])
     assert rec["config"]["train"]["r"] == 8  # the resolved suite
     assert not any(p.name.startswith(".") for p in finished.parent.iterdir())  # no staging left
+    assert not (finished / "checkpoints").exists()  # trainer checkpoints are cleaned up
 
 
 def test_fine_tuning_beats_zero_shot_loss(finished):
