@@ -308,7 +308,20 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = child
     for other in _SOURCE_SWITCH.get(".".join(parents), {}).get(leaf, ()):
         node.pop(other, None)
-    node[leaf] = parse_value(value.strip())
+    node[leaf] = _from_cwd(key, parse_value(value.strip()))
+
+
+# A path typed on the command line means what the shell means: relative to the current folder,
+# not to the suite file's (which is how paths written inside the suite resolve).
+_DATA_PATH_KEYS = {"data.path", "data.train_path", "data.eval_path"}
+
+
+def _from_cwd(key: str, value: Any) -> Any:
+    if not isinstance(value, str) or Path(value).expanduser().is_absolute():
+        return value
+    if key in _DATA_PATH_KEYS or (key == "model.name_or_path" and Path(value).exists()):
+        return str(Path(value).resolve())  # a model name that is no local folder: a hub id
+    return value
 
 
 def parse_value(value: str) -> Any:

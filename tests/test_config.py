@@ -80,7 +80,8 @@ def test_set_reads_toml_literals_else_strings(tmp_path):
     ])
     assert s.train.max_steps == 5 and s.data.eval_size == 8
     assert s.train.target_modules == ["q_proj"] and s.train.learning_rate == 2e-4
-    assert s.data.path == "other/file.jsonl"  # not TOML: kept as a plain string
+    # not TOML: a plain string; a path typed on the command line is relative to the cwd
+    assert s.data.path == str(Path("other/file.jsonl").resolve())
 
 
 def test_set_is_revalidated(tmp_path):
@@ -128,7 +129,21 @@ def test_dump_is_json_and_roundtrips(tmp_path):
 def test_set_data_path_replaces_hub_dataset(tmp_path):
     text = MINIMAL.replace('path = "x.jsonl"', 'dataset = "EdinburghNLP/xsum"\nconfig_name = "x"')
     s = config.load_suite(write(tmp_path, text), ["data.path=local.jsonl"])
-    assert s.data.path == "local.jsonl" and s.data.dataset is None and s.data.config_name is None
+    assert s.data.path == str(Path("local.jsonl").resolve())
+    assert s.data.dataset is None and s.data.config_name is None
+
+
+def test_set_paths_resolve_against_the_current_folder(tmp_path, monkeypatch):
+    suite = write(tmp_path, MINIMAL)  # suite paths resolve against tmp_path
+    work = tmp_path / "work"
+    (work / "tiny").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    s = config.load_suite(suite, ["data.path=mine.jsonl", "model.name_or_path=tiny"])
+    assert s.resolve(s.data.path) == work / "mine.jsonl"
+    assert s.model.name_or_path == str(work / "tiny")  # an existing folder here
+    hub = config.load_suite(suite, ["model.name_or_path=org/other"])
+    assert hub.model.name_or_path == "org/other"  # no such folder: a hub id, untouched
+    assert config.load_suite(suite).resolve("x.jsonl") == tmp_path / "x.jsonl"
 
 
 def test_load_best_needs_a_validation_split(tmp_path):
