@@ -15,12 +15,6 @@ from rich.console import Console
 
 from harness.errors import HarnessError
 
-# libgomp spin-waits between parallel regions by default: on a shared CPU a 2-thread torch then
-# waits for a descheduled thread at every small op (teacher-forced eval ran at 66 instead of
-# 279 tokens/s under a neighbour's load; on an idle machine the two were within noise). Read
-# when torch loads, so it is set before any command imports torch; the user's own value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,

@@ -1,0 +1,125 @@
+"""Teacher-forced eval loss on a GPU: harness.scoring vs lm-evaluation-harness's HF backend.
+
+The CPU benchmark (test_bench_eval.py) on the GPU: the same comparison, the same items (the
+default suite's weather data with a system prompt, through a chat template), the same weights
+object, bf16. No network: models are built from real configs (SmolLM2-135M, TinyLlama-1.1B)
+with random weights, and the tokenizer is the test suite's small byte-level BPE, so every item
+is a real token sequence with a shared prompt prefix. Random weights do not change the work of
+a forward pass. Batch 32 on both sides (what a GPU user passes to lm-eval; batch 8 leaves an
+H100 idle). Skipped without CUDA or lm-eval.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.benchmark(group="eval-loss-gpu", warmup=False),
+]
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET = 1.5
+BATCH = 32
+ITEMS = 256
+SHAPES = {  # from the models' config.json
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         tie_word_embeddings=True),
+    "tinyllama-1.1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
+                           num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                           tie_word_embeddings=False),
+}
+
+
+def _tokenizer():
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.conftest import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def model_dir(request, tmp_path_factory) -> tuple[str, Path]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _tokenizer()
+    cfg = LlamaConfig(**SHAPES[request.param], max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    path = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    return request.param, path
+
+
+def test_teacher_forced_vs_lm_eval_on_gpu(benchmark: Any, model_dir: tuple[str, Path],
+                                          timer: Any, alternate: Any, record: Any) -> None:
+    pytest.importorskip("lm_eval", reason="pip install -e '.[bench]' (lm-eval>=0.4.8)")
+    from lm_eval.models.huggingface import HFLM
+
+    from harness import config, data, encoding, modeling, scoring
+
+    name, path = model_dir
+    suite = config.load_suite(REPO / "suites" / "default.toml", [
+        f"model.name_or_path={path}", f"data.eval_size={ITEMS}", "data.max_length=512",
+        "data.validation_size=0", "data.train_size=1"])
+    tok = modeling.load_tokenizer(suite, str(path))
+    items, _ = encoding.encode_all(data.load_splits(suite).eval, tok, suite.data)
+    lm = HFLM(pretrained=str(path), batch_size=BATCH, device="cuda", dtype="bfloat16")
+    model, pad = lm.model.eval(), tok.pad_token_id
+    requests = [((tok.decode(e.prompt_ids), tok.decode(e.input_ids[e.prompt_len:])),
+                 list(e.prompt_ids), list(e.input_ids[e.prompt_len:])) for e in items]
+    fed = sum(len(e.input_ids) for e in items)
+
+    scoring.teacher_forced(model, items[:BATCH], BATCH, pad)  # warm-up, both sides
+    lm._loglikelihood_tokens(requests[:BATCH], disable_tqdm=True)
+
+    chunks = scoring.length_sorted_batches([len(e.input_ids) for e in items], BATCH)
+    ours_ll: dict[int, Any] = {}
+    theirs_ll: dict[int, float] = {}
+    prefix = None
+
+    def ours(i: int) -> None:  # as teacher_forced: the prefix once per pass, then batches
+        nonlocal prefix
+        chunk = chunks[i % len(chunks)]
+        if i % len(chunks) == 0:
+            prefix = timer.run("harness_prefix", lambda: scoring.shared_prefix(model, items))
+        with torch.inference_mode():
+            losses = timer.run("harness", lambda: scoring._batch_nll(
+                model, [items[j] for j in chunk], pad, prefix))
+        ours_ll.update(zip(chunk, losses))
+
+    def theirs(i: int) -> None:
+        chunk = chunks[i % len(chunks)]
+        out = timer.run("lm_eval", lambda: lm._loglikelihood_tokens(
+            [requests[j] for j in chunk], disable_tqdm=True))
+        theirs_ll.update((j, lp) for j, (lp, _greedy) in zip(chunk, out))
+
+    alternate(ours, theirs, 3 * len(chunks))
+
+    n = len(items)
+    rel = [abs(-theirs_ll[j] - ours_ll[j].nll_sum) / abs(theirs_ll[j]) for j in range(n)]
+    per_pass = len(chunks)
+    ours_pass = timer.mean("harness") * per_pass + timer.mean("harness_prefix")
+    theirs_pass = timer.mean("lm_eval") * per_pass
+    ratio = theirs_pass / ours_pass
+    record(model=name, gpu=torch.cuda.get_device_name(), items=n, tokens=fed, batch=BATCH,
+           shared_prefix_tokens=prefix.length if prefix else 0,
+           lm_eval_tokens_per_s=round(fed / theirs_pass), harness_tokens_per_s=round(
+               fed / ours_pass), ratio=round(ratio, 3), target=TARGET,
+           meets_target=ratio >= TARGET, max_rel_diff_loglik=max(rel))
+    assert max(rel) < 2e-2, "per-item log-likelihoods disagree with lm-eval (bf16)"
