@@ -21,7 +21,8 @@ app = typer.Typer(
     help="Benchmark and evaluate parameter-efficient fine-tuning: zero-shot vs adapter, "
     "on the same items, with paired significance.",
 )
-out = Console()
+# Piped output (CI logs, `| tee`) would otherwise wrap the summary table at 80 columns.
+out = Console() if sys.stdout.isatty() else Console(width=120)
 err = Console(stderr=True)
 
 SetOpt = Annotated[
