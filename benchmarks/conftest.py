@@ -223,6 +223,66 @@ def alternate(benchmark: Any) -> Callable[..., None]:
     return _alternate
 
 
+def eval_vs_lm_eval(model: Any, lm: Any, items: list, tokenizer: Any, batch: int, rounds: int,
+                    timer: Timer, alternate: Callable[..., None]) -> dict[str, Any]:
+    """Teacher-forced eval, harness vs lm-eval's `_loglikelihood_tokens`, on the same weights.
+
+    The two sides alternate batch by batch (the same length-sorted batches both form on their
+    own), `rounds` passes over the items. harness's side is what `teacher_forced` does per
+    pass: the shared prefix once (timed on its own, added per pass), then each batch. lm-eval
+    gets the pre-tokenized pairs, so both score the very same tokens.
+    """
+    import torch
+
+    from harness import scoring
+
+    pad = tokenizer.pad_token_id
+    requests = [((tokenizer.decode(e.prompt_ids), tokenizer.decode(e.input_ids[e.prompt_len:])),
+                 list(e.prompt_ids), list(e.input_ids[e.prompt_len:])) for e in items]
+    # Warm-up: first calls allocate buffers and pick kernels; neither side should pay for that.
+    scoring.teacher_forced(model, items[:batch], batch, pad)
+    lm._loglikelihood_tokens(requests[:batch], disable_tqdm=True)
+
+    chunks = scoring.length_sorted_batches([len(e.input_ids) for e in items], batch)
+    ours_ll: dict[int, Any] = {}
+    theirs_ll: dict[int, float] = {}
+    state: dict[str, Any] = {"prefix": None}
+
+    def ours(i: int) -> None:
+        chunk = chunks[i % len(chunks)]
+        if i % len(chunks) == 0:
+            state["prefix"] = timer.run("harness_prefix",
+                                        lambda: scoring.shared_prefix(model, items))
+        with torch.inference_mode():
+            losses = timer.run("harness", lambda: scoring._batch_nll(
+                model, [items[j] for j in chunk], pad, state["prefix"]))
+        ours_ll.update(zip(chunk, losses))
+
+    def theirs(i: int) -> None:
+        chunk = chunks[i % len(chunks)]
+        out = timer.run("lm_eval", lambda: lm._loglikelihood_tokens(
+            [requests[j] for j in chunk], disable_tqdm=True))
+        theirs_ll.update((j, lp) for j, (lp, _greedy) in zip(chunk, out))
+
+    alternate(ours, theirs, rounds * len(chunks))
+
+    n, fed = len(items), sum(len(e.input_ids) for e in items)  # prompt + reference tokens
+    assert [ours_ll[j].n_tokens for j in range(n)] == [len(r[2]) for r in requests]
+    ours_pass = timer.mean("harness") * len(chunks) + timer.mean("harness_prefix")
+    theirs_pass = timer.mean("lm_eval") * len(chunks)
+    prefix = state["prefix"]
+    return {
+        "items": n, "tokens": fed, "batch": batch, "passes": rounds,
+        "shared_prefix_tokens": prefix.length if prefix else 0,
+        "lm_eval_tokens_per_s": round(fed / theirs_pass, 1),
+        "harness_tokens_per_s": round(fed / ours_pass, 1),
+        "ratio": round(theirs_pass / ours_pass, 3),
+        "batch_ratio_min_max": timer.pair_ratios("lm_eval", "harness"),
+        "max_rel_diff_loglik": max(abs(-theirs_ll[j] - ours_ll[j].nll_sum) / abs(theirs_ll[j])
+                                   for j in range(n)),
+    }
+
+
 @pytest.fixture(scope="session")
 def sizes() -> dict[str, int]:
     return {"eval_items": EVAL_ITEMS, "gen_items": GEN_ITEMS, "rounds": ROUNDS,

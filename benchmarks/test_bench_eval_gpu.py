@@ -71,7 +71,7 @@ def test_teacher_forced_vs_lm_eval_on_gpu(benchmark: Any, model_dir: tuple[str, 
     pytest.importorskip("lm_eval", reason="pip install -e '.[bench]' (lm-eval>=0.4.8)")
     from lm_eval.models.huggingface import HFLM
 
-    from harness import config, data, encoding, modeling, scoring
+    from harness import config, data, encoding, modeling
 
     name, path = model_dir
     suite = config.load_suite(REPO / "suites" / "default.toml", [
@@ -80,46 +80,9 @@ def test_teacher_forced_vs_lm_eval_on_gpu(benchmark: Any, model_dir: tuple[str, 
     tok = modeling.load_tokenizer(suite, str(path))
     items, _ = encoding.encode_all(data.load_splits(suite).eval, tok, suite.data)
     lm = HFLM(pretrained=str(path), batch_size=BATCH, device="cuda", dtype="bfloat16")
-    model, pad = lm.model.eval(), tok.pad_token_id
-    requests = [((tok.decode(e.prompt_ids), tok.decode(e.input_ids[e.prompt_len:])),
-                 list(e.prompt_ids), list(e.input_ids[e.prompt_len:])) for e in items]
-    fed = sum(len(e.input_ids) for e in items)
+    from conftest import eval_vs_lm_eval
 
-    scoring.teacher_forced(model, items[:BATCH], BATCH, pad)  # warm-up, both sides
-    lm._loglikelihood_tokens(requests[:BATCH], disable_tqdm=True)
-
-    chunks = scoring.length_sorted_batches([len(e.input_ids) for e in items], BATCH)
-    ours_ll: dict[int, Any] = {}
-    theirs_ll: dict[int, float] = {}
-    prefix = None
-
-    def ours(i: int) -> None:  # as teacher_forced: the prefix once per pass, then batches
-        nonlocal prefix
-        chunk = chunks[i % len(chunks)]
-        if i % len(chunks) == 0:
-            prefix = timer.run("harness_prefix", lambda: scoring.shared_prefix(model, items))
-        with torch.inference_mode():
-            losses = timer.run("harness", lambda: scoring._batch_nll(
-                model, [items[j] for j in chunk], pad, prefix))
-        ours_ll.update(zip(chunk, losses))
-
-    def theirs(i: int) -> None:
-        chunk = chunks[i % len(chunks)]
-        out = timer.run("lm_eval", lambda: lm._loglikelihood_tokens(
-            [requests[j] for j in chunk], disable_tqdm=True))
-        theirs_ll.update((j, lp) for j, (lp, _greedy) in zip(chunk, out))
-
-    alternate(ours, theirs, 3 * len(chunks))
-
-    n = len(items)
-    rel = [abs(-theirs_ll[j] - ours_ll[j].nll_sum) / abs(theirs_ll[j]) for j in range(n)]
-    per_pass = len(chunks)
-    ours_pass = timer.mean("harness") * per_pass + timer.mean("harness_prefix")
-    theirs_pass = timer.mean("lm_eval") * per_pass
-    ratio = theirs_pass / ours_pass
-    record(model=name, gpu=torch.cuda.get_device_name(), items=n, tokens=fed, batch=BATCH,
-           shared_prefix_tokens=prefix.length if prefix else 0,
-           lm_eval_tokens_per_s=round(fed / theirs_pass), harness_tokens_per_s=round(
-               fed / ours_pass), ratio=round(ratio, 3), target=TARGET,
-           meets_target=ratio >= TARGET, max_rel_diff_loglik=max(rel))
-    assert max(rel) < 2e-2, "per-item log-likelihoods disagree with lm-eval (bf16)"
+    out = eval_vs_lm_eval(lm.model.eval(), lm, items, tok, BATCH, 3, timer, alternate)
+    record(model=name, gpu=torch.cuda.get_device_name(), **out, target=TARGET,
+           meets_target=out["ratio"] >= TARGET)
+    assert out["max_rel_diff_loglik"] < 2e-2, "log-likelihoods disagree with lm-eval (bf16)"
