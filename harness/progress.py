@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
+from harness.compare import fmt_value
 from harness.metrics import ALL_KEYS, lower_is_better
 
 Advance = Callable[[int], None]
@@ -84,29 +85,20 @@ def summary_table(record: dict[str, Any]) -> Table:
     for m in ALL_KEYS:
         if base.get(m) is None:
             continue
-        row = [m + (" ↓" if lower_is_better(m) else ""), _fmt(base[m], m)]
+        row = [m + (" ↓" if lower_is_better(m) else ""), fmt_value(m, base[m])]
         for a in arms:
             val = record["arms"][a].get("metrics", {}).get(m)
-            row += [_fmt(val, m), *_delta(comps.get((a, m)), m)]
+            row += [fmt_value(m, val), *_delta(comps.get((a, m)), m)]
         table.add_row(*row)
     return table
-
-
-def _fmt(v: Any, metric: str, sign: str = "") -> str:
-    if v is None:
-        return "—"
-    if metric == "peak_memory_bytes":
-        return f"{v / 2**30:{sign}.2f} GiB"
-    if metric.endswith("tokens_per_s"):
-        return f"{v:{sign},.1f}"
-    return f"{v:{sign}.4f}" if not sign else f"{v:{sign}.3f}"
 
 
 def _delta(c: dict[str, Any] | None, metric: str) -> tuple[str, str]:
     if not c or c.get("abs_diff") is None:
         return "—", "—"
-    text = _fmt(c["abs_diff"], metric, "+")
+    text = fmt_value(metric, c["abs_diff"], signed=True)
     if c.get("ci_low") is not None:
-        text += f" [{_fmt(c['ci_low'], metric, '+')}, {_fmt(c['ci_high'], metric, '+')}]"
+        low, high = (fmt_value(metric, c[k], signed=True) for k in ("ci_low", "ci_high"))
+        text += f" [{low}, {high}]"
     p = c.get("p_value_holm", c.get("p_value"))
     return text, ("—" if p is None else f"{p:.2g}")
