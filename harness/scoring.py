@@ -22,6 +22,7 @@ from typing import Any
 from harness.config import EvalSpec
 from harness.encoding import IGNORE_INDEX, Encoded
 from harness.metrics import ROUGE_KEYS
+from harness.modeling import count_params
 
 Advance = Callable[[int], None]
 
@@ -107,28 +108,29 @@ MIN_PARAMS_FOR_PREFIX_ON_GPU = 1_000_000_000
 class Prefix:
     """Tokens every eval item starts with, run through the model once, and their KV cache.
 
-    The cache is widened to a batch's rows once and cut back to the prefix after each batch
-    (`crop` slices, it does not copy), so a batch costs no cache copy; only a narrower batch
-    (the last one, or an out-of-memory half) takes a copy of the rows it needs."""
+    The cache is widened to the first batch's rows once and cut back to the prefix after each
+    batch (`crop` slices, it does not copy), so a full batch costs no cache copy; a narrower
+    one (the last, or an out-of-memory half) repeats the one-row cache for its rows."""
 
     def __init__(self, length: int, cache: Any) -> None:
         self.length, self._one, self._wide, self._rows = length, cache, None, 0
 
     def cache_for(self, rows: int) -> Any:
+        if self._wide is not None and rows == self._rows:
+            extra = self._wide.get_seq_length() - self.length
+            if extra > 0:
+                self._wide.crop(-extra)  # a negative count removes tokens in transformers 4-5
+            return self._wide
+        cache = copy.deepcopy(self._one)
+        cache.batch_repeat_interleave(rows)
         if self._wide is None or rows > self._rows:
-            self._wide, self._rows = copy.deepcopy(self._one), rows
-            self._wide.batch_repeat_interleave(rows)
-        if rows == self._rows:
-            return self._cropped(self._wide)
-        narrow = self._cropped(copy.deepcopy(self._wide))
-        narrow.batch_select_indices(list(range(rows)))
-        return narrow
-
-    def _cropped(self, cache: Any) -> Any:
-        extra = cache.get_seq_length() - self.length
-        if extra > 0:
-            cache.crop(-extra)  # a negative count removes tokens in every transformers 4.x-5.x
+            self._wide, self._rows = cache, rows
         return cache
+
+    def forget_wide(self) -> None:
+        """After a failed forward some layers may hold the batch's keys and others not, so one
+        crop no longer restores the prefix: the next batch starts from the one-row cache."""
+        self._wide, self._rows = None, 0
 
 
 def shared_prefix(model: Any, items: Sequence[Encoded]) -> Prefix | None:
@@ -146,7 +148,7 @@ def shared_prefix(model: Any, items: Sequence[Encoded]) -> Prefix | None:
     if n < MIN_SHARED_PREFIX:
         return None
     device = next(model.parameters()).device
-    if device.type == "cuda" and _n_params(model) < MIN_PARAMS_FOR_PREFIX_ON_GPU:
+    if device.type == "cuda" and count_params(model)[1] < MIN_PARAMS_FOR_PREFIX_ON_GPU:
         return None
     ids = torch.tensor([items[0].input_ids[:n]], device=device)
     try:
@@ -154,14 +156,9 @@ def shared_prefix(model: Any, items: Sequence[Encoded]) -> Prefix | None:
             cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
     except (TypeError, ValueError):  # remote-code models without these arguments
         return None
-    if cache is None or not all(hasattr(cache, f) for f in (
-            "batch_repeat_interleave", "batch_select_indices", "crop")):
+    if cache is None or not all(hasattr(cache, f) for f in ("batch_repeat_interleave", "crop")):
         return None  # legacy tuple caches (old remote code): recompute the prefix per batch
     return Prefix(n, cache)
-
-
-def _n_params(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -198,7 +195,12 @@ def _batch_nll(
         skip = prefix.length
         extra = {"past_key_values": prefix.cache_for(len(batch)), "use_cache": True}
     keep = torch.arange(first - skip, width - 1 - skip, device=device)
-    logits = _logits(model, ids[:, skip:].to(device), keep, extra)  # [B, width-1-first, V]
+    try:
+        logits = _logits(model, ids[:, skip:].to(device), keep, extra)  # [B, width-1-first, V]
+    except torch.OutOfMemoryError:
+        if prefix is not None:
+            prefix.forget_wide()
+        raise
     # Log-softmax only at scored positions, as rows of [N, V]: over [B, V, T] (class dim not
     # last) CUDA's spatial softmax took 30% of a small model's pass on an H100.
     target = target.to(device)

@@ -92,6 +92,34 @@ def test_shared_prefix_through_a_peft_adapter(tok, prefixed_items):
         assert s.nll_sum == pytest.approx(reference_nll(peft_model, e)[0], rel=1e-4, abs=1e-4)
 
 
+def test_shared_prefix_survives_out_of_memory_halving(model, tok, prefixed_items):
+    """A batch that runs out of memory after the cache grew is halved; the halves and later
+    full batches still start from exactly the prefix."""
+
+    class OOMOnWideBatches(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.failed = inner, 0
+
+        def forward(self, input_ids, past_key_values=None, **kw):
+            if input_ids.shape[0] > 2 and past_key_values is not None and self.failed < 1:
+                self.failed += 1
+                # A pass that dies after its first layer: only layer 0 holds the batch's keys.
+                cfg = self.inner.config
+                b, t = input_ids.shape
+                kv = torch.zeros(b, cfg.num_key_value_heads, t,
+                                 cfg.hidden_size // cfg.num_attention_heads)
+                past_key_values.update(kv, kv, layer_idx=0)
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            return self.inner(input_ids=input_ids, past_key_values=past_key_values, **kw)
+
+    flaky = OOMOnWideBatches(model)
+    scores, _ = scoring.teacher_forced(flaky, prefixed_items, 4, tok.pad_token_id)
+    assert flaky.failed == 1
+    for e, s in zip(prefixed_items, scores):
+        assert s.nll_sum == pytest.approx(reference_nll(model, e)[0], rel=1e-4, abs=1e-4)
+
+
 def test_no_shared_prefix_when_items_share_little(model, items):
     assert scoring.shared_prefix(model, items) is None  # "<s>Report:" is under the minimum
     assert scoring.shared_prefix(model, items[:1]) is None
