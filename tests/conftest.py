@@ -71,25 +71,24 @@ def _isolated_cache(request, tmp_path_factory, monkeypatch):
         monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+def save_tiny_model(path: Path, hidden: int = 32) -> Path:
+    tok = build_tokenizer()
+    build_model(tok, hidden=hidden).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny Llama + tokenizer (2 layers, hidden 32, vocab 400; ~60k parameters)."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = build_tokenizer()
-    build_model(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
 def qlora_model_dir(tmp_path_factory) -> Path:
     """The tiny Llama at hidden 64: bitsandbytes' CPU 4-bit kernel (used on CPUs with
     AVX512-BF16) repacks weights in 64-value blocks per row and fails on 32-wide rows."""
-    path = tmp_path_factory.mktemp("tiny-llama-64")
-    tok = build_tokenizer()
-    build_model(tok, hidden=64).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama-64"), hidden=64)
 
 
 @pytest.fixture()
