@@ -26,13 +26,17 @@ log = logging.getLogger(__name__)
 
 
 def baseline_key_fields(suite: Suite, source: ModelSource, device: str,
-                        eval_fingerprint: str, variant: str | None = None) -> dict[str, Any]:
+                        eval_fingerprint: str, variant: str | None = None,
+                        content: str | None = None) -> dict[str, Any]:
+    """``content`` is modeling.content_key(): the weights by content or hub commit, so a model
+    folder overwritten in place misses the cache (a path alone served a stale loss: 6.01
+    cached vs 11.07 true)."""
     import harness
 
     m, d = suite.model, suite.data
     v = versions()
     return {
-        "model": source.label, "cache_key": source.cache_key, "revision": m.revision,
+        "model": source.label, "content": content, "revision": m.revision,
         "tokenizer": m.tokenizer, "dtype": m.dtype, "attn": m.attn_implementation,
         "quantization": m.quantization.model_dump() if m.quantization else None,
         "eval_fingerprint": eval_fingerprint, "variant": variant,
@@ -52,19 +56,35 @@ def _path(key: str) -> Path:
     return cache_dir() / "baselines" / f"{key}.json"
 
 
-def load(fields: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    """(arm record, prediction rows) of an earlier identical zero-shot evaluation, or None."""
+def load(fields: dict[str, Any], ids: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """(arm record, prediction rows) of an earlier identical zero-shot evaluation of the items
+    ``ids`` (in eval order), or None. An entry of any other shape is corrupt: ignored and
+    recomputed, never trusted."""
     path = _path(key_of(fields))
     if not path.is_file():
         return None
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
-        if entry["key_fields"] != fields:
-            return None
-        return entry["arm"], entry["rows"]
-    except (OSError, ValueError, KeyError) as e:
-        log.warning("ignoring corrupt baseline cache entry %s: %s", path, e)
+        problem = _shape_problem(entry, fields, ids)
+    except (OSError, ValueError) as e:
+        problem = str(e)
+    if problem:
+        log.warning("ignoring corrupt baseline cache entry %s: %s", path, problem)
         return None
+    return entry["arm"], entry["rows"]
+
+
+def _shape_problem(entry: Any, fields: dict[str, Any], ids: list[str]) -> str | None:
+    if not isinstance(entry, dict) or entry.get("key_fields") != fields:
+        return "not an entry for this key"
+    arm, rows = entry.get("arm"), entry.get("rows")
+    if not isinstance(arm, dict) or not isinstance(arm.get("metrics"), dict):
+        return "no arm metrics"
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return "rows are not a list of objects"
+    if [r.get("id") for r in rows] != ids:
+        return f"{len(rows)} rows for {len(ids)} eval items, or not the same items"
+    return None
 
 
 def store(fields: dict[str, Any], arm: dict[str, Any], rows: list[dict[str, Any]]) -> None:

@@ -11,10 +11,13 @@ safetensors; reloading takes ~0.2 s) and loaded from there afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +104,79 @@ def _package_source(spec: ModelSpec) -> ModelSource:
 
 
 def _gguf_key(gguf: Path) -> str:
-    return _slug(f"{gguf.stem}-{gguf.stat().st_size}")
+    """The converted copy's folder name: a GGUF overwritten in place (same name, even the same
+    size) gets a new conversion, not the old model's weights."""
+    return _slug(f"{gguf.stem}-{file_fingerprint(gguf)[:12]}")
+
+
+# ---------------------------------------------------------------- content identity
+
+
+# Hashing whole weight files would cost ~1 s per GB on every run; size + mtime + the first and
+# last MiB catch a file rewritten in place (new weights of the same shape change the tail's
+# bytes even when a copy kept the mtime).
+_EDGE_BYTES = 1 << 20
+
+
+def file_fingerprint(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_EDGE_BYTES))
+        if st.st_size > 2 * _EDGE_BYTES:
+            f.seek(-_EDGE_BYTES, os.SEEK_END)
+            h.update(f.read(_EDGE_BYTES))
+    return h.hexdigest()
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Every regular top-level file (weights, config, tokenizer), by name and content."""
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            h.update(f"{f.name}={file_fingerprint(f)};".encode())
+    return h.hexdigest()[:24]
+
+
+def content_key(spec: ModelSpec, source: ModelSource, base_dir: Path) -> str | None:
+    """What the weights and tokenizer *are*, for the zero-shot cache: local files by content,
+    a hub model by the commit its revision resolves to. None: not knowable (uncacheable)."""
+    parts = [_source_identity(source)]
+    if spec.tokenizer:
+        tok = base_dir / Path(spec.tokenizer).expanduser()
+        parts.append(folder_fingerprint(tok) if tok.is_dir() else hub_commit(spec.tokenizer,
+                                                                             spec.revision))
+    return None if None in parts else "|".join(p for p in parts if p)
+
+
+def _source_identity(source: ModelSource) -> str | None:
+    if source.cache_key and source.gguf_file and Path(source.path).is_dir():
+        return source.cache_key  # packaged / local GGUF: the key already names its content
+    local = Path(source.path)
+    if local.is_dir():
+        return folder_fingerprint(local)
+    return hub_commit(source.path, None)
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit a hub revision points at: given as one, asked of the hub when online, else
+    read from the local Hugging Face cache (its snapshot folder is named by the commit)."""
+    if revision and _COMMIT.match(revision):
+        return revision
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    if not HF_HUB_OFFLINE:
+        with contextlib.suppress(Exception):  # no network: fall back to the cache below
+            return HfApi().model_info(repo_id, revision=revision, timeout=10).sha
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if isinstance(cached, str):
+        commit = Path(cached).parent.name
+        return commit if _COMMIT.match(commit) else None
+    return None
 
 
 def _slug(s: str) -> str:
@@ -227,8 +302,14 @@ def attach_lora(model, suite: Suite):
     """Wrap for training; QLoRA models are frozen first (fp16 compute: peft's k-bit preparation)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    from transformers import set_seed
+
     train = suite.train
     assert train is not None
+    # LoRA's A matrices are drawn from torch's global generator when the adapter is attached,
+    # before the Trainer seeds anything: unseeded, the adapter depended on what ran earlier in
+    # the process (a cached baseline or a computed one gave losses 0.0374 vs 0.0402).
+    set_seed(train.seed)
     quant = suite.model.quantization
     if quant and quant.compute_dtype == "float16":
         model = prepare_model_for_kbit_training(

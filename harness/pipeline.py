@@ -89,6 +89,7 @@ class _Run:
     started: float = field(default_factory=time.time)
     record: dict[str, Any] = field(default_factory=dict)
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    model_content: str | None = None  # modeling.content_key(): the baseline cache's identity
 
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None) -> RunOutcome:
@@ -120,6 +121,10 @@ def _execute(run: _Run, checked: Preflight) -> None:
     path = modeling.ensure_converted(src)
     device = modeling.pick_device(suite.model)
     run.record["env"] = environment.describe(device, suite.base_dir)
+    if suite.eval.cache_baseline:
+        run.model_content = modeling.content_key(suite.model, src, suite.base_dir)
+        if run.model_content is None:
+            p.stage(f"zero-shot cache off: cannot tell which commit {src.label} resolves to")
     tok = modeling.load_tokenizer(suite, path)
     enc_eval, enc_val, enc_train = _encode(run, checked.splits, tok)
     base = _Lazy(lambda: modeling.load_model(suite, path, device))
@@ -150,9 +155,9 @@ class _Lazy:
 
 def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, splits,
                device: str, checked: Preflight) -> None:
-    fields = cache.baseline_key_fields(suite, checked.source, device,
-                                       checked.splits.eval_fingerprint, variant=name)
-    hit = cache.load(fields) if suite.eval.cache_baseline else None
+    fields = _cache_fields(run, name, suite, checked, device)
+    ids = [ex.id for ex in splits.eval]
+    hit = cache.load(fields, ids) if fields is not None else None
     if hit is not None:
         arm, rows = hit
         run.progress.stage(f"{name}: reusing the cached zero-shot evaluation")
@@ -160,9 +165,20 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, s
         run.predictions += rows
         return
     _eval_arm(run, name, base.get(), tok, enc, splits.eval, device, adapter=None)
-    if suite.eval.cache_baseline:
+    if fields is not None:
         rows = [r for r in run.predictions if r["arm"] == name]
         cache.store(fields, run.record["arms"][name], rows)
+
+
+def _cache_fields(run: _Run, name: str, suite: Suite, checked: Preflight,
+                  device: str) -> dict[str, Any] | None:
+    """The baseline cache key, or None when caching is off or the weights' identity is not
+    knowable (a hub model whose commit cannot be resolved): then nothing is reused."""
+    if not suite.eval.cache_baseline or run.model_content is None:
+        return None
+    return cache.baseline_key_fields(suite, checked.source, device,
+                                     checked.splits.eval_fingerprint, variant=name,
+                                     content=run.model_content)
 
 
 def _encode(run: _Run, splits: data.DataSplits, tok: Any):

