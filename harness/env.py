@@ -43,6 +43,10 @@ def git_state(where: Path) -> dict[str, Any]:
 def describe(device: str, where: Path) -> dict[str, Any]:
     import torch
 
+    from harness.scoring import MEMORY_KINDS
+
+    memory_kind, memory_description = MEMORY_KINDS["cuda" if device == "cuda" else "cpu"]
+
     info: dict[str, Any] = {
         "harness_version": harness.__version__,
         "python": platform.python_version(),
@@ -53,7 +57,8 @@ def describe(device: str, where: Path) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor()
         or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
-        "memory_kind": "cuda_max_memory_allocated" if device == "cuda" else "process_peak_rss",
+        "memory_kind": memory_kind,
+        "memory_description": memory_description,
         "git": git_state(where),
     }
     return info

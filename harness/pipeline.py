@@ -264,16 +264,16 @@ def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, devic
               adapter: str | None) -> None:
     spec = run.suite.eval
     model.eval()
-    scoring.reset_peak_memory(device)
-    losses, eval_tps = scoring.teacher_forced(
-        model, items, spec.batch_size, tok.pad_token_id,
-        run.progress.task(f"eval loss {name}", len(items)),
-    )
-    gens = None
-    if spec.generate:
-        gens = scoring.generate(model, tok, items, spec,
-                                run.progress.task(f"generate {name}", len(items)))
-    peak, _ = scoring.peak_memory(device)
+    with scoring.PeakMemory(device) as memory:
+        losses, eval_tps = scoring.teacher_forced(
+            model, items, spec.batch_size, tok.pad_token_id,
+            run.progress.task(f"eval loss {name}", len(items)),
+        )
+        gens = None
+        if spec.generate:
+            gens = scoring.generate(model, tok, items, spec,
+                                    run.progress.task(f"generate {name}", len(items)))
+    peak = memory.bytes
     rows = _prediction_rows(name, examples, losses, gens, spec.rouge_stemmer)
     run.predictions += rows
     run.record["arms"][name] = {

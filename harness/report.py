@@ -291,7 +291,7 @@ def _error(rec: dict[str, Any]) -> dict[str, str] | None:
 def _summary(rec: dict[str, Any], d: _Data) -> list[tuple[str, str]]:
     env, data = _dict(rec.get("env")), _dict(rec.get("data"))
     return [("Model", _model(rec, d)), ("Device", str(env.get("device", DASH))),
-            ("Peak memory measured as", str(env.get("memory_kind", DASH)).replace("_", " ")),
+            ("Peak memory measured as", _memory_kind(env) or DASH),
             ("Train examples", fmt_count(data.get("n_train"))),
             ("Eval examples", fmt_count(data.get("n_eval"))),
             ("Eval fingerprint", str(data.get("eval_fingerprint", DASH))),
@@ -315,7 +315,7 @@ def _git(git: dict[str, Any]) -> str:
 
 
 def _versions(env: dict[str, Any]) -> list[tuple[str, str]]:
-    skip = {"device", "memory_kind", "git"}
+    skip = {"device", "memory_kind", "memory_description", "git"}
     return [(k, str(v)) for k, v in env.items()
             if k not in skip and isinstance(v, str | int | float)]
 
@@ -644,11 +644,16 @@ def _system_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
             "caption": "Teacher-forced eval and greedy generation; model loading excluded."}
 
 
+def _memory_kind(env: dict[str, Any]) -> str:
+    """What peak_memory_bytes counts: the record's own description (older records: its kind)."""
+    return str(env.get("memory_description") or env.get("memory_kind") or "").replace("_", " ")
+
+
 def _memory_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
     gib = [_num(_arm_metrics(d, a).get("peak_memory_bytes")) for a in d.arms]
     bars = [plots.Bars(a, colors[a], [None if v is None else v / 2**30])
             for a, v in zip(d.arms, gib, strict=True)]
-    kind = str(_dict(d.record.get("env")).get("memory_kind", "")).replace("_", " ")
+    kind = _memory_kind(_dict(d.record.get("env")))
     svg = plots.bar_chart(["Peak memory"], bars, title="Peak memory by arm", y_label="GiB",
                           value_fmt=lambda v: f"{v:.2f}")
     return {"title": "Peak memory", "svg": svg, "wide": False,

@@ -86,7 +86,7 @@ def make_run(
         "status": status,
         "error": error,
         "config": {"name": suite, "model": {"name_or_path": "toy/model"}},
-        "env": {"device": device, "memory_kind": "process_peak_rss", "harness_version": "0.1.0",
+        "env": {"device": device, "memory_kind": "eval_peak_rss", "harness_version": "0.1.0",
                 "torch": "2.13.0", "transformers": "5.0.0", "peft": "0.18.0",
                 "python": "3.11.7", "git": {"commit": "abc1234", "dirty": False}},
         "data": {"eval_fingerprint": eval_fingerprint, "n_train": 100, "n_eval": n},

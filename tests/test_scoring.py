@@ -185,7 +185,19 @@ def test_length_sorted_batches_cover_everything_once():
     assert sorted(i for b in batches for i in b) == list(range(5))
 
 
-def test_peak_memory_cpu_is_rss():
-    n, kind = scoring.peak_memory("cpu")
-    assert kind == "process_peak_rss" and n > 10 * 2**20
-    assert math.isfinite(n)
+def test_peak_memory_cpu_is_the_phase_own_rss_peak():
+    import time
+
+    import numpy as np
+    import psutil
+
+    before = psutil.Process().memory_info().rss
+    with scoring.PeakMemory("cpu") as busy:
+        block = np.ones(256 * 2**20 // 8)  # 256 MiB, touched
+        time.sleep(0.1)
+        del block
+    with scoring.PeakMemory("cpu") as idle:
+        time.sleep(0.05)
+    assert busy.bytes >= before + 200 * 2**20  # the sampler saw the allocation
+    assert idle.bytes < busy.bytes - 200 * 2**20  # a later phase does not inherit it
+    assert math.isfinite(idle.bytes) and idle.bytes > 10 * 2**20

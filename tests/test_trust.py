@@ -107,3 +107,20 @@ def test_two_writers_of_one_cache_entry_do_not_collide(tmp_path):
     assert failures == [0, 0, 0, 0]
     (entry,) = (tmp_path / "baselines").iterdir()  # one entry, no temp files left
     assert json.loads(entry.read_text())["rows"] == [{"id": "a"}]
+
+
+def test_cpu_peak_memory_is_each_arm_own_eval_phase(suite_dir):
+    import resource
+
+    import numpy as np
+
+    block = np.ones(2**30 // 8)  # the process's lifetime peak RSS now includes 1 GiB
+    del block
+    run = run_suite(suite_dir / "tiny.toml", suite_dir / "results", *FAST)
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rec = results.load_run(run).record
+    assert rec["env"]["memory_kind"] == "eval_peak_rss"
+    assert "during this arm's evaluation" in rec["env"]["memory_description"]
+    for arm in ("baseline", "lora"):
+        peak = rec["arms"][arm]["metrics"]["peak_memory_bytes"]
+        assert 10 * 2**20 < peak < lifetime - 500 * 2**20, arm
