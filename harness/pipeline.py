@@ -22,7 +22,7 @@ from harness import cache, config, data, encoding, modeling, results, scoring, s
 from harness import env as environment
 from harness.config import Suite
 from harness.errors import InputError
-from harness.metrics import ROUGE_KEYS
+from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS
 from harness.progress import NullProgress, Progress
 
 
@@ -316,6 +316,10 @@ def _compare(run: _Run, name: str) -> None:
     base = run.record["arms"]["baseline"]["metrics"]
     cand = run.record["arms"][name]["metrics"]
     metrics = [k for k, v in base.items() if v is not None and cand.get(k) is not None]
+    if run.record["arms"]["baseline"].get("cached"):
+        # A cached baseline's speed and memory were measured in another process at another
+        # time (a loaded machine, a cold start): a difference would measure that, not the arm.
+        metrics = [k for k in metrics if k not in SYSTEM_KEYS]
     run.record["comparisons"] += stats.compare_arms(
         [r for r in run.predictions if r["arm"] == "baseline"],
         [r for r in run.predictions if r["arm"] == name],

@@ -16,7 +16,7 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from harness.compare import fmt_value
-from harness.metrics import ALL_KEYS, lower_is_better
+from harness.metrics import ALL_KEYS, SYSTEM_KEYS, lower_is_better
 
 Advance = Callable[[int], None]
 
@@ -85,7 +85,9 @@ def summary_table(record: dict[str, Any]) -> Table:
     for m in ALL_KEYS:
         if base.get(m) is None:
             continue
-        row = [m + (" ↓" if lower_is_better(m) else ""), fmt_value(m, base[m])]
+        cached = m in SYSTEM_KEYS and record["arms"]["baseline"].get("cached")
+        row = [m + (" ↓" if lower_is_better(m) else ""),
+               fmt_value(m, base[m]) + (" (cached)" if cached else "")]
         for a in arms:
             val = record["arms"][a].get("metrics", {}).get(m)
             row += [fmt_value(m, val), *_delta(comps.get((a, m)), m)]

@@ -29,7 +29,7 @@ from markupsafe import Markup
 
 from harness import plots
 from harness.errors import HarnessError, RecordError
-from harness.metrics import ALL_KEYS, QUALITY_KEYS, ROUGE_KEYS, lower_is_better
+from harness.metrics import ALL_KEYS, QUALITY_KEYS, ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
 from harness.results import LoadedRun, atomic_write_text
 
 TEMPLATES_ENV = "HARNESS_TEMPLATES"  # override for non-editable installs
@@ -431,12 +431,18 @@ def _arm_table(d: _Data) -> dict[str, Any]:
     keys = _ordered({k for m in metrics_by_arm.values() for k in m})
     best = {k: _best([_num(m.get(k)) for m in metrics_by_arm.values()], k) for k in keys}
     rows = [{"arm": a, "status": str(_dict(d.arm_records.get(a)).get("status", "not run")),
-             "cells": [{"text": fmt_metric(k, m.get(k)),
-                        "best": _num(m.get(k)) is not None and _num(m.get(k)) == best[k]}
+             "cells": [_arm_cell(k, m.get(k), best[k], _dict(d.arm_records.get(a)))
                        for k in keys]}
             for a, m in metrics_by_arm.items()]
     show_status = any(r["status"] != "success" for r in rows)
     return {"columns": [_col(k) for k in keys], "rows": rows, "show_status": show_status}
+
+
+def _arm_cell(key: str, v: Any, best: float | None, arm: dict[str, Any]) -> dict[str, Any]:
+    """A cached baseline's speed and memory come from an earlier process: marked, never best."""
+    if arm.get("cached") and key in SYSTEM_KEYS and v is not None:
+        return {"text": f"{fmt_metric(key, v)} (cached)", "best": False}
+    return {"text": fmt_metric(key, v), "best": _num(v) is not None and _num(v) == best}
 
 
 def _col(key: str) -> dict[str, Any]:
@@ -467,7 +473,8 @@ TRAIN_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("train_tokens_per_s", "Train tokens/s", lambda v: fmt_metric("eval_tokens_per_s", v)),
     ("padding_efficiency", "Padding efficiency", lambda v: fmt_pct(v, signed=False)),
     ("train_tokens", "Train tokens", fmt_count),
-    ("final_train_loss", "Final train loss", lambda v: fmt_metric("loss", v)),
+    ("final_train_loss", "Final train loss (last logged)", lambda v: fmt_metric("loss", v)),
+    ("mean_train_loss", "Mean train loss (all steps)", lambda v: fmt_metric("loss", v)),
     ("best_eval_loss", "Best eval loss", lambda v: fmt_metric("loss", v)),
 )
 # Redundant with padding_efficiency or internal: not shown.

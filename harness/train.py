@@ -175,11 +175,15 @@ def _summary(trainer: Any, out: Any, spec: TrainSpec) -> dict[str, Any]:
     runtime = float(out.metrics.get("train_runtime", 0.0))
     state = trainer.state
     evals = [r["eval_loss"] for r in state.log_history if "eval_loss" in r]
+    losses = [float(r["loss"]) for r in state.log_history if "loss" in r]
     return {
         "global_steps": state.global_step,
         "epochs": round(state.epoch or 0.0, 4),
         "train_runtime_s": round(runtime, 3),
-        "final_train_loss": float(out.training_loss),
+        # The Trainer's training_loss is the mean over all steps; the last logged value is what
+        # the loss had come down to (logged every `logging_steps`, averaged over that window).
+        "mean_train_loss": float(out.training_loss),
+        "final_train_loss": losses[-1] if losses else None,
         "best_eval_loss": min(evals) if evals else None,
         "best_checkpoint": Path(state.best_model_checkpoint).name
         if state.best_model_checkpoint else None,

@@ -124,3 +124,28 @@ def test_cpu_peak_memory_is_each_arm_own_eval_phase(suite_dir):
     for arm in ("baseline", "lora"):
         peak = rec["arms"][arm]["metrics"]["peak_memory_bytes"]
         assert 10 * 2**20 < peak < lifetime - 500 * 2**20, arm
+
+
+def test_train_losses_named_for_what_they_are(suite_dir):
+    run = run_suite(suite_dir / "tiny.toml", suite_dir / "results")
+    t = results.load_run(run).record["training"]["lora"]
+    logged = train_losses(run)
+    assert t["final_train_loss"] == logged[-1]  # the last logged loss
+    assert t["mean_train_loss"] > t["final_train_loss"]  # the mean over all 24 steps
+    assert "Mean train loss (all steps)" in (run / "report.md").read_text()
+
+
+def test_cached_baseline_speed_is_marked_and_not_compared(suite_dir):
+    suite, out = suite_dir / "tiny.toml", suite_dir / "results"
+    cold = results.load_run(run_suite(suite, out, *FAST)).record
+    res = runner.invoke(app, ["run", str(suite), "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    (path,) = set((out / "tiny").iterdir()) - {out / "tiny" / cold["run_id"]}
+    warm = results.load_run(path).record
+    speed = {"eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes"}
+    assert speed <= {c["metric"] for c in cold["comparisons"]}
+    assert not speed & {c["metric"] for c in warm["comparisons"]}
+    assert {"loss", "rougeL"} <= {c["metric"] for c in warm["comparisons"]}
+    assert "(cached)" in res.output  # the terminal table
+    md = (path / "report.md").read_text()
+    assert md.count("(cached)") == 3  # both speeds and memory of the baseline row
