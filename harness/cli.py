@@ -1,23 +1,69 @@
 """Command-line interface. The only module that prints or chooses exit codes.
 
 Exit codes: 0 ok; 1 a regression was found or a run failed; 2 bad input (config, data, usage).
+Messages are printed as plain text, never as rich markup: a key, a path or a value such as
+``[/red]`` must reach the user as written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
+from harness import __version__
 from harness.errors import HarnessError
 
+EXIT_INPUT = 2
+
+
+# ---------------------------------------------------------------- help without type noise
+
+
+def _plain_params(params: list[Any]) -> list[Any]:
+    """Typer prints a type beside every parameter (`<list[str]>`, `<path>`, `<bool>` on
+    --help) and braces around required arguments in the usage line. Show only the metavars
+    we chose. Instance attributes, so a typer without these hooks just ignores them."""
+    for p in params:
+        if p.param_type_name == "argument":
+            p.display_type_rich = lambda ctx: None
+            p._usage_display_name = lambda p=p: _usage_name(p)
+        else:
+            p.display_type_rich = lambda ctx, p=p: p.metavar
+    return params
+
+
+def _usage_name(p: Any) -> str:
+    name = p.metavar or p.name.upper()
+    return name if p.nargs == 1 or name.endswith("...") else name + "..."
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_params(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_params(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
+    # Markdown: docstrings keep their fenced examples, and brackets in them are not markup.
+    rich_markup_mode="markdown",
     help="Benchmark and evaluate parameter-efficient fine-tuning: zero-shot vs adapter, "
     "on the same items, with paired significance.",
 )
@@ -27,51 +73,158 @@ err = Console(stderr=True)
 
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Override a suite key: dotted.key=value (value read as TOML, "
-                 "else as a plain string). Repeatable."),
+    typer.Option("--set", metavar="KEY=VALUE",
+                 help="Override a suite key, e.g. `train.max_steps=5` (the value is read as "
+                      "TOML, else as a plain string). Repeatable."),
 ]
 
 
+# ---------------------------------------------------------------- printing
+
+
+def _say(label: str, style: str, message: str) -> None:
+    """One stderr line per message line: a coloured label, then the message verbatim."""
+    for line in message.splitlines() or [""]:
+        err.print(Text.assemble((label, style), " ", line), soft_wrap=True, highlight=False)
+
+
+def _error(message: str) -> None:
+    _say("error:", "red", message)
+
+
+def _warning(message: str) -> None:
+    _say("warning:", "yellow", message)
+
+
+def _print(text: str) -> None:
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _fail(e: HarnessError) -> None:
-    err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+    _error(str(e))
     raise typer.Exit(e.exit_code)
 
 
-@app.command()
-def run(
-    suite: Annotated[Path, typer.Argument(help="Suite TOML file.")],
-    set_: SetOpt = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Results directory.")] = Path("results"),
+# ---------------------------------------------------------------- commands
+
+
+def _version(value: bool) -> None:
+    if value:
+        _print(f"harness {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", is_eager=True,
+        callback=_version)] = False,
 ) -> None:
-    """Evaluate the base model zero-shot, train the adapter(s), evaluate them on the same items."""
+    """Benchmark and evaluate parameter-efficient fine-tuning: zero-shot vs adapter, on the
+    same items, with paired significance."""
+
+
+@app.command(cls=_Command)
+def run(
+    suite: Annotated[Path, typer.Argument(metavar="SUITE", help="Suite TOML file.")],
+    set_: SetOpt = None,
+    out_dir: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", help="Results directory; a run lands in DIR/SUITE_NAME/RUN_ID/."
+    )] = Path("results"),
+) -> None:
+    """Evaluate the base model zero-shot, train the adapter(s), evaluate them on the same items.
+
+    Exit 1 when the run (or an arm) fails; SIGTERM or Ctrl-C still saves a `failed` record.
+
+    Example:
+
+    ```
+    harness run suites/default.toml --set train.max_steps=5 --out results
+    ```
+    """
     from harness import config, pipeline, progress
 
     try:
         s = config.load_suite(suite, set_ or [])
-        with progress.console_progress(err) as prog:
+    except HarnessError as e:
+        _fail(e)
+    before = _run_dirs(out_dir / s.name)
+    try:
+        with _stop_on_signals(), progress.console_progress(err) as prog:
             outcome = pipeline.run_suite(s, out_dir, progress=prog)
     except HarnessError as e:
         _fail(e)
+    except KeyboardInterrupt as e:
+        _interrupted(e, out_dir / s.name, before)
     out.print(progress.summary_table(outcome.record))
-    out.print(f"run directory: {outcome.path}", soft_wrap=True, highlight=False)
+    _print(f"run directory: {outcome.path}")
     if outcome.record["status"] != "success":
-        err.print("run failed: " + outcome.record["error"]["message"], soft_wrap=True,
-                  markup=False, highlight=False)
+        _error("run failed: " + outcome.record["error"]["message"])
         raise typer.Exit(1)
     failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == "failed"]
     if failed:
-        err.print(f"{len(failed)} arm(s) failed: {', '.join(failed)} (see run.json)",
-                  soft_wrap=True, markup=False)
+        _error(f"{len(failed)} arm(s) failed: {', '.join(failed)} (see run.json)")
         raise typer.Exit(1)
 
 
-@app.command()
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM (timeout, CI cancellation, docker stop) and SIGINT end a run the same way: a
+    KeyboardInterrupt in the main thread, which the pipeline turns into a saved `failed`
+    record. The first signal restores the previous handlers, so a second one still kills a
+    run whose record is being saved."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    kinds = (signal.SIGTERM, signal.SIGINT)
+    previous = {k: signal.getsignal(k) for k in kinds}
+
+    def restore() -> None:
+        for k, handler in previous.items():
+            signal.signal(k, handler)
+
+    def stop(signum: int, frame: Any) -> None:
+        restore()
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for k in kinds:
+        signal.signal(k, stop)
+    try:
+        yield
+    finally:
+        restore()
+
+
+def _run_dirs(parent: Path) -> set[str]:
+    return {p.name for p in parent.iterdir()} if parent.is_dir() else set()
+
+
+def _interrupted(e: KeyboardInterrupt, parent: Path, before: set[str]) -> None:
+    """Exit 1 (a run failed) naming the record the pipeline saved before re-raising."""
+    why = str(e) or "SIGINT"
+    new = sorted(parent / n for n in _run_dirs(parent) - before
+                 if not n.startswith(".") and (parent / n / "run.json").is_file())
+    if new:
+        _error(f"interrupted by {why}: the run was recorded as failed in {new[-1]}")
+    else:
+        _error(f"interrupted by {why} before the run started; nothing was recorded")
+    raise typer.Exit(1)
+
+
+@app.command(cls=_Command)
 def validate(
-    suites: Annotated[list[Path], typer.Argument(help="Suite TOML files.")],
+    suites: Annotated[list[Path], typer.Argument(metavar="SUITE...", help="Suite TOML files.")],
     set_: SetOpt = None,
 ) -> None:
-    """Check suites (schema, data files, field mapping, templates, model source) without
-    loading weights."""
+    """Check suites (schema, data files, field mapping, templates, model source, gate rules)
+    without loading weights; every problem of a suite is listed, one line each.
+
+    Example:
+
+    ```
+    harness validate suites/*.toml --set data.eval_size=8
+    ```
+    """
     from harness import config, pipeline
 
     failed = 0
@@ -79,38 +232,58 @@ def validate(
         try:
             s = config.load_suite(path, set_ or [])
             info = pipeline.preflight(s)
-            out.print(f"{path}: ok ({info})", highlight=False, soft_wrap=True)
+            _print(f"{path}: ok ({info})")
         except HarnessError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            _error(str(e))
             failed = max(failed, e.exit_code)
     raise typer.Exit(failed)
 
 
-@app.command()
+@app.command(cls=_Command)
 def plan(
-    suite: Annotated[Path, typer.Argument(help="Suite TOML file.")],
+    suite: Annotated[Path, typer.Argument(metavar="SUITE", help="Suite TOML file.")],
     set_: SetOpt = None,
 ) -> None:
-    """Print steps, batch sizes, parameter counts and weight memory without loading weights."""
+    """Print steps, batch sizes, parameter counts and weight memory without loading weights.
+
+    Example:
+
+    ```
+    harness plan suites/seed004_llama32_finetome_sweep.toml
+    ```
+    """
     from harness import config
     from harness import plan as planning
 
     try:
         s = config.load_suite(suite, set_ or [])
-        out.print(planning.render_plan(planning.make_plan(s)), highlight=False, markup=False,
-                  soft_wrap=True)
+        _print(planning.render_plan(planning.make_plan(s)))
     except HarnessError as e:
         _fail(e)
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
-    runs: Annotated[list[str], typer.Argument(help="Run directories or run.json files.")],
-    fmt: Annotated[str, typer.Option("--format", help="md | csv | json | html")] = "md",
-    output: Annotated[Optional[Path], typer.Option("--output", help="Write to FILE.")] = None,
-    alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
+    runs: Annotated[list[str], typer.Argument(
+        metavar="RUN...", help="Run directories or their run.json files; the first is the "
+                               "reference.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", metavar="FORMAT", help="md, csv, json or html.")] = "md",
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", metavar="FILE", help="Write the table to FILE instead of stdout.")] = None,
+    alpha: Annotated[float, typer.Option(metavar="LEVEL", help="Significance level.")] = 0.05,
 ) -> None:
-    """Relative-gain table of every adapter arm against its baseline, with CIs and p-values."""
+    """Relative-gain table of every adapter arm against its baseline, with CIs and p-values.
+
+    With several runs, rows are labelled by what differs between the runs' configs.
+
+    Examples:
+
+    ```
+    harness compare results/xsum/20261122T101500-a1b2c3
+    harness compare results/sweep/*/ --format csv --output table.csv
+    ```
+    """
     from harness import compare as comparing
     from harness.results import load_run
 
@@ -121,14 +294,26 @@ def compare(
     _emit(text, output)
 
 
-@app.command()
+@app.command(cls=_Command)
 def gate(
-    candidate: Annotated[str, typer.Argument(help="Candidate run directory or run.json.")],
-    baseline: Annotated[str, typer.Option("--baseline", help="Baseline run.")],
+    candidate: Annotated[str, typer.Argument(
+        metavar="CANDIDATE", help="Candidate run directory or run.json.")],
+    baseline: Annotated[str, typer.Option(
+        "--baseline", metavar="RUN", help="Baseline run directory or run.json.")],
     rule: Annotated[Optional[list[str]], typer.Option(
-        "--rule", help="e.g. rougeL:-1%  perplexity:+2%  loss:+0.05  (repeatable)")] = None,
+        "--rule", metavar="RULE", help="e.g. `rougeL:-1%`, `perplexity:+2%`, `loss:+0.05`, "
+        "`rougeL:-1%:sig`; replaces the suite's rule for that metric. Repeatable.")] = None,
 ) -> None:
-    """Fail (exit 1) when the candidate regresses against the baseline beyond the rules."""
+    """Fail (exit 1) when the candidate regresses against the baseline beyond the rules.
+
+    The Markdown summary is printed and appended to `$GITHUB_STEP_SUMMARY` when set.
+
+    Example:
+
+    ```
+    harness gate results/ci/*/ --baseline results/baselines/ci --rule rougeL:-1%
+    ```
+    """
     from harness import gate as gating
     from harness.results import load_run
 
@@ -137,18 +322,33 @@ def gate(
     except HarnessError as e:
         _fail(e)
     for w in outcome.warnings:
-        err.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
-    out.print(outcome.markdown, highlight=False, markup=False, soft_wrap=True)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as f:
-            f.write(outcome.markdown + "\n")
+        _warning(w)
+    _print(outcome.markdown)
+    _append_summary(outcome.markdown, os.environ.get("GITHUB_STEP_SUMMARY"))
     raise typer.Exit(outcome.exit_code)
 
 
-@app.command()
+def _append_summary(markdown: str, summary: str | None) -> None:
+    """A summary file that cannot be written loses the summary, not the gate's verdict."""
+    if not summary:
+        return
+    try:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(markdown + "\n")
+    except OSError as e:
+        _warning(f"cannot append to $GITHUB_STEP_SUMMARY ({summary}): {e.strerror}")
+
+
+@app.command(cls=_Command)
 def report(run_: Annotated[str, typer.Argument(metavar="RUN", help="Run directory.")]) -> None:
-    """Re-render report.html and report.md from the stored record alone."""
+    """Re-render report.html and report.md from the stored record alone (no torch).
+
+    Example:
+
+    ```
+    harness report results/default/20261122T101500-a1b2c3
+    ```
+    """
     from harness import report as reporting
     from harness.results import load_run
 
@@ -157,18 +357,44 @@ def report(run_: Annotated[str, typer.Argument(metavar="RUN", help="Run director
     except HarnessError as e:
         _fail(e)
     for p in paths:
-        out.print(str(p), highlight=False, soft_wrap=True)
+        _print(str(p))
 
 
 def _emit(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
-    output.write_text(text, encoding="utf-8")
-    out.print(f"wrote {output}", highlight=False)
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as e:
+        _error(f"--output {output}: cannot write: {e.strerror}")
+        raise typer.Exit(EXIT_INPUT) from None
+    _print(f"wrote {output}")
+
+
+# ---------------------------------------------------------------- process setup
+
+
+def _has_gpu(environ: MutableMapping[str, str], dev: Path = Path("/dev")) -> bool:
+    """A GPU without importing torch (the point is to configure it before it loads): an
+    NVIDIA or AMD device node, unless CUDA_VISIBLE_DEVICES hides every device."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return any((dev / node).exists() for node in ("nvidiactl", "nvidia0", "kfd"))
+
+
+def quiet_openmp(environ: MutableMapping[str, str] = os.environ,
+                 dev: Path = Path("/dev")) -> None:
+    """OMP_WAIT_POLICY=PASSIVE on CPU-only machines unless the user chose a policy: libgomp's
+    spin-waiting threads made evaluation 4x slower on a 2-core CPU shared with another job.
+    Not with a GPU: there PASSIVE made a small model's evaluation 2.8x slower."""
+    if "OMP_WAIT_POLICY" not in environ and not _has_gpu(environ, dev):
+        environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def main() -> None:
+    quiet_openmp()  # before anything imports torch: OpenMP reads it once, at load
     app()
 
 

@@ -36,6 +36,7 @@ from typing import Any
 from harness import metrics as M
 from harness import stats
 from harness.errors import InputError
+from harness.report import md_cell  # the one Markdown escaper, shared with report.md
 from harness.results import LoadedRun
 
 FORMATS = ("md", "csv", "json", "html")
@@ -56,7 +57,7 @@ class Side:
 
     run: LoadedRun
     arm: str
-    label: str  # "lora" for a single run, "#2:lora" or "<suite>:lora" for several runs
+    label: str  # "lora" for a single run, "train.r=16:lora" or "<suite>:lora" for several
 
 
 @dataclass(frozen=True)
@@ -147,16 +148,53 @@ def _usable_arms(run: LoadedRun, notes: list[str]) -> list[str]:
 
 
 def _run_labels(runs: Sequence[LoadedRun]) -> dict[int, str]:
-    """Short row labels: '' for a lone run, the suite when each run has its own, else #1, #2..
+    """Short row labels: '' for a lone run, the suite when each run has its own, else what
+    differs between the runs' configs (``train.r=8`` vs ``train.r=16``), else the run id.
 
-    Run ids are 22 characters; as a prefix on every row they made the table twice as wide.
-    The "Runs:" list under the table maps each label to its suite, run id and path.
+    "#1" / "#2" said nothing a reader could use without the "Runs:" list under the table.
     """
     if len(runs) == 1:
         return {id(runs[0]): ""}
     if len({r.suite for r in runs}) == len(runs):
         return {id(r): r.suite for r in runs}
-    return {id(r): f"#{i}" for i, r in enumerate(runs, 1)}
+    for labels in (_config_labels(runs), [r.run_id for r in runs]):
+        if labels and len(set(labels)) == len(labels):
+            return {id(r): label for r, label in zip(runs, labels, strict=True)}
+    return {id(r): f"#{i}" for i, r in enumerate(runs, 1)}  # one run copied to two places
+
+
+# A label shows at most 3 differing keys, each value cut to 24 characters: a row label
+# ("train.r=16,train.learning_rate=0.0001:lora") must not crowd the numbers off the screen.
+MAX_LABEL_KEYS, MAX_LABEL_VALUE = 3, 24
+_UNSET = "unset"
+
+
+def _config_labels(runs: Sequence[LoadedRun]) -> list[str]:
+    """``key=value`` of every config key whose value differs between the runs; [] if none."""
+    flat = [_flatten(r.record.get("config") or {}) for r in runs]
+    keys = [k for k in dict.fromkeys(k for f in flat for k in f)
+            if len({_short(f.get(k, _UNSET)) for f in flat}) > 1]
+    if not keys:
+        return []
+    more = f",+{len(keys) - MAX_LABEL_KEYS} more" if len(keys) > MAX_LABEL_KEYS else ""
+    return [",".join(f"{k}={_short(f.get(k, _UNSET))}" for k in keys[:MAX_LABEL_KEYS]) + more
+            for f in flat]
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"r": 8}} -> {"train.r": 8}; lists stay values."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_LABEL_VALUE else text[:MAX_LABEL_VALUE - 1] + "…"
 
 
 def _side(run: LoadedRun, arm: str, labels: dict[int, str]) -> Side:
@@ -372,27 +410,25 @@ def legend(table: CompareTable) -> list[str]:
 # ---------------------------------------------------------------- renderers
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(table: CompareTable) -> str:
+    """GitHub Markdown (it lands in $GITHUB_STEP_SUMMARY): every value from a record goes
+    through ``md_cell``, so an arm name or error message cannot inject HTML or break a row."""
     head = [h for h, _, _ in COLUMNS]
     align = ["---:" if a == "r" else "---" for _, _, a in COLUMNS]
     lines = [f"## harness compare ({len(table.runs)} run{'s' * (len(table.runs) != 1)})", ""]
     lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in formatted_rows(table)]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in formatted_rows(table)]
     lines += [""] + legend(table)
     lines += ["", "Runs:"] + [_md_run(r) for r in table.runs]
     if table.notes:
-        lines += ["", "Notes:"] + [f"- {_md_cell(n)}" for n in table.notes]
+        lines += ["", "Notes:"] + [f"- {md_cell(n)}" for n in table.notes]
     return "\n".join(lines) + "\n"
 
 
 def _md_run(r: dict[str, Any]) -> str:
-    label = f"`{r['label']}`: " if r["label"] else ""
-    return (f"- {label}{r['suite']}/{r['run_id']}, eval set {r['eval_fingerprint']}, "
-            f"device {r['device']}, {r['path']}")
+    label = f"**{md_cell(r['label'])}**: " if r["label"] else ""
+    return "- " + label + md_cell(f"{r['suite']}/{r['run_id']}, eval set {r['eval_fingerprint']}, "
+                                  f"device {r['device']}, {r['path']}")
 
 
 def render_csv(table: CompareTable) -> str:

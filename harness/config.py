@@ -6,16 +6,53 @@ No torch import: `validate`, `plan`, `compare` and `gate` must stay light.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, InputError
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+# true / false only: pydantic's lax bool reads "yes", "y", "on" and 1 as true, and
+# `trust_remote_code = "no"` must not become anything but an error.
+Flag = StrictBool
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _folder_name(v: str) -> str:
+    """Suite, sweep-cell and template names become folder names: '..' would escape --out and
+    '.' would drop the suite folder, so a name starts with a letter or digit."""
+    if not _FOLDER_NAME.fullmatch(v):
+        raise ValueError(f"{v!r} cannot name a folder: use letters, digits, '_', '.' and '-', "
+                         "starting with a letter or digit")
+    return v
+
+
+FolderName = Annotated[str, AfterValidator(_folder_name)]
+
+
+def _gate_rule(v: str) -> str:
+    from harness.gate import parse_rule  # lazy: gate imports compare and stats (numpy)
+
+    try:
+        parse_rule(v, source="suite")
+    except InputError as e:
+        raise ValueError(str(e)) from None
+    return v
 
 
 class _Strict(BaseModel):
@@ -30,7 +67,7 @@ class Quantization(_Strict):
 
     bits: Literal[4, 8]
     quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = False
+    double_quant: Flag = False
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
 
 
@@ -44,7 +81,7 @@ class ModelSpec(_Strict):
     revision: Optional[NonEmpty] = None
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     quantization: Optional[Quantization] = None
-    trust_remote_code: bool = False
+    trust_remote_code: Flag = False
     attn_implementation: Optional[Literal["eager", "sdpa", "flash_attention_2"]] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -81,18 +118,18 @@ class DataSpec(_Strict):
     fields: dict[str, str] = Field(default_factory=dict)
     prompt_template: str
     response_template: str
-    chat_template: bool = False
+    chat_template: Flag = False
     system_prompt: Optional[str] = None
     conversations_field: Optional[NonEmpty] = None
 
-    train_size: Optional[Annotated[int, Field(ge=1)]] = None
+    train_size: Union[Annotated[int, Field(ge=1)], Literal["all"], None] = None
     validation_size: Annotated[int, Field(ge=0)] = 0
-    eval_size: Optional[Annotated[int, Field(ge=1)]] = None
+    eval_size: Union[Annotated[int, Field(ge=1)], Literal["all"], None] = None
     seed: int = 0
     max_length: Annotated[int, Field(ge=8)] = 512
     truncation_side: Literal["left", "right"] = "left"
-    drop_longer: bool = False
-    dedupe: bool = False
+    drop_longer: Flag = False
+    dedupe: Flag = False
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -142,11 +179,11 @@ class TrainSpec(_Strict):
     save_strategy: Literal["no", "epoch", "steps"] = "no"
     save_steps: Optional[Annotated[int, Field(ge=1)]] = None
     save_total_limit: Optional[Annotated[int, Field(ge=1)]] = None
-    load_best_model_at_end: bool = False
-    gradient_checkpointing: bool = False
-    group_by_length: bool = True
+    load_best_model_at_end: Flag = False
+    gradient_checkpointing: Flag = False
+    group_by_length: Flag = True
     # On CUDA out-of-memory, halve the per-device batch (accelerate) instead of failing.
-    auto_find_batch_size: bool = True
+    auto_find_batch_size: Flag = True
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []
 
     @model_validator(mode="after")
@@ -172,20 +209,20 @@ class EvalSpec(_Strict):
     # 32 generated 1.75x the tokens/s of batches of 8, with the same text. Out-of-memory halves
     # a batch instead of failing.
     generate_batch_size: Annotated[int, Field(ge=1)] | None = None
-    do_sample: bool = False
+    do_sample: Flag = False
     temperature: Annotated[float, Field(gt=0)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     num_beams: Annotated[int, Field(ge=1)] = 1
-    rouge_stemmer: bool = True
+    rouge_stemmer: Flag = True
     seed: int = 0
     # Extra prompt templates evaluated zero-shot on the base model, each as an arm
     # `baseline@<name>` compared with the suite's own template (seed 003 compared five).
-    baseline_templates: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], str] = {}
+    baseline_templates: dict[FolderName, str] = {}
     # Reuse an identical earlier zero-shot evaluation (same model, items, settings, versions).
-    cache_baseline: bool = True
+    cache_baseline: Flag = True
     # Evaluate a trained (unquantized) adapter merged into the base weights: same numbers
     # (to float rounding), no extra LoRA matmuls per forward.
-    merge_adapter: bool = True
+    merge_adapter: Flag = True
 
     @property
     def generate(self) -> bool:
@@ -203,11 +240,11 @@ class StatsSpec(_Strict):
 
 
 class GateSpec(_Strict):
-    rules: list[str] = []
+    rules: list[Annotated[str, AfterValidator(_gate_rule)]] = []
 
 
 class SweepCell(_Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: FolderName
     set: dict[str, Any]
 
 
@@ -222,7 +259,7 @@ class SweepSpec(_Strict):
 
 
 class Suite(_Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: FolderName
     description: str = ""
     model: ModelSpec
     data: DataSpec
@@ -259,18 +296,46 @@ class Suite(_Strict):
 
 
 def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Suite:
-    """Read, override (``--set a.b=v``) and validate a suite file."""
+    """Read, override (``--set a.b=v``) and validate a suite file.
+
+    Every problem is reported at once, one line each: bad ``--set`` arguments, then schema
+    errors, each naming the ``--set`` that caused it or else the file and line.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: suite file not found")
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from e
+    origins: dict[str, str] = {}  # dotted key -> the --set argument that set it
+    problems = []
     for item in overrides:
-        apply_override(raw, item)
-    return validate_suite(raw, path=path, text=text)
+        try:
+            origins[apply_override(raw, item)] = item
+        except ConfigError as e:
+            problems.append(str(e))
+    try:
+        suite = validate_suite(raw, path=path, text=text, origins=origins)
+    except ConfigError as e:
+        problems.append(str(e))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return suite
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise ConfigError(f"{path}: suite file not found")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the suite file: {e.strerror}") from e
+    try:
+        return data.decode("utf-8-sig")  # TOML is UTF-8; tolerate the BOM some editors write
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+                          "save the suite file as UTF-8") from None
 
 
 # Setting one source replaces the other, so `--set model.name_or_path=./tiny` swaps a packaged
@@ -286,15 +351,20 @@ _SOURCE_SWITCH = {
 }
 
 
-def validate_suite(raw: dict[str, Any], *, path: Path, text: str = "") -> Suite:
+def validate_suite(raw: dict[str, Any], *, path: Path, text: str = "",
+                   origins: dict[str, str] | None = None) -> Suite:
+    """``raw`` as a Suite, or a ConfigError with one line per problem. ``text`` (the file) gives
+    line numbers; ``origins`` maps dotted keys to the ``--set`` arguments that set them."""
     try:
         return Suite.model_validate({**raw, "base_dir": path.parent})
     except ValidationError as e:
-        raise ConfigError(_first_error(e, path, text)) from e
+        lines = [_error_line(issue, path, text, origins or {}) for issue in _issues(e)]
+        raise ConfigError("\n".join(lines)) from e
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """``a.b.c=value``: value parsed as a TOML literal, else kept as a plain string."""
+def apply_override(raw: dict[str, Any], item: str) -> str:
+    """``a.b.c=value``: value parsed as a TOML literal, else kept as a plain string. Returns
+    the dotted key."""
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
@@ -309,6 +379,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     for other in _SOURCE_SWITCH.get(".".join(parents), {}).get(leaf, ()):
         node.pop(other, None)
     node[leaf] = _from_cwd(key, parse_value(value.strip()))
+    return key
 
 
 # A path typed on the command line means what the shell means: relative to the current folder,
@@ -351,24 +422,102 @@ def dump(suite: Suite) -> dict[str, Any]:
 # ---------------------------------------------------------------- error messages
 
 
-def _first_error(e: ValidationError, path: Path, text: str) -> str:
-    err = e.errors()[0]
-    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "union["))]
-    dotted = ".".join(loc) or "(suite)"
-    line = _line_of(text, loc)
-    where = f"{path}:{line}" if line else f"{path}"
-    if err["type"] == "extra_forbidden":
-        return f"{where}: {dotted}: unknown key{_suggest(loc)}"
-    if err["type"] == "missing":
-        return f"{where}: {dotted}: required key is missing"
-    msg = err["msg"].removeprefix("Value error, ")
-    got = f" (got {err['input']!r})" if err["type"] not in ("value_error",) and loc else ""
-    return f"{where}: {dotted}: {msg}{got}"
+@dataclass(frozen=True)
+class _Issue:
+    """One problem of one key: a pydantic error, or the merged errors of a union's members."""
+
+    loc: tuple[str, ...]
+    kind: str
+    msg: str
+    value: Any
+
+
+# Pydantic puts a union member's tag into the location ('list[str]', "literal['all-linear']",
+# 'function-after[...]'): cut there, so `target_modules = 5` is one problem, not two.
+_TAG = re.compile(
+    r"(?:list|dict|set|tuple|literal|union|tagged-union|nullable|function-[a-z-]+|"
+    r"constrained-[a-z-]+|model|json-or-python|lax-or-strict|is-instance|chain)\[.*\]"
+    r"|int|str|float|bool|none|bytes|constrained-[a-z-]+|lax-or-strict|json-or-python"
+)
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[tuple[str, ...], bool]:
+    """(the key's dotted parts, whether the error came from inside a union member)."""
+    out: list[str] = []
+    for part in loc:
+        if part == "[key]":  # a bad dict key: the error is about the key itself
+            continue
+        if isinstance(part, str) and out and _TAG.fullmatch(part):
+            return tuple(out), True
+        out.append(str(part))
+    return tuple(out), False
+
+
+def _issues(e: ValidationError) -> list[_Issue]:
+    groups: dict[Any, list[tuple[tuple[str, ...], dict[str, Any]]]] = {}
+    for i, err in enumerate(e.errors()):
+        loc, in_union = _clean_loc(err["loc"])
+        groups.setdefault(("union", loc) if in_union else ("one", i), []).append((loc, err))
+    return [_merge(items) for items in groups.values()]
+
+
+def _merge(items: list[tuple[tuple[str, ...], dict[str, Any]]]) -> _Issue:
+    loc, first = items[0]
+    if len(items) == 1:
+        return _Issue(loc, first["type"], first["msg"], first.get("input"))
+    prefix = "Input should be "  # "a valid integer, unable to parse ..." -> "a valid integer"
+    msgs = list(dict.fromkeys(err["msg"].removeprefix(prefix).split(", ")[0] for _, err in items))
+    whole = min((err for _, err in items), key=lambda err: len(err["loc"]))  # the key's value
+    return _Issue(loc, "union", prefix + " or ".join(msgs), whole.get("input"))
+
+
+def _error_line(issue: _Issue, path: Path, text: str, origins: dict[str, str]) -> str:
+    return f"{_where(issue, path, text, origins)}: {_describe(issue)}"
+
+
+def _where(issue: _Issue, path: Path, text: str, origins: dict[str, str]) -> str:
+    item = _override_for(issue, origins)
+    if item is not None:
+        return f"--set {item}"
+    line = _line_of(text, list(issue.loc))
+    return f"{path}:{line}" if line else f"{path}"
+
+
+def _override_for(issue: _Issue, origins: dict[str, str]) -> str | None:
+    """The --set behind an error: the key itself or a table it replaced; for a check across
+    the keys of a table, a --set of a key inside it that the message names. The longest
+    matching key wins."""
+    dotted = ".".join(issue.loc)
+    if not dotted:
+        return None
+    hits = [k for k in origins if k == dotted or dotted.startswith(k + ".")
+            or (k.startswith(dotted + ".") and k.rsplit(".", 1)[-1] in issue.msg)]
+    return origins[max(hits, key=len)] if hits else None
+
+
+def _describe(issue: _Issue) -> str:
+    dotted = ".".join(_toml_key(p) for p in issue.loc) or "(suite)"
+    if issue.kind == "extra_forbidden":
+        return f"{dotted}: unknown key{_suggest(list(issue.loc))}"
+    if issue.kind == "missing":
+        return f"{dotted}: required key is missing"
+    if issue.kind == "bool_type":
+        return f"{dotted}: expected true or false (got {issue.value!r})"
+    msg = issue.msg.removeprefix("Value error, ")
+    got = f" (got {issue.value!r})" if issue.kind != "value_error" and issue.loc else ""
+    return f"{dotted}: {msg}{got}"
+
+
+def _toml_key(part: str) -> str:
+    """A key as TOML writes it: bare when it can be, else quoted (`baseline_templates."a b"`)."""
+    return part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
 
 
 def _suggest(loc: list[str]) -> str:
     model: Any = Suite
     for part in loc[:-1]:
+        if part.isdigit():  # an item of a list of tables: same model
+            continue
         field = model.model_fields.get(part)
         model = _submodel(field.annotation) if field else None
         if model is None:
@@ -378,31 +527,78 @@ def _suggest(loc: list[str]) -> str:
 
 
 def _submodel(annotation: Any) -> Any:
-    for t in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(t, type) and issubclass(t, BaseModel):
-            return t
+    """The pydantic model inside an annotation: TrainSpec of Optional[TrainSpec], SweepCell of
+    list[SweepCell]; None when there is none."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _submodel(arg)
+        if found is not None:
+            return found
     return None
 
 
+# ---------------------------------------------------------------- finding a key's line
+
+
 def _line_of(text: str, loc: list[str]) -> int | None:
-    """Best-effort line of a dotted key in the TOML text (the key's own line, else its table)."""
+    """Best-effort line of a dotted key in the TOML text: the key's own line, else the line of
+    the nearest enclosing key or table that is written in the file."""
     if not text or not loc:
         return None
-    lines = text.splitlines()
-    table = ".".join(p for p in loc[:-1] if not p.isdigit())
-    start = 0
-    if table:
-        hdr = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*$")
-        start = next((i for i, ln in enumerate(lines) if hdr.match(ln)), -1)
-        if start < 0:
-            return None
-    key = re.compile(rf"^\s*{re.escape(loc[-1])}\s*=")
-    for i in range(start, len(lines)):
-        if i > start and table and lines[i].lstrip().startswith("["):
-            break
-        if key.match(lines[i]):
-            return i + 1
-    if table:
-        return start + 1
-    hdr = re.compile(rf"^\s*\[\[?\s*{re.escape(loc[-1])}\s*\]\]?\s*$")
-    return next((i + 1 for i, ln in enumerate(lines) if hdr.match(ln)), None)
+    lines = _mask_strings(text.splitlines())
+    parts = list(loc)
+    while parts and parts[-1].isdigit():  # an item of an inline array: the array's line
+        parts.pop()
+    for k in range(len(parts) - 1, -1, -1):
+        if not parts[k].isdigit():
+            line = _find_key(lines, parts[:k], parts[k])
+            if line:
+                return line
+    return None
+
+
+def _mask_strings(lines: list[str]) -> list[str]:
+    """Lines inside a multi-line string blanked: a prompt template's "[INST]" line is text,
+    not a table header."""
+    out, inside = [], None
+    for ln in lines:
+        if inside is not None:
+            out.append("")
+            inside = None if inside in ln else inside
+            continue
+        out.append(ln)
+        for quote in ('"""', "'''"):
+            if ln.count(quote) % 2:
+                inside = quote
+                break
+    return out
+
+
+def _find_key(lines: list[str], table: list[str], key: str) -> int | None:
+    """1-based line of ``key = ...`` inside ``[table]`` (the n-th ``[[table]]`` when the last
+    part of ``table`` is an index), else of a ``[table.key]`` header."""
+    region = _table_region(lines, table)
+    if region is not None:
+        pattern = re.compile(rf"""^\s*(["']?){re.escape(key)}\1\s*=""")
+        start, end = region
+        hit = next((i for i in range(start, end) if pattern.match(lines[i])), None)
+        if hit is not None:
+            return hit + 1
+    sub = _table_region(lines, [*table, key])
+    return sub[0] if sub else None  # the header is the line before the region
+
+
+def _table_region(lines: list[str], table: list[str]) -> tuple[int, int] | None:
+    """[first, end) line indexes of a table's body; the root table for []."""
+    headers = [i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")]
+    if not table:
+        return 0, headers[0] if headers else len(lines)
+    names = ".".join(p for p in table if not p.isdigit())
+    nth = int(table[-1]) if table[-1].isdigit() else 0
+    hdr = re.compile(rf"^\s*\[\[?\s*{re.escape(names)}\s*\]\]?\s*(#.*)?$")
+    found = [i for i in headers if hdr.match(lines[i])]
+    if len(found) <= nth:
+        return None
+    start = found[nth] + 1
+    return start, next((i for i in headers if i >= start), len(lines))

@@ -6,19 +6,27 @@ a suite never change when train_size changes, and never overlap training data:
 
     single pool:  perm = [ eval | validation | train ...... ]
     two pools:    eval pool  = [ eval | validation ]     train pool = [ train ...... ]
+
+A size the data cannot fill is an error, not silently fewer items; "all" asks for every row.
+Errors about one row name its file and physical line (JSONL, CSV) or its row number, and a
+value a template would render as "None" is refused: missing data must not be scored.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import logging
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from harness.config import DataSpec, Suite
@@ -61,32 +69,73 @@ class DataSplits:
 
 
 def load_splits(suite: Suite) -> DataSplits:
-    """Rows -> rendered, de-duplicated, seeded, disjoint train / validation / eval examples."""
-    spec = suite.data
-    train_pool, eval_pool, source = _load_pools(suite)
-    _check_fields(spec, train_pool, source)
-    render = _renderer(spec, source)
+    """Rows -> rendered, de-duplicated, seeded, disjoint train / validation / eval examples.
+
+    Every DataError names the suite, the key and, for one row, its data file and line."""
+    try:
+        return _load_splits(suite)
+    except DataError as e:  # keeps the subclass: plan tells DatasetUnavailable apart
+        raise type(e)(f"suite {suite.name!r}: {e}") from e
+
+
+def requested_size(size: int | str | None) -> int | None:
+    """A data.*_size as a count, or None for "all" and unset (which means every row)."""
+    return size if isinstance(size, int) else None
+
+
+def _load_splits(suite: Suite) -> DataSplits:
+    spec, training = suite.data, suite.train is not None
+    train_pool, eval_pool = _load_pools(suite)
+    for pool in (train_pool, eval_pool):
+        if pool is not None:
+            _check_fields(spec, pool)
+    held = eval_pool or train_pool  # where eval and validation items come from
     # With cleaning on, train_size counts examples after it (seed 002's 1,080 are clean ones):
     # take the whole pool here and cut after dedupe (below) or drop_longer (when encoding).
-    cut_later = spec.dedupe or spec.drop_longer
-    train_rows, val_rows, eval_rows = _select(spec, train_pool, eval_pool, cut_train=not cut_later)
-    eval_ex = [render(r, i) for i, r in eval_rows]
-    val_ex = [render(r, i) for i, r in val_rows]
-    train_ex = [render(r, i) for i, r in train_rows]
+    sel = _select(spec, train_pool, held, training, cut_train=not (spec.dedupe or spec.drop_longer))
+    render = _renderer(spec)
+    eval_ex = [render(held, i) for i in sel.eval]
+    val_ex = [render(held, i) for i in sel.validation]
+    train_ex = [render(train_pool, i) for i in sel.train]
     dropped: dict[str, int] = {}
     if spec.dedupe:
         train_ex, dropped["duplicates"] = dedupe(train_ex, against=eval_ex + val_ex)
-    if spec.train_size and not spec.drop_longer:
-        train_ex = train_ex[: spec.train_size]
-    if not eval_ex:
-        raise DataError(f"{source}: the eval set is empty (check data.eval_size and the data)")
-    if suite.train is not None and not train_ex:
-        raise DataError(f"{source}: the train set is empty (check data.train_size)")
+        if training:
+            _check_train_count(spec, len(train_ex), f"{sel.left}, and {len(train_ex)} after "
+                               f"data.dedupe drops {dropped['duplicates']} duplicates")
+    limit = requested_size(spec.train_size)
+    if limit and not spec.drop_longer:
+        train_ex = train_ex[:limit]
     return DataSplits(
         train=tuple(train_ex), validation=tuple(val_ex), eval=tuple(eval_ex),
         eval_fingerprint=fingerprint(eval_ex), train_fingerprint=fingerprint(train_ex),
         dropped=dropped,
     )
+
+
+def train_after_drop_longer(suite: Suite, kept: list, n_before: int) -> list:
+    """The first data.train_size of ``kept``, the encoded train items (of ``n_before``) that
+    fit data.max_length; DataError when fewer fit. drop_longer needs the tokenizer, so the
+    pipeline makes this last size check, after encoding."""
+    spec = suite.data
+    if suite.train is not None:
+        left = (f"only {len(kept)} of the {n_before} train items fit in data.max_length = "
+                f"{spec.max_length} tokens (data.drop_longer drops the rest)")
+        try:
+            _check_train_count(spec, len(kept), left)
+        except DataError as e:
+            raise DataError(f"suite {suite.name!r}: {e}") from None
+    limit = requested_size(spec.train_size)
+    return kept[:limit] if limit else kept
+
+
+def _check_train_count(spec: DataSpec, n: int, left: str) -> None:
+    """``left`` says what remains for training and why, e.g. after what was held out."""
+    limit = requested_size(spec.train_size)
+    if limit and n < limit:
+        raise DataError(f"data.train_size = {limit} but {left}")
+    if not n:
+        raise DataError(f"no training items: {left}")
 
 
 def fingerprint(examples: Sequence[Example]) -> str:
@@ -115,16 +164,29 @@ def dedupe(examples: list[Example], against: Sequence[Example] = ()) -> tuple[li
 Rows = list[dict[str, Any]]
 
 
-def _load_pools(suite: Suite) -> tuple[Rows, Rows | None, str]:
+@dataclass(frozen=True)
+class _Pool:
+    """The rows of one source and where each came from, so an error can point at its line."""
+
+    rows: Rows
+    key: str  # the suite key naming the source: data.path, data.train_path, ...
+    label: str  # the resolved file, or "dataset NAME split SPLIT"
+    lines: tuple[int, ...] | None = None  # physical line of each row (JSONL, CSV), else row N
+
+    def at(self, i: int) -> str:
+        return f"{self.label}:{self.lines[i]}" if self.lines else f"{self.label} row {i + 1}"
+
+
+def _load_pools(suite: Suite) -> tuple[_Pool, _Pool | None]:
     spec = suite.data
     if spec.dataset:
         return _load_hub(spec)
     if spec.path:
-        path = _existing(suite, spec.path, "data.path")
-        return _read_file(path, spec), None, str(path)
+        return _read_file(spec, _existing(suite, spec.path, "data.path"), "data.path"), None
     train = _existing(suite, spec.train_path, "data.train_path")  # type: ignore[arg-type]
     ev = _existing(suite, spec.eval_path, "data.eval_path") if spec.eval_path else None
-    return _read_file(train, spec), (_read_file(ev, spec) if ev else None), str(train)
+    return (_read_file(spec, train, "data.train_path"),
+            _read_file(spec, ev, "data.eval_path") if ev else None)
 
 
 def _existing(suite: Suite, p: str, key: str) -> Path:
@@ -134,25 +196,123 @@ def _existing(suite: Suite, p: str, key: str) -> Path:
     return path
 
 
-def _read_file(path: Path, spec: DataSpec) -> Rows:
+def _read_file(spec: DataSpec, path: Path, key: str) -> _Pool:
     fmt = spec.format or _FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise DataError(f"{path}: unknown data format; set data.format to json, csv or parquet")
+        raise DataError(f"{key}: {path}: unknown data format; set data.format to json, csv or "
+                        "parquet")
     fmt = "json" if fmt == "jsonl" else fmt
+    text = None if fmt == "parquet" else _utf8(path, key)
+    rows = _load_file(path, fmt, key, text)
+    lines = _locate(fmt, text, rows) if text is not None else None
+    return _Pool(rows, key, str(path), lines)
+
+
+def _utf8(path: Path, key: str) -> str:
+    """The file as text; datasets' own decode error names neither the line nor, for CSV,
+    anything but a traceback."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - raw.rfind(b"\n", 0, e.start)
+        raise DataError(f"{key}: {path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                        f"byte {col} of the line); save the file as UTF-8") from None
+
+
+def _load_file(path: Path, fmt: str, key: str, text: str | None) -> Rows:
     import datasets
 
     datasets.disable_progress_bars()
+    # An empty CSV cell is empty text, as "" in JSONL; pandas' default would make it (and the
+    # answers "NA", "null", "None") a missing value. Short rows are marked missing below.
+    kwargs = {"keep_default_na": False} if fmt == "csv" else {}
     try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+        with _quiet("datasets"):
+            ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     except Exception as e:  # noqa: BLE001 - datasets raises many types for a bad file
-        raise DataError(f"{path}: cannot read as {fmt}: {_one_line(e)}") from e
+        bad = _bad_json(text) if fmt == "json" and text is not None else None
+        if bad:
+            raise DataError(f"{key}: {path}:{bad[0]}: {bad[1]}") from e
+        raise DataError(f"{key}: {path}: cannot read as {fmt}: {_one_line(_root(e))}") from e
     return ds.to_list()
 
 
-def _load_hub(spec: DataSpec) -> tuple[Rows, Rows | None, str]:
+@contextmanager
+def _quiet(logger: str):
+    """datasets logs its own error for a bad file (two lines, or a logging traceback when the
+    stream has gone); ours is the one clear line."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _bad_json(text: str) -> tuple[int, str] | None:
+    """(line, problem) of the first line that is not a JSON object: datasets' error names
+    neither the file's line nor the problem."""
+    if text.lstrip().startswith("["):  # one JSON array, not JSON lines
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            return e.lineno, f"invalid JSON: {e.msg} (column {e.colno})"
+        return None
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            return n, f"invalid JSON: {e.msg} (column {e.colno})"
+        if not isinstance(obj, dict):
+            return n, f"expected a JSON object, got {type(obj).__name__}"
+    return None
+
+
+def _locate(fmt: str, text: str, rows: Rows) -> tuple[int, ...] | None:
+    """The physical line of each row, and for CSV the cells short rows lack marked missing.
+    None (errors then say "row N") for a JSON array, or if our count of records disagrees
+    with the loader's."""
+    if fmt == "json" and not text.lstrip().startswith("["):
+        # pyarrow skips blank and whitespace-only lines between records
+        lines = tuple(n for n, ln in enumerate(text.split("\n"), 1) if ln.strip())
+    elif fmt == "csv":
+        records = _csv_records(text)[1:]  # the header is line 1
+        if len(records) != len(rows):
+            return None
+        _mark_short_rows(rows, [width for _, width in records])
+        lines = tuple(line for line, _ in records)
+    else:
+        return None
+    return lines if len(lines) == len(rows) else None
+
+
+def _csv_records(text: str) -> list[tuple[int, int]]:
+    """(first line, number of cells) of each CSV record; a quoted cell may span lines."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    out, start = [], 1
+    for cells in reader:
+        if cells:  # pandas skips blank lines
+            out.append((start, len(cells)))
+        start = reader.line_num + 1
+    return out
+
+
+def _mark_short_rows(rows: Rows, widths: list[int]) -> None:
+    """pandas fills the cells a short row lacks with empty text; they are missing (None)."""
+    columns = list(rows[0]) if rows else []
+    for row, width in zip(rows, widths):
+        for col in columns[width:]:
+            row[col] = None
+
+
+def _load_hub(spec: DataSpec) -> tuple[_Pool, _Pool | None]:
     import datasets
 
-    source = f"dataset {spec.dataset}"
     try:
         train = datasets.load_dataset(spec.dataset, spec.config_name, split=spec.train_split)
         ev = (datasets.load_dataset(spec.dataset, spec.config_name, split=spec.eval_split)
@@ -160,7 +320,17 @@ def _load_hub(spec: DataSpec) -> tuple[Rows, Rows | None, str]:
     except Exception as e:  # noqa: BLE001
         raise DatasetUnavailable(
             f"data.dataset {spec.dataset!r}: cannot load: {_one_line(e)}") from e
-    return train.to_list(), (ev.to_list() if ev is not None else None), source
+    label = f"dataset {spec.dataset} split "
+    return (_Pool(train.to_list(), "data.dataset", label + spec.train_split),
+            _Pool(ev.to_list(), "data.dataset", label + str(spec.eval_split))
+            if ev is not None else None)
+
+
+def _root(e: BaseException) -> BaseException:
+    """The innermost cause: datasets wraps the parser's error in a generic one."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return e
 
 
 def _one_line(e: BaseException) -> str:
@@ -168,99 +338,175 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _check_fields(spec: DataSpec, rows: Rows, source: str) -> None:
-    if not rows:
-        raise DataError(f"{source}: no rows")
-    columns = list(rows[0])
+def _check_fields(spec: DataSpec, pool: _Pool) -> None:
+    if not pool.rows:
+        raise DataError(f"{pool.key}: {pool.label}: no rows")
+    columns = list(pool.rows[0])
     wanted = dict(spec.fields)
     if spec.conversations_field:
         wanted["conversations_field"] = spec.conversations_field
     for var, col in wanted.items():
         if col not in columns:
             key = var if var == "conversations_field" else f"fields.{var}"
-            raise DataError(
-                f"{source}: data.{key}: column {col!r} not found; columns are: "
-                + ", ".join(columns)
-            )
+            raise DataError(f"data.{key}: column {col!r} not found in {pool.label}; "
+                            "columns are: " + ", ".join(columns))
 
 
 # ---------------------------------------------------------------- selection
 
 
-def _select(spec: DataSpec, train_pool: Rows, eval_pool: Rows | None, cut_train: bool = True):
-    """Indexed rows for (train, validation, eval); see the module docstring for the layout."""
+@dataclass(frozen=True)
+class _Selection:
+    """Row indices per split (train into the train pool, the others into the held pool)."""
+
+    train: list[int]
+    validation: list[int]
+    eval: list[int]
+    left: str  # what remained for training, for size errors
+
+
+def _select(spec: DataSpec, train_pool: _Pool, held: _Pool, training: bool,
+            cut_train: bool = True) -> _Selection:
+    """See the module docstring for the layout. Sizes larger than the data are errors, not
+    silently fewer items; validation and train sizes only matter when the suite trains."""
     rng = np.random.default_rng(spec.seed)
-    if eval_pool is None:
-        perm = rng.permutation(len(train_pool)).tolist()
-        n_eval = spec.eval_size or max(1, len(train_pool) // 10)  # default: hold out 10 %
-        ev, rest = perm[:n_eval], perm[n_eval:]
-        val, rest = rest[: spec.validation_size], rest[spec.validation_size:]
-        tr = rest[: spec.train_size] if spec.train_size and cut_train else rest
-        pick = [(i, train_pool[i]) for i in tr], [(i, train_pool[i]) for i in val]
-        return pick[0], pick[1], [(i, train_pool[i]) for i in ev]
-    eperm = rng.permutation(len(eval_pool)).tolist()
-    n_eval = spec.eval_size or len(eval_pool)
-    ev, val = eperm[:n_eval], eperm[n_eval: n_eval + spec.validation_size]
-    tperm = rng.permutation(len(train_pool)).tolist()
-    tr = tperm[: spec.train_size] if spec.train_size and cut_train else tperm
-    return ([(i, train_pool[i]) for i in tr], [(i, eval_pool[i]) for i in val],
-            [(i, eval_pool[i]) for i in ev])
+    perm = rng.permutation(len(held.rows)).tolist()
+    n_eval = _eval_count(spec, held, two_pools=held is not train_pool)
+    ev, rest = perm[:n_eval], perm[n_eval:]
+    n_val = spec.validation_size
+    if training and n_val > len(rest):
+        raise DataError(f"data.validation_size = {n_val} but {len(rest)} rows of {held.label} "
+                        f"remain after the {n_eval} eval items are held out")
+    val, rest = rest[:n_val], rest[n_val:]
+    if held is train_pool:
+        left = (f"{len(rest)} rows of {held.label} remain after the {n_eval} eval and "
+                f"{len(val)} validation items are held out")
+    else:
+        rest = rng.permutation(len(train_pool.rows)).tolist()
+        left = f"{train_pool.label} has {len(rest)} rows"
+    if training:
+        _check_train_count(spec, len(rest), left)
+    limit = requested_size(spec.train_size)
+    train = rest[:limit] if limit and cut_train else rest
+    return _Selection(train, val, ev, left)
+
+
+def _eval_count(spec: DataSpec, pool: _Pool, two_pools: bool) -> int:
+    n = len(pool.rows)
+    if spec.eval_size == "all" or (spec.eval_size is None and two_pools):
+        return n
+    if spec.eval_size is None:
+        return max(1, n // 10)  # one file: hold out 10 %
+    if spec.eval_size > n:
+        raise DataError(f"data.eval_size = {spec.eval_size} but {pool.label} has {n} rows")
+    return spec.eval_size
 
 
 # ---------------------------------------------------------------- templates
 
 
+class _Missing(Exception):
+    """A template output a None: a row without the column, or with null in it."""
+
+
+def _no_none(value: Any) -> Any:
+    # Without this, a missing value is rendered as the text "None" and scored.
+    if value is None:
+        raise _Missing
+    return value
+
+
 _ENV = ImmutableSandboxedEnvironment(
-    undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
+    undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False, finalize=_no_none
 )
 
 
-def _compile(key: str, text: str, source: str):
+@dataclass(frozen=True)
+class _Template:
+    key: str  # prompt_template / response_template
+    template: Any
+    names: frozenset[str]  # the variables it reads
+
+
+def _compile(key: str, text: str) -> _Template:
     try:
-        return _ENV.from_string(text)
+        names = meta.find_undeclared_variables(_ENV.parse(text))
+        return _Template(key, _ENV.from_string(text), frozenset(names))
     except TemplateError as e:
         line = getattr(e, "lineno", None)
-        raise DataError(f"{source}: data.{key}: template error (line {line}): {e}") from e
+        raise DataError(f"data.{key}: template error (line {line}): {e}") from e
 
 
-def _renderer(spec: DataSpec, source: str):
-    """row -> Example, with the suite's fields mapping and sandboxed Jinja templates."""
-    prompt_t = _compile("prompt_template", spec.prompt_template, source)
-    response_t = _compile("response_template", spec.response_template, source)
+def _renderer(spec: DataSpec):
+    """(pool, row index) -> Example, with the suite's fields mapping and sandboxed Jinja."""
+    prompt_t = _compile("prompt_template", spec.prompt_template)
+    response_t = _compile("response_template", spec.response_template)
 
-    def render(row: dict[str, Any], index: int) -> Example:
-        ctx = {**row, **{var: row[col] for var, col in spec.fields.items()}}
-        ex_id = str(row.get("id", f"row-{index}"))
+    def render(pool: _Pool, i: int) -> Example:
+        row = pool.rows[i]
+        ctx = {**row, **{var: row.get(col) for var, col in spec.fields.items()}}
+        ex_id = _id(row, i)
         messages: tuple[tuple[str, str], ...] = ()
         if spec.conversations_field:
-            messages, last = _split_conversation(row[spec.conversations_field], ex_id, source)
+            where = f"{pool.key}: {pool.at(i)}: item {ex_id}"
+            messages, last = _split_conversation(row.get(spec.conversations_field), where)
             ctx.setdefault("response", last)
             ctx.setdefault("prompt", messages[-1][1] if messages else "")
-        prompt = _render(prompt_t, ctx, "prompt_template", ex_id, source)
-        response = _render(response_t, ctx, "response_template", ex_id, source)
+        prompt = _render(prompt_t, ctx, spec, pool, i)
+        response = _render(response_t, ctx, spec, pool, i)
         return Example(id=ex_id, prompt=prompt, response=response, messages=messages)
 
     return render
 
 
-def _render(template, ctx: dict[str, Any], key: str, ex_id: str, source: str) -> str:
+def _id(row: dict[str, Any], index: int) -> str:
+    # A row without an id of its own (None when other rows have one) is named by position.
+    value = row.get("id")
+    return f"row-{index}" if value is None else str(value)
+
+
+def _render(t: _Template, ctx: dict[str, Any], spec: DataSpec, pool: _Pool, i: int) -> str:
     try:
-        return template.render(**ctx)
-    except (UndefinedError, TemplateError, TypeError, ValueError) as e:
-        raise DataError(f"{source}: data.{key}: cannot render item {ex_id}: {e}") from e
+        return t.template.render(**ctx)
+    except _Missing:
+        cols = ", ".join(repr(spec.fields.get(v, v)) for v in _culprits(t, ctx))
+        what = f"column {cols}" if cols else "a variable"
+        raise DataError(f"{pool.key}: {pool.at(i)}: item {_id(pool.rows[i], i)} has no value "
+                        f"for {what} (absent or null), which data.{t.key} renders") from None
+    except Exception as e:  # noqa: BLE001 - a template is user code; whatever it raises
+        problem = _one_line(e) if isinstance(e, TemplateError) else f"{type(e).__name__}: {e}"
+        raise DataError(f"data.{t.key}: cannot render item {_id(pool.rows[i], i)} "
+                        f"({pool.at(i)}): {problem}") from e
 
 
-def _split_conversation(turns: Any, ex_id: str, source: str):
+def _culprits(t: _Template, ctx: dict[str, Any]) -> list[str]:
+    """The None variables whose value is rendered, not just tested (``{% if input %}``): each
+    alone still fails with the others set to "" (as falsy as None, so the same branches)."""
+    nones = sorted(v for v in t.names if v in ctx and ctx[v] is None)
+    found = []
+    for v in nones:
+        trial = {**ctx, **{o: "" for o in nones if o != v}}
+        try:
+            t.template.render(**trial)
+        except _Missing:
+            found.append(v)
+        except Exception:  # noqa: BLE001 - another failure: not this variable's
+            pass
+    return found or nones
+
+
+def _split_conversation(turns: Any, where: str):
     """ShareGPT/OpenAI turns -> (earlier turns as (role, text), last assistant reply)."""
     if not isinstance(turns, list) or not turns:
-        raise DataError(f"{source}: item {ex_id}: conversation is not a non-empty list")
+        raise DataError(f"{where}: conversation is not a non-empty list")
     pairs = []
     for t in turns:
-        role = _ROLES.get(str(t.get("role", t.get("from", ""))).lower())
-        text = t.get("content", t.get("value"))
+        turn = t if isinstance(t, dict) else {}
+        role = _ROLES.get(str(turn.get("role", turn.get("from", ""))).lower())
+        text = turn.get("content", turn.get("value"))
         if role is None or text is None:
-            raise DataError(f"{source}: item {ex_id}: turn without role/content: {t}")
+            raise DataError(f"{where}: turn without role/content: {t}")
         pairs.append((role, str(text)))
     if pairs[-1][0] != "assistant":
-        raise DataError(f"{source}: item {ex_id}: conversation does not end with an assistant turn")
+        raise DataError(f"{where}: conversation does not end with an assistant turn")
     return tuple(pairs[:-1]), pairs[-1][1]

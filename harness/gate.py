@@ -38,6 +38,7 @@ from harness import metrics as M
 from harness import stats
 from harness.compare import BASELINE_ARM, fmt_value, is_adapter_arm
 from harness.errors import InputError, RecordError
+from harness.report import md_cell
 from harness.results import LoadedRun
 
 RULE_RE = re.compile(
@@ -182,8 +183,8 @@ def _error_message(record: Mapping[str, Any]) -> str:
 
 def _failed_candidate(candidate: LoadedRun, baseline: LoadedRun) -> GateOutcome:
     msg = f"candidate run {_label(candidate)} failed ({_error_message(candidate.record)})"
-    md = (f"## harness gate: ❌ FAIL\n\n{msg}.\n\nBaseline: `{_label(baseline)}`. "
-          "No rules were evaluated.\n")
+    md = (f"## harness gate: ❌ FAIL\n\n{md_cell(msg)}.\n\nBaseline: "
+          f"{md_cell(_label(baseline))}. No rules were evaluated.\n")
     return GateOutcome(1, md, [msg])
 
 
@@ -341,12 +342,13 @@ RESULT = {"pass": "✅ pass", "fail": "❌ FAIL", "warn": "⚠️ warn", "skip":
 
 def render(candidate: LoadedRun, baseline: LoadedRun, checks: Sequence[Check],
            warnings: Sequence[str], code: int) -> str:
-    """The Markdown summary printed by the CLI and appended to $GITHUB_STEP_SUMMARY."""
+    """The Markdown summary printed by the CLI and appended to $GITHUB_STEP_SUMMARY. Values
+    from the records (arm names, paths, messages) go through ``md_cell``: no raw HTML."""
     failed = sum(c.status == "fail" for c in checks)
     verdict = "✅ pass" if code == 0 else f"❌ FAIL ({failed} regression{'s' * (failed != 1)})"
     lines = [f"## harness gate: {verdict}", "",
-             f"Candidate `{_label(candidate)}` vs baseline `{_label(baseline)}`, eval set "
-             f"`{stats.eval_fingerprint(candidate.record)}`.", ""]
+             md_cell(f"Candidate {_label(candidate)} vs baseline {_label(baseline)}, eval set "
+                     f"{stats.eval_fingerprint(candidate.record)}."), ""]
     lines += ["| Rule | Arm | Baseline | Candidate | Change | CI of change | Result |",
               "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     lines += [_check_line(c) for c in checks]
@@ -365,13 +367,13 @@ def _check_line(c: Check) -> str:
             change = _fmt_change(r, row[key])
         if row.get(lo) is not None and row.get(hi) is not None:
             ci = f"[{_fmt_change(r, row[lo])}, {_fmt_change(r, row[hi])}]"
-    cells = [f"`{r.text}` ({r.source})", arm,
+    cells = [f"`{r.text}` ({r.source})", arm,  # a parsed rule has no HTML or pipes
              fmt_value(r.metric, row.get("baseline_value")),
              fmt_value(r.metric, row.get("candidate_value")), change, ci,
              f"{RESULT[c.status]}: {c.message}" if c.status != "pass" else RESULT["pass"]]
-    return "| " + " | ".join(s.replace("|", "\\|") for s in cells) + " |"
+    return "| " + " | ".join(md_cell(s) for s in cells) + " |"
 
 
 def _bullets(title: str, items: Iterable[str]) -> list[str]:
     items = list(items)
-    return ["", f"{title}:"] + [f"- {w}" for w in items] if items else []
+    return ["", f"{title}:"] + [f"- {md_cell(w)}" for w in items] if items else []

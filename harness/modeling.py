@@ -194,7 +194,24 @@ def ensure_converted(src: ModelSource) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s into %s (once)", src.label, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_conversions(target.parent)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        _convert(src, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        # another process finished first; ours is removed below
+    finally:  # Ctrl-C, SIGTERM, a full disk: the 514 MB half-written copy must not stay
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def _convert(src: ModelSource, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file)
     # A GGUF-loaded model refuses to save ("quantized with gguf"); its weights are already
@@ -202,14 +219,18 @@ def ensure_converted(src: ModelSource) -> str:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _remove_dead_conversions(models: Path) -> None:
+    """Temp folders of conversions whose process died (SIGKILL leaves them: no handler runs)."""
+    from harness.results import pid_alive
+
+    for tmp in models.glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pick_device(spec: ModelSpec) -> str:

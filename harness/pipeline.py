@@ -12,16 +12,18 @@ before it; a failing sweep cell is recorded as a failed arm and the other cells 
 from __future__ import annotations
 
 import math
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import cache, config, data, encoding, modeling, results, scoring, stats, sweep, train
+from harness import (cache, config, data, encoding, logs, modeling, results, scoring, stats, sweep,
+                     train)
 from harness import env as environment
 from harness.config import Suite
-from harness.errors import InputError
+from harness.errors import InputError, RunFailed
 from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS
 from harness.progress import NullProgress, Progress
 
@@ -38,6 +40,7 @@ class Preflight:
     splits: data.DataSplits
     arms: list[tuple[str, Suite]]
     variants: list[tuple[str, Suite, data.DataSplits]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # suspicious but runnable
 
     def __str__(self) -> str:
         s = self.splits
@@ -51,7 +54,16 @@ def preflight(suite: Suite) -> Preflight:
     splits = data.load_splits(suite)
     arms = sweep.expand(suite)
     _check_targets(suite, arms)
-    return Preflight(source, splits, arms, _variants(suite, splits))
+    return Preflight(source, splits, arms, _variants(suite, splits), _suite_warnings(suite))
+
+
+def _suite_warnings(suite: Suite) -> list[str]:
+    t, d = suite.train, suite.data
+    out = []
+    if t and t.eval_strategy != "no" and d.validation_size == 0:
+        out.append(f"train.eval_strategy = {t.eval_strategy!r} but data.validation_size = 0: "
+                   "training will log no eval loss (set data.validation_size to hold some out)")
+    return out
 
 
 def _check_targets(suite: Suite, arms: list[tuple[str, Suite]]) -> None:
@@ -94,11 +106,18 @@ class _Run:
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None) -> RunOutcome:
     checked = preflight(suite)
+    leftovers = results.dead_partials(Path(out_dir) / suite.name)
     run = _Run(suite, results.create_run_dir(out_dir, suite.name), progress or NullProgress())
     run.record = _skeleton(run, checked)
+    for text in checked.warnings:
+        run.progress.warn(text)
+    for folder in leftovers:
+        _warn(run, f"{folder}: left by a run that was killed before it could write its record; "
+                   "delete it when you no longer need what it holds")
     (run.dir.path / results.TRAIN_LOG_FILE).touch()
     try:
-        _execute(run, checked)
+        with logs.library_output_to(run.dir.path / logs.LOG_FILE):
+            _execute(run, checked)
         run.record["status"] = _overall_status(run.record)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - any crash becomes a record
         run.record["status"] = "failed"
@@ -124,7 +143,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
     if suite.eval.cache_baseline:
         run.model_content = modeling.content_key(suite.model, src, suite.base_dir)
         if run.model_content is None:
-            p.stage(f"zero-shot cache off: cannot tell which commit {src.label} resolves to")
+            _warn(run, f"zero-shot cache off: cannot tell which commit {src.label} resolves to")
     tok = modeling.load_tokenizer(suite, path)
     enc_eval, enc_val, enc_train = _encode(run, checked.splits, tok)
     base = _Lazy(lambda: modeling.load_model(suite, path, device))
@@ -186,8 +205,8 @@ def _encode(run: _Run, splits: data.DataSplits, tok: Any):
     enc_eval, s_eval = encoding.encode_all(splits.eval, tok, spec)
     enc_val, s_val = encoding.encode_all(splits.validation, tok, spec, drop_longer=spec.drop_longer)
     enc_train, s_train = encoding.encode_all(splits.train, tok, spec, drop_longer=spec.drop_longer)
-    if spec.drop_longer and spec.train_size:
-        enc_train = enc_train[: spec.train_size]  # train_size counts examples that fit
+    if spec.drop_longer:  # train_size counts examples that fit
+        enc_train = data.train_after_drop_longer(run.suite, enc_train, len(splits.train))
     run.record["data"]["lengths"] = {"train": s_train, "validation": s_val, "eval": s_eval}
     run.record["data"]["n_train"] = len(enc_train)
     return enc_eval, enc_val, enc_train
@@ -215,7 +234,8 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
         run.stage = f"eval:{name}"
         model, merged = _for_eval(result.model, cell)
         _eval_arm(run, name, model, tok, enc_eval, splits.eval, device, adapter=arm["adapter"])
-        run.record["arms"][name]["merged_for_eval"] = merged
+        arm = run.record["arms"][name]  # the evaluated arm's entry replaces the placeholder
+        arm["merged_for_eval"] = merged
         train.write_model_card(adapter_dir, base_model=run.suite.model.label, suite=cell,
                                arm=name, metrics=arm["metrics"],
                                baseline=run.record["arms"]["baseline"]["metrics"])
@@ -346,10 +366,16 @@ def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
         "comparisons": [],
         "stats": stats.stats_record(s.stats.n_resamples, s.stats.seed, s.stats.alpha),
         "training": {},
+        "warnings": list(checked.warnings),
         "started_at": _iso(run.started),
         "finished_at": None,
         "wall_time_s": None,
     }
+
+
+def _warn(run: _Run, text: str) -> None:
+    run.record["warnings"].append(text)
+    run.progress.warn(text)
 
 
 def _overall_status(record: dict[str, Any]) -> str:
@@ -365,29 +391,61 @@ def _error(e: BaseException, stage: str) -> dict[str, Any]:
             "traceback": "".join(tb[-8:])}
 
 
+# What run.json says while the run's files are being written: a crash or a full disk during
+# the writes leaves this, never a record that claims success for files that did not land.
+_INCOMPLETE = {"type": "IncompleteWrite", "stage": "write",
+               "message": "the run's files were not all written (crash or full disk)"}
+
+
 def _save(run: _Run) -> RunOutcome:
     now = time.time()
-    run.record["finished_at"] = _iso(now)
-    run.record["wall_time_s"] = round(now - run.started, 2)
-    if run.record["status"] == "failed" and run.record["error"] is None:
-        failed = [a for a in run.record["arms"].values() if a.get("error")]
-        run.record["error"] = failed[0]["error"] if failed else None
-    run.dir.write_jsonl(results.PREDICTIONS_FILE, run.predictions)
-    run.dir.write_json(results.RUN_FILE, run.record)
-    path = run.dir.finalize()
-    _render_reports(path, run.record)
-    return RunOutcome(path=path, record=run.record)
+    rec = run.record
+    rec["finished_at"] = _iso(now)
+    rec["wall_time_s"] = round(now - run.started, 2)
+    if rec["status"] == "failed" and rec["error"] is None:
+        failed = [a for a in rec["arms"].values() if a.get("error")]
+        rec["error"] = failed[0]["error"] if failed else None
+    try:
+        run.dir.write_json(results.RUN_FILE, {**rec, "status": "failed", "error": _INCOMPLETE})
+        run.dir.write_jsonl(results.PREDICTIONS_FILE, run.predictions)
+        _render_reports(run.dir.path, rec)
+        run.dir.write_json(results.RUN_FILE, rec)
+    except OSError as e:
+        _save_failed_write(run, e)
+    return RunOutcome(path=run.dir.finalize(), record=rec)
 
 
 def _render_reports(path: Path, record: dict[str, Any]) -> None:
-    """Reports are a view of the record: a template bug must not lose a finished run."""
-    try:
-        from harness import report
+    """Reports are a view of the record: a template bug must not lose a finished run (it
+    becomes a warning); a write that fails (OSError) fails the run like any other file."""
+    from harness import report
 
-        report.write_reports(results.load_run(path))
+    try:
+        report.write_reports(results.LoadedRun(path=path, record=record))
+    except OSError:
+        raise
     except Exception as e:  # noqa: BLE001
         record.setdefault("warnings", []).append(f"report not rendered: {e}")
-        results.atomic_write_text(path / results.RUN_FILE, results.dumps(record))
+
+
+def _save_failed_write(run: _Run, e: OSError) -> None:
+    """Record the failed write, making room for run.json if the disk is full (the reports and
+    predictions are incomplete anyway), move the folder into place and raise RunFailed."""
+    rec = run.record
+    rec["status"] = "failed"
+    rec["error"] = _error(e, "write")
+    # Last resort: a record without its adapter beats an adapter without its record.
+    for room in ("report.html", "report.md", results.PREDICTIONS_FILE, results.ADAPTERS_DIR):
+        try:
+            run.dir.write_json(results.RUN_FILE, rec)
+            break
+        except OSError:
+            shutil.rmtree(run.dir.path / room, ignore_errors=True)
+            (run.dir.path / room).unlink(missing_ok=True)
+    final = run.dir.finalize()
+    said = ("its run.json says failed" if (final / results.RUN_FILE).is_file()
+            else "not even run.json could be written")
+    raise RunFailed(f"{final}: the run's files could not be written ({e.strerror or e}); {said}")
 
 
 def _iso(t: float) -> str:

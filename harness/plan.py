@@ -351,7 +351,8 @@ def data_counts(suite: Suite) -> DataCounts:
     try:
         s = data.load_splits(suite)
     except DatasetUnavailable:
-        return DataCounts(spec.train_size, spec.validation_size, spec.eval_size, known=False,
+        return DataCounts(data.requested_size(spec.train_size), spec.validation_size,
+                          data.requested_size(spec.eval_size), known=False,
                           note=f"dataset {spec.dataset} cannot be loaded here")
     notes = [f"{n:,} {why} dropped" for why, n in s.dropped.items() if n]
     if spec.drop_longer:  # needs the tokenizer: counted by `harness run`, not here

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichBar
 from rich.table import Table
+from rich.text import Text
 
 from harness.compare import fmt_value
 from harness.metrics import ALL_KEYS, SYSTEM_KEYS, lower_is_better
@@ -24,12 +25,17 @@ Advance = Callable[[int], None]
 class Progress(Protocol):
     def stage(self, text: str) -> None: ...
 
+    def warn(self, text: str) -> None: ...
+
     def task(self, description: str, total: int | None) -> Advance: ...
 
 
 class NullProgress:
     def stage(self, text: str) -> None:
         logging.getLogger("harness").info(text)
+
+    def warn(self, text: str) -> None:
+        logging.getLogger("harness").warning(text)
 
     def task(self, description: str, total: int | None) -> Advance:
         return lambda n: None
@@ -40,7 +46,12 @@ class RichProgress:
         self.bar = bar
 
     def stage(self, text: str) -> None:
-        self.bar.console.print(f"[bold]>[/bold] {text}", highlight=False)
+        self.bar.console.print(Text.assemble(("> ", "bold"), text), highlight=False,
+                               soft_wrap=True)
+
+    def warn(self, text: str) -> None:
+        self.bar.console.print(Text.assemble(("warning: ", "yellow"), text), highlight=False,
+                               soft_wrap=True)
 
     def task(self, description: str, total: int | None) -> Advance:
         tid = self.bar.add_task(description, total=total)

@@ -70,9 +70,17 @@ class RunDir:
         """Move the staged run into its final place; never onto an existing run."""
         if self.final.exists():
             raise RecordError(f"{self.final}: a run with this id already exists")
+        (self.path / OWNER_FILE).unlink(missing_ok=True)
         os.replace(self.path, self.final)
         self.path = self.final
         return self.final
+
+
+# Inside a staging folder: the pid of the process writing it, so a later run can tell a
+# folder some live run is still writing from the leftover of one that was killed (SIGKILL,
+# a lost machine), which no handler could move into place.
+OWNER_FILE = ".owner"
+PARTIAL_SUFFIX = ".partial"
 
 
 def create_run_dir(out_dir: Path, suite_name: str, run_id: str | None = None) -> RunDir:
@@ -80,11 +88,39 @@ def create_run_dir(out_dir: Path, suite_name: str, run_id: str | None = None) ->
     parent = Path(out_dir) / suite_name
     parent.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id()
-    while (parent / run_id).exists() or (parent / f".{run_id}.partial").exists():
+    while (parent / run_id).exists() or (parent / f".{run_id}{PARTIAL_SUFFIX}").exists():
         run_id = new_run_id()
-    staging = parent / f".{run_id}.partial"
+    staging = parent / f".{run_id}{PARTIAL_SUFFIX}"
     staging.mkdir()
+    (staging / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
     return RunDir(final=parent / run_id, path=staging)
+
+
+def dead_partials(parent: Path) -> list[Path]:
+    """Staging folders under ``parent`` whose writer is gone: killed runs' leftovers."""
+    if not parent.is_dir():
+        return []
+    return sorted(p for p in parent.glob(f".*{PARTIAL_SUFFIX}")
+                  if p.is_dir() and not pid_alive(_owner(p)))
+
+
+def _owner(staging: Path) -> int | None:
+    try:
+        return int((staging / OWNER_FILE).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def discard(run: RunDir) -> None:
@@ -165,18 +201,26 @@ def resolve_run_path(arg: str | Path) -> Path:
 
 
 def load_run(arg: str | Path) -> LoadedRun:
+    """Read a run record; RecordError (one line naming run.json) when it is not a usable one."""
     path = resolve_run_path(arg)
+    where = path / RUN_FILE
     try:
-        record = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+        record = json.loads(where.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise RecordError(f"{path / RUN_FILE}: corrupt JSON at line {e.lineno}: {e.msg}") from e
+        raise RecordError(f"{where}: corrupt JSON at line {e.lineno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{where}: not UTF-8 text (byte offset {e.start})") from e
+    except OSError as e:
+        raise RecordError(f"{where}: cannot read: {e.strerror}") from e
     if not isinstance(record, dict) or "schema_version" not in record:
-        raise RecordError(f"{path / RUN_FILE}: not a harness run record (no schema_version)")
-    if record["schema_version"] > SCHEMA_VERSION:
-        raise RecordError(
-            f"{path / RUN_FILE}: schema_version {record['schema_version']} is newer than this "
-            f"harness understands ({SCHEMA_VERSION}); upgrade harness"
-        )
+        raise RecordError(f"{where}: not a harness run record (no schema_version)")
+    version = record["schema_version"]
+    # bool is an int subclass; "1" or null would otherwise fail the comparison below
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise RecordError(f"{where}: schema_version must be an integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise RecordError(f"{where}: schema_version {version} is newer than this harness "
+                          f"understands ({SCHEMA_VERSION}); upgrade harness")
     return LoadedRun(path=path, record=record)
 
 

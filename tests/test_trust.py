@@ -4,8 +4,10 @@ serves a stale answer, each figure measures what its name says. Through the CLI.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from harness import results
@@ -149,3 +151,122 @@ def test_cached_baseline_speed_is_marked_and_not_compared(suite_dir):
     assert "(cached)" in res.output  # the terminal table
     md = (path / "report.md").read_text()
     assert md.count("(cached)") == 3  # both speeds and memory of the baseline row
+
+
+def test_model_card_lists_the_arm_metrics(suite_dir):
+    run = run_suite(suite_dir / "tiny.toml", suite_dir / "results", *FAST)
+    arms = results.load_run(run).record["arms"]
+    card = (run / "adapters" / "lora" / "README.md").read_text()
+    rows = {}
+    for line in card.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 3 and cells[0] in arms["lora"]["metrics"]:
+            rows[cells[0]] = (float(cells[1]), float(cells[2]))
+    assert {"loss", "perplexity", "rougeL", "eval_tokens_per_s"} <= set(rows)
+    for metric, (zero_shot, adapter) in rows.items():
+        assert zero_shot == float(f"{arms['baseline']['metrics'][metric]:.4g}"), metric
+        assert adapter == float(f"{arms['lora']['metrics'][metric]:.4g}"), metric
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_interrupted_gguf_conversion_leaves_no_temp_folder(suite_dir, tmp_path, monkeypatch):
+    from unittest import mock
+
+    import transformers
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+
+    def save_then_interrupt(out, *a, **k):
+        Path(out).mkdir(parents=True)
+        (Path(out) / "model.safetensors").write_bytes(bytes(1 << 20))  # half a conversion
+        raise KeyboardInterrupt
+
+    fake = mock.Mock(save_pretrained=save_then_interrupt, config=mock.Mock())
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: fake)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: fake)
+    text = (suite_dir / "tiny.toml").read_text()
+    (suite_dir / "tiny.toml").write_text(text[: text.index("[train]")])
+    runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out", str(suite_dir / "out"),
+                        "--set", f"model.name_or_path={gguf}"])
+    models = Path(os.environ["HARNESS_CACHE"]) / "models"
+    assert models.is_dir() and list(models.iterdir()) == []
+
+
+def test_leftover_partial_folder_of_a_dead_run_is_reported(suite_dir):
+    import subprocess
+
+    out = suite_dir / "results"
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    killed = out / "tiny" / ".20260101T000000-aaaaaa.partial"
+    alive = out / "tiny" / ".20260101T000000-bbbbbb.partial"
+    for folder, pid in ((killed, dead), (alive, str(os.getpid()))):
+        folder.mkdir(parents=True)
+        (folder / ".owner").write_text(pid)
+    res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.output and killed.name in res.output
+    assert alive.name not in res.output  # a live run's staging folder is not a leftover
+    (run,) = [p for p in (out / "tiny").iterdir() if not p.name.startswith(".")]
+    warnings = results.load_run(run).record["warnings"]
+    assert any(killed.name in w for w in warnings)
+
+
+def test_report_write_failure_is_a_failed_run(suite_dir, monkeypatch):
+    import errno
+
+    from harness import report
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "write_reports", disk_full)
+    out = suite_dir / "results"
+    res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out", str(out), *FAST])
+    assert res.exit_code == 1, res.output
+    assert "No space left on device" in res.output and "Traceback" not in res.output
+    (run,) = (out / "tiny").iterdir()
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["status"] == "failed" and rec["error"]["stage"] == "write"
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+
+
+def _tmpfs(path: Path, size: str) -> bool:
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.mark.parametrize("size", ["16k", "64k", "150k", "400k"])
+def test_full_disk_never_leaves_a_success_record(suite_dir, tmp_path, size):
+    """A real small filesystem (needs root to mount tmpfs; skipped otherwise)."""
+    import subprocess
+    import sys
+
+    mnt = tmp_path / "disk"
+    if not _tmpfs(mnt, size):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite_dir / "tiny.toml"),
+                            "--out", str(mnt), *FAST], capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "200"}, timeout=300)
+        stray = [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
+        records = [json.loads(p.read_text()) for p in mnt.rglob("run.json")]
+        complete = all((p.parent / f).is_file() for p in mnt.rglob("run.json")
+                       for f in ("report.html", "report.md", "predictions.jsonl"))
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert not stray
+    if r.returncode == 0:
+        assert records and records[0]["status"] == "success" and complete
+    else:
+        assert r.returncode == 1, r.stderr
+        assert "No space left on device" in r.stderr
+        assert all(rec["status"] == "failed" for rec in records)
