@@ -56,7 +56,10 @@ def _path(key: str) -> Path:
     return cache_dir() / "baselines" / f"{key}.json"
 
 
-def load(fields: dict[str, Any], ids: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+Entry = tuple[dict[str, Any], list[dict[str, Any]]]
+
+
+def load(fields: dict[str, Any], ids: list[str]) -> Entry | None:
     """(arm record, prediction rows) of an earlier identical zero-shot evaluation of the items
     ``ids`` (in eval order), or None. An entry of any other shape is corrupt: ignored and
     recomputed, never trusted."""

@@ -414,6 +414,14 @@ def with_overrides(suite: Suite, overrides: dict[str, Any]) -> Suite:
     return validate_suite(raw, path=suite.base_dir / f"{suite.name}.toml")
 
 
+def uses_hub(suite: Suite) -> bool:
+    """Whether checking the suite may need the Hugging Face Hub (a dataset or a model that is
+    not a local path or a packaged GGUF)."""
+    m = suite.model
+    local = m.package is not None or suite.resolve(m.name_or_path or ".").exists()
+    return suite.data.dataset is not None or not local
+
+
 def dump(suite: Suite) -> dict[str, Any]:
     """The resolved suite as plain JSON for run.json."""
     return suite.model_dump(mode="json")

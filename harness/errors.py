@@ -29,6 +29,10 @@ class ModelSourceError(InputError):
     """A model path, hub id or packaged GGUF that cannot be resolved."""
 
 
+class ModelUnavailable(ModelSourceError):
+    """A hub model whose config cannot be fetched here (no network and not in the cache)."""
+
+
 class RecordError(InputError):
     """A run record that is missing, corrupt, or cannot be paired with another."""
 

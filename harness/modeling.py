@@ -158,6 +158,20 @@ def _source_identity(source: ModelSource) -> str | None:
     return hub_commit(source.path, None)
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A TCP connection to the hub's endpoint within ``timeout_s`` (no request is sent)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443),
+                                      timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -191,7 +205,6 @@ def ensure_converted(src: ModelSource) -> str:
     target = src.converted
     if target is None or (target / "config.json").is_file():
         return src.load_path
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s into %s (once)", src.label, target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +262,22 @@ def torch_dtype(spec: ModelSpec, device: str):
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def context_length(spec: ModelSpec, path: str) -> int | None:
+    """Positions the model was built for (its config; no weights), None when it does not say."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code,
+                                         revision=spec.revision)
+    except (OSError, ValueError):
+        return None
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(getattr(text, key, None), int):
+            return getattr(text, key)
+    return None
 
 
 def load_tokenizer(suite: Suite, path: str):
@@ -322,7 +351,6 @@ def lora_config(train: TrainSpec):
 def attach_lora(model, suite: Suite):
     """Wrap for training; QLoRA models are frozen first (fp16 compute: peft's k-bit preparation)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
-
     from transformers import set_seed
 
     train = suite.train

@@ -19,11 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import (cache, config, data, encoding, logs, modeling, results, scoring, stats, sweep,
-                     train)
+from harness import (
+    cache,
+    config,
+    data,
+    encoding,
+    logs,
+    modeling,
+    results,
+    scoring,
+    stats,
+    sweep,
+    train,
+)
 from harness import env as environment
 from harness.config import Suite
-from harness.errors import InputError, RunFailed
+from harness.errors import DatasetUnavailable, InputError, ModelUnavailable, RunFailed
 from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS
 from harness.progress import NullProgress, Progress
 
@@ -37,24 +48,64 @@ class RunOutcome:
 @dataclass(frozen=True)
 class Preflight:
     source: modeling.ModelSource
-    splits: data.DataSplits
+    splits: data.DataSplits | None  # None: a hub dataset that could not be reached (validate)
     arms: list[tuple[str, Suite]]
     variants: list[tuple[str, Suite, data.DataSplits]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # suspicious but runnable
+    unchecked: list[str] = field(default_factory=list)  # what needs a network it has not got
 
     def __str__(self) -> str:
         s = self.splits
-        return (f"model {self.source.label}; {len(s.train)} train / {len(s.validation)} "
-                f"validation / {len(s.eval)} eval items; {len(self.arms)} adapter arm(s)")
+        items = (f"{len(s.train)} train / {len(s.validation)} validation / {len(s.eval)} eval "
+                 "items" if s else "data not checked")
+        return f"model {self.source.label}; {items}; {len(self.arms)} adapter arm(s)"
 
 
-def preflight(suite: Suite) -> Preflight:
-    """Everything that can be checked without loading weights; raises InputError subclasses."""
+def preflight(suite: Suite, offline_ok: bool = False) -> Preflight:
+    """Everything that can be checked without loading weights; raises InputError subclasses.
+    ``offline_ok`` (validate): a hub dataset or model config that cannot be reached is listed
+    in ``unchecked`` instead of failing, and everything else is still checked."""
     source = modeling.resolve_source(suite)
-    splits = data.load_splits(suite)
+    unchecked: list[str] = []
+    splits = _unless_unreachable(lambda: data.load_splits(suite), offline_ok, unchecked)
     arms = sweep.expand(suite)
-    _check_targets(suite, arms)
-    return Preflight(source, splits, arms, _variants(suite, splits), _suite_warnings(suite))
+    _unless_unreachable(lambda: _check_targets(suite, arms), offline_ok, unchecked)
+    variants = _variants(suite, splits) if splits else []
+    return Preflight(source, splits, arms, variants, _suite_warnings(suite), unchecked)
+
+
+def _unless_unreachable(check, offline_ok: bool, unchecked: list[str]):
+    try:
+        return check()
+    except (DatasetUnavailable, ModelUnavailable) as e:
+        if not offline_ok:
+            raise
+        unchecked.append(str(e))
+        return None
+
+
+def _check_targets(suite: Suite, arms: list[tuple[str, Suite]]) -> None:
+    """LoRA target modules against the model's real layer names (meta device, no weights),
+    so a typo fails before the baseline is evaluated, not after."""
+    if not arms:
+        return
+    from harness import plan
+
+    shape = plan.model_shape(suite)
+    for _, cell in arms:
+        assert cell.train is not None
+        plan.lora_targets(shape, cell.train.target_modules)
+
+
+def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, data.DataSplits]]:
+    """The suite once per extra baseline template, on the same eval items."""
+    out = []
+    for name, template in suite.eval.baseline_templates.items():
+        variant = config.with_overrides(suite, {"data.prompt_template": template})
+        vsplits = data.load_splits(variant)
+        assert [e.id for e in vsplits.eval] == [e.id for e in splits.eval]  # same seed, same rows
+        out.append((f"baseline@{name}", variant, vsplits))
+    return out
 
 
 def _suite_warnings(suite: Suite) -> list[str]:
@@ -102,10 +153,12 @@ class _Run:
     record: dict[str, Any] = field(default_factory=dict)
     predictions: list[dict[str, Any]] = field(default_factory=list)
     model_content: str | None = None  # modeling.content_key(): the baseline cache's identity
+    eval_spec: config.EvalSpec | None = None  # the suite's, max_new_tokens fitted to the model
 
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None) -> RunOutcome:
     checked = preflight(suite)
+    assert checked.splits is not None  # without offline_ok, unreachable data raised
     leftovers = results.dead_partials(Path(out_dir) / suite.name)
     run = _Run(suite, results.create_run_dir(out_dir, suite.name), progress or NullProgress())
     run.record = _skeleton(run, checked)
@@ -146,6 +199,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
             _warn(run, f"zero-shot cache off: cannot tell which commit {src.label} resolves to")
     tok = modeling.load_tokenizer(suite, path)
     enc_eval, enc_val, enc_train = _encode(run, checked.splits, tok)
+    run.eval_spec = _fit_generation(run, modeling.context_length(suite.model, path), enc_eval)
     base = _Lazy(lambda: modeling.load_model(suite, path, device))
     run.stage = "eval:baseline"
     _zero_shot(run, "baseline", suite, base, tok, enc_eval, checked.splits, device, checked)
@@ -158,6 +212,21 @@ def _execute(run: _Run, checked: Preflight) -> None:
     for name, cell in checked.arms:
         _train_arm(run, name, cell, path, tok, device, (enc_train, enc_val, enc_eval),
                    checked.splits)
+
+
+def _fit_generation(run: _Run, context: int | None, items) -> config.EvalSpec:
+    """max_new_tokens beyond the model's context would generate until memory or patience ran
+    out (1e9 was accepted): cap it at what fits after the longest eval prompt, and say so."""
+    spec = run.suite.eval
+    longest = max((e.prompt_len for e in items), default=0)
+    if not spec.generate or context is None or longest + spec.max_new_tokens <= context:
+        return spec
+    cap = max(1, context - longest)
+    _warn(run, f"eval.max_new_tokens = {spec.max_new_tokens:,} does not fit the model's context "
+               f"of {context:,} tokens after the longest eval prompt ({longest:,} tokens): "
+               f"generating at most {cap:,} new tokens")
+    run.record["eval_limits"] = {"max_new_tokens": cap, "context_length": context}
+    return spec.model_copy(update={"max_new_tokens": cap})
 
 
 class _Lazy:
@@ -269,9 +338,17 @@ def _fit(run: _Run, name: str, cell: Suite, model: Any, tok: Any, enc_train, enc
         model, tok, cell, arm=name, train_items=enc_train, val_items=enc_val,
         work_dir=run.dir.path / "checkpoints" / name, device=device,
         tensorboard_dir=run.dir.path / "tensorboard" / name,
-        log_row=lambda row: run.dir.append_jsonl(results.TRAIN_LOG_FILE, row),
+        log_row=lambda row: _log_step(run, row, advance),
         on_step=lambda: advance(1),
     )
+
+
+def _log_step(run: _Run, row: dict[str, Any], advance) -> None:
+    run.dir.append_jsonl(results.TRAIN_LOG_FILE, row)
+    shown = [f"{k.replace('_', ' ')} {row[k]:.4g}" for k in ("loss", "eval_loss", "learning_rate")
+             if isinstance(row.get(k), (int, float))]
+    if shown:
+        advance(0, info=", ".join(shown))
 
 
 def _expected_steps(spec, n_train: int) -> int | None:
@@ -282,7 +359,7 @@ def _expected_steps(spec, n_train: int) -> int | None:
 
 def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, device: str,
               adapter: str | None) -> None:
-    spec = run.suite.eval
+    spec = run.eval_spec or run.suite.eval
     model.eval()
     with scoring.PeakMemory(device) as memory:
         losses, eval_tps = scoring.teacher_forced(

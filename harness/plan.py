@@ -24,7 +24,7 @@ from typing import Any
 
 from harness import data, modeling, sweep
 from harness.config import ModelSpec, Suite, TrainSpec
-from harness.errors import ConfigError, DatasetUnavailable, ModelSourceError
+from harness.errors import ConfigError, DatasetUnavailable, ModelSourceError, ModelUnavailable
 
 GIB = 1024**3
 CONTEXT_BYTES = GIB  # CUDA context + cuBLAS workspace + allocator slack: typically 0.5-1 GiB
@@ -236,15 +236,11 @@ def _auto_config(path: str, label: str, kw: dict[str, Any]) -> Any:
     try:
         return AutoConfig.from_pretrained(path, **kw)
     except (OSError, ValueError, KeyError) as e:
-        raise ModelSourceError(_config_error(label, e)) from e
-
-
-def _config_error(label: str, e: Exception) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    offline = _offline() or "connect" in text.lower()
-    if offline:
-        return f"model config for {label} not found locally and no network: {text}"
-    return f"model config for {label} cannot be read: {text}"
+        text = " ".join(str(e).split()) or type(e).__name__
+        if not os.path.exists(path) and (_offline() or "connect" in text.lower()):
+            raise ModelUnavailable(f"model config for {label}: not in the local Hugging Face "
+                                   "cache, and the hub cannot be reached") from e
+        raise ModelSourceError(f"model config for {label} cannot be read: {text}") from e
 
 
 def _offline() -> bool:

@@ -11,7 +11,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import Progress as RichBar
 from rich.table import Table
 from rich.text import Text
@@ -19,7 +25,8 @@ from rich.text import Text
 from harness.compare import fmt_value
 from harness.metrics import ALL_KEYS, SYSTEM_KEYS, lower_is_better
 
-Advance = Callable[[int], None]
+# advance(n) moves a bar by n; advance(0, info="loss 1.23") shows the latest numbers beside it.
+Advance = Callable[..., None]
 
 
 class Progress(Protocol):
@@ -38,7 +45,7 @@ class NullProgress:
         logging.getLogger("harness").warning(text)
 
     def task(self, description: str, total: int | None) -> Advance:
-        return lambda n: None
+        return lambda n, info=None: None
 
 
 class RichProgress:
@@ -54,15 +61,37 @@ class RichProgress:
                                soft_wrap=True)
 
     def task(self, description: str, total: int | None) -> Advance:
-        tid = self.bar.add_task(description, total=total)
-        return lambda n: self.bar.advance(tid, n)
+        tid = self.bar.add_task(description, total=total, info="")
+
+        def advance(n: int, info: str | None = None) -> None:
+            self.bar.update(tid, advance=n, **({"info": info} if info else {}))
+            if info and not self.bar.console.is_terminal:
+                self._line(tid, info)
+
+        return advance
+
+    def _line(self, tid: Any, info: str) -> None:
+        """Without a terminal (CI logs, `| tee`) no bar is drawn: one line per logged step, so a
+        ten-minute training is never silent."""
+        t = self.bar.tasks[tid]
+        eta = "" if t.time_remaining is None else f", ETA {_clock(t.time_remaining)}"
+        self.bar.console.print(
+            f"{t.description}: step {int(t.completed)}/{int(t.total or 0)}, {info}, "
+            f"elapsed {_clock(t.elapsed or 0)}{eta}", markup=False, highlight=False,
+            soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 @contextlib.contextmanager
 def console_progress(console: Console) -> Iterator[RichProgress]:
     quiet_libraries()
     bar = RichBar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console)
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), console=console)
     with bar:
         yield RichProgress(bar)
 

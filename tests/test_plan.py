@@ -241,8 +241,9 @@ def test_local_data_is_counted(tmp_path, llama_dir):
 def test_hub_model_offline_is_a_model_source_error(tmp_path, llama_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     s = suite_for(tmp_path, llama_dir, "model.name_or_path=nobody/no-such-model")
-    with pytest.raises(ModelSourceError, match="model config for nobody/no-such-model not "
-                                               "found locally and no network"):
+    with pytest.raises(ModelSourceError, match="model config for nobody/no-such-model: not in "
+                                               "the local Hugging Face cache, and the hub "
+                                               "cannot be reached"):
         plan.make_plan(s)
 
 

@@ -253,9 +253,9 @@ def test_full_disk_never_leaves_a_success_record(suite_dir, tmp_path, size):
     if not _tmpfs(mnt, size):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        r = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite_dir / "tiny.toml"),
-                            "--out", str(mnt), *FAST], capture_output=True, text=True,
-                           env={**os.environ, "COLUMNS": "200"}, timeout=300)
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "run",
+                            str(suite_dir / "tiny.toml"), "--out", str(mnt), *FAST],
+                           capture_output=True, text=True, timeout=300)
         stray = [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
         records = [json.loads(p.read_text()) for p in mnt.rglob("run.json")]
         complete = all((p.parent / f).is_file() for p in mnt.rglob("run.json")
@@ -270,3 +270,75 @@ def test_full_disk_never_leaves_a_success_record(suite_dir, tmp_path, size):
         assert r.returncode == 1, r.stderr
         assert "No space left on device" in r.stderr
         assert all(rec["status"] == "failed" for rec in records)
+
+
+# ---------------------------------------------------------------- what a user sees
+
+
+def test_piped_run_prints_training_steps_and_keeps_library_warnings_in_a_log(suite_dir):
+    import subprocess
+    import sys
+
+    out = suite_dir / "results"
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite_dir / "tiny.toml"),
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    steps = [ln for ln in r.stderr.splitlines() if ln.startswith("train lora: step")]
+    assert len(steps) >= 6 and any("step 24/24" in ln for ln in steps[-2:])
+    assert all("loss" in ln and "elapsed" in ln for ln in steps)
+    assert any("ETA" in ln for ln in steps)
+    for noise in ("Warning", "warnings.warn", "save_embedding_layers"):
+        assert noise not in r.stderr + r.stdout, noise
+    (run,) = (out / "tiny").iterdir()
+    log = (run / "harness.log").read_text()
+    assert "save_embedding_layers" in log  # peft's warning, kept for whoever debugs the run
+
+
+def test_max_new_tokens_beyond_the_context_is_capped_and_said(suite_dir):
+    out = suite_dir / "results"
+    res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out", str(out),
+                              "--set", "train.max_steps=2", "--set", "eval.max_new_tokens=1e9"])
+    assert res.exit_code == 0, res.output
+    assert "context of 512 tokens" in res.output and "generating at most" in res.output
+    (run,) = (out / "tiny").iterdir()
+    loaded = results.load_run(run)
+    cap = loaded.record["eval_limits"]["max_new_tokens"]
+    longest = max(r["n_tokens"] for r in loaded.predictions)  # reference tokens: a lower bound
+    assert 0 < cap < 512 - 8 and longest < 512
+    assert all(r["gen_tokens"] <= cap for r in loaded.predictions)
+
+
+def test_validate_offline_checks_what_it_can_and_says_what_it_could_not(suite_dir, monkeypatch):
+    from harness import modeling
+
+    text = (suite_dir / "tiny.toml").read_text().replace(
+        'path = "instruct.jsonl"', 'dataset = "someone/not-cached-anywhere"')
+    (suite_dir / "hub.toml").write_text(text.replace('name = "tiny"', 'name = "hub"'))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(modeling, "hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    res = runner.invoke(app, ["validate", str(suite_dir / "hub.toml"),
+                              "--set", "model.name_or_path=someone/not-a-cached-model"])
+    assert res.exit_code == 0, res.output
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    lines = res.output.splitlines()
+    assert any("cannot be reached" in ln for ln in lines)
+    unchecked = [ln for ln in lines if "not checked (offline)" in ln]
+    assert len(unchecked) == 2 and all("hub.toml" in ln for ln in unchecked)
+    assert any("someone/not-cached-anywhere" in ln for ln in unchecked)
+    assert any("someone/not-a-cached-model" in ln for ln in unchecked)
+    # what needs no network is still checked: a bad key fails as before
+    bad = runner.invoke(app, ["validate", str(suite_dir / "hub.toml"), "--set", "train.r=0"])
+    assert bad.exit_code == 2
+    # and `run` cannot run without the data: bad input, not a warning
+    ran = runner.invoke(app, ["run", str(suite_dir / "hub.toml"), "--out", str(suite_dir / "o")])
+    assert ran.exit_code == 2 and not (suite_dir / "o").exists()
+
+
+def test_validate_warns_when_training_would_log_no_eval_loss(suite_dir):
+    res = runner.invoke(app, ["validate", str(suite_dir / "tiny.toml"),
+                              "--set", "data.validation_size=0",
+                              "--set", "train.eval_strategy=epoch"])
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.output and "no eval loss" in res.output
+    assert "data.validation_size" in res.output
