@@ -285,7 +285,7 @@ def plan(
     Example:
 
     ```
-    harness plan suites/seed004_llama32_finetome_sweep.toml
+    harness plan suites/llama32_finetome_sweep.toml
     ```
     """
     from harness import config

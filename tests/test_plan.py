@@ -272,7 +272,7 @@ def phi2_dir(d: Path) -> Path:
 
 def test_cli_plan_seed003(tmp_path):
     d = phi2_dir(tmp_path / "phi-2")
-    res = runner.invoke(app, ["plan", str(REPO / "suites" / "seed003_phi2_qlora_xsum.toml"),
+    res = runner.invoke(app, ["plan", str(REPO / "suites" / "phi2_xsum.toml"),
                               "--set", f"model.name_or_path={d}"])
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
@@ -292,13 +292,13 @@ def test_seed_suites_against_published_counts(tmp_path):
     llama2 = write_config(tmp_path / "llama2", LlamaConfig(
         vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False))
-    p = plan.make_plan(config.load_suite(REPO / "suites" / "seed000_llama2_lora.toml",
+    p = plan.make_plan(config.load_suite(REPO / "suites" / "llama2_alpaca_lora.toml",
                                          [f"model.name_or_path={llama2}"]))
     assert (p.shape.total_params, p.cells[0].trainable) == (6_738_415_616, 4_194_304)
     llama32 = write_config(tmp_path / "llama32", LlamaConfig(
         vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
         num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True))
-    p = plan.make_plan(config.load_suite(REPO / "suites" / "seed004_llama32_finetome_sweep.toml",
+    p = plan.make_plan(config.load_suite(REPO / "suites" / "llama32_finetome_sweep.toml",
                                          [f"model.name_or_path={llama32}"]))
     assert p.shape.total_params == 1_235_814_400
     by_cell = {c.name: c.trainable for c in p.cells}
