@@ -223,10 +223,15 @@ def ensure_converted(src: ModelSource) -> str:
 
 
 def _convert(src: ModelSource, out: Path) -> None:
+    import io
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file)
+    # transformers' GGUF reader draws its own tqdm bar on stderr (one line per update when
+    # stderr is a log file); the caller's progress display already says what is happening.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tok = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file)
     # A GGUF-loaded model refuses to save ("quantized with gguf"); its weights are already
     # dequantized to float32, so dropping the quantizer marker makes it a plain checkpoint.
     model.hf_quantizer = None

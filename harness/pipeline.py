@@ -117,30 +117,6 @@ def _suite_warnings(suite: Suite) -> list[str]:
     return out
 
 
-def _check_targets(suite: Suite, arms: list[tuple[str, Suite]]) -> None:
-    """LoRA target modules against the model's real layer names (meta device, no weights),
-    so a typo fails before the baseline is evaluated, not after."""
-    if not arms:
-        return
-    from harness import plan
-
-    shape = plan.model_shape(suite)
-    for _, cell in arms:
-        assert cell.train is not None
-        plan.lora_targets(shape, cell.train.target_modules)
-
-
-def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, data.DataSplits]]:
-    """The suite once per extra baseline template, on the same eval items."""
-    out = []
-    for name, template in suite.eval.baseline_templates.items():
-        variant = config.with_overrides(suite, {"data.prompt_template": template})
-        vsplits = data.load_splits(variant)
-        assert [e.id for e in vsplits.eval] == [e.id for e in splits.eval]  # same seed, same rows
-        out.append((f"baseline@{name}", variant, vsplits))
-    return out
-
-
 @dataclass
 class _Run:
     """Mutable state of one run while it is being written."""

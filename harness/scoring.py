@@ -11,6 +11,7 @@ prompt prefix every item shares (a system prompt) runs once and batches start fr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Sequence
@@ -346,6 +347,7 @@ class PeakMemory:
 
             torch.cuda.reset_peak_memory_stats()
             return self
+        _release_freed_memory()
         self.bytes = _rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -365,6 +367,18 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.bytes = max(self.bytes, _rss())
+
+
+def _release_freed_memory() -> None:
+    """Collect what the previous phase dropped (a trainer, its optimizer states, the zero-shot
+    model) and hand glibc's free heap back to the OS, so the RSS an arm's eval phase reports
+    is what that phase holds, not the high-water mark of training that ran before it."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): skip
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _rss() -> int:

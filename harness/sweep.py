@@ -8,6 +8,7 @@ baseline does not depend on the cells and is evaluated once for all of them.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 from harness.config import Suite, with_overrides
@@ -44,9 +45,16 @@ def grid_cells(grid: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
     keys = list(grid)
     out = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        name = "_".join(f"{k.rsplit('.', 1)[-1]}{v}" for k, v in zip(keys, values))
+        name = "_".join(f"{k.rsplit('.', 1)[-1]}{_slug(v)}" for k, v in zip(keys, values))
         out.append((name, dict(zip(keys, values))))
     return out
+
+
+def _slug(value: Any) -> str:
+    """A grid value as part of an arm name, which is also a folder name (adapters/<arm>/): a
+    value such as ['q_proj'] or 'a/b' must not add brackets, quotes or a path separator."""
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return re.sub(r"[^A-Za-z0-9_.,-]+", "-", text).strip("-.") or "x"
 
 
 def _cell(suite: Suite, name: str, sets: dict[str, Any]) -> Suite:

@@ -22,16 +22,10 @@ from typer.testing import CliRunner
 from harness import __version__, cli
 from harness.cli import app
 
+from .test_bad_input import edit
+
 runner = CliRunner()
 REPO = Path(__file__).parent.parent
-
-
-def edit(suite_dir: Path, old: str, new: str) -> Path:
-    p = suite_dir / "tiny.toml"
-    text = p.read_text()
-    assert old in text, old
-    p.write_text(text.replace(old, new, 1))
-    return p
 
 
 def refused(suite_dir: Path, *extra: str, lines: int = 1) -> list[str]:

@@ -70,6 +70,15 @@ def test_grid_is_the_cartesian_product(tmp_path):
         (4, 0.01), (4, 0.001), (8, 0.01), (8, 0.001)]
 
 
+def test_grid_values_make_plain_folder_names(tmp_path):
+    grid = ('[sweep.grid]\n"train.target_modules" = [["q_proj", "v_proj"], "all-linear"]\n'
+            '"train.optimizer" = ["adamw_torch"]\n')
+    arms = sweep.expand(load(tmp_path, grid))
+    assert [n for n, _ in arms] == ["target_modulesq_proj,v_proj_optimizeradamw_torch",
+                                    "target_modulesall-linear_optimizeradamw_torch"]
+    assert arms[0][1].train.target_modules == ["q_proj", "v_proj"]
+
+
 def test_no_sweep_is_one_lora_arm(tmp_path):
     suite = load(tmp_path, "")
     assert sweep.expand(suite) == [("lora", suite)]
