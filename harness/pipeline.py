@@ -165,7 +165,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
     run.stage = "load"
     src = checked.source
     fresh = src.converted is not None and not src.converted.exists()
-    p.stage(f"loading {src.label}" + (" (converting GGUF once, ~30 s)" if fresh else ""))
+    p.stage(f"loading {src.label}" + (" (converting GGUF once, ~40 s)" if fresh else ""))
     path = modeling.ensure_converted(src)
     device = modeling.pick_device(suite.model)
     run.record["env"] = environment.describe(device, suite.base_dir)

@@ -342,3 +342,23 @@ def test_validate_warns_when_training_would_log_no_eval_loss(suite_dir):
     assert res.exit_code == 0, res.output
     assert "warning:" in res.output and "no eval loss" in res.output
     assert "data.validation_size" in res.output
+
+
+def test_hub_model_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, monkeypatch):
+    """Offline, the local Hugging Face cache says which commit `main` is: a new download of
+    the same id (refs/main moved) is another model for the zero-shot cache."""
+    from harness import modeling
+
+    repo = tmp_path / "hub" / "models--someone--model"
+    for sha in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / sha).mkdir(parents=True)
+        (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    assert modeling.hub_commit("someone/model", None) == "a" * 40
+    (repo / "refs" / "main").write_text("b" * 40)
+    assert modeling.hub_commit("someone/model", None) == "b" * 40
+    assert modeling.hub_commit("someone/model", "c" * 40) == "c" * 40  # a commit is itself
+    assert modeling.hub_commit("someone/other", None) is None  # unknown: never cached
