@@ -71,6 +71,12 @@ app = typer.Typer(
 out = Console() if sys.stdout.isatty() else Console(width=120)
 err = Console(stderr=True)
 
+AdapterOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--adapter", metavar="NAME=DIR",
+                 help="Also evaluate an existing PEFT adapter (a folder or a hub id) as arm "
+                      "NAME on the same base and items. Repeatable."),
+]
 SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", metavar="KEY=VALUE",
@@ -128,26 +134,35 @@ def _root(
 def run(
     suite: Annotated[Path, typer.Argument(metavar="SUITE", help="Suite TOML file.")],
     set_: SetOpt = None,
+    adapter: AdapterOpt = None,
+    eval_only: Annotated[bool, typer.Option(
+        "--eval-only", help="Skip the suite's [train] / [sweep]: the zero-shot baseline and "
+        "the existing adapters only.")] = False,
     out_dir: Annotated[Path, typer.Option(
         "--out", metavar="DIR", help="Results directory; a run lands in DIR/SUITE_NAME/RUN_ID/."
     )] = Path("results"),
 ) -> None:
     """Evaluate the base model zero-shot, train the adapter(s), evaluate them on the same items.
 
-    Exit 1 when the run (or an arm) fails; SIGTERM or Ctrl-C still saves a `failed` record.
+    Existing adapters (`[[adapters]]` in the suite, or `--adapter NAME=DIR`: a folder or a
+    hub id) are evaluated on the same base and items. Exit 1 when the run (or an arm) fails;
+    SIGTERM or Ctrl-C still saves a `failed` record.
 
     Example:
 
     ```
     harness run suites/default.toml --set train.max_steps=5 --out results
+    harness run suites/default.toml --eval-only --adapter mine=results/default/RUN_ID/adapters/lora
     ```
     """
     from harness import config, pipeline, progress
 
     try:
-        s = config.load_suite(suite, set_ or [])
+        s = config.load_suite(suite, set_ or [], adapter or [])
     except HarnessError as e:
         _fail(e)
+    if eval_only:
+        s = s.model_copy(update={"train": None, "sweep": None})
     before = _run_dirs(out_dir / s.name)
     try:
         with _stop_on_signals(), progress.console_progress(err) as prog:
@@ -215,6 +230,7 @@ def _interrupted(e: KeyboardInterrupt, parent: Path, before: set[str]) -> None:
 def validate(
     suites: Annotated[list[Path], typer.Argument(metavar="SUITE...", help="Suite TOML files.")],
     set_: SetOpt = None,
+    adapter: AdapterOpt = None,
 ) -> None:
     """Check suites (schema, data files, field mapping, templates, model source, gate rules)
     without loading weights; every problem of a suite is listed, one line each.
@@ -230,7 +246,7 @@ def validate(
     failed, loaded = 0, []
     for path in suites:
         try:
-            loaded.append((path, config.load_suite(path, set_ or [])))
+            loaded.append((path, config.load_suite(path, set_ or [], adapter or [])))
         except HarnessError as e:
             _error(str(e))
             failed = max(failed, e.exit_code)
@@ -279,6 +295,7 @@ def _truthy(v: str | None) -> bool:
 def plan(
     suite: Annotated[Path, typer.Argument(metavar="SUITE", help="Suite TOML file.")],
     set_: SetOpt = None,
+    adapter: AdapterOpt = None,
 ) -> None:
     """Print steps, batch sizes, parameter counts and weight memory without loading weights.
 
@@ -292,7 +309,7 @@ def plan(
     from harness import plan as planning
 
     try:
-        s = config.load_suite(suite, set_ or [])
+        s = config.load_suite(suite, set_ or [], adapter or [])
         _print(planning.render_plan(planning.make_plan(s)))
     except HarnessError as e:
         _fail(e)

@@ -255,6 +255,14 @@ class SweepSpec(_Strict):
     grid: dict[str, list[Any]] = {}
 
 
+class AdapterSpec(_Strict):
+    """An adapter that already exists (a PEFT folder or a hub id), evaluated as its own arm."""
+
+    name: FolderName
+    path: NonEmpty  # local folder (relative to the suite file) or hub id
+    revision: Optional[NonEmpty] = None  # hub only
+
+
 # ---------------------------------------------------------------- the suite
 
 
@@ -268,6 +276,7 @@ class Suite(_Strict):
     stats: StatsSpec = StatsSpec()
     gate: GateSpec = GateSpec()
     sweep: Optional[SweepSpec] = None
+    adapters: list[AdapterSpec] = []
     # Where relative paths resolve: the suite file's folder. Not a TOML key.
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -284,6 +293,10 @@ class Suite(_Strict):
             raise ValueError("train.load_best_model_at_end needs data.validation_size > 0")
         if t and t.precision == "fp16" and self.model.device == "cpu":
             raise ValueError("train.precision = 'fp16' needs a GPU; use fp32 or bf16 on a CPU")
+        names = [a.name for a in self.adapters]
+        clash = sorted({n for n in names if names.count(n) > 1 or n == "baseline"})
+        if clash:
+            raise ValueError(f"adapters: arm names must be unique and not 'baseline': {clash}")
         return self
 
     def resolve(self, p: str) -> Path:
@@ -295,8 +308,10 @@ class Suite(_Strict):
 # ---------------------------------------------------------------- loading
 
 
-def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Suite:
-    """Read, override (``--set a.b=v``) and validate a suite file.
+def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+               adapters: list[str] | tuple[str, ...] = ()) -> Suite:
+    """Read, override (``--set a.b=v``), add ``--adapter NAME=PATH`` arms, and validate a
+    suite file.
 
     Every problem is reported at once, one line each: bad ``--set`` arguments, then schema
     errors, each naming the ``--set`` that caused it or else the file and line.
@@ -312,6 +327,11 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     for item in overrides:
         try:
             origins[apply_override(raw, item)] = item
+        except ConfigError as e:
+            problems.append(str(e))
+    for item in adapters:
+        try:
+            add_adapter(raw, item)
         except ConfigError as e:
             problems.append(str(e))
     try:
@@ -380,6 +400,19 @@ def apply_override(raw: dict[str, Any], item: str) -> str:
         node.pop(other, None)
     node[leaf] = _from_cwd(key, parse_value(value.strip()))
     return key
+
+
+def add_adapter(raw: dict[str, Any], item: str) -> None:
+    """``NAME=PATH`` from the command line: an existing adapter arm (a path relative to the
+    current folder, as the shell means it, or a hub id)."""
+    name, sep, where = item.partition("=")
+    if not sep or not name.strip() or not where.strip():
+        raise ConfigError(f"--adapter {item!r}: expected NAME=PATH (a folder or a hub id)")
+    where = where.strip()
+    local = Path(where).expanduser()
+    if local.exists() or where.startswith((".", "/", "~")):
+        where = str(local.resolve())
+    raw.setdefault("adapters", []).append({"name": name.strip(), "path": where})
 
 
 # A path typed on the command line means what the shell means: relative to the current folder,

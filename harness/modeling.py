@@ -392,6 +392,45 @@ def _freeze_without_upcast(model) -> None:
         param.requires_grad = False
 
 
+def switch_adapter(model, source: str, name: str, revision: str | None, peft_type: str):
+    """``model`` (the base, or a PeftModel around it) with adapter ``name`` active. Adapters
+    of one peft type load beside each other; peft cannot hold two types at once (LoRA and
+    IA3), so a new type first unloads the others, which gives back the untouched base
+    modules. Either way the base's weights are never reloaded."""
+    from peft import PeftModel
+
+    kw = {"revision": revision} if revision else {}
+    if isinstance(model, PeftModel):
+        current = str(model.peft_config[model.active_adapter].peft_type.value)
+        if current != peft_type:
+            model = model.unload()
+    if not isinstance(model, PeftModel):
+        model = PeftModel.from_pretrained(model, source, adapter_name=name, **kw)
+    else:
+        model.load_adapter(source, adapter_name=name, **kw)
+    model.set_adapter(name)
+    model.eval()
+    return model
+
+
+def adapter_params(model, name: str) -> int:
+    """Parameters of adapter ``name`` inside a PeftModel (its layers' names carry the name)."""
+    return sum(p.numel() for n, p in model.named_parameters() if f".{name}." in n
+               or n.endswith(f".{name}"))
+
+
+def adapter_folder(source: str, revision: str | None) -> Path | None:
+    """The local folder holding the adapter's files (a hub adapter: its cached snapshot)."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: no hash rather than a failed arm
+        return None
+
+
 def load_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 

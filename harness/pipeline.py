@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    adapters,
     cache,
     config,
     data,
@@ -53,12 +54,14 @@ class Preflight:
     variants: list[tuple[str, Suite, data.DataSplits]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # suspicious but runnable
     unchecked: list[str] = field(default_factory=list)  # what needs a network it has not got
+    existing: list[adapters.ExistingAdapter] = field(default_factory=list)
 
     def __str__(self) -> str:
         s = self.splits
         items = (f"{len(s.train)} train / {len(s.validation)} validation / {len(s.eval)} eval "
                  "items" if s else "data not checked")
-        return f"model {self.source.label}; {items}; {len(self.arms)} adapter arm(s)"
+        extra = f", {len(self.existing)} existing adapter(s)" if self.existing else ""
+        return f"model {self.source.label}; {items}; {len(self.arms)} adapter arm(s){extra}"
 
 
 def preflight(suite: Suite, offline_ok: bool = False) -> Preflight:
@@ -69,29 +72,44 @@ def preflight(suite: Suite, offline_ok: bool = False) -> Preflight:
     unchecked: list[str] = []
     splits = _unless_unreachable(lambda: data.load_splits(suite), offline_ok, unchecked)
     arms = sweep.expand(suite)
-    _unless_unreachable(lambda: _check_targets(suite, arms), offline_ok, unchecked)
+    _check_arm_names(suite, arms)
+    shape = None
+    if arms or suite.adapters:
+        from harness import plan
+
+        shape = _unless_unreachable(lambda: plan.model_shape(suite), offline_ok, unchecked)
+    if shape is not None:
+        _check_targets(shape, arms)
+    existing = [a for a in (_unless_unreachable(lambda s=spec: adapters.inspect(suite, s, shape),
+                                                offline_ok, unchecked)
+                            for spec in suite.adapters) if a is not None]
     variants = _variants(suite, splits) if splits else []
-    return Preflight(source, splits, arms, variants, _suite_warnings(suite), unchecked)
+    warnings = _suite_warnings(suite) + [w for a in existing for w in a.warnings]
+    return Preflight(source, splits, arms, variants, warnings, unchecked, existing)
+
+
+def _check_arm_names(suite: Suite, arms: list[tuple[str, Suite]]) -> None:
+    clash = sorted({a.name for a in suite.adapters} & {name for name, _ in arms})
+    if clash:
+        raise InputError(f"adapters: {clash} also name trained arms; give the existing "
+                         "adapters other names")
 
 
 def _unless_unreachable(check, offline_ok: bool, unchecked: list[str]):
     try:
         return check()
-    except (DatasetUnavailable, ModelUnavailable) as e:
+    except (DatasetUnavailable, ModelUnavailable, adapters.AdapterUnavailable) as e:
         if not offline_ok:
             raise
         unchecked.append(str(e))
         return None
 
 
-def _check_targets(suite: Suite, arms: list[tuple[str, Suite]]) -> None:
+def _check_targets(shape, arms: list[tuple[str, Suite]]) -> None:
     """LoRA target modules against the model's real layer names (meta device, no weights),
     so a typo fails before the baseline is evaluated, not after."""
-    if not arms:
-        return
     from harness import plan
 
-    shape = plan.model_shape(suite)
     for _, cell in arms:
         assert cell.train is not None
         plan.lora_targets(shape, cell.train.target_modules)
@@ -184,6 +202,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
         enc, _ = encoding.encode_all(vsplits.eval, tok, variant.data)
         _zero_shot(run, name, variant, base, tok, enc, vsplits, device, checked)
         _compare(run, name)
+    _existing_arms(run, checked, base, tok, enc_eval, device)
     del base
     for name, cell in checked.arms:
         _train_arm(run, name, cell, path, tok, device, (enc_train, enc_val, enc_eval),
@@ -278,7 +297,8 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
         arm["adapter"] = f"{results.ADAPTERS_DIR}/{name}"
         run.stage = f"eval:{name}"
         model, merged = _for_eval(result.model, cell)
-        _eval_arm(run, name, model, tok, enc_eval, splits.eval, device, adapter=arm["adapter"])
+        _eval_arm(run, name, model, tok, enc_eval, splits.eval, device, adapter=arm["adapter"],
+                  source="trained")
         arm = run.record["arms"][name]  # the evaluated arm's entry replaces the placeholder
         arm["merged_for_eval"] = merged
         train.write_model_card(adapter_dir, base_model=run.suite.model.label, suite=cell,
@@ -289,6 +309,37 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
         if run.suite.sweep is None or isinstance(e, InputError):
             raise
         _arm_failed(arm, e, run.stage)
+
+
+def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eval,
+                   device: str) -> None:
+    """Every existing adapter on the one zero-shot base: the first wraps it (peft), the others
+    are loaded beside it and switched to, so the base's weights load once for all of them."""
+    model = None
+    for ad in checked.existing:
+        run.stage = f"eval:{ad.name}"
+        try:
+            model = modeling.switch_adapter(model or base.get(), ad.source, ad.name,
+                                            ad.revision, ad.peft_type)
+            _eval_arm(run, ad.name, model, tok, enc_eval, checked.splits.eval, device,
+                      adapter=ad.source, source="existing")
+            run.record["arms"][ad.name]["origin"] = _origin(ad, model)
+            _compare(run, ad.name)
+        except Exception as e:  # noqa: BLE001 - one broken adapter must not stop the others
+            arm = run.record["arms"].setdefault(ad.name, {
+                "model": run.suite.model.label, "adapter": ad.source, "source": "existing",
+                "metrics": {}})
+            _arm_failed(arm, e, run.stage)
+
+
+def _origin(ad: adapters.ExistingAdapter, model: Any) -> dict[str, Any]:
+    """Where an existing arm came from, enough to find the very same weights again."""
+    folder = modeling.adapter_folder(ad.source, ad.revision)
+    return {"path": ad.source, "revision": ad.revision, "commit": ad.commit,
+            "peft_type": ad.peft_type, "r": ad.rank, "target_modules": ad.target_modules,
+            "base_model": ad.config.get("base_model_name_or_path"),
+            "params": modeling.adapter_params(model, ad.name),
+            "sha256": adapters.weights_sha256(folder) if folder else None}
 
 
 def _for_eval(model: Any, cell: Suite) -> tuple[Any, bool]:
@@ -334,7 +385,7 @@ def _expected_steps(spec, n_train: int) -> int | None:
 
 
 def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, device: str,
-              adapter: str | None) -> None:
+              adapter: str | None, source: str | None = None) -> None:
     spec = run.eval_spec or run.suite.eval
     model.eval()
     with scoring.PeakMemory(device) as memory:
@@ -350,7 +401,8 @@ def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, devic
     rows = _prediction_rows(name, examples, losses, gens, spec.rouge_stemmer)
     run.predictions += rows
     run.record["arms"][name] = {
-        "model": run.suite.model.label, "adapter": adapter, "status": "success",
+        "model": run.suite.model.label, "adapter": adapter, "source": source,
+        "status": "success",
         "metrics": _arm_metrics(rows, eval_tps, gens, peak),
     }
 

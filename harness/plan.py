@@ -150,6 +150,8 @@ class Plan:
     data: DataCounts
     weight_bytes: int  # as loaded for evaluation
     cells: tuple[CellPlan, ...]
+    existing: tuple[tuple[str, str, str, int | None, int | None], ...] = ()
+    # (arm, path or hub id, peft type, rank, parameters) of each existing adapter
 
 
 # ---------------------------------------------------------------- make_plan
@@ -163,7 +165,17 @@ def make_plan(suite: Suite) -> Plan:
     cells = tuple(cell_plan(name, cell, shape, counts.train) for name, cell in arms)
     return Plan(suite=suite.name, model=suite.model.label, shape=shape, model_spec=suite.model,
                 data=counts, weight_bytes=weight_bytes(shape, suite.model, training=False),
-                cells=cells)
+                cells=cells, existing=tuple(_existing(suite, shape)))
+
+
+def _existing(suite: Suite, shape: ModelShape):
+    from harness import adapters
+    from harness.modeling import adapter_folder
+
+    for spec in suite.adapters:
+        a = adapters.inspect(suite, spec, shape)
+        params = adapters.stored_params(adapter_folder(a.source, a.revision))
+        yield a.name, a.source, a.peft_type, a.rank, params
 
 
 def cell_plan(name: str, cell: Suite, shape: ModelShape, n_train: int | None) -> CellPlan:
@@ -468,11 +480,16 @@ def render_plan(plan: Plan) -> str:
     """Plain text, lines kept under 80 columns where possible (terminals and CI logs)."""
     lines = _header(plan)
     if not plan.cells:
-        lines.append("no [train] table: eval only (zero-shot baseline)")
+        lines.append("no [train] table: eval only (zero-shot baseline"
+                     + (" and existing adapters)" if plan.existing else ")"))
     elif len(plan.cells) == 1:
         lines += _single(plan, plan.cells[0])
     else:
         lines += _sweep(plan)
+    if plan.existing:
+        lines += ["", "existing adapters (evaluated on the same base and items)"]
+        lines += _table([("arm", "type", "r", "params", "from")] + [
+            (n, kind, _n(r), _n(p), src) for n, src, kind, r, p in plan.existing])
     return "\n".join(lines)
 
 

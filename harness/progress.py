@@ -97,7 +97,9 @@ def console_progress(console: Console) -> Iterator[RichProgress]:
 
 
 def quiet_libraries() -> None:
-    """transformers/datasets draw their own tqdm bars and warnings; ours replace them."""
+    """transformers/datasets draw their own tqdm bars and warnings; ours replace them.
+    bitsandbytes warns on import (no optional `kernels` package) before a run has a log file."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     with contextlib.suppress(ImportError):
         import transformers
 

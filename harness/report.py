@@ -272,6 +272,7 @@ def _context(run: LoadedRun, d: _Data) -> dict[str, Any]:
         "versions": _versions(_dict(rec.get("env"))), "headline": headline,
         "cards": _cards(headline), "p_label": _p_label(rec), "ci_label": _ci_label(d.alpha),
         "alpha": d.alpha, "arm_table": _arm_table(d), "training": _training(d),
+        "existing": _existing(d),
         "lengths": _lengths(_dict(_dict(rec.get("data")).get("lengths"))),
         "config": _config_rows(_dict(rec.get("config"))),
         "config_json": json.dumps(rec.get("config"), indent=2, ensure_ascii=False, default=str),
@@ -506,6 +507,24 @@ def _training(d: _Data) -> dict[str, Any] | None:
               lambda x, k=k: fmt_value(k, x)) for k in sorted(present - known)]
     return {"arms": list(raw), "rows": [{"label": name, "cells": [f(vals[a]) for a in raw]}
                                         for name, vals, f in rows]}
+
+
+EXISTING_ROWS = (("path", "From"), ("revision", "Revision"), ("commit", "Commit"),
+                 ("peft_type", "PEFT type"), ("r", "Rank"), ("target_modules", "Targets"),
+                 ("params", "Parameters"), ("base_model", "Trained on"),
+                 ("sha256", "Weights sha256"))
+
+
+def _existing(d: _Data) -> dict[str, Any] | None:
+    """Where each existing adapter came from (the arms harness did not train)."""
+    origins = {a: _dict(_dict(d.arm_records.get(a)).get("origin")) for a in d.arms}
+    origins = {a: o for a, o in origins.items() if o}
+    if not origins:
+        return None
+    rows = [{"label": label, "cells": [fmt_count(o.get(k)) if k == "params" else fmt_raw(o.get(k))
+                                       for o in origins.values()]}
+            for k, label in EXISTING_ROWS if any(o.get(k) is not None for o in origins.values())]
+    return {"arms": list(origins), "rows": rows}
 
 
 def _varying(training: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
