@@ -413,6 +413,23 @@ def switch_adapter(model, source: str, name: str, revision: str | None, peft_typ
     return model
 
 
+def adapter_tokenizer(folder: Path | None):
+    """The tokenizer saved with an adapter (added tokens, a chat template), or None."""
+    if folder is None or not any((folder / f).is_file()
+                                 for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def vocab_rows(model) -> int:
+    return int(model.get_input_embeddings().weight.shape[0])
+
+
 def adapter_params(model, name: str) -> int:
     """Parameters of adapter ``name`` inside a PeftModel (its layers' names carry the name)."""
     return sum(p.numel() for n, p in model.named_parameters() if f".{name}." in n

@@ -202,7 +202,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
         enc, _ = encoding.encode_all(vsplits.eval, tok, variant.data)
         _zero_shot(run, name, variant, base, tok, enc, vsplits, device, checked)
         _compare(run, name)
-    _existing_arms(run, checked, base, tok, enc_eval, device)
+    _existing_arms(run, checked, base, tok, enc_eval, (path, device))
     del base
     for name, cell in checked.arms:
         _train_arm(run, name, cell, path, tok, device, (enc_train, enc_val, enc_eval),
@@ -312,16 +312,30 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
 
 
 def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eval,
-                   device: str) -> None:
+                   where: tuple[str, str]) -> None:
     """Every existing adapter on the one zero-shot base: the first wraps it (peft), the others
-    are loaded beside it and switched to, so the base's weights load once for all of them."""
-    model = None
+    are loaded beside it and switched to, so the base's weights load once for all of them.
+    An adapter saved with its own tokenizer is scored with it; one that resized the
+    embeddings (added tokens) gets its own resized copy of the base, so the shared base and
+    the baseline stay unchanged."""
+    path, device = where
+    shared = None
     for ad in checked.existing:
         run.stage = f"eval:{ad.name}"
         try:
-            model = modeling.switch_adapter(model or base.get(), ad.source, ad.name,
-                                            ad.revision, ad.peft_type)
-            _eval_arm(run, ad.name, model, tok, enc_eval, checked.splits.eval, device,
+            own_tok = modeling.adapter_tokenizer(modeling.adapter_folder(ad.source, ad.revision))
+            arm_tok = own_tok or tok
+            items = (encoding.encode_all(checked.splits.eval, own_tok, run.suite.data)[0]
+                     if own_tok is not None else enc_eval)
+            if own_tok is not None and len(own_tok) != modeling.vocab_rows(base.get()):
+                resized = modeling.load_model(run.suite, path, device)
+                resized.resize_token_embeddings(len(own_tok))
+                model = modeling.switch_adapter(resized, ad.source, ad.name, ad.revision,
+                                                ad.peft_type)
+            else:
+                model = shared = modeling.switch_adapter(shared or base.get(), ad.source,
+                                                         ad.name, ad.revision, ad.peft_type)
+            _eval_arm(run, ad.name, model, arm_tok, items, checked.splits.eval, device,
                       adapter=ad.source, source="existing")
             run.record["arms"][ad.name]["origin"] = _origin(ad, model)
             _compare(run, ad.name)

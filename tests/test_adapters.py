@@ -216,3 +216,88 @@ def test_eval_only_skips_the_suite_training(suite_dir, made):
     rec = results.load_run(run).record
     assert list(rec["arms"]) == ["baseline", "qv"] and rec["training"] == {}
     assert results.read_jsonl(run / results.TRAIN_LOG_FILE) == []
+
+
+def test_qlora_adapter_is_evaluated_on_the_4bit_base(qlora_model_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from .conftest import ASSETS, tiny_suite_text
+
+    torch.manual_seed(4)
+    adapter = tmp_path / "qlora"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(qlora_model_dir), LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+        task_type="CAUSAL_LM")).save_pretrained(adapter)
+    text = tiny_suite_text(qlora_model_dir)
+    text = text[: text.index("[train]")] + text[text.index("[eval]"):]
+    text = text.replace("[data]", '[model.quantization]\nbits = 4\ncompute_dtype = "float32"\n\n'
+                        "[data]", 1).replace("[model]", '[model]\ndtype = "float32"', 1)
+    (tmp_path / "instruct.jsonl").write_text((ASSETS / "instruct.jsonl").read_text())
+    (tmp_path / "q.toml").write_text(text)
+    res = runner.invoke(app, ["run", str(tmp_path / "q.toml"), "--out", str(tmp_path / "o"),
+                              "--adapter", f"q={adapter}", "--set", "eval.max_new_tokens=2"])
+    assert res.exit_code == 0, res.output
+    (run,) = (tmp_path / "o" / "tiny").iterdir()
+    ours = {r["id"]: r["loss"] for r in results.load_run(run).items("q")}
+    suite = config.load_suite(tmp_path / "q.toml")
+    splits = data.load_splits(suite)
+    tok = AutoTokenizer.from_pretrained(qlora_model_dir)
+    items, _ = encoding.encode_all(splits.eval, tok, suite.data)
+    base = AutoModelForCausalLM.from_pretrained(
+        qlora_model_dir, device_map={"": "cpu"}, dtype=torch.float32,
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_compute_dtype=torch.float32))
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    assert any("4bit" in type(m).__name__ for m in model.modules())
+    with torch.no_grad():
+        theirs = {ex.id: float(model(input_ids=torch.tensor([e.input_ids]),
+                                     labels=torch.tensor([e.labels])).loss)
+                  for ex, e in zip(splits.eval, items)}
+    assert max(abs(ours[k] - theirs[k]) for k in ours) < 1e-3
+
+
+def test_adapter_that_added_tokens_uses_its_tokenizer_and_leaves_the_base(suite_dir,
+                                                                          tiny_model_dir):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(5)
+    adapter = suite_dir / "grown"
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.add_tokens(["<bulletin>", "</bulletin>"])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base.resize_token_embeddings(len(tok))
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                    modules_to_save=["embed_tokens", "lm_head"],
+                                    init_lora_weights=False, task_type="CAUSAL_LM")
+                   ).save_pretrained(adapter)
+    tok.save_pretrained(adapter)
+    text = (suite_dir / "tiny.toml").read_text().replace(
+        'response_template = "{{ output }}"', 'response_template = "<bulletin>{{ output }}"')
+    (suite_dir / "tiny.toml").write_text(text)
+    suite = eval_only(suite_dir)
+    res = runner.invoke(app, ["run", str(suite), "--out", str(suite_dir / "o"),
+                              "--adapter", f"grown={adapter}"])
+    assert res.exit_code == 0, res.output
+    (run,) = (suite_dir / "o" / "tiny").iterdir()
+    loaded = results.load_run(run)
+    s = config.load_suite(suite)
+    splits = data.load_splits(s)
+    items, _ = encoding.encode_all(splits.eval, tok, s.data)
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    fresh.resize_token_embeddings(len(tok))
+    model = PeftModel.from_pretrained(fresh, adapter).eval()
+    with torch.no_grad():
+        theirs = {ex.id: float(model(input_ids=torch.tensor([e.input_ids]),
+                                     labels=torch.tensor([e.labels])).loss)
+                  for ex, e in zip(splits.eval, items)}
+    ours = {r["id"]: r["loss"] for r in loaded.items("grown")}
+    assert max(abs(ours[k] - theirs[k]) for k in ours) < 1e-4
+    # the added token is one token for the adapter's arm, several bytes for the base's
+    n_base = {r["id"]: r["n_tokens"] for r in loaded.items("baseline")}
+    n_grown = {r["id"]: r["n_tokens"] for r in loaded.items("grown")}
+    assert all(n_grown[k] < n_base[k] for k in n_base)
