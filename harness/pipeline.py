@@ -247,10 +247,10 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, s
         run.record["arms"][name] = {**arm, "cached": True}
         run.predictions += rows
         return
-    _eval_arm(run, name, base.get(), tok, enc, splits.eval, device, adapter=None)
+    result = _eval_arm(run, name, base.get(), tok, enc, splits.eval, device)
+    arm = _record_arm(run, name, result)
     if fields is not None:
-        rows = [r for r in run.predictions if r["arm"] == name]
-        cache.store(fields, run.record["arms"][name], rows)
+        cache.store(fields, arm, list(result.rows))
 
 
 def _cache_fields(run: _Run, name: str, suite: Suite, checked: Preflight,
@@ -282,8 +282,8 @@ def _encode(run: _Run, splits: data.DataSplits, tok: Any):
 def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: str,
                enc: tuple, splits: data.DataSplits) -> None:
     enc_train, enc_val, enc_eval = enc
-    arm = run.record["arms"].setdefault(name, {"model": run.suite.model.label, "adapter": None,
-                                               "metrics": {}, "status": "running"})
+    run.record["arms"][name] = {"model": run.suite.model.label, "adapter": None,
+                                "source": "trained", "metrics": {}, "status": "running"}
     try:
         run.stage = f"train:{name}"
         model = modeling.attach_lora(modeling.load_model(cell, path, device), cell)
@@ -294,21 +294,19 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
         run.record["training"][name] = {**result.summary, "trainable_params": trainable,
                                         "total_params": total, "adapter_bytes": size,
                                         "config": config.dump(cell)["train"]}
-        arm["adapter"] = f"{results.ADAPTERS_DIR}/{name}"
         run.stage = f"eval:{name}"
         model, merged = _for_eval(result.model, cell)
-        _eval_arm(run, name, model, tok, enc_eval, splits.eval, device, adapter=arm["adapter"],
-                  source="trained")
-        arm = run.record["arms"][name]  # the evaluated arm's entry replaces the placeholder
-        arm["merged_for_eval"] = merged
+        evaluated = _eval_arm(run, name, model, tok, enc_eval, splits.eval, device)
         train.write_model_card(adapter_dir, base_model=run.suite.model.label, suite=cell,
-                               arm=name, metrics=arm["metrics"],
+                               arm=name, metrics=evaluated.metrics,
                                baseline=run.record["arms"]["baseline"]["metrics"])
+        _record_arm(run, name, evaluated, adapter=f"{results.ADAPTERS_DIR}/{name}",
+                    source="trained", merged_for_eval=merged)
         _compare(run, name)
     except Exception as e:  # noqa: BLE001 - a failing sweep cell must not stop the others
         if run.suite.sweep is None or isinstance(e, InputError):
             raise
-        _arm_failed(arm, e, run.stage)
+        _arm_failed(run.record["arms"][name], e, run.stage)
 
 
 def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eval,
@@ -335,9 +333,10 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
             else:
                 model = shared = modeling.switch_adapter(shared or base.get(), ad.source,
                                                          ad.name, ad.revision, ad.peft_type)
-            _eval_arm(run, ad.name, model, arm_tok, items, checked.splits.eval, device,
-                      adapter=ad.source, source="existing")
-            run.record["arms"][ad.name]["origin"] = _origin(ad, model)
+            evaluated = _eval_arm(run, ad.name, model, arm_tok, items, checked.splits.eval,
+                                  device)
+            _record_arm(run, ad.name, evaluated, adapter=ad.source, source="existing",
+                        origin=_origin(ad, model))
             _compare(run, ad.name)
         except Exception as e:  # noqa: BLE001 - one broken adapter must not stop the others
             arm = run.record["arms"].setdefault(ad.name, {
@@ -398,8 +397,24 @@ def _expected_steps(spec, n_train: int) -> int | None:
     return plan.schedule(spec, n_train).total_steps
 
 
-def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, device: str,
-              adapter: str | None, source: str | None = None) -> None:
+@dataclass(frozen=True)
+class ArmEval:
+    """One arm's evaluation: its per-item rows and metrics, written into the record once."""
+
+    rows: tuple[dict[str, Any], ...]
+    metrics: dict[str, Any]
+
+
+def _record_arm(run: _Run, name: str, result: ArmEval, **entry: Any) -> dict[str, Any]:
+    run.predictions += result.rows
+    arm = {"model": run.suite.model.label, "adapter": None, "source": None, **entry,
+           "status": "success", "metrics": result.metrics}
+    run.record["arms"][name] = arm
+    return arm
+
+
+def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples,
+              device: str) -> ArmEval:
     spec = run.eval_spec or run.suite.eval
     model.eval()
     with scoring.PeakMemory(device) as memory:
@@ -411,14 +426,8 @@ def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, devic
         if spec.generate:
             gens = scoring.generate(model, tok, items, spec,
                                     run.progress.task(f"generate {name}", len(items)))
-    peak = memory.bytes
     rows = _prediction_rows(name, examples, losses, gens, spec.rouge_stemmer)
-    run.predictions += rows
-    run.record["arms"][name] = {
-        "model": run.suite.model.label, "adapter": adapter, "source": source,
-        "status": "success",
-        "metrics": _arm_metrics(rows, eval_tps, gens, peak),
-    }
+    return ArmEval(tuple(rows), _arm_metrics(rows, eval_tps, gens, memory.bytes))
 
 
 def _prediction_rows(arm: str, examples, losses, gens, stemmer: bool) -> list[dict[str, Any]]:

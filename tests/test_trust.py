@@ -362,3 +362,28 @@ def test_hub_model_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, mon
     assert modeling.hub_commit("someone/model", None) == "b" * 40
     assert modeling.hub_commit("someone/model", "c" * 40) == "c" * 40  # a commit is itself
     assert modeling.hub_commit("someone/other", None) is None  # unknown: never cached
+
+
+def test_sweep_cell_failing_after_its_eval_is_recorded_failed(suite_dir, monkeypatch):
+    from harness import train
+
+    real = train.write_model_card
+
+    def card(adapter_dir, **kw):
+        if kw["arm"] == "a":
+            raise OSError("cannot write the card")
+        return real(adapter_dir, **kw)
+
+    monkeypatch.setattr(train, "write_model_card", card)
+    cells = '[{name = "a", set = {"train.r" = 4}}, {name = "b", set = {"train.r" = 8}}]'
+    res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out",
+                              str(suite_dir / "o"), *FAST, "--set", f"sweep.cells={cells}"])
+    assert res.exit_code == 1, res.output
+    (run,) = (suite_dir / "o" / "tiny").iterdir()
+    loaded = results.load_run(run)
+    arms = loaded.record["arms"]
+    assert arms["a"]["status"] == "failed" and "cannot write the card" in arms["a"]["error"][
+        "message"]
+    assert arms["b"]["status"] == "success" and arms["b"]["source"] == "trained"
+    assert {c["candidate"] for c in loaded.record["comparisons"]} == {"b"}
+    assert loaded.items("a") == []  # no rows of an arm whose record was never written
