@@ -301,3 +301,14 @@ def test_adapter_that_added_tokens_uses_its_tokenizer_and_leaves_the_base(suite_
     n_base = {r["id"]: r["n_tokens"] for r in loaded.items("baseline")}
     n_grown = {r["id"]: r["n_tokens"] for r in loaded.items("grown")}
     assert all(n_grown[k] < n_base[k] for k in n_base)
+
+
+def test_hub_adapter_offline_is_unchecked_in_validate_and_refused_by_run(suite_dir):
+    suite = eval_only(suite_dir)
+    res = runner.invoke(app, ["validate", str(suite), "--adapter", "hub=someone/no-such-adapter"])
+    assert res.exit_code == 0, res.output
+    assert "not checked (offline)" in res.output and "someone/no-such-adapter" in res.output
+    ran = runner.invoke(app, ["run", str(suite), "--out", str(suite_dir / "o"),
+                              "--adapter", "hub=someone/no-such-adapter"])
+    assert ran.exit_code == 2 and "adapters.hub" in ran.output
+    assert not (suite_dir / "o").exists()
