@@ -163,14 +163,15 @@ def run(
         _fail(e)
     if eval_only:
         s = s.model_copy(update={"train": None, "sweep": None})
-    before = _run_dirs(out_dir / s.name)
     try:
         with _stop_on_signals(), progress.console_progress(err) as prog:
             outcome = pipeline.run_suite(s, out_dir, progress=prog)
     except HarnessError as e:
         _fail(e)
-    except KeyboardInterrupt as e:
-        _interrupted(e, out_dir / s.name, before)
+    except KeyboardInterrupt as e:  # before the run started: the pipeline records the rest
+        why = str(e) or "SIGINT"
+        _error(f"interrupted by {why} before the run started; nothing was recorded")
+        raise typer.Exit(1) from None
     out.print(progress.summary_table(outcome.record))
     _print(f"run directory: {outcome.path}")
     if outcome.record["status"] != "success":
@@ -208,22 +209,6 @@ def _stop_on_signals() -> Iterator[None]:
         yield
     finally:
         restore()
-
-
-def _run_dirs(parent: Path) -> set[str]:
-    return {p.name for p in parent.iterdir()} if parent.is_dir() else set()
-
-
-def _interrupted(e: KeyboardInterrupt, parent: Path, before: set[str]) -> None:
-    """Exit 1 (a run failed) naming the record the pipeline saved before re-raising."""
-    why = str(e) or "SIGINT"
-    new = sorted(parent / n for n in _run_dirs(parent) - before
-                 if not n.startswith(".") and (parent / n / "run.json").is_file())
-    if new:
-        _error(f"interrupted by {why}: the run was recorded as failed in {new[-1]}")
-    else:
-        _error(f"interrupted by {why} before the run started; nothing was recorded")
-    raise typer.Exit(1)
 
 
 @app.command(cls=_Command)

@@ -39,3 +39,7 @@ class RecordError(InputError):
 
 class RunFailed(HarnessError):
     """A run started and failed; a `failed` record was written. Exit code 1."""
+
+
+class RunInterrupted(RunFailed):
+    """Ctrl-C or SIGTERM during a run; its `failed` record was written. Exit code 1."""

@@ -35,7 +35,13 @@ from harness import (
 )
 from harness import env as environment
 from harness.config import Suite
-from harness.errors import DatasetUnavailable, InputError, ModelUnavailable, RunFailed
+from harness.errors import (
+    DatasetUnavailable,
+    InputError,
+    ModelUnavailable,
+    RunFailed,
+    RunInterrupted,
+)
 from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS
 from harness.progress import NullProgress, Progress
 
@@ -173,8 +179,9 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None) -> 
             if arm.get("status") == "running":
                 _arm_failed(arm, e, run.stage)
         if isinstance(e, KeyboardInterrupt):
-            _save(run)
-            raise
+            path = _save(run).path
+            raise RunInterrupted(f"interrupted by {str(e) or 'SIGINT'}: the run was recorded as "
+                                 f"failed in {path}") from e
     return _save(run)
 
 
