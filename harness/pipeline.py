@@ -232,7 +232,8 @@ def _fit_generation(run: _Run, context: int | None, items) -> config.EvalSpec:
 
 
 class _Lazy:
-    """The base model, loaded only if some zero-shot arm is not in the cache."""
+    """The base model, loaded only if a zero-shot arm is not in the cache or an existing
+    adapter is to be evaluated on it."""
 
     def __init__(self, load):
         self._load, self._model = load, None
