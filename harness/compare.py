@@ -36,7 +36,7 @@ from typing import Any
 from harness import metrics as M
 from harness import stats
 from harness.errors import InputError
-from harness.report import md_cell  # the one Markdown escaper, shared with report.md
+from harness.report import flatten, md_cell  # one Markdown escaper, one config flattener
 from harness.results import LoadedRun
 
 FORMATS = ("md", "csv", "json", "html")
@@ -171,7 +171,7 @@ _UNSET = "unset"
 
 def _config_labels(runs: Sequence[LoadedRun]) -> list[str]:
     """``key=value`` of every config key whose value differs between the runs; [] if none."""
-    flat = [_flatten(r.record.get("config") or {}) for r in runs]
+    flat = [dict(flatten(r.record.get("config") or {})) for r in runs]
     keys = [k for k in dict.fromkeys(k for f in flat for k in f)
             if len({_short(f.get(k, _UNSET)) for f in flat}) > 1]
     if not keys:
@@ -179,16 +179,6 @@ def _config_labels(runs: Sequence[LoadedRun]) -> list[str]:
     more = f",+{len(keys) - MAX_LABEL_KEYS} more" if len(keys) > MAX_LABEL_KEYS else ""
     return [",".join(f"{k}={_short(f.get(k, _UNSET))}" for k in keys[:MAX_LABEL_KEYS]) + more
             for f in flat]
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """{"train": {"r": 8}} -> {"train.r": 8}; lists stay values."""
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def _short(value: Any) -> str:

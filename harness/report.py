@@ -529,7 +529,7 @@ def _existing(d: _Data) -> dict[str, Any] | None:
 
 def _varying(training: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per arm, the train-config entries (dotted keys) whose values differ across arms."""
-    flat = {a: dict(_flatten(_dict(t.get("config")))) for a, t in training.items()}
+    flat = {a: dict(flatten(_dict(t.get("config")))) for a, t in training.items()}
     keys = {k for f in flat.values() for k in f}
     varying = {k for k in keys if len({json.dumps(f.get(k), default=str)
                                        for f in flat.values()}) > 1}
@@ -566,15 +566,16 @@ def _lengths(lengths: dict[str, Any]) -> dict[str, Any] | None:
 def _config_rows(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The model and training sub-configs flattened to dotted keys."""
     sections = [("Model", config.get("model")), ("Training / adapter", config.get("train"))]
-    return [{"title": t, "rows": [(k, fmt_raw(v)) for k, v in _flatten(_dict(s))]}
+    return [{"title": t, "rows": [(k, fmt_raw(v)) for k, v in flatten(_dict(s))]}
             for t, s in sections if _dict(s)]
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """{"train": {"r": 8}} -> [("train.r", 8)]; lists stay values."""
     out: list[tuple[str, Any]] = []
     for k, v in d.items():
         key = f"{prefix}{k}"
-        out += _flatten(v, key + ".") if isinstance(v, dict) else [(key, v)]
+        out += flatten(v, key + ".") if isinstance(v, dict) else [(key, v)]
     return out
 
 
