@@ -323,13 +323,32 @@ def compare(
     ```
     """
     from harness import compare as comparing
-    from harness.results import load_run
 
     try:
-        text = comparing.compare_runs([load_run(r) for r in runs], fmt=fmt, alpha=alpha)
+        text = comparing.compare_runs(_readable_runs(runs), fmt=fmt, alpha=alpha)
     except HarnessError as e:
         _fail(e)
     _emit(text, output)
+
+
+def _readable_runs(args: list[str]) -> list[Any]:
+    """The runs that load. Among several, an unreadable one (corrupt, half-copied, from a newer
+    harness) is a warning and is skipped, as pytest-benchmark skips a corrupt saved run; with
+    none left, or a lone run, it is the error."""
+    from harness.errors import RecordError
+    from harness.results import load_run
+
+    loaded, bad = [], []
+    for arg in args:
+        try:
+            loaded.append(load_run(arg))
+        except RecordError as e:
+            bad.append(e)
+    if bad and not loaded:
+        raise bad[0]
+    for e in bad:
+        _warning(f"skipped: {e}")
+    return loaded
 
 
 @app.command(cls=_Command)

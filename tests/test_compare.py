@@ -223,6 +223,19 @@ def test_cli_compare_bad_input_exits_2(tmp_path: Path):
     assert res.exit_code == 2 and "md, csv, json, html" in res.stderr
 
 
+def test_cli_compare_skips_a_corrupt_run_among_several(tmp_path: Path):
+    a, b = make_run(tmp_path, n=12), make_run(tmp_path, n=12, seed=1)
+    broken = make_run(tmp_path, n=12, seed=2)
+    (broken / RUN_FILE).write_text("{not json")
+    res = CliRunner().invoke(app, ["compare", str(a), str(broken), str(b)])
+    assert res.exit_code == 0, res.output
+    assert "warning: skipped:" in res.stderr and "corrupt JSON" in res.stderr
+    assert str(broken) in res.stderr and "| loss |" in res.stdout
+    assert load_run(b).run_id in res.stdout  # the runs that load are still compared
+    only = CliRunner().invoke(app, ["compare", str(broken)])
+    assert only.exit_code == 2 and "corrupt JSON" in only.stderr
+
+
 def test_template_arms_are_compared_within_a_run_but_not_across(tmp_path: Path):
     arms = {"baseline": (0.3, 2.5), "baseline@short": (0.32, 2.4), "lora": (0.45, 1.8)}
     runs = [make_run(tmp_path, n=15, arms=arms, seed=s) for s in (0, 1)]
