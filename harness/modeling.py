@@ -141,7 +141,7 @@ def folder_fingerprint(folder: Path) -> str:
 def content_key(spec: ModelSpec, source: ModelSource, base_dir: Path) -> str | None:
     """What the weights and tokenizer *are*, for the zero-shot cache: local files by content,
     a hub model by the commit its revision resolves to. None: not knowable (uncacheable)."""
-    parts = [_source_identity(source)]
+    parts = [_source_identity(source, spec.revision)]
     if spec.tokenizer:
         tok = base_dir / Path(spec.tokenizer).expanduser()
         parts.append(folder_fingerprint(tok) if tok.is_dir() else hub_commit(spec.tokenizer,
@@ -149,13 +149,13 @@ def content_key(spec: ModelSpec, source: ModelSource, base_dir: Path) -> str | N
     return None if None in parts else "|".join(p for p in parts if p)
 
 
-def _source_identity(source: ModelSource) -> str | None:
+def _source_identity(source: ModelSource, revision: str | None) -> str | None:
     if source.cache_key and source.gguf_file and Path(source.path).is_dir():
         return source.cache_key  # packaged / local GGUF: the key already names its content
     local = Path(source.path)
     if local.is_dir():
         return folder_fingerprint(local)
-    return hub_commit(source.path, None)
+    return hub_commit(source.path, revision)  # the suite's model.revision, not main's
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:

@@ -362,6 +362,15 @@ def test_hub_model_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, mon
     assert modeling.hub_commit("someone/model", None) == "b" * 40
     assert modeling.hub_commit("someone/model", "c" * 40) == "c" * 40  # a commit is itself
     assert modeling.hub_commit("someone/other", None) is None  # unknown: never cached
+    # the suite's model.revision decides which commit keys the baseline, not main's
+    (repo / "refs" / "v1").write_text("a" * 40)
+    from harness.config import ModelSpec
+
+    src = modeling.ModelSource("someone/model", "someone/model", None, None)
+    spec = ModelSpec(name_or_path="someone/model", revision="v1")
+    assert modeling.content_key(spec, src, tmp_path) == "a" * 40
+    assert modeling.content_key(ModelSpec(name_or_path="someone/model"), src, tmp_path) == \
+        "b" * 40
 
 
 def test_sweep_cell_failing_after_its_eval_is_recorded_failed(suite_dir, monkeypatch):
