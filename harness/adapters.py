@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import AdapterSpec, Suite
-from harness.errors import InputError
+from harness.errors import InputError, one_line
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -49,22 +49,17 @@ class ExistingAdapter:
     def target_modules(self) -> Any:
         return self.config.get("target_modules")
 
-    @property
-    def is_local(self) -> bool:
-        return Path(self.source).is_dir()
-
 
 def inspect(suite: Suite, spec: AdapterSpec, shape: Any | None) -> ExistingAdapter:
     """What the adapter is, from its config alone; AdapterError naming the problem."""
     where = f"adapters.{spec.name}"
     local = suite.resolve(spec.path)
     if local.exists() or spec.path.startswith((".", "/", "~")):
-        source, commit = str(local), None
-        cfg = _read_config(local / CONFIG_FILE, where)
+        source, cfg_path, commit = str(local), local / CONFIG_FILE, None
     else:
-        source, commit = spec.path, None
+        source = spec.path
         cfg_path, commit = _hub_config(spec, where)
-        cfg = _read_config(cfg_path, where)
+    cfg = _read_config(cfg_path, where)
     _check_type(cfg, where)
     if shape is not None:
         _check_targets(cfg, shape, where)
@@ -95,17 +90,12 @@ def _hub_config(spec: AdapterSpec, where: str) -> tuple[Path, str | None]:
         path = Path(hf_hub_download(spec.path, CONFIG_FILE, revision=spec.revision))
     except Exception as e:  # noqa: BLE001 - offline, missing repo, gated: all say the same
         raise AdapterUnavailable(f"{where}: hub adapter {spec.path!r} cannot be fetched: "
-                                 f"{_one_line(e)}") from e
+                                 f"{one_line(e)}") from e
     return path, hub_commit(spec.path, spec.revision)
 
 
 class AdapterUnavailable(AdapterError):
     """A hub adapter that cannot be reached here (validate lists it as unchecked)."""
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _check_type(cfg: dict[str, Any], where: str) -> None:
@@ -154,19 +144,18 @@ def _same_model(a: str, b: str, suite: Suite) -> bool:
 
 
 def stored_params(folder: Path | None) -> int | None:
-    """Parameters in the adapter's safetensors file, from its JSON header alone (8-byte
-    length + header: shapes without reading a single weight); None for .bin or no file."""
+    """Parameters in the adapter's safetensors file, from its header alone (shapes without
+    reading a single weight); None for .bin or no file."""
+    from safetensors import safe_open
+
     f = folder / WEIGHT_FILES[0] if folder else None
     if f is None or not f.is_file():
         return None
-    with open(f, "rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(size))
     total = 0
-    for key, meta in header.items():
-        if key != "__metadata__":
+    with safe_open(str(f), framework="pt") as st:  # reads the header; slices stay lazy
+        for key in st.keys():
             n = 1
-            for d in meta["shape"]:
+            for d in st.get_slice(key).get_shape():
                 n *= d
             total += n
     return total

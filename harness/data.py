@@ -30,7 +30,7 @@ from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from harness.config import DataSpec, Suite
-from harness.errors import DataError, DatasetUnavailable
+from harness.errors import DataError, DatasetUnavailable, one_line
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # ShareGPT speaker names -> chat-template roles (FineTome-100k uses "from"/"value").
@@ -235,7 +235,7 @@ def _load_file(path: Path, fmt: str, key: str, text: str | None) -> Rows:
         bad = _bad_json(text) if fmt == "json" and text is not None else None
         if bad:
             raise DataError(f"{key}: {path}:{bad[0]}: {bad[1]}") from e
-        raise DataError(f"{key}: {path}: cannot read as {fmt}: {_one_line(_root(e))}") from e
+        raise DataError(f"{key}: {path}: cannot read as {fmt}: {one_line(_root(e))}") from e
     return ds.to_list()
 
 
@@ -319,7 +319,7 @@ def _load_hub(spec: DataSpec) -> tuple[_Pool, _Pool | None]:
               if spec.eval_split and spec.eval_split != spec.train_split else None)
     except Exception as e:  # noqa: BLE001
         raise DatasetUnavailable(
-            f"data.dataset {spec.dataset!r}: cannot load: {_one_line(e)}") from e
+            f"data.dataset {spec.dataset!r}: cannot load: {one_line(e)}") from e
     label = f"dataset {spec.dataset} split "
     return (_Pool(train.to_list(), "data.dataset", label + spec.train_split),
             _Pool(ev.to_list(), "data.dataset", label + str(spec.eval_split))
@@ -331,11 +331,6 @@ def _root(e: BaseException) -> BaseException:
     while e.__cause__ is not None or e.__context__ is not None:
         e = e.__cause__ or e.__context__  # type: ignore[assignment]
     return e
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _check_fields(spec: DataSpec, pool: _Pool) -> None:
@@ -474,7 +469,7 @@ def _render(t: _Template, ctx: dict[str, Any], spec: DataSpec, pool: _Pool, i: i
         raise DataError(f"{pool.key}: {pool.at(i)}: item {_id(pool.rows[i], i)} has no value "
                         f"for {what} (absent or null), which data.{t.key} renders") from None
     except Exception as e:  # noqa: BLE001 - a template is user code; whatever it raises
-        problem = _one_line(e) if isinstance(e, TemplateError) else f"{type(e).__name__}: {e}"
+        problem = one_line(e) if isinstance(e, TemplateError) else f"{type(e).__name__}: {e}"
         raise DataError(f"data.{t.key}: cannot render item {_id(pool.rows[i], i)} "
                         f"({pool.at(i)}): {problem}") from e
 

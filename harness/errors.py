@@ -1,6 +1,12 @@
 """Exceptions raised by library code; only cli.py turns them into messages and exit codes."""
 
 
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (libraries raise pages), else its type."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 class HarnessError(Exception):
     """Base class. `exit_code` is what the CLI returns for it."""
 

@@ -291,6 +291,10 @@ def load_tokenizer(suite: Suite, path: str):
     tok_path = suite.model.tokenizer or path
     tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=suite.model.trust_remote_code,
                                         revision=suite.model.revision)
+    return _with_pad(tok)
+
+
+def _with_pad(tok):
     if tok.pad_token is None:  # llama-style tokenizers ship none; padding is masked anyway
         tok.pad_token = tok.eos_token
     return tok
@@ -420,10 +424,7 @@ def adapter_tokenizer(folder: Path | None):
         return None
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return _with_pad(AutoTokenizer.from_pretrained(str(folder)))
 
 
 def vocab_rows(model) -> int:

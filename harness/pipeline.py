@@ -329,7 +329,8 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
     for ad in checked.existing:
         run.stage = f"eval:{ad.name}"
         try:
-            own_tok = modeling.adapter_tokenizer(modeling.adapter_folder(ad.source, ad.revision))
+            folder = modeling.adapter_folder(ad.source, ad.revision)
+            own_tok = modeling.adapter_tokenizer(folder)
             arm_tok = own_tok or tok
             items = (encoding.encode_all(checked.splits.eval, own_tok, run.suite.data)[0]
                      if own_tok is not None else enc_eval)
@@ -344,7 +345,7 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
             evaluated = _eval_arm(run, ad.name, model, arm_tok, items, checked.splits.eval,
                                   device)
             _record_arm(run, ad.name, evaluated, adapter=ad.source, source="existing",
-                        origin=_origin(ad, model))
+                        origin=_origin(ad, model, folder))
             _compare(run, ad.name)
         except Exception as e:  # noqa: BLE001 - one broken adapter must not stop the others
             arm = run.record["arms"].setdefault(ad.name, {
@@ -353,9 +354,8 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
             _arm_failed(arm, e, run.stage)
 
 
-def _origin(ad: adapters.ExistingAdapter, model: Any) -> dict[str, Any]:
+def _origin(ad: adapters.ExistingAdapter, model: Any, folder: Path | None) -> dict[str, Any]:
     """Where an existing arm came from, enough to find the very same weights again."""
-    folder = modeling.adapter_folder(ad.source, ad.revision)
     return {"path": ad.source, "revision": ad.revision, "commit": ad.commit,
             "peft_type": ad.peft_type, "r": ad.rank, "target_modules": ad.target_modules,
             "base_model": ad.config.get("base_model_name_or_path"),
