@@ -53,6 +53,7 @@ from harness import metrics as M
 from harness.errors import InputError, RecordError
 
 DEFAULT_RESAMPLES = 10_000
+DEFAULT_ALPHA = 0.05
 METHOD = "paired_bootstrap"
 P_VALUE_TEST = "paired_permutation"
 # ~500k cells per chunk: 4 MB of int64 counts stays in cache (measured fastest, see docstring).
@@ -69,7 +70,7 @@ class StatsSettings:
 
     n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
-    alpha: float = 0.05
+    alpha: float = DEFAULT_ALPHA
 
     def __post_init__(self) -> None:
         if int(self.n_resamples) < 1:
@@ -88,11 +89,11 @@ class StatsSettings:
         return cls(
             n_resamples=int(stats.get("n_resamples", DEFAULT_RESAMPLES)),
             seed=int(stats.get("seed", 0)),
-            alpha=float(alpha if alpha is not None else stats.get("alpha", 0.05)),
+            alpha=float(alpha if alpha is not None else stats.get("alpha", DEFAULT_ALPHA)),
         )
 
 
-def stats_record(n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, alpha: float = 0.05
+def stats_record(n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, alpha: float = DEFAULT_ALPHA
                  ) -> dict[str, Any]:
     """The ``stats`` block of run.json: method, n_resamples, seed, alpha, p_value_test."""
     return StatsSettings(n_resamples, seed, alpha).as_record()
@@ -376,7 +377,7 @@ def compare_arms(
     metrics: Sequence[str] = M.ALL_KEYS,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
-    alpha: float = 0.05,
+    alpha: float = DEFAULT_ALPHA,
 ) -> list[dict[str, Any]]:
     """One comparison row per metric recorded (numeric) in both arms' metric dicts.
 
