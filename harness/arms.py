@@ -60,3 +60,18 @@ def baseline_first(names: Iterable[str]) -> list[str]:
 def label(name: str) -> str:
     """A column heading for an arm: the base model's own arm reads "Zero-shot"."""
     return BASELINE_LABEL if name == BASELINE else name
+
+
+SEED_SEP = "@s"  # lora@s0: the recipe `lora` trained with train.seed = 0
+
+
+def seeded(recipe: str, seed: int) -> str:
+    return f"{recipe}{SEED_SEP}{seed}"
+
+
+def recipe_of(name: str) -> tuple[str, int | None]:
+    """``lora@s1`` -> ("lora", 1); an arm trained once -> (name, None)."""
+    head, sep, tail = name.rpartition(SEED_SEP)
+    if sep and head and tail.lstrip("-").isdigit():
+        return head, int(tail)
+    return name, None

@@ -1,25 +1,156 @@
-"""Metric names, their direction and how they aggregate over eval items. No torch."""
+"""Metric names, their direction and how they aggregate over eval items. No torch.
+
+Every quality metric is a function of *sums* of per-item columns (its sufficient statistics),
+so the paired bootstrap and the permutation test recompute it from resampled sums, never by
+re-scoring the corpus:
+- loss / perplexity: token-weighted, ``sum nll / sum tokens`` (never a mean of ratios);
+- rouge*, exact_match, bertscore: the mean of a per-item score;
+- bleu, chrf: sacrebleu's corpus score from summed n-gram counts (``bleu_*`` / ``chrf_*``
+  columns of each predictions.jsonl row), on sacrebleu's 0-100 scale.
+
+A metric of an extra eval set is keyed ``<set>/<metric>`` (``general/perplexity``); the
+suite's own eval set keeps the bare names.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-# Token-weighted over reference tokens: per-item rows carry nll_sum and n_tokens and the corpus
-# value is recomputed from sums (perplexity = exp(sum nll / sum tokens)), never a mean of ratios.
 CORPUS_KEYS = ("loss", "perplexity")
+# Generation metrics beyond ROUGE; config names them as they are, "rouge" stands for all four.
+TEXT_KEYS = ("exact_match", "chrf", "bleu", "bertscore")
+GENERATION_KEYS = ROUGE_KEYS + TEXT_KEYS
 # One number per arm, no per-item values: compared as point differences only.
 SYSTEM_KEYS = ("eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes")
-QUALITY_KEYS = CORPUS_KEYS + ROUGE_KEYS
+QUALITY_KEYS = CORPUS_KEYS + GENERATION_KEYS
 ALL_KEYS = QUALITY_KEYS + SYSTEM_KEYS
 
 LOWER_IS_BETTER = frozenset({"loss", "perplexity", "peak_memory_bytes"})
 # Throughput and memory depend on the machine: comparable only on the same device.
 DEVICE_BOUND = frozenset(SYSTEM_KEYS)
+# Means of a per-item score: the permutation test flips the sign of per-item differences.
+MEAN_KEYS = frozenset(ROUGE_KEYS + ("exact_match", "bertscore"))
+
+BLEU_ORDER = 4  # sacrebleu's default max n-gram order
+CHRF_ORDER = 6  # sacrebleu's default character n-gram order (word order 0: chrF, not chrF++)
+CHRF_BETA = 2
+BLEU_COLUMNS = ("bleu_sys_len", "bleu_ref_len",
+                *(f"bleu_correct{n}" for n in range(1, BLEU_ORDER + 1)),
+                *(f"bleu_total{n}" for n in range(1, BLEU_ORDER + 1)))
+CHRF_COLUMNS = tuple(f"chrf_{kind}{n}" for n in range(1, CHRF_ORDER + 1)
+                     for kind in ("hyp", "ref", "match"))
+LOSS_COLUMNS = ("nll_sum", "n_tokens")
+SET_SEP = "/"
+
+
+def split(key: str) -> tuple[str | None, str]:
+    """``general/loss`` -> ("general", "loss"); ``loss`` -> (None, "loss")."""
+    head, sep, tail = key.rpartition(SET_SEP)
+    return (head, tail) if sep else (None, key)
+
+
+def base(key: str) -> str:
+    return split(key)[1]
+
+
+def keyed(eval_set: str | None, metric: str) -> str:
+    return metric if eval_set is None else f"{eval_set}{SET_SEP}{metric}"
+
+
+def is_known(key: str) -> bool:
+    """A metric name, bare or of an extra set (system metrics are per arm, never per set)."""
+    eval_set, name = split(key)
+    return name in ALL_KEYS if eval_set is None else name in QUALITY_KEYS and bool(eval_set)
+
+
+def sort_key(key: str) -> tuple[int, str, int]:
+    """The suite's own set first, then extra sets by name; metrics in ALL_KEYS order."""
+    eval_set, name = split(key)
+    return (eval_set is not None, eval_set or "", ALL_KEYS.index(name))
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric in LOWER_IS_BETTER
+    return base(metric) in LOWER_IS_BETTER
 
 
 def is_per_item(metric: str) -> bool:
     """Whether a paired, item-level statistic exists for this metric."""
-    return metric in QUALITY_KEYS
+    return base(metric) in QUALITY_KEYS
+
+
+def columns(metric: str) -> tuple[str, ...]:
+    """The per-item columns whose sums determine the metric."""
+    name = base(metric)
+    if name in CORPUS_KEYS:
+        return LOSS_COLUMNS
+    if name == "bleu":
+        return BLEU_COLUMNS
+    if name == "chrf":
+        return CHRF_COLUMNS
+    return (name,)
+
+
+def from_sums(metric: str, sums: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+    """The metric from column sums over a (re)sample of n items; arrays broadcast over
+    resamples (each sum has the same shape, e.g. (n_resamples,))."""
+    name = base(metric)
+    if name in MEAN_KEYS:
+        return np.asarray(sums[name]) / n
+    if name == "bleu":
+        return bleu_from_sums(sums)
+    if name == "chrf":
+        return chrf_from_sums(sums)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = np.asarray(sums["nll_sum"]) / np.asarray(sums["n_tokens"])
+    return np.exp(loss) if name == "perplexity" else loss
+
+
+def bleu_from_sums(sums: Mapping[str, np.ndarray]) -> np.ndarray:
+    """sacrebleu's corpus BLEU (exp smoothing, no effective order), vectorised.
+
+    Orders with no correct n-gram get 100 / (2^k * total), k counting such orders so far
+    (NIST "exp" smoothing); an order with no n-grams at all (every hypothesis shorter than
+    n words) scores 0, as sacrebleu's floored log makes it.
+    """
+    sys_len = np.asarray(sums["bleu_sys_len"], dtype=np.float64)
+    ref_len = np.asarray(sums["bleu_ref_len"], dtype=np.float64)
+    correct = np.stack([np.asarray(sums[f"bleu_correct{n}"], dtype=np.float64)
+                        for n in range(1, BLEU_ORDER + 1)], axis=-1)
+    total = np.stack([np.asarray(sums[f"bleu_total{n}"], dtype=np.float64)
+                      for n in range(1, BLEU_ORDER + 1)], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bp = np.where(sys_len < ref_len,
+                      np.where(sys_len > 0, np.exp(1 - ref_len / sys_len), 0.0), 1.0)
+        missing = (correct == 0) & (total > 0)
+        halvings = np.cumsum(missing, axis=-1)
+        precision = np.where(missing, 100.0 / (2.0 ** halvings * total), 100.0 * correct / total)
+        precision = np.where(total > 0, precision, 0.0)
+        log_p = np.where(precision > 0, np.log(np.where(precision > 0, precision, 1.0)),
+                         -9999999999.0)
+    score = bp * np.exp(log_p.sum(axis=-1) / BLEU_ORDER)
+    return np.where(correct.sum(axis=-1) > 0, score, 0.0)
+
+
+def chrf_from_sums(sums: Mapping[str, np.ndarray]) -> np.ndarray:
+    """sacrebleu's corpus chrF (beta 2, char order 6, effective-order averaging), vectorised:
+    precision and recall averaged over the orders that have both hypothesis and reference
+    n-grams, then their F-beta, times 100."""
+    def stack(kind: str) -> np.ndarray:
+        return np.stack([np.asarray(sums[f"chrf_{kind}{n}"], dtype=np.float64)
+                         for n in range(1, CHRF_ORDER + 1)], axis=-1)
+
+    hyp, ref, match = stack("hyp"), stack("ref"), stack("match")
+    eps = 1e-16
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = np.where(hyp > 0, match / hyp, eps)
+        rec = np.where(ref > 0, match / ref, eps)
+        used = (hyp > 0) & (ref > 0)
+        n_used = used.sum(axis=-1)
+        avg_p = np.where(n_used > 0, (prec * used).sum(axis=-1) / n_used, 0.0)
+        avg_r = np.where(n_used > 0, (rec * used).sum(axis=-1) / n_used, 0.0)
+        f = CHRF_BETA**2
+        score = (1 + f) * avg_p * avg_r / (f * avg_p + avg_r)
+    return np.where(avg_p + avg_r > 0, 100 * score, 0.0)

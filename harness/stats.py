@@ -61,7 +61,6 @@ CHUNK_CELLS = 500_000
 # Relative tolerance when counting |T*| >= |T_obs|: sums of 10k float64 values carry ~1e-13
 # relative error, so a permutation equal to the observed one must still count as extreme.
 TIE_RTOL = 1e-9
-ITEM_COLUMNS = (*M.ROUGE_KEYS, "nll_sum", "n_tokens")
 
 
 @dataclass(frozen=True)
@@ -244,15 +243,11 @@ def _distinct_columns(values: np.ndarray) -> tuple[np.ndarray, list[int]]:
 
 def _metric_value(metric: str, sums: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     """A metric from column sums over a (re)sample of n items; arrays broadcast over resamples."""
-    if metric in M.ROUGE_KEYS:
-        return sums[metric] / n
-    with np.errstate(divide="ignore", invalid="ignore"):
-        loss = sums["nll_sum"] / sums["n_tokens"]
-    return np.exp(loss) if metric == "perplexity" else loss
+    return M.from_sums(metric, sums, n)
 
 
 def _columns_for(metric: str) -> tuple[str, ...]:
-    return (metric,) if metric in M.ROUGE_KEYS else ("nll_sum", "n_tokens")
+    return M.columns(metric)
 
 
 @dataclass(frozen=True)
@@ -385,7 +380,7 @@ def compare_arms(
     items at all (e.g. runs on different eval sets) every row is a point difference only.
     """
     settings = StatsSettings(n_resamples, seed, alpha)
-    unknown = [m for m in metrics if m not in M.ALL_KEYS]
+    unknown = [m for m in metrics if not M.is_known(m)]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; known: {', '.join(M.ALL_KEYS)}")
     present = [m for m in metrics if _num(base_metrics.get(m)) and _num(cand_metrics.get(m))]
@@ -427,7 +422,7 @@ def _fill_paired(rows: list[dict[str, Any]], paired: PairedItems, settings: Stat
             r["rel_ci_low"], r["rel_ci_high"] = _interval(d["rel"], settings.alpha)
         r["p_value"] = permutation_p(_observed(paired, r["metric"]), d["perm"])
         r["paired"], r["n_items"] = True, paired.n
-        r["test"] = "sign-flip" if r["metric"] in M.ROUGE_KEYS else "label-swap"
+        r["test"] = "sign-flip" if M.base(r["metric"]) in M.MEAN_KEYS else "label-swap"
     for r, adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         r["p_value_holm"] = adj
         r["significant"] = bool(adj <= settings.alpha)

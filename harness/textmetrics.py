@@ -1,0 +1,117 @@
+"""Per-item scores of generated text against its reference. No torch (bertscore loads it).
+
+Each scorer returns one dict per item: the item's own value (for the example browser) and,
+for corpus metrics, the sufficient statistics whose sums make the corpus score
+(metrics.from_sums). Definitions are the libraries' own: rouge-score for ROUGE, sacrebleu for
+BLEU (13a tokenizer, exp smoothing) and chrF (char order 6, beta 2), bert-score for BERTScore.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+from harness import metrics as M
+from harness.errors import InputError
+
+Row = dict[str, Any]
+
+EXACT_MATCH_RULE = ("lowercased, Unicode punctuation removed, whitespace runs collapsed to one "
+                    "space and stripped; articles and numbers are kept as they are")
+
+
+def normalize(text: str) -> str:
+    """The exact_match normalisation (EXACT_MATCH_RULE)."""
+    kept = "".join(" " if unicodedata.category(ch).startswith("P") else ch
+                   for ch in text.lower())
+    return re.sub(r"\s+", " ", kept).strip()
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> list[Row]:
+    return [{"exact_match": float(normalize(p) == normalize(r))}
+            for p, r in zip(predictions, references, strict=True)]
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str], stemmer: bool = True
+          ) -> list[Row]:
+    """Per-item F-measures (0..1) of rouge-score for rouge1/2/L/Lsum."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(M.ROUGE_KEYS), use_stemmer=stemmer)
+    rows = []
+    for pred, ref in zip(predictions, references, strict=True):
+        s = scorer.score(ref, pred)  # (target, prediction)
+        rows.append({k: s[k].fmeasure for k in M.ROUGE_KEYS})
+    return rows
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> list[Row]:
+    """Per-item n-gram counts (the ``bleu_*`` columns) and sentence BLEU (``bleu``)."""
+    from sacrebleu.metrics import BLEU
+
+    corpus, sentence = BLEU(), BLEU(effective_order=True)  # sacrebleu's sentence-level advice
+    # sacrebleu exposes per-segment statistics only through this (stable since 2.0) method.
+    stats = corpus._extract_corpus_statistics(list(predictions), [list(references)])
+    return [{**dict(zip(M.BLEU_COLUMNS, map(int, s), strict=True)),
+             "bleu": sentence._compute_score_from_stats(list(s)).score} for s in stats]
+
+
+def chrf(predictions: Sequence[str], references: Sequence[str]) -> list[Row]:
+    """Per-item character n-gram counts (the ``chrf_*`` columns) and sentence chrF."""
+    from sacrebleu.metrics import CHRF
+
+    scorer = CHRF()
+    stats = scorer._extract_corpus_statistics(list(predictions), [list(references)])
+    return [{**dict(zip(M.CHRF_COLUMNS, map(int, s), strict=True)),
+             "chrf": scorer._compute_score_from_stats(list(s)).score} for s in stats]
+
+
+BERTSCORE_MODEL = "roberta-large"  # bert-score's English default: a 1.4 GB hub download
+
+
+def bertscore(predictions: Sequence[str], references: Sequence[str], model: str | None = None,
+              num_layers: int | None = None) -> list[Row]:
+    """Per-item BERTScore F1 (0..1, no baseline rescaling). Needs ``pip install bert-score``
+    and its model: ``eval.bertscore_model`` (a local folder or a hub id, downloaded once)."""
+    try:
+        from bert_score import BERTScorer
+    except ImportError as e:
+        raise InputError("metric 'bertscore' needs the bert-score package: "
+                         "pip install 'harness[bertscore]'") from e
+    scorer = BERTScorer(model_type=model or BERTSCORE_MODEL, num_layers=num_layers,
+                        lang=None if model else "en")
+    _, _, f1 = scorer.score(list(predictions), list(references))
+    return [{"bertscore": float(x)} for x in f1.tolist()]
+
+
+def score(names: Sequence[str], predictions: Sequence[str], references: Sequence[str], *,
+          stemmer: bool = True, bertscore_model: str | None = None,
+          bertscore_layers: int | None = None) -> list[Row]:
+    """The per-item rows of every generation metric named (config names: rouge, exact_match,
+    bleu, chrf, bertscore), merged per item."""
+    rows: list[Row] = [{} for _ in predictions]
+    parts = []
+    if "rouge" in names:
+        parts.append(rouge(predictions, references, stemmer))
+    if "exact_match" in names:
+        parts.append(exact_match(predictions, references))
+    if "bleu" in names:
+        parts.append(bleu(predictions, references))
+    if "chrf" in names:
+        parts.append(chrf(predictions, references))
+    if "bertscore" in names:
+        parts.append(bertscore(predictions, references, bertscore_model, bertscore_layers))
+    for part in parts:
+        for row, extra in zip(rows, part, strict=True):
+            row.update(extra)
+    return rows
+
+
+def keys(names: Sequence[str]) -> list[str]:
+    """The metric keys (arm metrics) the config's generation metric names produce."""
+    out: list[str] = []
+    for n in names:
+        out.extend(M.ROUGE_KEYS if n == "rouge" else (n,) if n in M.TEXT_KEYS else ())
+    return out

@@ -1,0 +1,142 @@
+"""Generation metrics against the libraries that define them: sacrebleu's own corpus scores,
+rouge-score, and a slow bootstrap that re-scores the corpus with sacrebleu per resample."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from sacrebleu.metrics import BLEU, CHRF
+
+from harness import metrics as M
+from harness import stats, textmetrics
+
+WORDS = "the a cat dog sat on mat ran fast slow red blue tree under over house".split()
+
+
+def _corpus(n: int, seed: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    refs, hyps = [], []
+    for i in range(n):
+        ref = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
+        kind = i % 5
+        if kind == 0:
+            hyp = ref  # exact
+        elif kind == 1:
+            hyp = ""  # nothing generated
+        elif kind == 2:
+            hyp = rng.choice(WORDS)  # shorter than every n-gram order above 1
+        else:
+            hyp = " ".join(w if rng.random() < 0.6 else rng.choice(WORDS) for w in ref.split())
+        refs.append(ref + ("." if i % 3 == 0 else ""))
+        hyps.append(hyp.capitalize() if i % 4 == 0 else hyp)
+    return hyps, refs
+
+
+def _sums(rows: list[dict], cols: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {c: np.asarray(float(sum(r[c] for r in rows))) for c in cols}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bleu_from_summed_statistics_equals_sacrebleu_corpus_score(seed):
+    hyps, refs = _corpus(60, seed)
+    rows = textmetrics.bleu(hyps, refs)
+    ours = float(M.from_sums("bleu", _sums(rows, M.BLEU_COLUMNS), len(rows)))
+    assert ours == pytest.approx(BLEU().corpus_score(hyps, [refs]).score, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_chrf_from_summed_statistics_equals_sacrebleu_corpus_score(seed):
+    hyps, refs = _corpus(60, seed)
+    rows = textmetrics.chrf(hyps, refs)
+    ours = float(M.from_sums("chrf", _sums(rows, M.CHRF_COLUMNS), len(rows)))
+    assert ours == pytest.approx(CHRF().corpus_score(hyps, [refs]).score, abs=1e-9)
+
+
+def test_corpus_scores_of_degenerate_corpora_match_sacrebleu():
+    for hyps, refs in ([[""], ["a b c"]], [["a"], ["a"]], [["x y"], ["a b c d e"]],
+                       [["a b c d"], ["a b c d"]]):
+        b = textmetrics.bleu(hyps, refs)
+        c = textmetrics.chrf(hyps, refs)
+        assert float(M.from_sums("bleu", _sums(b, M.BLEU_COLUMNS), 1)) == pytest.approx(
+            BLEU().corpus_score(hyps, [refs]).score, abs=1e-9)
+        assert float(M.from_sums("chrf", _sums(c, M.CHRF_COLUMNS), 1)) == pytest.approx(
+            CHRF().corpus_score(hyps, [refs]).score, abs=1e-9)
+
+
+def test_per_item_values_are_sacrebleu_sentence_scores():
+    hyps, refs = _corpus(10, 3)
+    for row, h, r in zip(textmetrics.bleu(hyps, refs), hyps, refs):
+        assert row["bleu"] == pytest.approx(BLEU(effective_order=True).sentence_score(h, [r]).score)
+    for row, h, r in zip(textmetrics.chrf(hyps, refs), hyps, refs):
+        assert row["chrf"] == pytest.approx(CHRF().sentence_score(h, [r]).score)
+
+
+def test_bleu_resampled_from_sums_equals_sacrebleu_on_each_resample():
+    """The bootstrap's BLEU of a resample, from summed statistics, is sacrebleu's corpus BLEU
+    of the resampled sentences (checked on 30 resamples)."""
+    hyps, refs = _corpus(40, 4)
+    rows = textmetrics.bleu(hyps, refs)
+    values = np.array([[r[c] for c in M.BLEU_COLUMNS] for r in rows], dtype=np.float64)
+    for idx in next(stats.bootstrap_indices(len(rows), 30, seed=7))[:30]:
+        sums = dict(zip(M.BLEU_COLUMNS, values[idx].sum(axis=0)))
+        ref = BLEU().corpus_score([hyps[i] for i in idx], [[refs[i] for i in idx]]).score
+        assert float(M.from_sums("bleu", sums, len(idx))) == pytest.approx(ref, abs=1e-9)
+
+
+def _slow_bleu_ci(hyps_b, hyps_c, refs, n_resamples, alpha, seed):
+    rng = np.random.default_rng(seed)
+    n, diffs = len(refs), []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        r = [[refs[i] for i in idx]]
+        diffs.append(BLEU().corpus_score([hyps_c[i] for i in idx], r).score
+                     - BLEU().corpus_score([hyps_b[i] for i in idx], r).score)
+    return np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+
+
+def test_bootstrap_ci_of_bleu_matches_a_sacrebleu_per_resample_reference():
+    hyps_c, refs = _corpus(50, 5)
+    rng = random.Random(9)
+    hyps_b = [" ".join(w for w in h.split() if rng.random() < 0.7) for h in hyps_c]
+    ids = [str(i) for i in range(len(refs))]
+    base = [{"id": i, **r} for i, r in zip(ids, textmetrics.bleu(hyps_b, refs))]
+    cand = [{"id": i, **r} for i, r in zip(ids, textmetrics.bleu(hyps_c, refs))]
+    mb = {"bleu": BLEU().corpus_score(hyps_b, [refs]).score}
+    mc = {"bleu": BLEU().corpus_score(hyps_c, [refs]).score}
+    row, = stats.compare_arms(base, cand, mb, mc, baseline="b", candidate="c",
+                              metrics=["bleu"], n_resamples=4000, seed=1)
+    lo, hi = _slow_bleu_ci(hyps_b, hyps_c, refs, 1500, 0.05, seed=2)
+    width = hi - lo
+    # Monte-Carlo error of a 2.5% quantile from 1,500 resamples: a few percent of the width.
+    assert row["ci_low"] == pytest.approx(lo, abs=0.12 * width)
+    assert row["ci_high"] == pytest.approx(hi, abs=0.12 * width)
+    assert row["abs_diff"] == pytest.approx(mc["bleu"] - mb["bleu"], abs=1e-9)
+
+
+@pytest.mark.parametrize(("pred", "ref", "same"), [
+    ("Paris.", "paris", True), ("  The   answer ", "the answer", True),
+    ("the answer", "answer", False), ("42", "42.0", False), ("São Paulo!", "são paulo", True),
+])
+def test_exact_match_normalisation(pred, ref, same):
+    assert textmetrics.exact_match([pred], [ref])[0]["exact_match"] == float(same)
+
+
+def test_rouge_rows_are_rouge_score_fmeasures():
+    from rouge_score import rouge_scorer
+
+    hyps, refs = _corpus(8, 6)
+    rows = textmetrics.rouge(hyps, refs)
+    scorer = rouge_scorer.RougeScorer(list(M.ROUGE_KEYS), use_stemmer=True)
+    for row, h, r in zip(rows, hyps, refs):
+        assert row["rougeL"] == scorer.score(r, h)["rougeL"].fmeasure
+
+
+def test_set_keys_keep_the_direction_and_columns_of_their_metric():
+    assert M.lower_is_better("general/perplexity") and not M.lower_is_better("general/bleu")
+    assert M.columns("general/loss") == ("nll_sum", "n_tokens")
+    assert M.is_known("general/chrf") and not M.is_known("general/peak_memory_bytes")
+    assert not M.is_known("/loss") and not M.is_known("general/nonsense")
+    assert sorted(["general/loss", "rougeL", "loss", "a/bleu"], key=M.sort_key) == [
+        "loss", "rougeL", "a/bleu", "general/loss"]
