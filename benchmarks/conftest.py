@@ -109,7 +109,7 @@ def make_suite() -> Callable[..., Any]:
 def tokenizer(suite, smollm2_dir):
     from harness import modeling
 
-    return modeling.load_tokenizer(suite, smollm2_dir)
+    return modeling.load_tokenizer(suite.model, smollm2_dir)
 
 
 @pytest.fixture(scope="session")

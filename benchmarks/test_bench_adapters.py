@@ -60,7 +60,7 @@ def test_adapters_on_one_base_vs_lm_eval_per_adapter(benchmark: Any, smollm2_dir
 
     def ours(_: int) -> None:
         start = time.perf_counter()
-        model = modeling.load_model(suite, smollm2_dir, "cpu")
+        model = modeling.load_model(suite.model, smollm2_dir, "cpu")
         for p in paths:
             model = modeling.switch_adapter(model, str(p), p.name, None, "LORA")
             losses, _ = scoring.teacher_forced(model, eval_items, batch, pad)

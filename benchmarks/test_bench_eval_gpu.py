@@ -77,7 +77,7 @@ def test_teacher_forced_vs_lm_eval_on_gpu(benchmark: Any, model_dir: tuple[str, 
     suite = config.load_suite(REPO / "suites" / "default.toml", [
         f"model.name_or_path={path}", f"data.eval_size={ITEMS}", "data.max_length=512",
         "data.validation_size=0", "data.train_size=1"])
-    tok = modeling.load_tokenizer(suite, str(path))
+    tok = modeling.load_tokenizer(suite.model, str(path))
     items, _ = encoding.encode_all(data.load_splits(suite).eval, tok, suite.data)
     lm = HFLM(pretrained=str(path), batch_size=BATCH, device="cuda", dtype="bfloat16")
     from conftest import eval_vs_lm_eval

@@ -133,14 +133,15 @@ def train_once(model_dir: Path, quantized: bool, checkpointing: bool,
     from harness import modeling, train
 
     suite = gpu_suite(model_dir, quantized, checkpointing)
-    tok = modeling.load_tokenizer(suite, str(model_dir))
+    tok = modeling.load_tokenizer(suite.model, str(model_dir))
     # The previous arm's Trainer sits in reference cycles: without a collection its 2.1 GiB of
     # bf16 weights were still allocated and counted against the next arm.
     gc.collect()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    model = modeling.attach_lora(modeling.load_model(suite, str(model_dir), "cuda"), suite)
+    model = modeling.attach_lora(modeling.load_model(suite.model, str(model_dir), "cuda"),
+                                 suite.train, suite.model.quantization)
     lora_params, _ = modeling.count_params(model)
     torch.cuda.synchronize()
     weights = torch.cuda.memory_allocated() - base
@@ -151,8 +152,8 @@ def train_once(model_dir: Path, quantized: bool, checkpointing: bool,
         step_end.append(time.perf_counter())
 
     torch.cuda.reset_peak_memory_stats()
-    result = train.train_adapter(model, tok, suite, arm="gpu", train_items=synthetic_items(
-        STEPS * BATCH), val_items=[], work_dir=work, device="cuda", log_row=lambda r: None,
+    result = train.train_adapter(model, tok, suite.train, arm="gpu", train_items=synthetic_items(
+        STEPS * BATCH), val_items=[], output_dir=work, device="cuda", log_row=lambda r: None,
         on_step=on_step)
     peak = torch.cuda.max_memory_allocated() - base
     tokens_per_step = BATCH * SEQ

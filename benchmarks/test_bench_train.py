@@ -37,7 +37,8 @@ def fresh_lora_model(suite: Any, path: str) -> Any:
     from harness import modeling
 
     torch.manual_seed(suite.train.seed)  # same LoRA initialisation for every contender
-    model = modeling.attach_lora(modeling.load_model(suite, path, "cpu"), suite)
+    model = modeling.attach_lora(modeling.load_model(suite.model, path, "cpu"), suite.train,
+                                 suite.model.quantization)
     model.train()
     return model
 
@@ -91,8 +92,8 @@ def test_train_vs_hf_trainer(benchmark: Any, smollm2_dir: str, splits: Any, toke
     def ours(_round: int) -> None:
         model = fresh_lora_model(suite, smollm2_dir)
         result = train.train_adapter(
-            model, tokenizer, suite, arm="bench", train_items=items, val_items=[],
-            work_dir=tmp_path / "harness", device="cpu", log_row=lambda row: None)
+            model, tokenizer, suite.train, arm="bench", train_items=items, val_items=[],
+            output_dir=tmp_path / "harness", device="cpu", log_row=lambda row: None)
         summaries.append(result.summary)
         timer.add("harness", result.summary["train_runtime_s"])
 

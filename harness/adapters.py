@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.config import AdapterSpec, Suite
 from harness.errors import InputError, one_line
+from harness.shapes import ModelShape, matches
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -50,7 +51,7 @@ class ExistingAdapter:
         return self.config.get("target_modules")
 
 
-def inspect(suite: Suite, spec: AdapterSpec, shape: Any | None) -> ExistingAdapter:
+def inspect(suite: Suite, spec: AdapterSpec, shape: ModelShape | None) -> ExistingAdapter:
     """What the adapter is, from its config alone; AdapterError naming the problem."""
     where = f"adapters.{spec.name}"
     local = suite.resolve(spec.path)
@@ -108,7 +109,7 @@ def _check_type(cfg: dict[str, Any], where: str) -> None:
                            f"(it loads: {known})")
 
 
-def _check_targets(cfg: dict[str, Any], shape: Any, where: str) -> None:
+def _check_targets(cfg: dict[str, Any], shape: ModelShape, where: str) -> None:
     """Every named target must match a layer of the model (peft's suffix rule, or a regex)."""
     targets = cfg.get("target_modules")
     names = [x.name for x in shape.layers]
@@ -117,7 +118,7 @@ def _check_targets(cfg: dict[str, Any], shape: Any, where: str) -> None:
             raise AdapterError(f"{where}: target_modules {targets!r} matches no layer of "
                                f"{shape.architecture}")
         return
-    missing = [t for t in targets or [] if not any(n == t or n.endswith("." + t) for n in names)]
+    missing = [t for t in targets or [] if not any(matches(n, t) for n in names)]
     if missing:
         raise AdapterError(f"{where}: target_modules {missing} are not in "
                            f"{shape.architecture} (was it trained on another base model?)")

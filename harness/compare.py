@@ -33,14 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import arms as A
+from harness import formatting as F
 from harness import metrics as M
 from harness import stats
 from harness.errors import InputError
-from harness.report import flatten, md_cell  # one Markdown escaper, one config flattener
 from harness.results import LoadedRun
 
-FORMATS = ("md", "csv", "json", "html")
-BASELINE_ARM = "baseline"
+FORMATS = ("md", "csv", "json", "html")  # also the choices of `harness compare --format`
 PAIRED, UNPAIRED, NO_ITEMS, STORED = (
     "paired", "unpaired (different eval sets)", "no per-item data", "stored")
 CSV_FIELDS = (
@@ -77,7 +77,8 @@ class CompareTable:
     settings: stats.StatsSettings
 
 
-def compare_runs(runs: list[LoadedRun], *, fmt: str = "md", alpha: float = 0.05) -> str:
+def compare_runs(runs: list[LoadedRun], *, fmt: str = "md",
+                 alpha: float = stats.DEFAULT_ALPHA) -> str:
     """Render every adapter arm against its baseline (and the first run) as one table."""
     render = _renderer(fmt)
     return render(build_table(runs, alpha=alpha))
@@ -94,7 +95,8 @@ def _renderer(fmt: str) -> Callable[[CompareTable], str]:
 # ---------------------------------------------------------------- building the table
 
 
-def build_table(runs: Sequence[LoadedRun], *, alpha: float = 0.05) -> CompareTable:
+def build_table(runs: Sequence[LoadedRun], *, alpha: float = stats.DEFAULT_ALPHA
+                ) -> CompareTable:
     if not runs:
         raise InputError("compare needs at least one run")
     notes: list[str] = []
@@ -120,20 +122,14 @@ def _usable_runs(runs: Sequence[LoadedRun], notes: list[str]) -> list[LoadedRun]
     for run in runs:
         where = run.path.resolve()
         if where in seen:
-            notes.append(f"run {run.suite}/{run.run_id} given more than once; used once")
+            notes.append(f"run {F.run_label(run)} given more than once; used once")
             continue
         seen.add(where)
         if run.record.get("status") != "success":
-            notes.append(f"skipped run {run.suite}/{run.run_id}: {_failure(run.record)}")
+            notes.append(f"skipped run {F.run_label(run)}: {F.failure(run.record)}")
             continue
         usable.append(run)
     return usable
-
-
-def _failure(record: dict[str, Any]) -> str:
-    err = record.get("error") or {}
-    msg = err.get("message") if isinstance(err, dict) else str(err)
-    return f"status {record.get('status')!r}" + (f" ({msg})" if msg else "")
 
 
 def _usable_arms(run: LoadedRun, notes: list[str]) -> list[str]:
@@ -141,7 +137,7 @@ def _usable_arms(run: LoadedRun, notes: list[str]) -> list[str]:
     for name, arm in (run.record.get("arms") or {}).items():
         status = arm.get("status", "success")
         if status != "success" or not isinstance(arm.get("metrics"), dict):
-            notes.append(f"skipped arm {name} of run {run.suite}/{run.run_id}: status {status!r}")
+            notes.append(f"skipped arm {name} of run {F.run_label(run)}: status {status!r}")
             continue
         names.append(name)
     return names
@@ -171,7 +167,7 @@ _UNSET = "unset"
 
 def _config_labels(runs: Sequence[LoadedRun]) -> list[str]:
     """``key=value`` of every config key whose value differs between the runs; [] if none."""
-    flat = [dict(flatten(r.record.get("config") or {})) for r in runs]
+    flat = [dict(F.flatten(r.record.get("config") or {})) for r in runs]
     keys = [k for k in dict.fromkeys(k for f in flat for k in f)
             if len({_short(f.get(k, _UNSET)) for f in flat}) > 1]
     if not keys:
@@ -192,18 +188,8 @@ def _side(run: LoadedRun, arm: str, labels: dict[int, str]) -> Side:
     return Side(run, arm, f"{prefix}:{arm}" if prefix else arm)
 
 
-def _others(arms: list[str]) -> list[str]:
-    return [a for a in arms if a != BASELINE_ARM]
-
-
-def is_adapter_arm(run: LoadedRun, arm: str) -> bool:
-    """Trained arms: all but the zero-shot ``baseline`` / ``baseline@<template>`` arms.
-
-    Judged by name as well as by the adapter path, because an adapter arm whose training
-    failed has no adapter path and must still be seen (and fail a gate).
-    """
-    zero_shot_name = arm == BASELINE_ARM or arm.startswith(BASELINE_ARM + "@")
-    return not zero_shot_name or bool((run.record.get("arms") or {}).get(arm, {}).get("adapter"))
+def _is_adapter(run: LoadedRun, arm: str) -> bool:
+    return A.is_adapter(arm, (run.record.get("arms") or {}).get(arm))
 
 
 def _within_pairings(runs: Sequence[LoadedRun], arms: dict[int, list[str]],
@@ -212,11 +198,11 @@ def _within_pairings(runs: Sequence[LoadedRun], arms: dict[int, list[str]],
     out = []
     for run in runs:
         names = arms[id(run)]
-        if BASELINE_ARM not in names and _others(names):
-            notes.append(f"run {run.suite}/{run.run_id} has no usable {BASELINE_ARM} arm")
+        if A.BASELINE not in names and A.others(names):
+            notes.append(f"run {F.run_label(run)} has no usable {A.BASELINE} arm")
             continue
-        base = _side(run, BASELINE_ARM, labels)
-        out += [Pairing(base, _side(run, a, labels)) for a in _others(names)]
+        base = _side(run, A.BASELINE, labels)
+        out += [Pairing(base, _side(run, a, labels)) for a in A.others(names)]
     return out
 
 
@@ -230,7 +216,7 @@ def _cross_pairings(runs: Sequence[LoadedRun], arms: dict[int, list[str]],
     for run in runs[1:]:
         for arm in arms[id(run)]:
             target = _cross_target(ref, arms[id(ref)], run, arm)
-            if target is None and is_adapter_arm(run, arm):
+            if target is None and _is_adapter(run, arm):
                 notes.append(f"{_side(run, arm, labels).label}: the reference run has no "
                              "adapter arm to compare with")
             if target is not None:
@@ -241,8 +227,8 @@ def _cross_pairings(runs: Sequence[LoadedRun], arms: dict[int, list[str]],
 def _cross_target(ref: LoadedRun, ref_arms: list[str], run: LoadedRun, arm: str) -> str | None:
     """Adapter arms: the reference's namesake adapter, else its first adapter arm. Zero-shot
     arms: the namesake, only when the base models differ (else the row would read 0)."""
-    if is_adapter_arm(run, arm):
-        adapters = [a for a in ref_arms if is_adapter_arm(ref, a)]
+    if _is_adapter(run, arm):
+        adapters = [a for a in ref_arms if _is_adapter(ref, a)]
         return arm if arm in adapters else next(iter(adapters), None)
     if arm in ref_arms and _model(ref, arm) != _model(run, arm):
         return arm
@@ -319,45 +305,30 @@ def _run_summary(run: LoadedRun, labels: dict[int, str]) -> dict[str, Any]:
 # ---------------------------------------------------------------- cell formatting
 
 
-def fmt_value(metric: str, v: float | None, *, signed: bool = False) -> str:
-    """Human form of a metric value (or difference): GiB for memory, 4 decimals for scores."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    sign = "+" if signed else ""
-    if metric == "peak_memory_bytes":
-        return f"{v / 2**30:{sign}.2f} GiB"
-    if metric in ("eval_tokens_per_s", "gen_tokens_per_s"):
-        return f"{v:{sign},.1f}"
-    return f"{v:{sign}.4f}"
-
-
-def fmt_rel(row: dict[str, Any]) -> str:
+def _rel(row: dict[str, Any]) -> str:
     """Seed 004 style: ↓17.3% for 1.1774 -> 0.9736, then whether that is better or worse."""
     rel = row["rel_gain"]
     if rel is None:
-        return "—"
+        return F.DASH
     arrow = "↑" if rel > 0 else "↓" if rel < 0 else "="
-    return f"{arrow}{abs(rel) * 100:.1f}% {row['better']}"
+    return f"{arrow}{F.percent(abs(rel), signed=False)} {row['better']}"
 
 
-def fmt_ci(row: dict[str, Any]) -> str:
-    if row.get("ci_low") is None:
-        return "—"
-    lo, hi = (fmt_value(row["metric"], row[k], signed=True) for k in ("ci_low", "ci_high"))
-    return f"[{lo}, {hi}]"
+def _ci(row: dict[str, Any]) -> str:
+    return F.interval(row.get("ci_low"), row.get("ci_high"),
+                      lambda v: F.metric(row["metric"], v, signed=True))
 
 
-def fmt_p(row: dict[str, Any]) -> str:
+def _p(row: dict[str, Any]) -> str:
     p = row.get("p_value_holm")
     if p is None:
         p = row.get("p_value")
     if p is None:
-        return "—"
-    text = "<0.0001" if p < 1e-4 else f"{p:.4f}"
-    return text + (" *" if row.get("significant") else "")
+        return F.DASH
+    return F.p_value(p) + (" *" if row.get("significant") else "")
 
 
-def fmt_pairing(row: dict[str, Any]) -> str:
+def _pairing(row: dict[str, Any]) -> str:
     if row["pairing"] == PAIRED and not M.is_per_item(row["metric"]):
         return "point only"
     n = row.get("n_items")
@@ -368,27 +339,26 @@ COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str], str], ...] = (
     ("Metric", lambda r: r["metric"], "l"),
     ("Candidate", lambda r: r["candidate"], "l"),
     ("Baseline", lambda r: r["baseline"], "l"),
-    ("Baseline value", lambda r: fmt_value(r["metric"], r["baseline_value"]), "r"),
-    ("Candidate value", lambda r: fmt_value(r["metric"], r["candidate_value"]), "r"),
-    ("Abs. gain", lambda r: fmt_value(r["metric"], r["abs_diff"], signed=True), "r"),
-    ("Rel. gain", fmt_rel, "r"),
-    ("CI (abs.)", fmt_ci, "l"),
-    ("p (Holm)", fmt_p, "r"),
-    ("Pairing", fmt_pairing, "l"),
+    ("Baseline value", lambda r: F.metric(r["metric"], r["baseline_value"]), "r"),
+    ("Candidate value", lambda r: F.metric(r["metric"], r["candidate_value"]), "r"),
+    ("Abs. gain", lambda r: F.metric(r["metric"], r["abs_diff"], signed=True), "r"),
+    ("Rel. gain", _rel, "r"),
+    ("CI (abs.)", _ci, "l"),
+    ("p (Holm)", _p, "r"),
+    ("Pairing", _pairing, "l"),
 )
 
 
 def formatted_rows(table: CompareTable) -> list[list[str]]:
-    return [[cell(r) for _, cell, _ in COLUMNS] for r in table.rows]
+    return [[show(r) for _, show, _ in COLUMNS] for r in table.rows]
 
 
 def legend(table: CompareTable) -> list[str]:
     s = table.settings
-    level = round((1 - s.alpha) * 100, 2)
     return [
         f"`*` significant at alpha = {s.alpha:g} after Holm correction across the metrics of "
         "each comparison.",
-        f"CI: {level:g}% paired percentile bootstrap over eval items ({s.n_resamples:,} "
+        f"CI: {F.ci_level(s.alpha)} paired percentile bootstrap over eval items ({s.n_resamples:,} "
         f"resamples, seed {s.seed}), per metric (not adjusted for multiplicity); "
         "p: two-sided paired permutation test.",
         "Rel. gain = (candidate - baseline) / baseline; ↓/↑ is the direction of the change, "
@@ -401,24 +371,28 @@ def legend(table: CompareTable) -> list[str]:
 
 
 def render_markdown(table: CompareTable) -> str:
-    """GitHub Markdown (it lands in $GITHUB_STEP_SUMMARY): every value from a record goes
-    through ``md_cell``, so an arm name or error message cannot inject HTML or break a row."""
-    head = [h for h, _, _ in COLUMNS]
+    """GitHub Markdown (it lands in $GITHUB_STEP_SUMMARY): every cell and line from a record
+    goes through ``md_cell``, so an arm name or error message cannot inject HTML or break a
+    row (and ``<0.001`` stays text)."""
     align = ["---:" if a == "r" else "---" for _, _, a in COLUMNS]
     lines = [f"## harness compare ({len(table.runs)} run{'s' * (len(table.runs) != 1)})", ""]
-    lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in formatted_rows(table)]
+    lines += [_md_row([h for h, _, _ in COLUMNS]), "| " + " | ".join(align) + " |"]
+    lines += [_md_row(row) for row in formatted_rows(table)]
     lines += [""] + legend(table)
     lines += ["", "Runs:"] + [_md_run(r) for r in table.runs]
     if table.notes:
-        lines += ["", "Notes:"] + [f"- {md_cell(n)}" for n in table.notes]
+        lines += ["", "Notes:"] + [f"- {F.md_cell(n)}" for n in table.notes]
     return "\n".join(lines) + "\n"
 
 
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(F.md_cell(c) for c in cells) + " |"
+
+
 def _md_run(r: dict[str, Any]) -> str:
-    label = f"**{md_cell(r['label'])}**: " if r["label"] else ""
-    return "- " + label + md_cell(f"{r['suite']}/{r['run_id']}, eval set {r['eval_fingerprint']}, "
-                                  f"device {r['device']}, {r['path']}")
+    label = f"**{F.md_cell(r['label'])}**: " if r["label"] else ""
+    return "- " + label + F.md_cell(f"{F.run_label(r)}, eval set {r['eval_fingerprint']}, "
+                                    f"device {r['device']}, {r['path']}")
 
 
 def render_csv(table: CompareTable) -> str:
@@ -445,15 +419,10 @@ def _finite_or_none(v: Any) -> Any:
 
 
 def render_html(table: CompareTable) -> str:
-    import jinja2  # only the html format needs these
+    from harness import templating  # only the html format needs jinja2
 
-    from harness.report import templates_dir  # checkout, $HARNESS_TEMPLATES or installed copy
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-    )
-    return env.get_template("compare.html.j2").render(
+    return templating.render(
+        "compare.html.j2",
         headers=[(h, a) for h, _, a in COLUMNS], rows=formatted_rows(table),
         significant=[bool(r.get("significant")) for r in table.rows],
         legend=[line.replace("`", "") for line in legend(table)], runs=table.runs,

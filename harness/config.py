@@ -1,6 +1,10 @@
 """Suite files: TOML -> a frozen, validated `Suite`. Every error names file, dotted key and line.
 
-No torch import: `validate`, `plan`, `compare` and `gate` must stay light.
+Imports pydantic and NumPy (the stats defaults), never torch, transformers, datasets or
+huggingface_hub: suites are read and every error listed in a fraction of a second, and
+`validate` can still switch the hub libraries to offline mode after reading the suites, before
+they are imported. (`validate` and `plan` import torch afterwards, to build the model on the
+meta device: shapes, no weights.)
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from harness import arms, stats
 from harness.errors import ConfigError, InputError
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -46,7 +51,7 @@ FolderName = Annotated[str, AfterValidator(_folder_name)]
 
 
 def _gate_rule(v: str) -> str:
-    from harness.gate import parse_rule  # lazy: gate imports compare and stats (numpy)
+    from harness.gate import parse_rule  # lazy: gate imports stats and formatting
 
     try:
         parse_rule(v, source="suite")
@@ -97,7 +102,7 @@ class ModelSpec(_Strict):
     def label(self) -> str:
         if self.package:
             return f"{self.package}:{self.gguf_file}"
-        return self.name_or_path + (f":{self.gguf_file}" if self.gguf_file else "")
+        return f"{self.name_or_path}" + (f":{self.gguf_file}" if self.gguf_file else "")
 
 
 # ---------------------------------------------------------------- [data]
@@ -173,6 +178,9 @@ class TrainSpec(_Strict):
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     seed: int = 0
+    # Train the recipe once per seed (arms <arm>@s<seed>); the report then compares the recipe
+    # with its baseline across seeds (seedstats), beside each seed's paired results.
+    seeds: Optional[Annotated[list[int], Field(min_length=1)]] = None
     logging_steps: Annotated[int, Field(ge=1)] = 10
     eval_strategy: Literal["no", "epoch", "steps"] = "epoch"
     eval_steps: Optional[Annotated[int, Field(ge=1)]] = None
@@ -192,6 +200,8 @@ class TrainSpec(_Strict):
             raise ValueError("train.eval_strategy = 'steps' needs train.eval_steps")
         if self.save_strategy == "steps" and self.save_steps is None:
             raise ValueError("train.save_strategy = 'steps' needs train.save_steps")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"train.seeds repeats a seed: {self.seeds}")
         if self.load_best_model_at_end and self.save_strategy != self.eval_strategy:
             raise ValueError("train.load_best_model_at_end needs save_strategy == eval_strategy")
         return self
@@ -200,8 +210,58 @@ class TrainSpec(_Strict):
 # ---------------------------------------------------------------- [eval], [stats], [gate]
 
 
+MetricName = Literal["loss", "perplexity", "rouge", "exact_match", "chrf", "bleu", "bertscore"]
+# Metrics that score generated text (need max_new_tokens generation); "rouge" is all four.
+GENERATION_METRICS = frozenset({"rouge", "exact_match", "chrf", "bleu", "bertscore"})
+
+
+class EvalSetSpec(_Strict):
+    """``[eval.sets.<name>]``: an extra eval set every arm is scored on too, e.g. general text
+    for a forgetting check. Read like [data], all rows are eval items (no training split)."""
+
+    path: Optional[NonEmpty] = None
+    dataset: Optional[NonEmpty] = None
+    config_name: Optional[NonEmpty] = None
+    split: str = "train"
+    format: Optional[Literal["json", "jsonl", "csv", "parquet"]] = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    # Empty prompt: the loss is over the whole rendered response, i.e. the text itself.
+    prompt_template: str = ""
+    response_template: str
+    chat_template: Flag = False
+    system_prompt: Optional[str] = None
+    eval_size: Union[Annotated[int, Field(ge=1)], Literal["all"]] = "all"
+    seed: int = 0
+    max_length: Annotated[int, Field(ge=8)] = 512
+    truncation_side: Literal["left", "right"] = "right"
+    metrics: list[MetricName] = ["loss", "perplexity"]
+    # A forgetting check: the report leads with what fine-tuning cost on this set.
+    forgetting: Flag = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvalSetSpec:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("set exactly one of path or dataset")
+        return self
+
+    @property
+    def generate(self) -> bool:
+        return bool(GENERATION_METRICS & set(self.metrics))
+
+    def as_data(self) -> DataSpec:
+        """The [data] table that reads this set: one pool, every row (or eval_size) eval."""
+        return DataSpec(
+            path=self.path, dataset=self.dataset, config_name=self.config_name,
+            train_split=self.split, format=self.format, fields=self.fields,
+            prompt_template=self.prompt_template, response_template=self.response_template,
+            chat_template=self.chat_template, system_prompt=self.system_prompt,
+            eval_size=self.eval_size, seed=self.seed, max_length=self.max_length,
+            truncation_side=self.truncation_side,
+        )
+
+
 class EvalSpec(_Strict):
-    metrics: list[Literal["loss", "perplexity", "rouge"]] = ["loss", "perplexity", "rouge"]
+    metrics: list[MetricName] = ["loss", "perplexity", "rouge"]
     max_new_tokens: Annotated[int, Field(ge=1)] = 64
     batch_size: Annotated[int, Field(ge=1)] = 8
     # Generation rows per batch; unset: the larger of batch_size and 32. A decode step reads
@@ -224,9 +284,15 @@ class EvalSpec(_Strict):
     # (to float rounding), no extra LoRA matmuls per forward.
     merge_adapter: Flag = True
 
+    # Extra eval sets, each scored on every arm; their metrics are keyed <set>/<metric>.
+    sets: dict[FolderName, EvalSetSpec] = {}
+    # BERTScore's model: a local folder or a hub id (default roberta-large, downloaded once).
+    bertscore_model: Optional[NonEmpty] = None
+    bertscore_layers: Optional[Annotated[int, Field(ge=1)]] = None
+
     @property
     def generate(self) -> bool:
-        return "rouge" in self.metrics
+        return bool(GENERATION_METRICS & set(self.metrics))
 
     @property
     def gen_batch_size(self) -> int:
@@ -234,9 +300,9 @@ class EvalSpec(_Strict):
 
 
 class StatsSpec(_Strict):
-    n_resamples: Annotated[int, Field(ge=100)] = 10_000
+    n_resamples: Annotated[int, Field(ge=100)] = stats.DEFAULT_RESAMPLES
     seed: int = 0
-    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    alpha: Annotated[float, Field(gt=0, lt=1)] = stats.DEFAULT_ALPHA
 
 
 class GateSpec(_Strict):
@@ -294,9 +360,10 @@ class Suite(_Strict):
         if t and t.precision == "fp16" and self.model.device == "cpu":
             raise ValueError("train.precision = 'fp16' needs a GPU; use fp32 or bf16 on a CPU")
         names = [a.name for a in self.adapters]
-        clash = sorted({n for n in names if names.count(n) > 1 or n == "baseline"})
+        clash = sorted({n for n in names if names.count(n) > 1 or n in arms.RESERVED})
         if clash:
-            raise ValueError(f"adapters: arm names must be unique and not 'baseline': {clash}")
+            reserved = " or ".join(map(repr, sorted(arms.RESERVED)))
+            raise ValueError(f"adapters: arm names must be unique and not {reserved}: {clash}")
         return self
 
     def resolve(self, p: str) -> Path:
@@ -495,7 +562,7 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[tuple[str, ...], bool]:
 
 
 def _issues(e: ValidationError) -> list[_Issue]:
-    groups: dict[Any, list[tuple[tuple[str, ...], dict[str, Any]]]] = {}
+    groups: dict[Any, list[tuple[tuple[str, ...], Any]]] = {}
     for i, err in enumerate(e.errors()):
         loc, in_union = _clean_loc(err["loc"])
         groups.setdefault(("union", loc) if in_union else ("one", i), []).append((loc, err))

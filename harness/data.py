@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,6 +77,40 @@ def load_splits(suite: Suite) -> DataSplits:
         return _load_splits(suite)
     except DataError as e:  # keeps the subclass: plan tells DatasetUnavailable apart
         raise type(e)(f"suite {suite.name!r}: {e}") from e
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """An extra eval set ([eval.sets.<name>]): its items and their fingerprint."""
+
+    name: str
+    examples: tuple[Example, ...]
+    fingerprint: str
+    source: str  # the file or hub dataset it was read from
+
+    def summary(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "n_items": len(self.examples),
+                "source": self.source}
+
+
+def load_eval_sets(suite: Suite) -> list[EvalSet]:
+    return [load_eval_set(suite, name) for name in suite.eval.sets]
+
+
+def load_eval_set(suite: Suite, name: str) -> EvalSet:
+    """The rows of [eval.sets.NAME], read by the same code as [data] (one pool, all eval)."""
+    spec = suite.eval.sets[name]
+    reader = suite.model_copy(update={"data": spec.as_data(), "train": None})
+    try:
+        splits = _load_splits(reader)
+    except DataError as e:  # the keys are eval.sets.NAME.*, not data.*
+        text = _SET_KEY.sub(f"eval.sets.{name}.", str(e)).replace(".train_split", ".split")
+        raise type(e)(f"suite {suite.name!r}: {text}") from e
+    source = spec.dataset or str(suite.resolve(spec.path or ""))
+    return EvalSet(name, splits.eval, splits.eval_fingerprint, source)
+
+
+_SET_KEY = re.compile(r"\bdata\.")
 
 
 def requested_size(size: int | str | None) -> int | None:

@@ -1,11 +1,147 @@
 """How harness writes numbers and text for people: one implementation per job, used by
-compare, report, gate, progress, plan and the model card."""
+compare, report, gate, progress, plan and the model card.
+
+Every function takes what a record may hold (a number, None, NaN, text) and returns a string;
+a number that is missing or not finite reads as an em dash. No torch, no numpy.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from harness import metrics as M
+
 DASH = "—"
+# Decimal places per metric: scores in 0..1 need 4 to show seed-003-sized gains (+0.0007);
+# loss and perplexity get as many; BLEU and chrF (sacrebleu's 0-100 scale) 2, as sacrebleu
+# prints them; throughput in tokens/s needs one.
+DECIMALS = {"loss": 4, "perplexity": 4, "exact_match": 4, "bertscore": 4, "bleu": 2, "chrf": 2,
+            "eval_tokens_per_s": 1, "gen_tokens_per_s": 1, **{k: 4 for k in M.ROUGE_KEYS}}
+# Float keys holding a share in 0..1, shown as percentages (e.g. the lengths' share_truncated).
+SHARE_WORDS = ("share", "frac", "efficiency", "pct", "truncated")
+# Smaller p-values read "<0.001": further digits describe the resample count, not the model.
+P_FLOOR = 0.001
+
+
+def number(v: Any) -> float | None:
+    """A finite number, or None (missing, null, NaN, inf, a bool, text)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def metric(name: str, v: Any, signed: bool = False) -> str:
+    """A metric value (or a difference of two, ``signed``) by the metric's name: memory in
+    binary units, the known scores to fixed decimals, anything else to 4 significant digits.
+    An extra eval set's ``X/rougeL`` reads like ``rougeL``."""
+    x = number(v)
+    if x is None:
+        return DASH
+    key = M.base(name)
+    if key.endswith("_bytes"):
+        return ("+" if signed and x > 0 else "-" if x < 0 else "") + byte_size(abs(x))
+    sign = "+" if signed else ""
+    if key in DECIMALS:
+        return format(x, f"{sign},.{DECIMALS[key]}f")
+    return format(x, f"{sign}.4g")
+
+
+def byte_size(v: Any) -> str:
+    """``512 B``, ``3.53 MiB``, ``1.86 GiB`` (binary units; GiB is the largest)."""
+    n = number(v)
+    if n is None:
+        return DASH
+    if n < 0:
+        return "-" + byte_size(-n)
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
+def percent(v: Any, signed: bool = True, digits: int = 1) -> str:
+    """A fraction as a percentage: 0.173 -> ``+17.3%``; a relative change when ``signed``."""
+    x = number(v)
+    return DASH if x is None else format(100 * x, f"{'+' if signed else ''}.{digits}f") + "%"
+
+
+def p_value(v: Any) -> str:
+    """``<0.001`` below ``P_FLOOR``, else three decimals (``0.042``)."""
+    x = number(v)
+    if x is None:
+        return DASH
+    return f"<{P_FLOOR:g}" if x < P_FLOOR else f"{x:.3f}"
+
+
+def ci_level(alpha: float) -> str:
+    """The confidence level of a two-sided interval at ``alpha``: 0.05 -> ``95%``."""
+    return f"{100 * (1 - alpha):.4g}%"
+
+
+def interval(low: Any, high: Any, show: Callable[[float], str], missing: str = DASH) -> str:
+    """``[low, high]`` with each end written by ``show``; ``missing`` when an end is absent."""
+    lo, hi = number(low), number(high)
+    return missing if lo is None or hi is None else f"[{show(lo)}, {show(hi)}]"
+
+
+def count(v: Any) -> str:
+    """A count with thousands separators: ``921,600``."""
+    x = number(v)
+    return DASH if x is None else f"{x:,.0f}"
+
+
+def seconds(v: Any) -> str:
+    """A duration for a summary: ``42.0 s``, ``5 min 12 s``, ``3 h 4 min``."""
+    s = number(v)
+    if s is None:
+        return DASH
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{int(s // 60)} min {int(s % 60)} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+
+
+def clock(v: float) -> str:
+    """A duration as a progress bar's clock: ``0:05:12``."""
+    m, s = divmod(int(v), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+# ---------------------------------------------------------------- values of any kind
+
+
+def raw(v: Any) -> str:
+    """A config value as the suite spelled it (no rounding, no percentages)."""
+    if v is None:
+        return DASH
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list | tuple):
+        return ", ".join(str(x) for x in v) or "[]"
+    return str(v)
+
+
+def cell(key: str, v: Any) -> str:
+    """A table cell for a value of any kind under ``key``: metrics by name, shares as %,
+    counts with separators, yes / no, text as is."""
+    if isinstance(v, bool) or v is None:
+        return DASH if v is None else ("yes" if v else "no")
+    if isinstance(v, list | tuple):
+        return ", ".join(str(x) for x in v)
+    if not isinstance(v, int | float):
+        return str(v)
+    if key in DECIMALS or key.endswith("_bytes"):
+        return metric(key, v)
+    if isinstance(v, float) and 0 <= v <= 1 and any(w in key for w in SHARE_WORDS):
+        return percent(v, signed=False)
+    return f"{v:,}" if isinstance(v, int) else f"{v:,.4g}"
 
 
 def md_cell(value: Any) -> str:
@@ -13,3 +149,31 @@ def md_cell(value: Any) -> str:
     text = "" if value is None else str(value)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return " ".join(text.replace("|", "\\|").split())
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """{"train": {"r": 8}} -> [("train.r", 8)]: config keys as a reader types them in --set;
+    lists stay values."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out += flatten(v, key + ".") if isinstance(v, Mapping) else [(key, v)]
+    return out
+
+
+# ---------------------------------------------------------------- runs
+
+
+def run_label(run: Any) -> str:
+    """``suite/run_id`` of a record, or of a loaded run (whose folder names fill in what its
+    record lacks)."""
+    if isinstance(run, Mapping):
+        return f"{run.get('suite', '?')}/{run.get('run_id', '?')}"
+    return f"{run.suite}/{run.run_id}"
+
+
+def failure(record: Mapping[str, Any]) -> str:
+    """Why a run did not succeed: ``status 'failed': CUDA out of memory``."""
+    err = record.get("error")
+    msg = err.get("message") if isinstance(err, Mapping) else err
+    return f"status {record.get('status')!r}" + (f": {msg}" if msg else "")

@@ -34,11 +34,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from harness import arms as A
+from harness import formatting as F
 from harness import metrics as M
 from harness import stats
-from harness.compare import BASELINE_ARM, fmt_value, is_adapter_arm
 from harness.errors import InputError, RecordError
-from harness.report import md_cell
 from harness.results import LoadedRun
 
 RULE_RE = re.compile(
@@ -54,7 +54,11 @@ EPS = 1e-12
 
 @dataclass(frozen=True)
 class Rule:
-    """How far a metric may move in its worse direction: ``limit`` >= 0, a fraction if relative."""
+    """How far a metric may move in its worse direction: ``limit`` >= 0, a fraction if relative.
+
+    Built from text by ``parse_rule``; ``check`` applies it to one comparison row (the paired
+    statistics of ``stats.compare_arms``), as pytest-benchmark's checks own their ``fails``.
+    """
 
     text: str
     metric: str
@@ -68,6 +72,81 @@ class Rule:
         if self.relative:
             return f"{sign}{self.limit * 100:g}%"
         return f"{sign}{self.limit:g}"
+
+    @property
+    def keys(self) -> tuple[str, str, str]:
+        """The row's change and the ends of its CI, in the rule's units."""
+        if self.relative:
+            return "rel_gain", "rel_ci_low", "rel_ci_high"
+        return "abs_diff", "ci_low", "ci_high"
+
+    def worsening(self, row: Mapping[str, Any]) -> float | None:
+        """How far the row's change goes in the metric's worse direction (negative = it
+        improved); None when there is no change to measure (a relative one off a 0 baseline)."""
+        v = row.get(self.keys[0])
+        if v is None:
+            return None
+        return float(v) if M.lower_is_better(self.metric) else -float(v)
+
+    def describe_change(self, v: float | None) -> str:
+        """A change in the rule's units: ``-3.00%`` (two decimals: a change just past a 1 %
+        margin must not read as ``-1.0%``) or ``+0.1000`` in the metric's own units."""
+        return F.percent(v, digits=2) if self.relative else F.metric(self.metric, v, signed=True)
+
+    def describe_ci(self, row: Mapping[str, Any]) -> str:
+        """``[lo, hi]`` of the change; a dash when the row has no CI."""
+        _, lo, hi = self.keys
+        return F.interval(row.get(lo), row.get(hi), self.describe_change)
+
+    def check(self, row: Mapping[str, Any] | None,
+              values: tuple[Mapping[str, Any], Mapping[str, Any]], arm: str, baseline_arm: str,
+              same_device: bool) -> Check:
+        """This rule on one arm: its comparison row (None when the metric was not compared)
+        and both arms' recorded metrics (candidate, baseline)."""
+        def result(status: str, message: str) -> Check:
+            return Check(self, arm, baseline_arm, status, message, row)
+
+        if self.metric in M.DEVICE_BOUND and not same_device:
+            return result("skip", "the runs used different devices")
+        if row is None:
+            return self._unmeasured(values, arm, baseline_arm)
+        worse = self.worsening(row)
+        if worse is None:
+            return result("skip", "the baseline value is 0, so a relative change is "
+                          "undefined; use an absolute rule")
+        if worse <= self.limit + EPS:
+            return result("pass", "within the limit")
+        change = self.describe_change(row[self.keys[0]])
+        beyond = f"{self.metric} {change} is beyond the allowed {self.allowed()}"
+        if not self.require_sig:
+            return result("fail", beyond)
+        status, message = self._significance(row, beyond)
+        return result(status, message)
+
+    def _significance(self, row: Mapping[str, Any], beyond: str) -> tuple[str, str]:
+        """':sig' rules fail only when even the CI's most favourable end is beyond the margin."""
+        _, lo_key, hi_key = self.keys
+        lo, hi = row.get(lo_key), row.get(hi_key)
+        if lo is None or hi is None:
+            return "warn", f"{beyond}, but no CI is available to confirm it"
+        best_end = lo if M.lower_is_better(self.metric) else -hi  # least worsening in the CI
+        ci = self.describe_ci(row)
+        if best_end > self.limit + EPS:
+            return "fail", f"{beyond} and the CI {ci} excludes the margin"
+        return "warn", f"{beyond}, but the CI {ci} reaches the margin (not significant)"
+
+    def _unmeasured(self, values: tuple[Mapping[str, Any], Mapping[str, Any]], arm: str,
+                    baseline_arm: str) -> Check:
+        """No comparison row: a NaN / inf candidate value is a regression, a missing one bad
+        input."""
+        cand, base = (v.get(self.metric) for v in values)
+        if isinstance(base, float) and not math.isfinite(base):
+            raise RecordError(f"baseline arm {baseline_arm}: {self.metric} is {base}; pick "
+                              "another baseline")
+        if isinstance(cand, float) and not math.isfinite(cand) and base is not None:
+            return Check(self, arm, baseline_arm, "fail", f"candidate {self.metric} is {cand}")
+        raise InputError(f"gate rule {self.text!r}: {self.metric} is not recorded for both "
+                         f"{arm} (candidate) and {baseline_arm} (baseline)")
 
 
 @dataclass(frozen=True)
@@ -130,7 +209,7 @@ def suite_rules(record: Mapping[str, Any]) -> list[str]:
         return []
     rules = gate.get("rules", []) if isinstance(gate, Mapping) else None
     if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
-        raise InputError(f"config.gate.rules of {stats.run_label(record)} must be a list of "
+        raise InputError(f"config.gate.rules of {F.run_label(record)} must be a list of "
                          f"strings like 'rougeL:-1%', got {rules!r}")
     return rules
 
@@ -154,8 +233,8 @@ def run_gate(candidate: LoadedRun, baseline: LoadedRun, *, cli_rules: list[str])
     """Apply the rules to every candidate arm against its baseline-run counterpart."""
     rules = gate_rules(candidate.record, cli_rules)
     if baseline.record.get("status") != "success":
-        raise RecordError(f"baseline run {_label(baseline)} did not succeed "
-                          f"({_error_message(baseline.record)}); pick another baseline")
+        raise RecordError(f"baseline run {F.run_label(baseline)} did not succeed "
+                          f"({F.failure(baseline.record)}); pick another baseline")
     if candidate.record.get("status") != "success":
         return _failed_candidate(candidate, baseline)
     stats.check_pairable(candidate.record, baseline.record)
@@ -171,20 +250,10 @@ def run_gate(candidate: LoadedRun, baseline: LoadedRun, *, cli_rules: list[str])
     return GateOutcome(code, md, warnings, tuple(checks))
 
 
-def _label(run: LoadedRun) -> str:
-    return f"{run.suite}/{run.run_id}"
-
-
-def _error_message(record: Mapping[str, Any]) -> str:
-    err = record.get("error")
-    msg = err.get("message") if isinstance(err, Mapping) else err
-    return f"status {record.get('status')!r}" + (f": {msg}" if msg else "")
-
-
 def _failed_candidate(candidate: LoadedRun, baseline: LoadedRun) -> GateOutcome:
-    msg = f"candidate run {_label(candidate)} failed ({_error_message(candidate.record)})"
-    md = (f"## harness gate: ❌ FAIL\n\n{md_cell(msg)}.\n\nBaseline: "
-          f"{md_cell(_label(baseline))}. No rules were evaluated.\n")
+    msg = f"candidate run {F.run_label(candidate)} failed ({F.failure(candidate.record)})"
+    md = (f"## harness gate: ❌ FAIL\n\n{F.md_cell(msg)}.\n\nBaseline: "
+          f"{F.md_cell(F.run_label(baseline))}. No rules were evaluated.\n")
     return GateOutcome(1, md, [msg])
 
 
@@ -206,20 +275,16 @@ def env_warnings(cand: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _adapter_arms(run: LoadedRun) -> list[str]:
-    return [a for a in run.record.get("arms") or {} if is_adapter_arm(run, a)]
-
-
 def arm_pairs(candidate: LoadedRun, baseline: LoadedRun, warnings: list[str]
               ) -> list[tuple[str, str]]:
     """(candidate arm, baseline-run arm) pairs: same names, else the first adapter arms."""
-    cand, base = _adapter_arms(candidate), _adapter_arms(baseline)
+    cand, base = (A.adapters(r.record.get("arms") or {}) for r in (candidate, baseline))
     if not cand and not base:
-        return [(BASELINE_ARM, BASELINE_ARM)]
+        return [(A.BASELINE, A.BASELINE)]
     if not cand or not base:
         which = "candidate" if not cand else "baseline"
-        raise RecordError(f"cannot gate {_label(candidate)} against {_label(baseline)}: the "
-                          f"{which} run has no adapter arm")
+        raise RecordError(f"cannot gate {F.run_label(candidate)} against "
+                          f"{F.run_label(baseline)}: the {which} run has no adapter arm")
     pairs = [(a, a) for a in cand if a in base]
     if not pairs:
         warnings.append(f"no candidate arm has a namesake in the baseline run; gating "
@@ -237,7 +302,8 @@ def _arm(run: LoadedRun, name: str) -> Mapping[str, Any]:
 def _check_arm(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_arm: str,
                rules: Sequence[Rule], same_device: bool) -> list[Check]:
     if _arm(baseline, base_arm).get("status", "success") != "success":
-        raise RecordError(f"baseline run {_label(baseline)}: arm {base_arm} did not succeed")
+        raise RecordError(f"baseline run {F.run_label(baseline)}: arm {base_arm} did not "
+                          "succeed")
     status = _arm(candidate, cand_arm).get("status", "success")
     if status != "success":
         msg = f"candidate arm {cand_arm} did not succeed (status {status!r})"
@@ -245,21 +311,7 @@ def _check_arm(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_ar
     rows = _comparison_rows(candidate, baseline, cand_arm, base_arm, rules)
     values = (_arm(candidate, cand_arm).get("metrics") or {},
               _arm(baseline, base_arm).get("metrics") or {})
-    return [_evaluate(r, rows.get(r.metric), values, cand_arm, base_arm, same_device)
-            for r in rules]
-
-
-def _unmeasured(rule: Rule, values: tuple[Mapping[str, Any], Mapping[str, Any]], cand_arm: str,
-                base_arm: str) -> Check:
-    """No comparison row: a NaN / inf candidate value is a regression, a missing one bad input."""
-    cand, base = (v.get(rule.metric) for v in values)
-    if isinstance(base, float) and not math.isfinite(base):
-        raise RecordError(f"baseline arm {base_arm}: {rule.metric} is {base}; pick another "
-                          "baseline")
-    if isinstance(cand, float) and not math.isfinite(cand) and base is not None:
-        return Check(rule, cand_arm, base_arm, "fail", f"candidate {rule.metric} is {cand}")
-    raise InputError(f"gate rule {rule.text!r}: {rule.metric} is not recorded for both "
-                     f"{cand_arm} (candidate) and {base_arm} (baseline)")
+    return [r.check(rows.get(r.metric), values, cand_arm, base_arm, same_device) for r in rules]
 
 
 def _comparison_rows(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_arm: str,
@@ -269,8 +321,9 @@ def _comparison_rows(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, b
     base_items, cand_items = baseline.items(base_arm), candidate.items(cand_arm)
     if not (base_items and cand_items):  # no predictions.jsonl: point values only
         if any(r.require_sig for r in rules):
-            raise RecordError(f"':sig' rules need per-item predictions; {_label(candidate)} "
-                              f"or {_label(baseline)} has none for arm {cand_arm}/{base_arm}")
+            raise RecordError(f"':sig' rules need per-item predictions; "
+                              f"{F.run_label(candidate)} or {F.run_label(baseline)} has none "
+                              f"for arm {cand_arm}/{base_arm}")
         base_items, cand_items = [], []
     rows = stats.compare_arms(
         base_items, cand_items,
@@ -280,58 +333,6 @@ def _comparison_rows(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, b
         n_resamples=settings.n_resamples, seed=settings.seed, alpha=settings.alpha,
     )
     return {r["metric"]: r for r in rows}
-
-
-def _evaluate(rule: Rule, row: Mapping[str, Any] | None,
-              values: tuple[Mapping[str, Any], Mapping[str, Any]], cand_arm: str, base_arm: str,
-              same_device: bool) -> Check:
-    def check(status: str, message: str) -> Check:
-        return Check(rule, cand_arm, base_arm, status, message, row)
-
-    if rule.metric in M.DEVICE_BOUND and not same_device:
-        return check("skip", "the runs used different devices")
-    if row is None:
-        return _unmeasured(rule, values, cand_arm, base_arm)
-    worse = _worsening(rule, row, "rel_gain" if rule.relative else "abs_diff")
-    if worse is None:
-        return check("skip", "the baseline value is 0, so a relative change is undefined; "
-                     "use an absolute rule")
-    if worse <= rule.limit + EPS:
-        return check("pass", "within the limit")
-    beyond = f"{_change_text(rule, row)} is beyond the allowed {rule.allowed()}"
-    if not rule.require_sig:
-        return check("fail", beyond)
-    return _significance(rule, row, beyond, check)
-
-
-def _worsening(rule: Rule, row: Mapping[str, Any], key: str) -> float | None:
-    """How far ``row[key]`` moved in the metric's worse direction (negative = it improved)."""
-    v = row.get(key)
-    if v is None:
-        return None
-    return float(v) if M.lower_is_better(rule.metric) else -float(v)
-
-
-def _significance(rule: Rule, row: Mapping[str, Any], beyond: str, check: Any) -> Check:
-    """':sig' rules fail only when even the CI's most favourable end is beyond the margin."""
-    lo_key, hi_key = ("rel_ci_low", "rel_ci_high") if rule.relative else ("ci_low", "ci_high")
-    lo, hi = row.get(lo_key), row.get(hi_key)
-    if lo is None or hi is None:
-        return check("warn", f"{beyond}, but no CI is available to confirm it")
-    best_end = lo if M.lower_is_better(rule.metric) else -hi  # least worsening in the CI
-    ci = f"CI [{_fmt_change(rule, lo)}, {_fmt_change(rule, hi)}]"
-    if best_end > rule.limit + EPS:
-        return check("fail", f"{beyond} and the {ci} excludes the margin")
-    return check("warn", f"{beyond}, but the {ci} reaches the margin (not significant)")
-
-
-def _fmt_change(rule: Rule, v: float) -> str:
-    return f"{v * 100:+.2f}%" if rule.relative else fmt_value(rule.metric, v, signed=True)
-
-
-def _change_text(rule: Rule, row: Mapping[str, Any]) -> str:
-    key = "rel_gain" if rule.relative else "abs_diff"
-    return f"{rule.metric} {_fmt_change(rule, float(row[key]))}"
 
 
 # ---------------------------------------------------------------- summary
@@ -347,10 +348,11 @@ def render(candidate: LoadedRun, baseline: LoadedRun, checks: Sequence[Check],
     failed = sum(c.status == "fail" for c in checks)
     verdict = "✅ pass" if code == 0 else f"❌ FAIL ({failed} regression{'s' * (failed != 1)})"
     lines = [f"## harness gate: {verdict}", "",
-             md_cell(f"Candidate {_label(candidate)} vs baseline {_label(baseline)}, eval set "
-                     f"{stats.eval_fingerprint(candidate.record)}."), ""]
-    lines += ["| Rule | Arm | Baseline | Candidate | Change | CI of change | Result |",
-              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+             F.md_cell(f"Candidate {F.run_label(candidate)} vs baseline "
+                       f"{F.run_label(baseline)}, eval set "
+                       f"{stats.eval_fingerprint(candidate.record)}."), ""]
+    lines += [_md_row(["Rule", "Arm", "Baseline", "Candidate", "Change", "CI of change",
+                       "Result"]), "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     lines += [_check_line(c) for c in checks]
     lines += _bullets("Warnings", warnings)
     return "\n".join(lines) + "\n"
@@ -359,21 +361,18 @@ def render(candidate: LoadedRun, baseline: LoadedRun, checks: Sequence[Check],
 def _check_line(c: Check) -> str:
     r, row = c.rule, c.row or {}
     arm = c.arm if c.arm == c.baseline_arm else f"{c.arm} vs {c.baseline_arm}"
-    change, ci = "—", "—"
-    if row:
-        key, lo, hi = (("rel_gain", "rel_ci_low", "rel_ci_high") if r.relative
-                       else ("abs_diff", "ci_low", "ci_high"))
-        if row.get(key) is not None:
-            change = _fmt_change(r, row[key])
-        if row.get(lo) is not None and row.get(hi) is not None:
-            ci = f"[{_fmt_change(r, row[lo])}, {_fmt_change(r, row[hi])}]"
-    cells = [f"`{r.text}` ({r.source})", arm,  # a parsed rule has no HTML or pipes
-             fmt_value(r.metric, row.get("baseline_value")),
-             fmt_value(r.metric, row.get("candidate_value")), change, ci,
-             f"{RESULT[c.status]}: {c.message}" if c.status != "pass" else RESULT["pass"]]
-    return "| " + " | ".join(md_cell(s) for s in cells) + " |"
+    return _md_row([
+        f"`{r.text}` ({r.source})", arm,  # a parsed rule has no HTML or pipes
+        F.metric(r.metric, row.get("baseline_value")),
+        F.metric(r.metric, row.get("candidate_value")),
+        r.describe_change(row.get(r.keys[0])), r.describe_ci(row),
+        f"{RESULT[c.status]}: {c.message}" if c.status != "pass" else RESULT["pass"]])
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(F.md_cell(s) for s in cells) + " |"
 
 
 def _bullets(title: str, items: Iterable[str]) -> list[str]:
     items = list(items)
-    return ["", f"{title}:"] + [f"- {md_cell(w)}" for w in items] if items else []
+    return ["", f"{title}:"] + [f"- {F.md_cell(w)}" for w in items] if items else []

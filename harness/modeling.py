@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import ModelSpec, Suite, TrainSpec
+from harness.config import ModelSpec, Quantization, Suite, TrainSpec
 from harness.errors import ModelSourceError
 
 log = logging.getLogger(__name__)
@@ -285,12 +285,12 @@ def context_length(spec: ModelSpec, path: str) -> int | None:
     return None
 
 
-def load_tokenizer(suite: Suite, path: str):
+def load_tokenizer(spec: ModelSpec, path: str):
     from transformers import AutoTokenizer
 
-    tok_path = suite.model.tokenizer or path
-    tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=suite.model.trust_remote_code,
-                                        revision=suite.model.revision)
+    tok = AutoTokenizer.from_pretrained(spec.tokenizer or path,
+                                        trust_remote_code=spec.trust_remote_code,
+                                        revision=spec.revision)
     return _with_pad(tok)
 
 
@@ -300,11 +300,10 @@ def _with_pad(tok):
     return tok
 
 
-def load_model(suite: Suite, path: str, device: str):
-    """The base model on ``device``, quantized when the suite says so."""
+def load_model(spec: ModelSpec, path: str, device: str):
+    """The base model on ``device``, quantized when the spec says so."""
     from transformers import AutoModelForCausalLM
 
-    spec = suite.model
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype(spec, device),
         "trust_remote_code": spec.trust_remote_code,
@@ -357,18 +356,16 @@ def lora_config(train: TrainSpec):
     )
 
 
-def attach_lora(model, suite: Suite):
-    """Wrap for training; QLoRA models are frozen first (fp16 compute: peft's k-bit preparation)."""
+def attach_lora(model, train: TrainSpec, quant: Quantization | None = None):
+    """Wrap for training; a model loaded with ``quant`` (QLoRA) is frozen first (fp16 compute:
+    peft's k-bit preparation)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
-    train = suite.train
-    assert train is not None
     # LoRA's A matrices are drawn from torch's global generator when the adapter is attached,
     # before the Trainer seeds anything: unseeded, the adapter depended on what ran earlier in
     # the process (a cached baseline or a computed one gave losses 0.0374 vs 0.0402).
     set_seed(train.seed)
-    quant = suite.model.quantization
     if quant and quant.compute_dtype == "float16":
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=train.gradient_checkpointing
@@ -447,12 +444,6 @@ def adapter_folder(source: str, revision: str | None) -> Path | None:
         return Path(snapshot_download(source, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached: no hash rather than a failed arm
         return None
-
-
-def load_adapter(model, adapter_dir: str | Path):
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(adapter_dir))
 
 
 def count_params(model) -> tuple[int, int]:

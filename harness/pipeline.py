@@ -2,7 +2,7 @@
 
     preflight (no weights; bad input raises before anything is written)
     -> run dir -> env -> data -> tokenizer -> base model -> zero-shot eval
-    -> per adapter arm: fresh base -> LoRA -> train -> save -> eval -> paired stats
+    -> per adapter arm: fresh base -> LoRA -> train -> save -> eval -> model card -> stats
     -> run.json + predictions.jsonl (+ train_log.jsonl written live) -> reports -> finalize
 
 A crash at any stage still writes a `failed` record with the error and everything measured
@@ -21,6 +21,7 @@ from typing import Any
 
 from harness import (
     adapters,
+    arms,
     cache,
     config,
     data,
@@ -29,8 +30,10 @@ from harness import (
     modeling,
     results,
     scoring,
+    shapes,
     stats,
     sweep,
+    templating,
     train,
 )
 from harness import env as environment
@@ -62,6 +65,12 @@ class Preflight:
     unchecked: list[str] = field(default_factory=list)  # what needs a network it has not got
     existing: list[adapters.ExistingAdapter] = field(default_factory=list)
 
+    @property
+    def loaded_splits(self) -> data.DataSplits:
+        """The splits a run uses (only validate, with offline_ok, goes on without them)."""
+        assert self.splits is not None, "preflight without offline_ok loads the data"
+        return self.splits
+
     def __str__(self) -> str:
         s = self.splits
         items = (f"{len(s.train)} train / {len(s.validation)} validation / {len(s.eval)} eval "
@@ -77,25 +86,24 @@ def preflight(suite: Suite, offline_ok: bool = False) -> Preflight:
     source = modeling.resolve_source(suite)
     unchecked: list[str] = []
     splits = _unless_unreachable(lambda: data.load_splits(suite), offline_ok, unchecked)
-    arms = sweep.expand(suite)
-    _check_arm_names(suite, arms)
+    cells = sweep.expand(suite)
+    _check_arm_names(suite, cells)
     shape = None
-    if arms or suite.adapters:
-        from harness import plan
-
-        shape = _unless_unreachable(lambda: plan.model_shape(suite), offline_ok, unchecked)
+    if cells or suite.adapters:
+        shape = _unless_unreachable(lambda: shapes.model_shape(suite.model, source), offline_ok,
+                                    unchecked)
     if shape is not None:
-        _check_targets(shape, arms)
+        _check_targets(shape, cells)
     existing = [a for a in (_unless_unreachable(lambda s=spec: adapters.inspect(suite, s, shape),
                                                 offline_ok, unchecked)
                             for spec in suite.adapters) if a is not None]
     variants = _variants(suite, splits) if splits else []
     warnings = _suite_warnings(suite) + [w for a in existing for w in a.warnings]
-    return Preflight(source, splits, arms, variants, warnings, unchecked, existing)
+    return Preflight(source, splits, cells, variants, warnings, unchecked, existing)
 
 
-def _check_arm_names(suite: Suite, arms: list[tuple[str, Suite]]) -> None:
-    clash = sorted({a.name for a in suite.adapters} & {name for name, _ in arms})
+def _check_arm_names(suite: Suite, cells: list[tuple[str, Suite]]) -> None:
+    clash = sorted({a.name for a in suite.adapters} & {name for name, _ in cells})
     if clash:
         raise InputError(f"adapters: {clash} also name trained arms; give the existing "
                          "adapters other names")
@@ -111,14 +119,12 @@ def _unless_unreachable(check, offline_ok: bool, unchecked: list[str]):
         return None
 
 
-def _check_targets(shape, arms: list[tuple[str, Suite]]) -> None:
+def _check_targets(shape: shapes.ModelShape, cells: list[tuple[str, Suite]]) -> None:
     """LoRA target modules against the model's real layer names (meta device, no weights),
     so a typo fails before the baseline is evaluated, not after."""
-    from harness import plan
-
-    for _, cell in arms:
+    for _, cell in cells:
         assert cell.train is not None
-        plan.lora_targets(shape, cell.train.target_modules)
+        shapes.lora_targets(shape, cell.train.target_modules)
 
 
 def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, data.DataSplits]]:
@@ -128,7 +134,7 @@ def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, d
         variant = config.with_overrides(suite, {"data.prompt_template": template})
         vsplits = data.load_splits(variant)
         assert [e.id for e in vsplits.eval] == [e.id for e in splits.eval]  # same seed, same rows
-        out.append((f"baseline@{name}", variant, vsplits))
+        out.append((arms.variant(name), variant, vsplits))
     return out
 
 
@@ -158,7 +164,6 @@ class _Run:
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None) -> RunOutcome:
     checked = preflight(suite)
-    assert checked.splits is not None  # without offline_ok, unreachable data raised
     leftovers = results.dead_partials(Path(out_dir) / suite.name)
     run = _Run(suite, results.create_run_dir(out_dir, suite.name), progress or NullProgress())
     run.record = _skeleton(run, checked)
@@ -167,7 +172,7 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None) -> 
     for folder in leftovers:
         _warn(run, f"{folder}: left by a run that was killed before it could write its record; "
                    "delete it when you no longer need what it holds")
-    (run.dir.path / results.TRAIN_LOG_FILE).touch()
+    run.dir.write_text(results.TRAIN_LOG_FILE, "")  # exists (empty) for eval-only runs too
     try:
         with logs.library_output_to(run.dir.path / logs.LOG_FILE):
             _execute(run, checked)
@@ -198,12 +203,13 @@ def _execute(run: _Run, checked: Preflight) -> None:
         run.model_content = modeling.content_key(suite.model, src, suite.base_dir)
         if run.model_content is None:
             _warn(run, f"zero-shot cache off: cannot tell which commit {src.label} resolves to")
-    tok = modeling.load_tokenizer(suite, path)
-    enc_eval, enc_val, enc_train = _encode(run, checked.splits, tok)
+    tok = modeling.load_tokenizer(suite.model, path)
+    enc_eval, enc_val, enc_train = _encode(run, checked.loaded_splits, tok)
     run.eval_spec = _fit_generation(run, modeling.context_length(suite.model, path), enc_eval)
-    base = _Lazy(lambda: modeling.load_model(suite, path, device))
-    run.stage = "eval:baseline"
-    _zero_shot(run, "baseline", suite, base, tok, enc_eval, checked.splits, device, checked)
+    base = _Lazy(lambda: modeling.load_model(suite.model, path, device))
+    run.stage = f"eval:{arms.BASELINE}"
+    _zero_shot(run, arms.BASELINE, suite, base, tok, enc_eval, checked.loaded_splits, device,
+               checked)
     for name, variant, vsplits in checked.variants:
         run.stage = f"eval:{name}"
         enc, _ = encoding.encode_all(vsplits.eval, tok, variant.data)
@@ -213,7 +219,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
     del base
     for name, cell in checked.arms:
         _train_arm(run, name, cell, path, tok, device, (enc_train, enc_val, enc_eval),
-                   checked.splits)
+                   checked.loaded_splits)
 
 
 def _fit_generation(run: _Run, context: int | None, items) -> config.EvalSpec:
@@ -252,11 +258,12 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, s
     if hit is not None:
         arm, rows = hit
         run.progress.stage(f"{name}: reusing the cached zero-shot evaluation")
-        run.record["arms"][name] = {**arm, "cached": True}
+        # source: entries cached before zero-shot arms recorded one have none
+        run.record["arms"][name] = {**arm, "source": arms.ZERO_SHOT, "cached": True}
         run.predictions += rows
         return
     result = _eval_arm(run, name, base.get(), tok, enc, splits.eval, device)
-    arm = _record_arm(run, name, result)
+    arm = _record_arm(run, name, result, source=arms.ZERO_SHOT)
     if fields is not None:
         cache.store(fields, arm, list(result.rows))
 
@@ -268,7 +275,7 @@ def _cache_fields(run: _Run, name: str, suite: Suite, checked: Preflight,
     if not suite.eval.cache_baseline or run.model_content is None:
         return None
     return cache.baseline_key_fields(suite, checked.source, device,
-                                     checked.splits.eval_fingerprint, variant=name,
+                                     checked.loaded_splits.eval_fingerprint, variant=name,
                                      content=run.model_content)
 
 
@@ -290,26 +297,25 @@ def _encode(run: _Run, splits: data.DataSplits, tok: Any):
 def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: str,
                enc: tuple, splits: data.DataSplits) -> None:
     enc_train, enc_val, enc_eval = enc
+    assert cell.train is not None
     run.record["arms"][name] = {"model": run.suite.model.label, "adapter": None,
-                                "source": "trained", "metrics": {}, "status": "running"}
+                                "source": arms.TRAINED, "metrics": {}, "status": "running"}
     try:
         run.stage = f"train:{name}"
-        model = modeling.attach_lora(modeling.load_model(cell, path, device), cell)
+        model = modeling.attach_lora(modeling.load_model(cell.model, path, device), cell.train,
+                                     cell.model.quantization)
         trainable, total = modeling.count_params(model)
-        result = _fit(run, name, cell, model, tok, enc_train, enc_val, device)
-        adapter_dir = run.dir.path / results.ADAPTERS_DIR / name
-        size = train.save_adapter(result.model, adapter_dir)
+        result = _fit(run, name, cell.train, model, tok, enc_train, enc_val, device)
+        adapter, size = run.dir.save_adapter(name, result.model)
         run.record["training"][name] = {**result.summary, "trainable_params": trainable,
                                         "total_params": total, "adapter_bytes": size,
                                         "config": config.dump(cell)["train"]}
         run.stage = f"eval:{name}"
         model, merged = _for_eval(result.model, cell)
         evaluated = _eval_arm(run, name, model, tok, enc_eval, splits.eval, device)
-        train.write_model_card(adapter_dir, base_model=run.suite.model.label, suite=cell,
-                               arm=name, metrics=evaluated.metrics,
-                               baseline=run.record["arms"]["baseline"]["metrics"])
-        _record_arm(run, name, evaluated, adapter=f"{results.ADAPTERS_DIR}/{name}",
-                    source="trained", merged_for_eval=merged)
+        _write_model_card(run, name, cell, evaluated.metrics)
+        _record_arm(run, name, evaluated, adapter=adapter, source=arms.TRAINED,
+                    merged_for_eval=merged)
         _compare(run, name)
     except Exception as e:  # noqa: BLE001 - a failing sweep cell must not stop the others
         if run.suite.sweep is None or isinstance(e, InputError):
@@ -332,24 +338,24 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
             folder = modeling.adapter_folder(ad.source, ad.revision)
             own_tok = modeling.adapter_tokenizer(folder)
             arm_tok = own_tok or tok
-            items = (encoding.encode_all(checked.splits.eval, own_tok, run.suite.data)[0]
+            items = (encoding.encode_all(checked.loaded_splits.eval, own_tok, run.suite.data)[0]
                      if own_tok is not None else enc_eval)
             if own_tok is not None and len(own_tok) != modeling.vocab_rows(base.get()):
-                resized = modeling.load_model(run.suite, path, device)
+                resized = modeling.load_model(run.suite.model, path, device)
                 resized.resize_token_embeddings(len(own_tok))
                 model = modeling.switch_adapter(resized, ad.source, ad.name, ad.revision,
                                                 ad.peft_type)
             else:
                 model = shared = modeling.switch_adapter(shared or base.get(), ad.source,
                                                          ad.name, ad.revision, ad.peft_type)
-            evaluated = _eval_arm(run, ad.name, model, arm_tok, items, checked.splits.eval,
+            evaluated = _eval_arm(run, ad.name, model, arm_tok, items, checked.loaded_splits.eval,
                                   device)
-            _record_arm(run, ad.name, evaluated, adapter=ad.source, source="existing",
+            _record_arm(run, ad.name, evaluated, adapter=ad.source, source=arms.EXISTING,
                         origin=_origin(ad, model, folder))
             _compare(run, ad.name)
         except Exception as e:  # noqa: BLE001 - one broken adapter must not stop the others
             arm = run.record["arms"].setdefault(ad.name, {
-                "model": run.suite.model.label, "adapter": ad.source, "source": "existing",
+                "model": run.suite.model.label, "adapter": ad.source, "source": arms.EXISTING,
                 "metrics": {}})
             _arm_failed(arm, e, run.stage)
 
@@ -376,19 +382,32 @@ def _arm_failed(arm: dict[str, Any], e: BaseException, stage: str) -> None:
     arm["error"] = _error(e, stage)
 
 
-def _fit(run: _Run, name: str, cell: Suite, model: Any, tok: Any, enc_train, enc_val, device):
-    spec = cell.train
-    assert spec is not None
+def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc_train,
+         enc_val, device: str) -> train.TrainResult:
+    """Train with the checkpoints in a scratch folder of the run (removed when training ends:
+    the adapter is saved from the returned model) and TensorBoard's events in the run."""
     steps = _expected_steps(spec, len(enc_train))
     run.progress.stage(f"training {name}: {len(enc_train)} examples, {steps} optimizer steps")
     advance = run.progress.task(f"train {name}", steps)
-    return train.train_adapter(
-        model, tok, cell, arm=name, train_items=enc_train, val_items=enc_val,
-        work_dir=run.dir.path / "checkpoints" / name, device=device,
-        tensorboard_dir=run.dir.path / "tensorboard" / name,
-        log_row=lambda row: _log_step(run, row, advance),
-        on_step=lambda: advance(1),
-    )
+    with run.dir.scratch(name) as checkpoints:
+        return train.train_adapter(
+            model, tok, spec, arm=name, train_items=enc_train, val_items=enc_val,
+            output_dir=checkpoints, device=device,
+            tensorboard_dir=run.dir.path / results.TENSORBOARD_DIR / name,
+            log_row=lambda row: _log_step(run, row, advance),
+            on_step=lambda: advance(1),
+        )
+
+
+def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]) -> None:
+    """adapters/<arm>/README.md: the hub's card format, a view of the arm's numbers beside
+    the zero-shot ones, rendered like the reports."""
+    base = run.record["arms"][arms.BASELINE]["metrics"]
+    rows = [(k, base[k], v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and isinstance(base.get(k), (int, float))]
+    text = templating.render("model_card.md.j2", base_model=run.suite.model.label,
+                             suite=cell.name, arm=name, train=cell.train, rows=rows)
+    run.dir.write_text(f"{results.ADAPTERS_DIR}/{name}/{results.MODEL_CARD_FILE}", text)
 
 
 def _log_step(run: _Run, row: dict[str, Any], advance) -> None:
@@ -469,17 +488,17 @@ def _arm_metrics(rows, eval_tps: float, gens, peak: int) -> dict[str, Any]:
 
 def _compare(run: _Run, name: str) -> None:
     s = run.suite.stats
-    base = run.record["arms"]["baseline"]["metrics"]
+    base = run.record["arms"][arms.BASELINE]["metrics"]
     cand = run.record["arms"][name]["metrics"]
     metrics = [k for k, v in base.items() if v is not None and cand.get(k) is not None]
-    if run.record["arms"]["baseline"].get("cached"):
+    if run.record["arms"][arms.BASELINE].get("cached"):
         # A cached baseline's speed and memory were measured in another process at another
         # time (a loaded machine, a cold start): a difference would measure that, not the arm.
         metrics = [k for k in metrics if k not in SYSTEM_KEYS]
     run.record["comparisons"] += stats.compare_arms(
-        [r for r in run.predictions if r["arm"] == "baseline"],
+        [r for r in run.predictions if r["arm"] == arms.BASELINE],
         [r for r in run.predictions if r["arm"] == name],
-        base, cand, baseline="baseline", candidate=name, metrics=metrics,
+        base, cand, baseline=arms.BASELINE, candidate=name, metrics=metrics,
         n_resamples=s.n_resamples, seed=s.seed, alpha=s.alpha,
     )
 
@@ -497,7 +516,7 @@ def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
         "error": None,
         "config": config.dump(s),
         "env": {},
-        "data": checked.splits.summary(),
+        "data": checked.loaded_splits.summary(),
         "arms": {},
         "comparisons": [],
         "stats": stats.stats_record(s.stats.n_resamples, s.stats.seed, s.stats.alpha),
@@ -515,8 +534,8 @@ def _warn(run: _Run, text: str) -> None:
 
 
 def _overall_status(record: dict[str, Any]) -> str:
-    arms = [a for n, a in record["arms"].items() if n != "baseline"]
-    if arms and all(a.get("status") == "failed" for a in arms):
+    others = [record["arms"][n] for n in arms.others(record["arms"])]
+    if others and all(a.get("status") == "failed" for a in others):
         return "failed"
     return "success"
 

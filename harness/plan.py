@@ -1,11 +1,10 @@
 """`harness plan`: what a suite will cost, from the model's config alone (no weights loaded).
 
-The model is built on the meta device (shapes, no memory; ~4 s for phi-2 on 2 cores), so
-parameter counts come from the real module tree, not from a formula per architecture:
+Parameter counts come from the real module tree (`shapes`: the model built on the meta
+device), not from a formula per architecture:
 
 - LoRA adds ``r * (in + out)`` parameters per wrapped layer (A: r x in, B: out x r), on the
-  modules peft would wrap: a target matches a module whose name equals it or ends with
-  ``"." + target``; ``"all-linear"`` is every Linear / Conv1D except the output head.
+  modules peft would wrap (``shapes.lora_targets``).
 - Optimizer steps follow transformers 5's Trainer: ``ceil(ceil(n / batch) / accumulation)``
   per epoch (the last partial accumulation still steps), ``ceil(epochs * per_epoch)`` in all
   unless ``max_steps`` is set; warmup is ``warmup_steps`` or ``ceil(ratio * total)``.
@@ -16,15 +15,14 @@ parameter counts come from the real module tree, not from a formula per architec
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from harness import data, modeling, sweep
+from harness import adapters, data, modeling, sweep
 from harness.config import ModelSpec, Suite, TrainSpec
-from harness.errors import ConfigError, DatasetUnavailable, ModelSourceError, ModelUnavailable
+from harness.errors import DatasetUnavailable
+from harness.shapes import Layer, ModelShape, lora_targets, model_shape
 
 GIB = 1024**3
 CONTEXT_BYTES = GIB  # CUDA context + cuBLAS workspace + allocator slack: typically 0.5-1 GiB
@@ -43,41 +41,9 @@ GPU_CLASSES = (
     (79.1, "80 GB class (A100-80GB, H100)"),
     (139.8, "141 GB class (H200)"),
 )
-_LORA_KINDS = ("linear", "conv1d", "embedding")
 
 
 # ---------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One named module. ``kind`` is linear / conv1d / embedding, else the module's class."""
-
-    name: str
-    kind: str
-    in_features: int = 0
-    out_features: int = 0
-    bias: int = 0  # bias elements
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the plan needs from the meta-device model."""
-
-    architecture: str
-    model_type: str
-    config_source: str
-    total_params: int
-    bias_params: int  # every *.bias parameter (LoRA bias="all" trains them all)
-    layers: tuple[Layer, ...]
-    output_layer: str | None  # the LM head: never quantized, excluded from "all-linear"
-    quantizable_params: int  # Linear/Conv1D weights bitsandbytes would quantize
-    quantizable_rows: int  # their output rows (8-bit keeps one fp32 scale per row)
-    hidden_size: int | None
-    num_layers: int | None
-    intermediate_size: int | None
-    vocab_size: int | None
-    gated_mlp: bool  # SwiGLU-style: gate and up projections both of intermediate size
 
 
 @dataclass(frozen=True)
@@ -160,7 +126,7 @@ class Plan:
 def make_plan(suite: Suite) -> Plan:
     """Counts, schedule and memory for every adapter arm; raises InputError subclasses."""
     arms = sweep.expand(suite)  # bad sweep cells fail before anything slow
-    shape = model_shape(suite)
+    shape = model_shape(suite.model, modeling.resolve_source(suite))
     counts = data_counts(suite)
     cells = tuple(cell_plan(name, cell, shape, counts.train) for name, cell in arms)
     return Plan(suite=suite.name, model=suite.model.label, shape=shape, model_spec=suite.model,
@@ -169,12 +135,9 @@ def make_plan(suite: Suite) -> Plan:
 
 
 def _existing(suite: Suite, shape: ModelShape):
-    from harness import adapters
-    from harness.modeling import adapter_folder
-
     for spec in suite.adapters:
         a = adapters.inspect(suite, spec, shape)
-        params = adapters.stored_params(adapter_folder(a.source, a.revision))
+        params = adapters.stored_params(modeling.adapter_folder(a.source, a.revision))
         yield a.name, a.source, a.peft_type, a.rank, params
 
 
@@ -189,156 +152,6 @@ def cell_plan(name: str, cell: Suite, shape: ModelShape, n_train: int | None) ->
         unmatched_targets=unmatched, schedule=schedule(spec, n_train),
         memory=train_memory(shape, cell, lora + bias),
     )
-
-
-# ---------------------------------------------------------------- the model, on meta
-
-
-def model_shape(suite: Suite) -> ModelShape:
-    """Config -> meta-device model -> shapes. No weights are read or allocated."""
-    cfg, source = load_config(suite)
-    model = _meta_model(cfg, suite.model)
-    layers = tuple(_layer(name, m) for name, m in model.named_modules() if name)
-    head = _output_layer(model)
-    quantizable = [x for x in layers if x.kind in ("linear", "conv1d") and x.name != head]
-    hidden, n_layers, inter, vocab = _sizes(cfg)
-    return ModelShape(
-        architecture=type(model).__name__, model_type=getattr(cfg, "model_type", "?"),
-        config_source=source, total_params=sum(p.numel() for p in model.parameters()),
-        bias_params=sum(p.numel() for n, p in model.named_parameters() if _is_bias(n)),
-        layers=layers, output_layer=head,
-        quantizable_params=sum(x.in_features * x.out_features for x in quantizable),
-        quantizable_rows=sum(x.out_features for x in quantizable),
-        hidden_size=hidden, num_layers=n_layers, intermediate_size=inter, vocab_size=vocab,
-        gated_mlp=_gated(layers, inter, n_layers),
-    )
-
-
-def _sizes(cfg: Any) -> tuple[int | None, int | None, int | None, int | None]:
-    """(hidden, blocks, MLP width, vocab) of the text model; None where the config lacks it."""
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    hidden = getattr(text, "hidden_size", None)
-    inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or (
-        4 * hidden if hidden else None)  # GPT-2 style configs leave the MLP at 4h
-    return hidden, getattr(text, "num_hidden_layers", None), inter, getattr(text, "vocab_size",
-                                                                             None)
-
-
-def load_config(suite: Suite) -> tuple[Any, str]:
-    """(config, where it came from): local dir, converted GGUF cache, GGUF metadata, or the
-    hub id (HF cache, or fetched when a network exists)."""
-    src = modeling.resolve_source(suite)
-    spec = suite.model
-    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
-    conv = src.converted
-    if conv is not None and (conv / "config.json").is_file():
-        return _auto_config(str(conv), src.label, kw), f"converted cache {conv}"
-    kw["revision"] = spec.revision
-    if src.gguf_file:
-        kw["gguf_file"] = src.gguf_file
-        return _auto_config(src.path, src.label, kw), f"GGUF metadata of {src.gguf_file}"
-    local = os.path.isdir(src.path)
-    where = f"{src.path}/config.json" if local else f"hub id {src.path} (cache or network)"
-    return _auto_config(src.path, src.label, kw), where
-
-
-def _auto_config(path: str, label: str, kw: dict[str, Any]) -> Any:
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(path, **kw)
-    except (OSError, ValueError, KeyError) as e:
-        text = " ".join(str(e).split()) or type(e).__name__
-        if not os.path.exists(path) and (_offline() or "connect" in text.lower()):
-            raise ModelUnavailable(f"model config for {label}: not in the local Hugging Face "
-                                   "cache, and the hub cannot be reached") from e
-        raise ModelSourceError(f"model config for {label} cannot be read: {text}") from e
-
-
-def _offline() -> bool:
-    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(f.lower() in ("1", "true", "yes", "on") for f in flags)
-
-
-def _meta_model(cfg: Any, spec: ModelSpec) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    try:
-        with torch.device("meta"):  # shapes only: a 7B model costs no memory here
-            return AutoModelForCausalLM.from_config(cfg, trust_remote_code=spec.trust_remote_code)
-    except (ValueError, KeyError, ImportError) as e:
-        raise ModelSourceError(f"model {spec.label}: cannot build a causal LM from its config "
-                               f"({type(cfg).__name__}): {e}") from e
-
-
-def _layer(name: str, m: Any) -> Layer:
-    import torch.nn as nn
-    from transformers.pytorch_utils import Conv1D
-
-    bias = getattr(m, "bias", None)
-    nb = bias.numel() if isinstance(bias, nn.Parameter) else 0
-    if isinstance(m, nn.Linear):
-        return Layer(name, "linear", m.in_features, m.out_features, nb)
-    if isinstance(m, Conv1D):  # GPT-2 style: weight is (in, out)
-        return Layer(name, "conv1d", m.weight.shape[0], m.weight.shape[1], nb)
-    if isinstance(m, nn.Embedding):  # LoRA A: r x vocab, B: dim x r
-        return Layer(name, "embedding", m.num_embeddings, m.embedding_dim)
-    return Layer(name, type(m).__name__)
-
-
-def _output_layer(model: Any) -> str | None:
-    head = model.get_output_embeddings()
-    return next((n for n, m in model.named_modules() if m is head), None) if head else None
-
-
-def _is_bias(name: str) -> bool:
-    return name == "bias" or name.endswith(".bias")
-
-
-def _gated(layers: Sequence[Layer], inter: int | None, n_blocks: int | None) -> bool:
-    """Gate + up projections (2 per block of intermediate size), or one fused of 2x size."""
-    if not inter or not n_blocks:
-        return False
-    outs = [x.out_features for x in layers if x.kind == "linear"]
-    return outs.count(inter) >= 2 * n_blocks or outs.count(2 * inter) >= n_blocks
-
-
-# ---------------------------------------------------------------- LoRA targets
-
-
-def lora_targets(shape: ModelShape, targets: list[str] | str,
-                 ) -> tuple[list[Layer], tuple[str, ...]]:
-    """(layers peft would wrap, targets that matched nothing), with peft's matching rule."""
-    if targets == "all-linear":
-        picked = [x for x in shape.layers
-                  if x.kind in ("linear", "conv1d") and x.name != shape.output_layer]
-        return picked, ()
-    picked = [x for x in shape.layers if any(_matches(x.name, t) for t in targets)]
-    unmatched = tuple(t for t in targets if not any(_matches(x.name, t) for x in picked))
-    _check_targets(shape, picked, targets)
-    return picked, unmatched
-
-
-def _matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
-
-
-def _check_targets(shape: ModelShape, picked: list[Layer], targets: Sequence[str]) -> None:
-    """peft raises on both of these at get_peft_model time; say so before any weights load."""
-    bad = [x for x in picked if x.kind not in _LORA_KINDS]
-    if bad:
-        raise ConfigError(f"train.target_modules: {bad[0].name} is a {bad[0].kind}, which LoRA "
-                          f"cannot wrap; target its Linear layers: {_linear_names(shape)}")
-    if not picked:
-        raise ConfigError(f"train.target_modules: none of {list(targets)} is in "
-                          f"{shape.architecture}; its Linear layers: {_linear_names(shape)}")
-
-
-def _linear_names(shape: ModelShape) -> str:
-    names = dict.fromkeys(x.name.rsplit(".", 1)[-1] for x in shape.layers
-                          if x.kind in ("linear", "conv1d"))
-    return ", ".join(names)
 
 
 def _trainable_bias(shape: ModelShape, matched: Sequence[Layer], bias: str) -> int:
@@ -367,7 +180,6 @@ def data_counts(suite: Suite) -> DataCounts:
         notes.append(f"train items over {spec.max_length:,} tokens not yet dropped")
     return DataCounts(len(s.train), len(s.validation), len(s.eval), known=True,
                       note="; ".join(notes))
-
 
 
 def schedule(spec: TrainSpec, n_train: int | None) -> Schedule:
@@ -565,7 +377,7 @@ def _sweep(plan: Plan) -> list[str]:
     ]
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     return ["  ".join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])])
             .rstrip() for r in rows]

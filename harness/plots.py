@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
 
+from harness import arms as A
+
 W = 640  # viewBox width; CSS scales each chart to its column
 # Okabe-Ito-like, colour-blind safe; the zero-shot baseline is always grey.
 BASELINE_COLOR = "#8b94a3"
@@ -66,9 +68,9 @@ class Scale:
 
 
 def arm_colors(arms: Sequence[str]) -> dict[str, str]:
-    adapters = [a for a in arms if a != "baseline"]
-    colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(adapters)}
-    return {"baseline": BASELINE_COLOR, **colors}
+    """Grey for ``baseline``; every other arm (template variants too) its own palette colour."""
+    colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(A.others(arms))}
+    return {A.BASELINE: BASELINE_COLOR, **colors}
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:

@@ -22,7 +22,9 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 from rich.text import Text
 
-from harness.compare import fmt_value
+from harness import arms as A
+from harness import formatting as F
+from harness import stats
 from harness.metrics import ALL_KEYS, SYSTEM_KEYS, lower_is_better
 
 # advance(n) moves a bar by n; advance(0, info="loss 1.23") shows the latest numbers beside it.
@@ -74,16 +76,11 @@ class RichProgress:
         """Without a terminal (CI logs, `| tee`) no bar is drawn: one line per logged step, so a
         ten-minute training is never silent."""
         t = self.bar.tasks[tid]
-        eta = "" if t.time_remaining is None else f", ETA {_clock(t.time_remaining)}"
+        eta = "" if t.time_remaining is None else f", ETA {F.clock(t.time_remaining)}"
         self.bar.console.print(
             f"{t.description}: step {int(t.completed)}/{int(t.total or 0)}, {info}, "
-            f"elapsed {_clock(t.elapsed or 0)}{eta}", markup=False, highlight=False,
+            f"elapsed {F.clock(t.elapsed or 0)}{eta}", markup=False, highlight=False,
             soft_wrap=True)
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 @contextlib.contextmanager
@@ -114,35 +111,35 @@ def quiet_libraries() -> None:
 
 def summary_table(record: dict[str, Any]) -> Table:
     """Zero-shot vs each adapter arm, one row per metric, with the paired CI when present."""
-    arms = [a for a in record.get("arms", {}) if a != "baseline"]
+    arms = A.others(record.get("arms", {}))
+    alpha = (record.get("stats") or {}).get("alpha", stats.DEFAULT_ALPHA)
     table = Table(title=f"{record.get('suite')} / {record.get('run_id')}")
     table.add_column("metric", no_wrap=True)
-    table.add_column("zero-shot", justify="right", no_wrap=True)
+    table.add_column(A.BASELINE_LABEL, justify="right", no_wrap=True)
     for a in arms:
         table.add_column(a, justify="right", no_wrap=True)
-        table.add_column("Δ [95% CI]", justify="right")
+        table.add_column(f"Δ [{F.ci_level(alpha)} CI]", justify="right")
         table.add_column("p (Holm)", justify="right", no_wrap=True)
     comps = {(c["candidate"], c["metric"]): c for c in record.get("comparisons", [])}
-    base = record.get("arms", {}).get("baseline", {}).get("metrics", {})
+    base = record.get("arms", {}).get(A.BASELINE, {}).get("metrics", {})
     for m in ALL_KEYS:
         if base.get(m) is None:
             continue
-        cached = m in SYSTEM_KEYS and record["arms"]["baseline"].get("cached")
+        cached = m in SYSTEM_KEYS and record["arms"][A.BASELINE].get("cached")
         row = [m + (" ↓" if lower_is_better(m) else ""),
-               fmt_value(m, base[m]) + (" (cached)" if cached else "")]
+               F.metric(m, base[m]) + (" (cached)" if cached else "")]
         for a in arms:
             val = record["arms"][a].get("metrics", {}).get(m)
-            row += [fmt_value(m, val), *_delta(comps.get((a, m)), m)]
+            row += [F.metric(m, val), *_delta(comps.get((a, m)), m)]
         table.add_row(*row)
     return table
 
 
 def _delta(c: dict[str, Any] | None, metric: str) -> tuple[str, str]:
     if not c or c.get("abs_diff") is None:
-        return "—", "—"
-    text = fmt_value(metric, c["abs_diff"], signed=True)
-    if c.get("ci_low") is not None:
-        low, high = (fmt_value(metric, c[k], signed=True) for k in ("ci_low", "ci_high"))
-        text += f" [{low}, {high}]"
+        return F.DASH, F.DASH
+    text = F.metric(metric, c["abs_diff"], signed=True)
+    ci = F.interval(c.get("ci_low"), c.get("ci_high"),
+                    lambda v: F.metric(metric, v, signed=True), missing="")
     p = c.get("p_value_holm", c.get("p_value"))
-    return text, ("—" if p is None else f"{p:.2g}")
+    return f"{text} {ci}".rstrip(), F.p_value(p)

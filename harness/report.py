@@ -1,10 +1,11 @@
 """Render a stored run into ``report.html`` and ``report.md`` (DESIGN §2).
 
 Reads the record and its JSONL files only, never torch, so ``harness report`` runs in a plain CI
-job on records made on a GPU box. Python turns the record into display-ready strings (one place
-for number formatting and for the "is higher better?" logic); the Jinja templates in
-``templates/`` only lay them out. The HTML is one self-contained file: inline CSS, inline SVG
-plots, a few lines of inline JS, and a Content-Security-Policy that forbids every fetch.
+job on records made on a GPU box. Python turns the record into display-ready strings (numbers
+through ``harness.formatting``, the "is higher better?" logic here); the Jinja templates in
+``templates/`` (rendered by ``harness.templating``) only lay them out. The HTML is one
+self-contained file: inline CSS, inline SVG plots, a few lines of inline JS, and a
+Content-Security-Policy that forbids every fetch.
 
 Model outputs and dataset text are untrusted: HTML autoescaping covers the HTML report, and the
 ``md`` filter neutralises ``|``, newlines and ``<`` in Markdown table cells.
@@ -16,38 +17,32 @@ import base64
 import hashlib
 import json
 import math
-import os
 import statistics
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from markupsafe import Markup
 
-from harness import plots
-from harness.errors import HarnessError, RecordError
+from harness import arms as A
+from harness import formatting as F
+from harness import plots, templating
+from harness.errors import RecordError
+from harness.formatting import DASH
 from harness.metrics import ALL_KEYS, QUALITY_KEYS, ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
 from harness.results import LoadedRun, atomic_write_text
+from harness.stats import DEFAULT_ALPHA
 
-TEMPLATES_ENV = "HARNESS_TEMPLATES"  # override for non-editable installs
 HTML_TEMPLATE, MD_TEMPLATE, JS_FILE = "report.html.j2", "report.md.j2", "_report.js"
 MAX_EXAMPLES = 200  # the browser stays fast; the largest gains and regressions are kept
-DASH = "—"
 
 LABELS = {
     "loss": "Loss", "perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
     "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum", "eval_tokens_per_s": "Eval tokens/s",
     "gen_tokens_per_s": "Gen tokens/s", "peak_memory_bytes": "Peak memory",
 }
-# Decimal places per metric: ROUGE in 0..1 needs 4 to show seed-003-sized gains (+0.0007).
-DECIMALS = {"loss": 4, "perplexity": 3, "eval_tokens_per_s": 1, "gen_tokens_per_s": 1,
-            **{k: 4 for k in ROUGE_KEYS}}
 CARD_METRICS = ("rougeL", "rouge1", "perplexity", "loss")
-# Float keys holding a share in 0..1, shown as percentages (e.g. the lengths' share_truncated).
-SHARE_WORDS = ("share", "frac", "efficiency", "pct", "truncated")
 
 
 # ------------------------------------------------------------------ public API
@@ -61,65 +56,18 @@ def write_reports(run: LoadedRun) -> list[Path]:
 
 
 def render_html(run: LoadedRun) -> str:
-    env, data = _env(), _read(run)
-    script = (templates_dir() / JS_FILE).read_text(encoding="utf-8")
+    data = _read(run)
+    script = templating.read(JS_FILE)
     # The CSP admits exactly this script by its hash: injected markup could not run code even
     # if escaping ever failed, and nothing can be fetched from anywhere.
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-    return env.get_template(HTML_TEMPLATE).render(
-        **_context(run, data), plots=_plots(data), examples=_examples(data),
+    return templating.render(
+        HTML_TEMPLATE, **_context(run, data), plots=_plots(data), examples=_examples(data),
         script=Markup(script), script_hash=digest)
 
 
 def render_markdown(run: LoadedRun) -> str:
-    env, data = _env(), _read(run)
-    return env.get_template(MD_TEMPLATE).render(_context(run, data))
-
-
-# ------------------------------------------------------------------ templates
-
-
-def templates_dir() -> Path:
-    """$HARNESS_TEMPLATES, else the checkout's templates/ (editable install), else the copy a
-    regular install puts in <prefix>/share/harness/templates (pyproject data-files)."""
-    override = os.environ.get(TEMPLATES_ENV)
-    candidates = [Path(override)] if override else [
-        Path(__file__).resolve().parent.parent / "templates",
-        Path(sys.prefix) / "share" / "harness" / "templates",
-    ]
-    path = next((p for p in candidates if (p / HTML_TEMPLATE).is_file()), candidates[0])
-    if not (path / HTML_TEMPLATE).is_file():
-        raise HarnessError(
-            f"report templates not found in {path}; install harness from a checkout "
-            f"(pip install -e .) or point {TEMPLATES_ENV} at the repository's templates/ folder"
-        )
-    return path
-
-
-_ENV: dict[Path, jinja2.Environment] = {}
-
-
-def _env() -> jinja2.Environment:
-    path = templates_dir()
-    if path not in _ENV:
-        env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(path),
-            undefined=jinja2.StrictUndefined,
-            # HTML (and anything unknown) is escaped; Markdown is not, it uses the md filter.
-            autoescape=jinja2.select_autoescape(disabled_extensions=("md.j2", "md"),
-                                                default=True, default_for_string=True),
-            trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-        )
-        env.filters["md"] = md_cell
-        _ENV[path] = env
-    return _ENV[path]
-
-
-def md_cell(value: Any) -> str:
-    """One GitHub-Markdown table cell: no row breaks, no column breaks, no raw HTML."""
-    text = "" if value is None else str(value)
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return " ".join(text.replace("|", "\\|").split())
+    return templating.render(MD_TEMPLATE, **_context(run, _read(run)))
 
 
 # ------------------------------------------------------------------ reading the run
@@ -148,7 +96,7 @@ def _read(run: LoadedRun) -> _Data:
     record = run.record
     arms = _arm_names(list(_dict(record.get("arms"))), preds, log)
     items = {a: [p for p in preds if p.get("arm") == a] for a in arms}
-    alpha = _num(_dict(record.get("stats")).get("alpha")) or 0.05
+    alpha = F.number(_dict(record.get("stats")).get("alpha")) or DEFAULT_ALPHA
     warnings += [str(w) for w in record.get("warnings") or [] if w]  # the pipeline's own
     return _Data(record, arms, items, log, alpha, warnings)
 
@@ -165,100 +113,18 @@ def _tolerant(read: Callable[[], list[dict[str, Any]]], warnings: list[str]) -> 
 def _arm_names(record_arms: list[str], preds: list[dict], log: list[dict]) -> list[str]:
     """Record order, then arms only seen in predictions or the train log; baseline first."""
     seen = record_arms + [r.get("arm") for r in preds] + [r.get("arm") for r in log]
-    names = list(dict.fromkeys(a for a in seen if isinstance(a, str)))
-    return sorted(names, key=lambda a: a != "baseline")
+    return A.baseline_first(dict.fromkeys(a for a in seen if isinstance(a, str)))
 
 
 def _dict(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
-def _num(v: Any) -> float | None:
-    """A finite number, or None (missing, null, NaN, inf, text)."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v) if math.isfinite(v) else None
-
-
-# ------------------------------------------------------------------ formatting
+# ------------------------------------------------------------------ metric names
 
 
 def label(metric: str) -> str:
     return LABELS.get(metric, metric)
-
-
-def fmt_metric(metric: str, v: Any, signed: bool = False) -> str:
-    x = _num(v)
-    if x is None:
-        return DASH
-    if metric.endswith("_bytes"):
-        return ("+" if signed and x > 0 else "-" if x < 0 else "") + fmt_bytes(abs(x))
-    sign = "+" if signed else ""
-    if metric in DECIMALS:
-        return format(x, f"{sign},.{DECIMALS[metric]}f")
-    return format(x, f"{sign}.4g")
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def fmt_pct(v: Any, signed: bool = True) -> str:
-    x = _num(v)
-    return DASH if x is None else format(100 * x, "+.1f" if signed else ".1f") + "%"
-
-
-def fmt_p(v: Any) -> str:
-    x = _num(v)
-    if x is None:
-        return DASH
-    return "<0.001" if x < 0.001 else f"{x:.3f}"
-
-
-def fmt_count(v: Any) -> str:
-    x = _num(v)
-    return DASH if x is None else f"{x:,.0f}"
-
-
-def fmt_seconds(v: Any) -> str:
-    s = _num(v)
-    if s is None:
-        return DASH
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{int(s // 60)} min {int(s % 60)} s"
-    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
-
-
-def fmt_raw(v: Any) -> str:
-    """A config value as the suite spelled it (no rounding, no percentages)."""
-    if v is None:
-        return DASH
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list | tuple):
-        return ", ".join(str(x) for x in v) or "[]"
-    return str(v)
-
-
-def fmt_value(key: str, v: Any) -> str:
-    """Generic cell: metrics by name, shares as %, counts with separators, text as is."""
-    if isinstance(v, bool) or v is None:
-        return DASH if v is None else ("yes" if v else "no")
-    if isinstance(v, list | tuple):
-        return ", ".join(str(x) for x in v)
-    if not isinstance(v, int | float):
-        return str(v)
-    if key in DECIMALS or key.endswith("_bytes"):
-        return fmt_metric(key, v)
-    if isinstance(v, float) and 0 <= v <= 1 and any(w in key for w in SHARE_WORDS):
-        return fmt_pct(v, signed=False)
-    return f"{v:,}" if isinstance(v, int) else f"{v:,.4g}"
 
 
 # ------------------------------------------------------------------ context shared by both
@@ -293,13 +159,13 @@ def _summary(rec: dict[str, Any], d: _Data) -> list[tuple[str, str]]:
     env, data = _dict(rec.get("env")), _dict(rec.get("data"))
     return [("Model", _model(rec, d)), ("Device", str(env.get("device", DASH))),
             ("Peak memory measured as", _memory_kind(env) or DASH),
-            ("Train examples", fmt_count(data.get("n_train"))),
-            ("Eval examples", fmt_count(data.get("n_eval"))),
+            ("Train examples", F.count(data.get("n_train"))),
+            ("Eval examples", F.count(data.get("n_eval"))),
             ("Eval fingerprint", str(data.get("eval_fingerprint", DASH))),
             ("Git commit", _git(_dict(env.get("git")))),
             ("Started", str(rec.get("started_at") or DASH)),
             ("Finished", str(rec.get("finished_at") or DASH)),
-            ("Wall time", fmt_seconds(rec.get("wall_time_s")))]
+            ("Wall time", F.seconds(rec.get("wall_time_s")))]
 
 
 def _model(rec: dict[str, Any], d: _Data) -> str:
@@ -337,7 +203,7 @@ def _p_label(rec: dict[str, Any]) -> str:
 
 
 def _ci_label(alpha: float) -> str:
-    return f"{100 * (1 - alpha):.4g}% CI"
+    return f"{F.ci_level(alpha)} CI"
 
 
 # ------------------------------------------------------------------ headline
@@ -348,10 +214,10 @@ def _headline(d: _Data) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in d.record.get("comparisons") or []:
         if isinstance(c, dict) and c.get("metric"):
-            key = (str(c.get("candidate", "?")), str(c.get("baseline", "baseline")))
+            key = (str(c.get("candidate", "?")), str(c.get("baseline", A.BASELINE)))
             groups.setdefault(key, []).append(c)
     return [{"candidate": cand, "baseline": base,
-             "baseline_label": "Zero-shot" if base == "baseline" else base,
+             "baseline_label": A.label(base),
              "rows": [_headline_row(c, d.alpha) for c in _by_metric(cs)]}
             for (cand, base), cs in groups.items()]
 
@@ -363,22 +229,23 @@ def _by_metric(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _headline_row(c: dict[str, Any], alpha: float) -> dict[str, Any]:
     m = str(c["metric"])
-    diff = _num(c.get("abs_diff"))
+    diff = F.number(c.get("abs_diff"))
     return {
         "metric": label(m), "key": m, "lower": lower_is_better(m),
-        "baseline": fmt_metric(m, c.get("baseline_value")),
-        "candidate": fmt_metric(m, c.get("candidate_value")),
-        "candidate_value": _num(c.get("candidate_value")),
-        "abs": fmt_metric(m, diff, signed=True), "rel": fmt_pct(c.get("rel_gain")),
-        "ci": _fmt_interval(m, c.get("ci_low"), c.get("ci_high")),
-        "rel_ci": _fmt_rel_ci(c), "p": fmt_p(_p(c)), "p_raw": fmt_p(c.get("p_value")),
+        "baseline": F.metric(m, c.get("baseline_value")),
+        "candidate": F.metric(m, c.get("candidate_value")),
+        "candidate_value": F.number(c.get("candidate_value")),
+        "abs": F.metric(m, diff, signed=True), "rel": F.percent(c.get("rel_gain")),
+        "ci": F.interval(c.get("ci_low"), c.get("ci_high"), lambda v: F.metric(m, v, True)),
+        "rel_ci": F.interval(c.get("rel_ci_low"), c.get("rel_ci_high"), F.percent, missing=""),
+        "p": F.p_value(_p(c)), "p_raw": F.p_value(c.get("p_value")),
         "sig": _significant(c, alpha), "tone": _tone(m, diff),
     }
 
 
 def _p(c: dict[str, Any]) -> float | None:
-    holm = _num(c.get("p_value_holm"))
-    return holm if holm is not None else _num(c.get("p_value"))
+    holm = F.number(c.get("p_value_holm"))
+    return holm if holm is not None else F.number(c.get("p_value"))
 
 
 def _significant(c: dict[str, Any], alpha: float) -> bool | None:
@@ -396,17 +263,6 @@ def _tone(metric: str, diff: float | None) -> str:
         return ""
     better = diff < 0 if lower_is_better(metric) else diff > 0
     return "good" if better else "bad"
-
-
-def _fmt_interval(metric: str, lo: Any, hi: Any) -> str:
-    if _num(lo) is None or _num(hi) is None:
-        return DASH
-    return f"[{fmt_metric(metric, lo, True)}, {fmt_metric(metric, hi, True)}]"
-
-
-def _fmt_rel_ci(c: dict[str, Any]) -> str:
-    lo, hi = _num(c.get("rel_ci_low")), _num(c.get("rel_ci_high"))
-    return "" if lo is None or hi is None else f"[{fmt_pct(lo)}, {fmt_pct(hi)}]"
 
 
 def _cards(headline: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -430,7 +286,7 @@ def _arm_table(d: _Data) -> dict[str, Any]:
     """Every arm's metrics side by side (arms as rows: sweeps have many), best in bold."""
     metrics_by_arm = {a: _dict(_dict(d.arm_records.get(a)).get("metrics")) for a in d.arms}
     keys = _ordered({k for m in metrics_by_arm.values() for k in m})
-    best = {k: _best([_num(m.get(k)) for m in metrics_by_arm.values()], k) for k in keys}
+    best = {k: _best([F.number(m.get(k)) for m in metrics_by_arm.values()], k) for k in keys}
     rows = [{"arm": a, "status": str(_dict(d.arm_records.get(a)).get("status", "not run")),
              "cells": [_arm_cell(k, m.get(k), best[k], _dict(d.arm_records.get(a)))
                        for k in keys]}
@@ -442,8 +298,8 @@ def _arm_table(d: _Data) -> dict[str, Any]:
 def _arm_cell(key: str, v: Any, best: float | None, arm: dict[str, Any]) -> dict[str, Any]:
     """A cached baseline's speed and memory come from an earlier process: marked, never best."""
     if arm.get("cached") and key in SYSTEM_KEYS and v is not None:
-        return {"text": f"{fmt_metric(key, v)} (cached)", "best": False}
-    return {"text": fmt_metric(key, v), "best": _num(v) is not None and _num(v) == best}
+        return {"text": f"{F.metric(key, v)} (cached)", "best": False}
+    return {"text": F.metric(key, v), "best": F.number(v) is not None and F.number(v) == best}
 
 
 def _col(key: str) -> dict[str, Any]:
@@ -463,20 +319,20 @@ def _best(values: list[float | None], metric: str) -> float | None:
 
 
 TRAIN_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("global_steps", "Steps", fmt_count),
-    ("epochs", "Epochs", lambda v: fmt_value("epochs", v)),
-    ("effective_batch_size", "Effective batch", fmt_count),
-    ("trainable_params", "Trainable params", fmt_count),
-    ("total_params", "Total params", fmt_count),
-    ("trainable_share", "Trainable %", lambda v: fmt_pct(v, signed=False).replace("%", " %")),
-    ("adapter_bytes", "Adapter size", lambda v: DASH if _num(v) is None else fmt_bytes(v)),
-    ("train_runtime_s", "Train time", fmt_seconds),
-    ("train_tokens_per_s", "Train tokens/s", lambda v: fmt_metric("eval_tokens_per_s", v)),
-    ("padding_efficiency", "Padding efficiency", lambda v: fmt_pct(v, signed=False)),
-    ("train_tokens", "Train tokens", fmt_count),
-    ("final_train_loss", "Final train loss (last logged)", lambda v: fmt_metric("loss", v)),
-    ("mean_train_loss", "Mean train loss (all steps)", lambda v: fmt_metric("loss", v)),
-    ("best_eval_loss", "Best eval loss", lambda v: fmt_metric("loss", v)),
+    ("global_steps", "Steps", F.count),
+    ("epochs", "Epochs", lambda v: F.cell("epochs", v)),
+    ("effective_batch_size", "Effective batch", F.count),
+    ("trainable_params", "Trainable params", F.count),
+    ("total_params", "Total params", F.count),
+    ("trainable_share", "Trainable %", lambda v: F.percent(v, signed=False).replace("%", " %")),
+    ("adapter_bytes", "Adapter size", F.byte_size),
+    ("train_runtime_s", "Train time", F.seconds),
+    ("train_tokens_per_s", "Train tokens/s", lambda v: F.metric("eval_tokens_per_s", v)),
+    ("padding_efficiency", "Padding efficiency", lambda v: F.percent(v, signed=False)),
+    ("train_tokens", "Train tokens", F.count),
+    ("final_train_loss", "Final train loss (last logged)", lambda v: F.metric("loss", v)),
+    ("mean_train_loss", "Mean train loss (all steps)", lambda v: F.metric("loss", v)),
+    ("best_eval_loss", "Best eval loss", lambda v: F.metric("loss", v)),
 )
 # Redundant with padding_efficiency or internal: not shown.
 TRAIN_HIDDEN = frozenset({"computed_tokens", "config"})
@@ -485,6 +341,10 @@ LENGTH_LABELS = {
     "mean_response": "Mean response tokens", "share_truncated": "Truncated",
     "dropped_too_long": "Dropped (too long)",
 }
+
+
+def _cell_of(key: str) -> Callable[[Any], str]:
+    return lambda v: F.cell(key, v)
 
 
 def _training(d: _Data) -> dict[str, Any] | None:
@@ -499,12 +359,13 @@ def _training(d: _Data) -> dict[str, Any] | None:
     present = {k for v in per_arm.values() for k, x in v.items()
                if _scalar(x) and x is not None} - TRAIN_HIDDEN
     known = {k for k, _, _ in TRAIN_ROWS}
-    rows = [("config." + k, {a: varying[a].get(k) for a in raw}, fmt_raw)
+    rows: list[tuple[str, dict[str, Any], Callable[[Any], str]]] = [
+        ("config." + k, {a: varying[a].get(k) for a in raw}, F.raw)
             for k in sorted({k for v in varying.values() for k in v})]
     rows += [(name, {a: v.get(k) for a, v in per_arm.items()}, f)
              for k, name, f in TRAIN_ROWS if k in present]
-    rows += [(k.replace("_", " "), {a: v.get(k) for a, v in per_arm.items()},
-              lambda x, k=k: fmt_value(k, x)) for k in sorted(present - known)]
+    rows += [(k.replace("_", " "), {a: v.get(k) for a, v in per_arm.items()}, _cell_of(k))
+             for k in sorted(present - known)]
     return {"arms": list(raw), "rows": [{"label": name, "cells": [f(vals[a]) for a in raw]}
                                         for name, vals, f in rows]}
 
@@ -521,7 +382,7 @@ def _existing(d: _Data) -> dict[str, Any] | None:
     origins = {a: o for a, o in origins.items() if o}
     if not origins:
         return None
-    rows = [{"label": label, "cells": [fmt_count(o.get(k)) if k == "params" else fmt_raw(o.get(k))
+    rows = [{"label": label, "cells": [F.count(o.get(k)) if k == "params" else F.raw(o.get(k))
                                        for o in origins.values()]}
             for k, label in EXISTING_ROWS if any(o.get(k) is not None for o in origins.values())]
     return {"arms": list(origins), "rows": rows}
@@ -529,7 +390,7 @@ def _existing(d: _Data) -> dict[str, Any] | None:
 
 def _varying(training: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per arm, the train-config entries (dotted keys) whose values differ across arms."""
-    flat = {a: dict(flatten(_dict(t.get("config")))) for a, t in training.items()}
+    flat = {a: dict(F.flatten(_dict(t.get("config")))) for a, t in training.items()}
     keys = {k for f in flat.values() for k in f}
     varying = {k for k in keys if len({json.dumps(f.get(k), default=str)
                                        for f in flat.values()}) > 1}
@@ -537,7 +398,7 @@ def _varying(training: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _with_share(t: dict[str, Any]) -> dict[str, Any]:
-    n, total = _num(t.get("trainable_params")), _num(t.get("total_params"))
+    n, total = F.number(t.get("trainable_params")), F.number(t.get("total_params"))
     return {**t, "trainable_share": n / total} if n is not None and total else t
 
 
@@ -559,24 +420,15 @@ def _lengths(lengths: dict[str, Any]) -> dict[str, Any] | None:
     if not rows or not keys:
         return None
     return {"columns": [LENGTH_LABELS.get(k, k.replace("_", " ")) for k in keys],
-            "rows": [{"split": name, "cells": [fmt_value(k, s.get(k)) for k in keys]}
+            "rows": [{"split": name, "cells": [F.cell(k, s.get(k)) for k in keys]}
                      for name, s in rows]}
 
 
 def _config_rows(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The model and training sub-configs flattened to dotted keys."""
     sections = [("Model", config.get("model")), ("Training / adapter", config.get("train"))]
-    return [{"title": t, "rows": [(k, fmt_raw(v)) for k, v in flatten(_dict(s))]}
+    return [{"title": t, "rows": [(k, F.raw(v)) for k, v in F.flatten(_dict(s))]}
             for t, s in sections if _dict(s)]
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """{"train": {"r": 8}} -> [("train.r", 8)]; lists stay values."""
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out += flatten(v, key + ".") if isinstance(v, dict) else [(key, v)]
-    return out
 
 
 # ------------------------------------------------------------------ plots (HTML only)
@@ -592,9 +444,11 @@ def _plots(d: _Data) -> list[dict[str, Any]]:
 def _loss_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
     series = []
     for arm in d.arms:
-        rows = [r for r in d.train_log if r.get("arm") == arm and _num(r.get("step")) is not None]
+        rows = [r for r in d.train_log
+                if r.get("arm") == arm and F.number(r.get("step")) is not None]
         for key, suffix, dashed in (("loss", "train", False), ("eval_loss", "eval", True)):
-            pts = [(float(r["step"]), float(r[key])) for r in rows if _num(r.get(key)) is not None]
+            pts = [(float(r["step"]), float(r[key])) for r in rows
+                   if F.number(r.get(key)) is not None]
             if pts:
                 series.append(plots.Series(f"{arm} {suffix}", pts, colors[arm], dashed, dashed))
     svg = plots.line_chart(series, title="Training and eval loss", x_label="optimizer step",
@@ -606,8 +460,8 @@ def _loss_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
 def _rouge_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
     keys = [k for k in ROUGE_KEYS if any(k in _arm_metrics(d, a) for a in d.arms)]
     z = statistics.NormalDist().inv_cdf(1 - d.alpha / 2)
-    bars = [plots.Bars(a, colors[a], [_num(_arm_metrics(d, a).get(k)) for k in keys],
-                       [_mean_ci(d.items[a], k, _num(_arm_metrics(d, a).get(k)), z)
+    bars = [plots.Bars(a, colors[a], [F.number(_arm_metrics(d, a).get(k)) for k in keys],
+                       [_mean_ci(d.items[a], k, F.number(_arm_metrics(d, a).get(k)), z)
                         for k in keys]) for a in d.arms]
     svg = plots.bar_chart([label(k) for k in keys], bars, title="ROUGE by arm",
                           y_label="F-measure", value_fmt=lambda v: f"{v:.3f}") if keys else None
@@ -622,7 +476,7 @@ def _arm_metrics(d: _Data, arm: str) -> dict[str, Any]:
 
 def _mean_ci(items: list[dict[str, Any]], key: str, centre: float | None,
              z: float) -> tuple[float, float] | None:
-    vals = [v for v in (_num(r.get(key)) for r in items) if v is not None]
+    vals = [v for v in (F.number(r.get(key)) for r in items) if v is not None]
     if centre is None or len(vals) < 2:
         return None
     half = z * statistics.stdev(vals) / math.sqrt(len(vals))
@@ -635,7 +489,7 @@ def _gain_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
     for g in _headline(d):
         for c in _by_metric([c for c in d.record.get("comparisons") or []
                              if isinstance(c, dict) and c.get("candidate") == g["candidate"]
-                             and c.get("baseline", "baseline") == g["baseline"]]):
+                             and c.get("baseline", A.BASELINE) == g["baseline"]]):
             row = _gain_interval(c, g["candidate"], colors, d.alpha)
             rows += [row] if row else []
     svg = plots.interval_chart(rows, title="Relative improvement over baseline",
@@ -648,12 +502,12 @@ def _gain_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
 
 def _gain_interval(c: dict[str, Any], arm: str, colors: dict[str, str],
                    alpha: float) -> plots.Interval | None:
-    m, rel, base = str(c["metric"]), _num(c.get("rel_gain")), _num(c.get("baseline_value"))
+    m, rel, base = str(c["metric"]), F.number(c.get("rel_gain")), F.number(c.get("baseline_value"))
     if rel is None or m not in QUALITY_KEYS:  # throughput and memory have their own charts
         return None
-    lo, hi = _num(c.get("rel_ci_low")), _num(c.get("rel_ci_high"))
-    if (lo is None or hi is None) and base and _num(c.get("ci_low")) is not None:
-        lo, hi = _num(c.get("ci_low")) / base, _num(c.get("ci_high")) / base  # type: ignore
+    lo, hi = F.number(c.get("rel_ci_low")), F.number(c.get("rel_ci_high"))
+    if (lo is None or hi is None) and base and F.number(c.get("ci_low")) is not None:
+        lo, hi = F.number(c.get("ci_low")) / base, F.number(c.get("ci_high")) / base  # type: ignore
     sign = -100.0 if lower_is_better(m) else 100.0
     ends = sorted((sign * lo, sign * hi)) if lo is not None and hi is not None else (None, None)
     name = f"{arm} · {label(m)}"
@@ -663,7 +517,7 @@ def _gain_interval(c: dict[str, Any], arm: str, colors: dict[str, str],
 
 def _system_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
     keys = ("eval_tokens_per_s", "gen_tokens_per_s")
-    bars = [plots.Bars(a, colors[a], [_num(_arm_metrics(d, a).get(k)) for k in keys])
+    bars = [plots.Bars(a, colors[a], [F.number(_arm_metrics(d, a).get(k)) for k in keys])
             for a in d.arms]
     svg = plots.bar_chart([label(k) for k in keys], bars, title="Throughput by arm",
                           y_label="tokens / s", value_fmt=lambda v: f"{v:,.1f}")
@@ -677,7 +531,7 @@ def _memory_kind(env: dict[str, Any]) -> str:
 
 
 def _memory_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
-    gib = [_num(_arm_metrics(d, a).get("peak_memory_bytes")) for a in d.arms]
+    gib = [F.number(_arm_metrics(d, a).get("peak_memory_bytes")) for a in d.arms]
     bars = [plots.Bars(a, colors[a], [None if v is None else v / 2**30])
             for a, v in zip(d.arms, gib, strict=True)]
     kind = _memory_kind(_dict(d.record.get("env")))
@@ -694,11 +548,12 @@ def _examples(d: _Data) -> dict[str, Any] | None:
     """Items joined across arms, sorted by the first adapter's ROUGE-L gain (largest first)."""
     if not any(d.items.values()):
         return None
-    adapters = [a for a in d.arms if a != "baseline"]
+    adapters = A.others(d.arms)  # every arm with a gain over baseline, variants too
     by_arm = {a: {str(r.get("id")): r for r in d.items[a]} for a in d.arms}
     ids = list(dict.fromkeys(str(r.get("id")) for a in d.arms for r in d.items[a]))
     rows = [_example(i, d.arms, adapters, by_arm) for i in ids]
-    known = sorted((r for r in rows if _gain(r) is not None), key=_gain, reverse=True)
+    known = sorted((r for r in rows if _gain(r) is not None), key=lambda r: float(_gain(r) or 0.0),
+                   reverse=True)
     unknown = [r for r in rows if _gain(r) is None]  # no baseline or no adapter output
     shown = _keep_extremes(known, MAX_EXAMPLES) + unknown[:max(0, MAX_EXAMPLES - len(known))]
     return {"arms": d.arms, "adapters": adapters, "rows": shown, "total": len(rows)}
@@ -708,7 +563,7 @@ def _example(item_id: str, arms: list[str], adapters: list[str],
              by_arm: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     rows = {a: by_arm[a].get(item_id) for a in arms}
     first = next(r for r in rows.values() if r)
-    base = rows.get("baseline") or {}
+    base = rows.get(A.BASELINE) or {}
     outputs = [_output(a, rows[a], base) for a in arms]
     gains = [o["d_rouge"] for o in outputs if o["arm"] in adapters]
     return {"id": item_id, "prompt": str(first.get("prompt", "")),
@@ -717,14 +572,15 @@ def _example(item_id: str, arms: list[str], adapters: list[str],
 
 def _output(arm: str, row: dict[str, Any] | None, base: dict[str, Any]) -> dict[str, Any]:
     row = row or {}
-    rl, loss = _num(row.get("rougeL")), _num(row.get("loss"))
-    b_rl, b_loss = _num(base.get("rougeL")), _num(base.get("loss"))
-    d_rouge = None if arm == "baseline" or rl is None or b_rl is None else rl - b_rl
-    d_loss = None if arm == "baseline" or loss is None or b_loss is None else loss - b_loss
+    rl, loss = F.number(row.get("rougeL")), F.number(row.get("loss"))
+    b_rl, b_loss = F.number(base.get("rougeL")), F.number(base.get("loss"))
+    own = arm == A.BASELINE  # no gain over itself
+    d_rouge = None if own or rl is None or b_rl is None else rl - b_rl
+    d_loss = None if own or loss is None or b_loss is None else loss - b_loss
     return {"arm": arm, "present": bool(row), "text": str(row.get("prediction", "")),
-            "rouge": fmt_metric("rougeL", rl), "loss": fmt_metric("loss", loss),
-            "d_rouge": d_rouge, "d_rouge_text": fmt_metric("rougeL", d_rouge, True),
-            "d_loss_text": fmt_metric("loss", d_loss, True),
+            "rouge": F.metric("rougeL", rl), "loss": F.metric("loss", loss),
+            "d_rouge": d_rouge, "d_rouge_text": F.metric("rougeL", d_rouge, True),
+            "d_loss_text": F.metric("loss", d_loss, True),
             "tone": _tone("rougeL", d_rouge), "loss_tone": _tone("loss", d_loss)}
 
 

@@ -15,12 +15,13 @@ renamed folder whose ``run.json`` says ``"status": "failed"`` with the error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 TRAIN_LOG_FILE = "train_log.jsonl"
 ADAPTERS_DIR = "adapters"
+MODEL_CARD_FILE = "README.md"  # inside adapters/<arm>/: the hub's name for a model card
+TENSORBOARD_DIR = "tensorboard"  # tensorboard/<arm>/ when train.report_to names it
+SCRATCH_DIR = "scratch"  # working files of a stage while it runs; gone when it ends
 
 RUN_KEYS = (
     "schema_version", "suite", "run_id", "status", "error", "config", "env", "data",
@@ -65,6 +69,33 @@ class RunDir:
     def append_jsonl(self, name: str, row: Mapping[str, Any]) -> None:
         with open(self.path / name, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
+
+    def write_text(self, name: str, text: str) -> Path:
+        """``name`` relative to the run (``adapters/lora/README.md``); folders are made."""
+        path = self.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write_text(path, text)
+
+    def save_adapter(self, arm: str, model: Any) -> tuple[str, int]:
+        """``model.save_pretrained`` (PEFT format: adapter_config.json +
+        adapter_model.safetensors) into ``adapters/<arm>``; (that path relative to the run,
+        bytes of the weights)."""
+        rel = f"{ADAPTERS_DIR}/{arm}"
+        model.save_pretrained(str(self.path / rel))
+        return rel, sum(p.stat().st_size for p in (self.path / rel).glob("adapter_model*"))
+
+    @contextlib.contextmanager
+    def scratch(self, name: str) -> Iterator[Path]:
+        """A folder for what is needed only while a stage runs (the Trainer's checkpoints),
+        removed afterwards, crash or not: a run directory holds results, not working files."""
+        path = self.path / SCRATCH_DIR / name
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the shared folder, once no stage uses it
+                path.parent.rmdir()
 
     def finalize(self) -> Path:
         """Move the staged run into its final place; never onto an existing run."""
@@ -121,10 +152,6 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
-
-
-def discard(run: RunDir) -> None:
-    shutil.rmtree(run.path, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -13,7 +13,8 @@ The interval is mean +- t(S-1) * sqrt(s_d^2 / S + v_items). A plain two-level bo
 (seeds with replacement, then items) was tried first: with 3 seeds it has only 10 distinct
 seed draws and rejected a true null 16% of the time at alpha 0.05 (17.5% with 2 seeds, 12.5%
 with 5). This interval counts the items' noise twice (s_d holds part of it), so it errs on the
-safe side: 0-4% false positives in the same simulation (2-10 seeds, 500 draws each), see tests/test_seedstats.py.
+safe side: 0-4% false positives in the same simulation (2-10 seeds, 500 draws each; see
+tests/test_seedstats.py).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _row(metric: str, v_items: float, base_metrics: Mapping[str, Any],
     se = math.sqrt(seed_sd**2 / len(seeds) + v_items)
     half = float(t_dist.ppf(1 - settings.alpha / 2, len(seeds) - 1)) * se
     lo, hi = (mean - half, mean + half) if math.isfinite(half) else (None, None)
-    rel_lo, rel_hi = (lo / b, hi / b) if b and lo is not None else (None, None)
+    rel_lo, rel_hi = (lo / b, hi / b) if b and lo is not None and hi is not None else (None, None)
     return {
         "metric": metric, "baseline": baseline, "recipe": recipe, "seeds": seeds,
         "baseline_value": b, "candidate_value": b + mean, "abs_diff": mean,

@@ -11,10 +11,10 @@ import itertools
 import re
 from typing import Any
 
+from harness import arms
 from harness.config import Suite, with_overrides
 from harness.errors import ConfigError
 
-DEFAULT_ARM = "lora"
 # Tables a cell may not override: the baseline and the eval items are shared by all cells.
 _SHARED = ("name", "model", "data", "eval", "stats", "sweep")
 
@@ -26,15 +26,16 @@ def expand(suite: Suite) -> list[tuple[str, Suite]]:
             raise ConfigError(f"{suite.name}: [sweep] needs a [train] table")
         return []
     if suite.sweep is None:
-        return [(DEFAULT_ARM, suite)]
+        return [(arms.DEFAULT_ADAPTER, suite)]
     cells = [(c.name, dict(c.set)) for c in suite.sweep.cells] + grid_cells(suite.sweep.grid)
     if not cells:
         raise ConfigError(f"{suite.name}: [sweep] has neither cells nor grid")
     names = [n for n, _ in cells]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes or "baseline" in names:
-        raise ConfigError(f"{suite.name}: sweep cell names must be unique and not 'baseline': "
-                          f"{dupes or ['baseline']}")
+    bad = sorted({n for n in names if names.count(n) > 1 or n in arms.RESERVED})
+    if bad:
+        reserved = " or ".join(map(repr, sorted(arms.RESERVED)))
+        raise ConfigError(f"{suite.name}: sweep cell names must be unique and not {reserved}: "
+                          f"{bad}")
     return [(name, _cell(suite, name, sets)) for name, sets in cells]
 
 

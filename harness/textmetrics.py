@@ -82,8 +82,16 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], model: str 
                          "pip install 'harness[bertscore]'") from e
     scorer = BERTScorer(model_type=model or BERTSCORE_MODEL, num_layers=num_layers,
                         lang=None if model else "en")
-    _, _, f1 = scorer.score(list(predictions), list(references))
-    return [{"bertscore": float(x)} for x in f1.tolist()]
+    # An empty text scores 0, bert-score's own convention for an empty candidate (its encoder
+    # of empty strings fails on transformers 5, so empty pairs never reach it).
+    scored = [i for i, (p, r) in enumerate(zip(predictions, references, strict=True))
+              if p.strip() and r.strip()]
+    f1 = [0.0] * len(predictions)
+    if scored:
+        _, _, got = scorer.score([predictions[i] for i in scored], [references[i] for i in scored])
+        for i, x in zip(scored, got.tolist(), strict=True):
+            f1[i] = float(x)
+    return [{"bertscore": x} for x in f1]
 
 
 def score(names: Sequence[str], predictions: Sequence[str], references: Sequence[str], *,

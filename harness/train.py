@@ -1,22 +1,20 @@
 """Train one LoRA/QLoRA adapter with transformers' Trainer.
 
-Ours: the suite -> TrainingArguments mapping, the dataset of pre-tokenized items (dynamic
+Ours: the TrainSpec -> TrainingArguments mapping, the dataset of pre-tokenized items (dynamic
 padding through DataCollatorForSeq2Seq: labels padded with -100, prompt tokens already -100),
-the callback that writes every logged train/eval loss to train_log.jsonl, token accounting
-(real tokens vs computed tokens = padding efficiency) and the adapter's model card.
+the callback that hands every logged train/eval loss to the caller (which writes
+train_log.jsonl), and token accounting (real tokens vs computed tokens = padding efficiency).
+Training computes; the caller owns every folder it writes into and saves the adapter.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import Suite, TrainSpec
+from harness.config import TrainSpec
 from harness.encoding import Encoded
 
 LogRow = Callable[[dict[str, Any]], None]
@@ -43,7 +41,9 @@ class _Items:
                 "attention_mask": [1] * len(e.input_ids)}
 
 
-def training_arguments(spec: TrainSpec, out: Path, device: str, has_validation: bool):
+def training_arguments(spec: TrainSpec, out: Path, device: str, has_validation: bool,
+                       report_to: Sequence[str] | None = None):
+    """``report_to``: the integrations the Trainer creates itself (default: the spec's)."""
     from transformers import TrainingArguments
 
     evaluate = spec.eval_strategy if has_validation else "no"
@@ -78,7 +78,7 @@ def training_arguments(spec: TrainSpec, out: Path, device: str, has_validation: 
         load_best_model_at_end=spec.load_best_model_at_end and evaluate != "no",
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        report_to=spec.report_to or "none",
+        report_to=list(spec.report_to if report_to is None else report_to) or "none",
         train_sampling_strategy="group_by_length" if spec.group_by_length else "random",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -128,47 +128,44 @@ _LOG_KEYS = ("loss", "learning_rate", "grad_norm", "eval_loss")
 
 
 def train_adapter(
-    model: Any, tokenizer: Any, suite: Suite, *, arm: str,
-    train_items: Sequence[Encoded], val_items: Sequence[Encoded], work_dir: Path, device: str,
+    model: Any, tokenizer: Any, spec: TrainSpec, *, arm: str,
+    train_items: Sequence[Encoded], val_items: Sequence[Encoded], output_dir: Path, device: str,
     log_row: LogRow, on_step: Callable[[], None] = lambda: None,
     tensorboard_dir: Path | None = None,
 ) -> TrainResult:
-    """Train ``model`` (already wrapped by peft) and return it with a summary of the run."""
+    """Train ``model`` (already wrapped by peft) and return it with a summary of the run.
+
+    ``output_dir`` is the caller's scratch folder: the Trainer saves checkpoints there (needed
+    to reload the best one) and the caller removes it. TensorBoard's events, when
+    ``spec.report_to`` names it, go to ``tensorboard_dir``. Nothing else is written."""
     from transformers import DataCollatorForSeq2Seq, PrinterCallback
 
-    spec = suite.train
-    assert spec is not None
-    args = training_arguments(spec, work_dir, device, has_validation=bool(val_items))
+    report_to, reporters = _reporting(spec, tensorboard_dir)
+    args = training_arguments(spec, output_dir, device, has_validation=bool(val_items),
+                              report_to=report_to)
     collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
-    with _tensorboard_dir(tensorboard_dir if "tensorboard" in spec.report_to else None):
-        trainer = _trainer_class()(
-            model=model, args=args, data_collator=collator, train_dataset=_Items(train_items),
-            eval_dataset=_Items(val_items) if val_items else None,
-            callbacks=[_log_callback(arm, log_row, on_step)],
-        )
-        trainer.remove_callback(PrinterCallback)  # prints raw dicts; train_log.jsonl has them
-        out = trainer.train()
-    summary = _summary(trainer, out, spec)
-    shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints: the adapter is saved separately
-    with contextlib.suppress(OSError):  # the shared checkpoints/ folder, once no arm uses it
-        work_dir.parent.rmdir()
-    return TrainResult(model=trainer.model, summary=summary)
+    trainer = _trainer_class()(
+        model=model, args=args, data_collator=collator, train_dataset=_Items(train_items),
+        eval_dataset=_Items(val_items) if val_items else None,
+        callbacks=[_log_callback(arm, log_row, on_step), *reporters],
+    )
+    trainer.remove_callback(PrinterCallback)  # prints raw dicts; train_log.jsonl has them
+    out = trainer.train()
+    return TrainResult(model=trainer.model, summary=_summary(trainer, out, spec))
 
 
-@contextlib.contextmanager
-def _tensorboard_dir(path: Path | None) -> Iterator[None]:
-    """transformers 5 takes TensorBoard's folder from this variable (default: output_dir,
-    which holds checkpoints and is deleted after training)."""
-    old = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    if path is not None:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
-    try:
-        yield
-    finally:
-        if path is not None and old is None:
-            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
-        elif old is not None:
-            os.environ["TENSORBOARD_LOGGING_DIR"] = old
+def _reporting(spec: TrainSpec, tensorboard_dir: Path | None) -> tuple[list[str], list[Any]]:
+    """(report_to for the Trainer, callbacks it gets besides). transformers 5 takes
+    TensorBoard's folder from $TENSORBOARD_LOGGING_DIR, else output_dir (scratch, deleted
+    after training); a callback told its folder writes where the caller says without
+    changing the process's environment, and still only on the main process."""
+    if "tensorboard" not in spec.report_to or tensorboard_dir is None:
+        return list(spec.report_to), []
+    from transformers.integrations import TensorBoardCallback
+
+    board = TensorBoardCallback()
+    board.logging_dir = str(tensorboard_dir)  # read at on_train_begin, on rank 0 only
+    return [r for r in spec.report_to if r != "tensorboard"], [board]
 
 
 def _summary(trainer: Any, out: Any, spec: TrainSpec) -> dict[str, Any]:
@@ -196,47 +193,3 @@ def _summary(trainer: Any, out: Any, spec: TrainSpec) -> dict[str, Any]:
         "effective_batch_size": (state.train_batch_size or spec.batch_size)
         * spec.gradient_accumulation_steps,
     }
-
-
-def save_adapter(model: Any, adapter_dir: Path) -> int:
-    """PEFT format (adapter_config.json + adapter_model.safetensors); returns bytes on disk."""
-    model.save_pretrained(str(adapter_dir))
-    return sum(p.stat().st_size for p in adapter_dir.glob("adapter_model*"))
-
-
-def write_model_card(adapter_dir: Path, *, base_model: str, suite: Suite, arm: str,
-                     metrics: dict[str, Any], baseline: dict[str, Any]) -> Path:
-    """README.md whose front matter names the base model and library (the hub's card format)."""
-    spec = suite.train
-    assert spec is not None
-    rows = "\n".join(
-        f"| {k} | {baseline.get(k, float('nan')):.4g} | {v:.4g} |"
-        for k, v in metrics.items() if isinstance(v, (int, float)) and k in baseline
-    )
-    text = f"""---
-base_model: {base_model}
-library_name: peft
-pipeline_tag: text-generation
-tags:
-- base_model:adapter:{base_model}
-- lora
-- harness
----
-
-# {suite.name} / {arm}
-
-LoRA adapter (r={spec.r}, alpha={spec.alpha:g}, dropout={spec.dropout:g}, targets=
-{spec.target_modules}) trained by `harness` on suite `{suite.name}`:
-lr {spec.learning_rate:g}, {spec.scheduler} schedule, optimizer {spec.optimizer},
-batch {spec.batch_size} x {spec.gradient_accumulation_steps} accumulation, precision
-{spec.precision}.
-
-| metric | zero-shot | this adapter |
-|---|---|---|
-{rows}
-
-See the run's `run.json` and `report.html` for confidence intervals and per-item scores.
-"""
-    path = adapter_dir / "README.md"
-    path.write_text(text, encoding="utf-8")
-    return path

@@ -120,7 +120,7 @@ def test_adapters_table_in_a_suite(suite_dir, made):
     (run,) = (suite_dir / "o" / "tiny").iterdir()
     arms = results.load_run(run).record["arms"]
     assert arms["lora"]["source"] == "trained" and arms["ext"]["source"] == "existing"
-    assert arms["baseline"]["source"] is None
+    assert arms["baseline"]["source"] == "zero-shot"
 
 
 def _broken(made: dict[str, Path], tmp_path: Path, edit) -> Path:

@@ -150,3 +150,24 @@ def test_load_best_needs_a_validation_split(tmp_path):
     msg = error_of(tmp_path, MINIMAL + "\n[train]\nload_best_model_at_end = true\n"
                    "eval_strategy = 'epoch'\nsave_strategy = 'epoch'\n")
     assert "data.validation_size > 0" in msg
+
+
+def test_reading_a_suite_imports_no_model_or_hub_library(tmp_path):
+    """`validate` turns the hub libraries offline after reading the suites; they read that
+    setting once, at import, so reading a suite must not import them."""
+    import subprocess
+    import sys
+
+    write(tmp_path, MINIMAL)
+    code = ("import sys; from harness import config; "
+            f"config.load_suite({str(tmp_path / 's.toml')!r}); "
+            "bad = [m for m in ('torch', 'transformers', 'peft', 'datasets', 'huggingface_hub')"
+            " if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_stats_defaults_are_the_statistics_modules():
+    from harness import stats
+
+    spec = config.StatsSpec()
+    assert (spec.n_resamples, spec.alpha) == (stats.DEFAULT_RESAMPLES, stats.DEFAULT_ALPHA)

@@ -67,10 +67,11 @@ eval_size = 4
 def test_qlora_loads_nf4_weights_on_the_gpu(small_model_dir, tmp_path):
     import bitsandbytes as bnb
 
-    plain = modeling.load_model(_suite(small_model_dir, "", tmp_path), str(small_model_dir), "cuda")
+    plain = modeling.load_model(_suite(small_model_dir, "", tmp_path).model, str(small_model_dir),
+                                "cuda")
     q = _suite(small_model_dir, '[model.quantization]\nbits = 4\nquant_type = "nf4"\n'
                                 'double_quant = true\ncompute_dtype = "float16"', tmp_path)
-    quant = modeling.load_model(q, str(small_model_dir), "cuda")
+    quant = modeling.load_model(q.model, str(small_model_dir), "cuda")
     linear4 = [m for m in quant.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(linear4) == 4 * 7  # every attention and MLP projection; the LM head stays fp16
     assert linear4[0].weight.quant_state.quant_type == "nf4"

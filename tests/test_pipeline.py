@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import cache, results, scoring
+from harness import results, scoring
 from harness.cli import app
 
 runner = CliRunner()
@@ -31,6 +31,7 @@ def test_zero_shot_is_cached_and_reused_never_for_adapters(suite_dir):
     second = run(suite_dir, "--set", "train.r=4")  # another recipe, same baseline
     assert "cached" not in first.record["arms"]["baseline"]
     assert second.record["arms"]["baseline"]["cached"] is True
+    assert second.record["arms"]["baseline"]["source"] == "zero-shot"
     assert second.items("baseline") == first.items("baseline")
     assert "cached" not in second.record["arms"]["lora"]
     assert second.items("lora") != first.items("lora")
@@ -52,7 +53,6 @@ def test_cache_can_be_disabled_and_ignores_corrupt_entries(suite_dir, tmp_path, 
     assert "cached" not in again.record["arms"]["baseline"]
     off = run(suite_dir, "--set", "eval.cache_baseline=false")
     assert "cached" not in off.record["arms"]["baseline"]
-    assert cache.key_of({"a": 1}) != cache.key_of({"a": 2})
 
 
 def test_several_templates_on_the_baseline(suite_dir):
@@ -61,6 +61,8 @@ def test_several_templates_on_the_baseline(suite_dir):
     arms = rec.record["arms"]
     assert set(arms) == {"baseline", "baseline@terse", "lora"}
     assert arms["baseline@terse"]["adapter"] is None
+    assert arms["baseline"]["source"] == arms["baseline@terse"]["source"] == "zero-shot"
+    assert arms["lora"]["source"] == "trained"
     terse = rec.items("baseline@terse")
     assert [r["id"] for r in terse] == [r["id"] for r in rec.items("baseline")]
     assert not any("### Instruction" in r["prompt"] for r in terse)

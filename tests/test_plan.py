@@ -58,8 +58,7 @@ def test_total_params_by_hand(tmp_path, llama_dir):
                  + 3 * H * FF  # gate, up, down
                  + 2 * H)  # two RMSNorm weights
     total = V * H + L * per_block + H + H * V  # embeddings, blocks, final norm, lm_head
-    assert total == 266_688
-    assert p.shape.total_params == total
+    assert p.shape.total_params == total  # 266,688
     assert p.shape.quantizable_params == L * (2 * H * H + 2 * H * KV + 3 * H * FF)  # not lm_head
     assert p.shape.output_layer == "lm_head" and p.shape.gated_mlp
 
@@ -69,7 +68,7 @@ def test_lora_params_by_hand(tmp_path, llama_dir):
                   "train.r=8")
     (cell,) = plan.make_plan(s).cells
     assert cell.lora_layers == 2 * L
-    assert cell.trainable == L * (8 * (H + H) + 8 * (H + KV)) == 5_376  # r * (in + out)
+    assert cell.trainable == L * (8 * (H + H) + 8 * (H + KV))  # r * (in + out): 5,376
 
 
 def test_all_linear_is_every_linear_but_the_head(tmp_path, llama_dir):
@@ -278,8 +277,8 @@ def test_cli_plan_seed003(tmp_path):
     out = " ".join(res.output.split())
     assert "parameters 2,779,683,840" in out  # phi-2's 2.78 B
     # r 16 on 32 blocks: q, k, v, dense 16 x (2560 + 2560); fc1, fc2 16 x (2560 + 10240)
-    assert 32 * (4 * 16 * 5120 + 2 * 16 * 12800) == 23_592_960
-    assert "trainable 23,592,960 = 0.842%" in out  # the seed claimed ~4.2M / 0.16%
+    # = 32 * (4 * 16 * 5120 + 2 * 16 * 12800); the seed claimed ~4.2M / 0.16%
+    assert "trainable 23,592,960 = 0.842%" in out
     assert "steps/epoch 125" in out and "total steps 375" in out and "warmup 100" in out
     assert "2 x 8 accumulation = 16" in out and "16 GB class (T4" in out
     assert "unknown: dataset EdinburghNLP/xsum" in out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 import subprocess
 import sys
@@ -13,10 +12,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import plots, report
+from harness import config, plots, report, stats, templating
 from harness.cli import app
 from harness.errors import HarnessError
-from harness.metrics import QUALITY_KEYS, ROUGE_KEYS, SYSTEM_KEYS
 from harness.results import PREDICTIONS_FILE, RUN_FILE, TRAIN_LOG_FILE, load_run
 
 from .factories import make_run
@@ -31,37 +29,24 @@ def edit_record(path: Path, **changes: Any) -> None:
     (path / RUN_FILE).write_text(json.dumps(rec))
 
 
-def comparisons(path: Path, *, paired: bool = True) -> list[dict[str, Any]]:
-    """Rows shaped like harness.stats writes them; CIs and p from a normal approximation."""
+def comparisons(path: Path) -> list[dict[str, Any]]:
+    """What the pipeline stores: ``stats.compare_arms`` of every other arm against baseline,
+    on the run's per-item rows, with the run's recorded resample count and seed."""
     run = load_run(path)
-    arms = run.record["arms"]
-    rows = []
-    for cand in [a for a in arms if a != "baseline"]:
-        for m in QUALITY_KEYS + SYSTEM_KEYS:
-            rows.append(comparison(run, m, cand, paired=paired and m in ROUGE_KEYS + ("loss",)))
-        ps = [r["p_value"] for r in rows if r["candidate"] == cand and r["p_value"] is not None]
-        for r in rows:
-            if r["candidate"] == cand and r["p_value"] is not None:
-                r["p_value_holm"] = min(1.0, r["p_value"] * len(ps))
-                r["significant"] = r["p_value_holm"] <= 0.05
-    return rows
+    arms, settings = run.record["arms"], stats.StatsSettings.from_record(run.record["stats"])
+    return [row for cand in arms if cand != "baseline" for row in stats.compare_arms(
+        run.items("baseline"), run.items(cand), arms["baseline"]["metrics"],
+        arms[cand]["metrics"], baseline="baseline", candidate=cand,
+        n_resamples=settings.n_resamples, seed=settings.seed, alpha=settings.alpha)]
 
 
-def comparison(run, metric: str, cand: str, *, paired: bool) -> dict[str, Any]:
-    b = run.record["arms"]["baseline"]["metrics"][metric]
-    c = run.record["arms"][cand]["metrics"][metric]
-    row = {"metric": metric, "baseline": "baseline", "candidate": cand, "baseline_value": b,
-           "candidate_value": c, "abs_diff": c - b, "rel_gain": (c - b) / b, "ci_low": None,
-           "ci_high": None, "p_value": None, "rel_ci_low": None, "rel_ci_high": None,
-           "p_value_holm": None, "significant": False}
-    if paired:
-        diffs = [y[metric] - x[metric] for x, y in zip(run.items("baseline"), run.items(cand))]
-        mean = sum(diffs) / len(diffs)
-        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
-        row.update(ci_low=c - b - 1.96 * se, ci_high=c - b + 1.96 * se,
-                   rel_ci_low=(c - b - 1.96 * se) / b, rel_ci_high=(c - b + 1.96 * se) / b,
-                   p_value=math.erfc(abs(mean / se) / math.sqrt(2)))
-    return row
+def toy_suite(tmp_path: Path, **train: Any) -> config.Suite:
+    """The suite a run of the toy record would have resolved, as ``config.load_suite`` does."""
+    raw = {"name": "toy", "model": {"name_or_path": "toy/model"},
+           "data": {"path": "x.jsonl", "prompt_template": "{{ q }}",
+                    "response_template": "{{ a }}"},
+           "train": {"r": 8, "alpha": 16, "learning_rate": 2e-4, "max_steps": 10, **train}}
+    return config.validate_suite(raw, path=tmp_path / "toy.toml")
 
 
 def rich_run(tmp_path: Path, n: int = 50, arms: dict | None = None) -> Path:
@@ -70,12 +55,13 @@ def rich_run(tmp_path: Path, n: int = 50, arms: dict | None = None) -> Path:
     edit_record(
         path,
         comparisons=comparisons(path),
-        config={"name": "toy", "model": {"name_or_path": "toy/model", "load_in_4bit": False},
-                "train": {"r": 8, "alpha": 16, "learning_rate": 2e-4, "max_steps": 10}},
+        config=config.dump(toy_suite(tmp_path)),
+        # per arm, the train config of its cell, as the pipeline records it
         training={a: {"trainable_params": 921_600, "total_params": 135_436_608,
                       "adapter_bytes": 3_702_784, "train_runtime_s": 312.5,
                       "train_tokens_per_s": 190.4, "padding_efficiency": 0.8125,
-                      "computed_tokens": 70_000, "config": {"r": r, "alpha": 16}}
+                      "computed_tokens": 70_000,
+                      "config": config.dump(toy_suite(tmp_path, r=r))["train"]}
                   for a, r in (("lora", 8), ("qlora", 16))},
         data={"eval_fingerprint": "fp-toy-0001", "n_train": 100, "n_eval": n,
               "lengths": {"train": {"n": 100, "mean": 412.3, "median": 388, "max": 1024,
@@ -124,7 +110,9 @@ def test_headline_table_has_values_ci_p_and_significance(rich: Path):
     assert f"{c['abs_diff']:+.4f}" in row
     assert f"{100 * c['rel_gain']:+.1f}%" in row
     assert f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" in row
-    assert "&lt;0.001" in row and "significant" in row and 'class="num good strong"' in row
+    shown = {k: "&lt;0.001" if c[k] < 0.001 else f"{c[k]:.3f}" for k in ("p_value", "p_value_holm")}
+    assert f'title="unadjusted p = {shown["p_value"]}">{shown["p_value_holm"]}</td>' in row
+    assert "significant" in row and 'class="num good strong"' in row
     assert "p (Holm)" in html and "95% CI" in html
 
 
@@ -267,11 +255,6 @@ def test_markdown_tables(rich: Path):
             assert line.endswith("|"), line
 
 
-def test_md_cell_escapes_table_breaking_text():
-    assert report.md_cell("a|b\nc <img src=x>") == "a\\|b c &lt;img src=x&gt;"
-    assert report.md_cell(None) == ""
-
-
 def test_markdown_escapes_untrusted_arm_names(tmp_path: Path):
     run = load_run(make_run(tmp_path, arms={"baseline": (0.3, 2.5), "x|<i>y": (0.4, 2.0)}))
     md = report.render_markdown(run)
@@ -300,7 +283,7 @@ def test_cli_report_bad_path_exits_2(tmp_path: Path):
 
 
 def test_missing_templates_is_a_clear_error(rich: Path, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv(report.TEMPLATES_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv(templating.TEMPLATES_ENV, str(tmp_path / "empty"))
     with pytest.raises(HarnessError, match="report templates not found"):
         report.render_html(load_run(rich))
 

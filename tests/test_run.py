@@ -49,7 +49,7 @@ def test_run_directory_matches_contract(finished):
     assert {"commit", "dirty"} <= set(rec["env"]["git"])
     assert rec["config"]["train"]["r"] == 8  # the resolved suite
     assert not any(p.name.startswith(".") for p in finished.parent.iterdir())  # no staging left
-    assert not (finished / "checkpoints").exists()  # trainer checkpoints are cleaned up
+    assert not (finished / results.SCRATCH_DIR).exists()  # trainer checkpoints are cleaned up
 
 
 def test_fine_tuning_beats_zero_shot_loss(finished):
@@ -103,6 +103,7 @@ def test_training_summary_records_tokens_and_padding(finished):
 
 def test_adapter_is_peft_format_with_card_and_reloads(finished, tiny_model_dir):
     import torch
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from harness import modeling, scoring
@@ -118,11 +119,11 @@ def test_adapter_is_peft_format_with_card_and_reloads(finished, tiny_model_dir):
     assert "library_name: peft" in card
     run = results.load_run(finished)
     rows = run.items("lora")
-    tok = modeling.load_tokenizer(_suite(run), str(tiny_model_dir))
+    tok = modeling.load_tokenizer(_suite(run).model, str(tiny_model_dir))
     spec = DataSpec(**{k: v for k, v in run.record["config"]["data"].items() if v is not None})
     enc = [encode(Example(r["id"], r["prompt"], r["reference"]), tok, spec) for r in rows]
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    model = modeling.load_adapter(base, adapter).eval()
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
     scores, _ = scoring.teacher_forced(model, enc, 4, tok.pad_token_id)
     for s, r in zip(scores, rows):
         assert s.nll_sum == pytest.approx(r["nll_sum"], rel=1e-4)

@@ -35,7 +35,8 @@ def seeded_arms(n_seeds: int, sim: int, *, n: int = 60, seed_sd: float = 0.04,
 
 
 def recipe_row(base, arms, n_resamples=400, seed=0) -> dict[str, Any]:
-    row, = compare_recipe(base, arms, arm_metrics(base), {k: arm_metrics(v) for k, v in arms.items()},
+    seed_metrics = {k: arm_metrics(v) for k, v in arms.items()}
+    row, = compare_recipe(base, arms, arm_metrics(base), seed_metrics,
                           baseline="baseline", recipe="lora", metrics=["loss"],
                           settings=stats.StatsSettings(n_resamples, seed, 0.05))
     return row

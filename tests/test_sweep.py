@@ -133,10 +133,10 @@ def swept(tmp_path_factory, tiny_model_dir) -> Path:
     d = tmp_path_factory.mktemp("sweep")
     real = train.train_adapter
 
-    def oom_on_big_batch(model, tok, suite, **kw):
-        if suite.train.batch_size == 16:
+    def oom_on_big_batch(model, tok, spec, **kw):
+        if spec.batch_size == 16:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(model, tok, suite, **kw)
+        return real(model, tok, spec, **kw)
 
     args = ["run", str(write_suite(d, tiny_model_dir)), "--out", str(d / "results"),
             "--set", "train.max_steps=2", "--set", "data.eval_size=4",

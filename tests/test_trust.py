@@ -374,16 +374,14 @@ def test_hub_model_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, mon
 
 
 def test_sweep_cell_failing_after_its_eval_is_recorded_failed(suite_dir, monkeypatch):
-    from harness import train
+    real = results.RunDir.write_text
 
-    real = train.write_model_card
-
-    def card(adapter_dir, **kw):
-        if kw["arm"] == "a":
+    def card(run_dir, name, text):
+        if name == f"{results.ADAPTERS_DIR}/a/{results.MODEL_CARD_FILE}":
             raise OSError("cannot write the card")
-        return real(adapter_dir, **kw)
+        return real(run_dir, name, text)
 
-    monkeypatch.setattr(train, "write_model_card", card)
+    monkeypatch.setattr(results.RunDir, "write_text", card)
     cells = '[{name = "a", set = {"train.r" = 4}}, {name = "b", set = {"train.r" = 8}}]'
     res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out",
                               str(suite_dir / "o"), *FAST, "--set", f"sweep.cells={cells}"])
