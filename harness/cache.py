@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,17 @@ log = logging.getLogger(__name__)
 
 def baseline_key_fields(suite: Suite, source: ModelSource, device: str,
                         eval_fingerprint: str, variant: str | None = None,
-                        content: str | None = None) -> dict[str, Any]:
+                        content: str | None = None, sets: Sequence[Any] = ()
+                        ) -> dict[str, Any]:
     """``content`` is modeling.content_key(): the weights by content or hub commit, so a model
     folder overwritten in place misses the cache (a path alone served a stale loss: 6.01
-    cached vs 11.07 true)."""
+    cached vs 11.07 true). ``sets``: the extra eval sets (data.EvalSet) scored with the arm;
+    each one's items and settings join the key (none: the key of a suite without sets)."""
     import harness
 
     m, d = suite.model, suite.data
     v = versions()
-    return {
+    fields: dict[str, Any] = {
         "model": source.label, "content": content, "revision": m.revision,
         "tokenizer": m.tokenizer, "dtype": m.dtype, "attn": m.attn_implementation,
         "quantization": m.quantization.model_dump() if m.quantization else None,
@@ -46,6 +49,10 @@ def baseline_key_fields(suite: Suite, source: ModelSource, device: str,
         "device": device,
         "versions": [harness.__version__, v["torch"], v["transformers"], v["bitsandbytes"]],
     }
+    if sets:
+        fields["sets"] = [{"name": s.name, "fingerprint": s.fingerprint,
+                           "spec": suite.eval.sets[s.name].model_dump(mode="json")} for s in sets]
+    return fields
 
 
 def key_of(fields: dict[str, Any]) -> str:

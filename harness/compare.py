@@ -105,15 +105,49 @@ def build_table(runs: Sequence[LoadedRun], *, alpha: float = stats.DEFAULT_ALPHA
         usable[0].record.get("stats") if usable else None, alpha=alpha)
     labels = _run_labels(usable)
     arms = {id(r): _usable_arms(r, notes) for r in usable}
-    pairings = _within_pairings(usable, arms, labels, notes)
-    pairings += _cross_pairings(usable, arms, labels, notes)
+    within = _within_pairings(usable, arms, labels, notes)
+    cross = _cross_pairings(usable, arms, labels, notes)
     # grouped by metric, then in the order the pairings were made (runs, then arms, as given)
-    keyed = [((M.ALL_KEYS.index(r["metric"]), i), r)
-             for i, p in enumerate(pairings) for r in _compare(p, settings)]
+    computed = [(i, _compare(p, settings)) for i, p in enumerate(within + cross)]
+    keyed = [((M.sort_key(r["metric"]), i), r) for i, rs in computed for r in rs]
     rows = [r for _, r in sorted(keyed, key=lambda kr: kr[0])]
+    notes += seed_notes(usable, [r for i, rs in computed[len(within):] for r in rs])
     if not rows:
         notes.append("nothing to compare: no run has an adapter arm beside a baseline arm")
     return CompareTable(rows, notes, [_run_summary(r, labels) for r in usable], alpha, settings)
+
+
+# A difference between two seeds of one recipe has SD sqrt(2) x the seed SD; beyond 1.96 of
+# those it is unlikely (5%) to be seed noise alone.
+SEED_NOISE_Z = 1.96
+
+
+def seed_notes(runs: Sequence[LoadedRun], cross_rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Runs that differ only in their training seed: whether their differences exceed the
+    seed noise some run measured (``train.seeds``), or that nothing here can tell."""
+    flat = [dict(F.flatten(r.record.get("config") or {})) for r in runs]
+    keys = set().union(*flat) if flat else set()
+    differ = {k for k in keys if len({_short(f.get(k, _UNSET)) for f in flat}) > 1}
+    if len(runs) < 2 or not differ or not differ <= {"train.seed", "train.seeds"}:
+        return []
+    sd = {str(c["metric"]): float(c["seed_sd"]) for r in runs
+          for c in r.record.get("seed_comparisons") or []
+          if isinstance(c, dict) and isinstance(c.get("seed_sd"), int | float)}
+    if not sd:
+        return ["these runs differ only in train.seed, so their differences are training "
+                "noise plus item noise; with one seed per run nothing here measures the seed "
+                "noise, so this table cannot tell whether a difference exceeds it (train the "
+                "recipe with train.seeds = [0, 1, 2] to measure it)"]
+    out = []
+    for r in cross_rows:
+        m, diff = str(r["metric"]), r.get("abs_diff")
+        if m in sd and isinstance(diff, int | float):
+            bound = SEED_NOISE_Z * math.sqrt(2) * sd[m]
+            verdict = "within" if abs(diff) <= bound else "beyond"
+            out.append(f"{r['candidate']} vs {r['baseline']}, {m}: {F.metric(m, diff, True)} is "
+                       f"{verdict} seed noise (|diff| vs {SEED_NOISE_Z} x sqrt(2) x seed SD "
+                       f"{F.metric(m, sd[m])} = {F.metric(m, bound)}, measured over seeds)")
+    return out
 
 
 def _usable_runs(runs: Sequence[LoadedRun], notes: list[str]) -> list[LoadedRun]:
@@ -243,8 +277,10 @@ def _compare(p: Pairing, settings: stats.StatsSettings) -> list[dict[str, Any]]:
     """Rows for one pairing, statistics recomputed from the per-item predictions."""
     same_run = p.base.run is p.cand.run
     paired = same_run or stats.same_eval_set(p.base.run.record, p.cand.run.record)
-    base_items = p.base.run.items(p.base.arm) if paired else []
-    cand_items = p.cand.run.items(p.cand.arm) if paired else []
+    # extra sets pair only where both runs scored the same items
+    sets = None if same_run else stats.shared_extra_sets(p.base.run.record, p.cand.run.record)
+    base_items = _on_sets(p.base.run.items(p.base.arm), sets) if paired else []
+    cand_items = _on_sets(p.cand.run.items(p.cand.arm), sets) if paired else []
     pairing = PAIRED if base_items and cand_items else (NO_ITEMS if paired else UNPAIRED)
     if pairing == NO_ITEMS:
         base_items = cand_items = []
@@ -256,6 +292,11 @@ def _compare(p: Pairing, settings: stats.StatsSettings) -> list[dict[str, Any]]:
     if pairing == NO_ITEMS and same_run:
         rows, pairing = _stored(p, rows)
     return [_decorate(r, p, pairing) for r in rows]
+
+
+def _on_sets(rows: list[dict[str, Any]], sets: set[str] | None) -> list[dict[str, Any]]:
+    """The suite's own rows and those of the extra sets named (all of them for None)."""
+    return rows if sets is None else [r for r in rows if r.get("set") in sets | {None}]
 
 
 def _metrics(side: Side) -> dict[str, Any]:

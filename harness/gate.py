@@ -42,10 +42,11 @@ from harness.errors import InputError, RecordError
 from harness.results import LoadedRun
 
 RULE_RE = re.compile(
-    r"^(?P<metric>[A-Za-z_][A-Za-z0-9_]*):(?P<sign>[+-]?)(?P<num>\d+(?:\.\d*)?|\.\d+)"
+    r"^(?P<metric>(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z_][A-Za-z0-9_]*):(?P<sign>[+-]?)(?P<num>\d+(?:\.\d*)?|\.\d+)"
     r"(?P<pct>%?)(?P<sig>:sig)?$"
 )
-RULE_HELP = "METRIC:[+|-]N[%][:sig], e.g. rougeL:-1%  perplexity:+2%  loss:+0.05  rougeL:-1%:sig"
+RULE_HELP = ("METRIC:[+|-]N[%][:sig], e.g. rougeL:-1%  perplexity:+2%  loss:+0.05  "
+             "rougeL:-1%:sig  general/perplexity:+5%")
 LIBRARIES = ("torch", "transformers", "peft")
 # Float slack when comparing a change with its limit: rougeL 0.5 -> 0.495 is exactly -1 %
 # but computes as -1.0000000000000009 %.
@@ -179,9 +180,10 @@ def parse_rule(text: str, *, source: str = "cli") -> Rule:
     if not m:
         raise InputError(f"bad gate rule {text!r} (from {where}): expected {RULE_HELP}")
     metric = m["metric"]
-    if metric not in M.ALL_KEYS:
+    if not M.is_known(metric):
         raise InputError(f"bad gate rule {text!r} (from {where}): unknown metric {metric!r}; "
-                         f"known: {', '.join(M.ALL_KEYS)}")
+                         f"known: {', '.join(M.ALL_KEYS)}, or <set>/<metric> for an extra "
+                         "eval set")
     _check_sign(text, metric, m["sign"], where)
     if m["sig"] and not M.is_per_item(metric):
         raise InputError(f"bad gate rule {text!r} (from {where}): ':sig' needs per-item values "
@@ -237,7 +239,8 @@ def run_gate(candidate: LoadedRun, baseline: LoadedRun, *, cli_rules: list[str])
                           f"({F.failure(baseline.record)}); pick another baseline")
     if candidate.record.get("status") != "success":
         return _failed_candidate(candidate, baseline)
-    stats.check_pairable(candidate.record, baseline.record)
+    extra_sets = [s for s in dict.fromkeys(M.split(r.metric)[0] for r in rules) if s]
+    stats.check_pairable(candidate.record, baseline.record, extra_sets)
     notes = env_warnings(candidate.record, baseline.record)
     same_device = _device(candidate.record) == _device(baseline.record)
     checks: list[Check] = []

@@ -11,7 +11,6 @@ before it; a failing sweep cell is recorded as a failed arm and the other cells 
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 import traceback
@@ -26,10 +25,11 @@ from harness import (
     config,
     data,
     encoding,
+    evaluation,
     logs,
     modeling,
     results,
-    scoring,
+    seedstats,
     shapes,
     stats,
     sweep,
@@ -37,6 +37,7 @@ from harness import (
     train,
 )
 from harness import env as environment
+from harness import metrics as M
 from harness.config import Suite
 from harness.errors import (
     DatasetUnavailable,
@@ -45,7 +46,8 @@ from harness.errors import (
     RunFailed,
     RunInterrupted,
 )
-from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS
+from harness.evaluation import ArmEval
+from harness.metrics import SYSTEM_KEYS
 from harness.progress import NullProgress, Progress
 
 
@@ -64,6 +66,7 @@ class Preflight:
     warnings: list[str] = field(default_factory=list)  # suspicious but runnable
     unchecked: list[str] = field(default_factory=list)  # what needs a network it has not got
     existing: list[adapters.ExistingAdapter] = field(default_factory=list)
+    sets: list[data.EvalSet] = field(default_factory=list)  # [eval.sets.*]
 
     @property
     def loaded_splits(self) -> data.DataSplits:
@@ -98,8 +101,9 @@ def preflight(suite: Suite, offline_ok: bool = False) -> Preflight:
                                                 offline_ok, unchecked)
                             for spec in suite.adapters) if a is not None]
     variants = _variants(suite, splits) if splits else []
+    sets = _unless_unreachable(lambda: data.load_eval_sets(suite), offline_ok, unchecked) or []
     warnings = _suite_warnings(suite) + [w for a in existing for w in a.warnings]
-    return Preflight(source, splits, cells, variants, warnings, unchecked, existing)
+    return Preflight(source, splits, cells, variants, warnings, unchecked, existing, sets)
 
 
 def _check_arm_names(suite: Suite, cells: list[tuple[str, Suite]]) -> None:
@@ -160,12 +164,14 @@ class _Run:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     model_content: str | None = None  # modeling.content_key(): the baseline cache's identity
     eval_spec: config.EvalSpec | None = None  # the suite's, max_new_tokens fitted to the model
+    sets: list[data.EvalSet] = field(default_factory=list)  # [eval.sets.*], every arm scores
 
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None) -> RunOutcome:
     checked = preflight(suite)
     leftovers = results.dead_partials(Path(out_dir) / suite.name)
-    run = _Run(suite, results.create_run_dir(out_dir, suite.name), progress or NullProgress())
+    run = _Run(suite, results.create_run_dir(out_dir, suite.name), progress or NullProgress(),
+               sets=checked.sets)
     run.record = _skeleton(run, checked)
     for text in checked.warnings:
         run.progress.warn(text)
@@ -220,6 +226,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
     for name, cell in checked.arms:
         _train_arm(run, name, cell, path, tok, device, (enc_train, enc_val, enc_eval),
                    checked.loaded_splits)
+    _compare_seeds(run)
 
 
 def _fit_generation(run: _Run, context: int | None, items) -> config.EvalSpec:
@@ -252,8 +259,11 @@ class _Lazy:
 
 def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, splits,
                device: str, checked: Preflight) -> None:
-    fields = _cache_fields(run, name, suite, checked, device)
-    ids = [ex.id for ex in splits.eval]
+    with_sets = name == arms.BASELINE  # a template variant of [data] only: the sets are
+    # the base model's own zero-shot rows already
+    fields = _cache_fields(run, name, suite, checked, device, with_sets)
+    ids = [ex.id for ex in splits.eval] + [
+        ex.id for s in (run.sets if with_sets else []) for ex in s.examples]
     hit = cache.load(fields, ids) if fields is not None else None
     if hit is not None:
         arm, rows = hit
@@ -262,21 +272,22 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, s
         run.record["arms"][name] = {**arm, "source": arms.ZERO_SHOT, "cached": True}
         run.predictions += rows
         return
-    result = _eval_arm(run, name, base.get(), tok, enc, splits.eval, device)
+    result = _eval_arm(run, name, base.get(), tok, enc, splits.eval, device, with_sets)
     arm = _record_arm(run, name, result, source=arms.ZERO_SHOT)
     if fields is not None:
         cache.store(fields, arm, list(result.rows))
 
 
 def _cache_fields(run: _Run, name: str, suite: Suite, checked: Preflight,
-                  device: str) -> dict[str, Any] | None:
+                  device: str, with_sets: bool) -> dict[str, Any] | None:
     """The baseline cache key, or None when caching is off or the weights' identity is not
     knowable (a hub model whose commit cannot be resolved): then nothing is reused."""
     if not suite.eval.cache_baseline or run.model_content is None:
         return None
     return cache.baseline_key_fields(suite, checked.source, device,
                                      checked.loaded_splits.eval_fingerprint, variant=name,
-                                     content=run.model_content)
+                                     content=run.model_content,
+                                     sets=run.sets if with_sets else [])
 
 
 def _encode(run: _Run, splits: data.DataSplits, tok: Any):
@@ -424,14 +435,6 @@ def _expected_steps(spec, n_train: int) -> int | None:
     return plan.schedule(spec, n_train).total_steps
 
 
-@dataclass(frozen=True)
-class ArmEval:
-    """One arm's evaluation: its per-item rows and metrics, written into the record once."""
-
-    rows: tuple[dict[str, Any], ...]
-    metrics: dict[str, Any]
-
-
 def _record_arm(run: _Run, name: str, result: ArmEval, **entry: Any) -> dict[str, Any]:
     run.predictions += result.rows
     arm = {"model": run.suite.model.label, "adapter": None, "source": None, **entry,
@@ -440,57 +443,32 @@ def _record_arm(run: _Run, name: str, result: ArmEval, **entry: Any) -> dict[str
     return arm
 
 
-def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples,
-              device: str) -> ArmEval:
+def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, device: str,
+              with_sets: bool = True) -> ArmEval:
+    """The suite's own items (encoded with this arm's tokenizer) and every extra set."""
     spec = run.eval_spec or run.suite.eval
-    model.eval()
-    with scoring.PeakMemory(device) as memory:
-        losses, eval_tps = scoring.teacher_forced(
-            model, items, spec.batch_size, tok.pad_token_id,
-            run.progress.task(f"eval loss {name}", len(items)),
-        )
-        gens = None
-        if spec.generate:
-            gens = scoring.generate(model, tok, items, spec,
-                                    run.progress.task(f"generate {name}", len(items)))
-    rows = _prediction_rows(name, examples, losses, gens, spec.rouge_stemmer)
-    return ArmEval(tuple(rows), _arm_metrics(rows, eval_tps, gens, memory.bytes))
+    own = evaluation.Target(None, examples, items, tuple(spec.metrics))
+    extra = _set_targets(run, tok) if with_sets else []
+    return evaluation.evaluate(model, tok, [own, *extra], spec, arm=name, device=device,
+                               task=run.progress.task)
 
 
-def _prediction_rows(arm: str, examples, losses, gens, stemmer: bool) -> list[dict[str, Any]]:
-    preds = gens.texts if gens else [None] * len(examples)
-    refs = [ex.response for ex in examples]
-    rouge = scoring.rouge(preds, refs, stemmer) if gens else [dict.fromkeys(ROUGE_KEYS)] * len(
-        examples)
-    rows = []
-    for i, ex in enumerate(examples):
-        rows.append({
-            "arm": arm, "id": ex.id, "prompt": ex.prompt, "reference": ex.response,
-            "prediction": preds[i], "loss": losses[i].loss, "nll_sum": losses[i].nll_sum,
-            "n_tokens": losses[i].n_tokens, "gen_tokens": gens.n_tokens[i] if gens else None,
-            **rouge[i],
-        })
-    return rows
-
-
-def _arm_metrics(rows, eval_tps: float, gens, peak: int) -> dict[str, Any]:
-    nll = sum(r["nll_sum"] for r in rows)
-    tokens = sum(r["n_tokens"] for r in rows)
-    loss = nll / tokens if tokens else float("nan")
-    m: dict[str, Any] = {"loss": loss, "perplexity": math.exp(loss)}  # token-weighted
-    for k in ROUGE_KEYS:
-        m[k] = sum(r[k] for r in rows) / len(rows) if gens else None
-    m["eval_tokens_per_s"] = round(eval_tps, 2)
-    m["gen_tokens_per_s"] = round(gens.tokens_per_s, 2) if gens else None
-    m["peak_memory_bytes"] = peak
-    return m
+def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
+    """[eval.sets.*], encoded with ``tok`` (an existing adapter may bring its own)."""
+    out = []
+    for s in run.sets:
+        spec = run.suite.eval.sets[s.name]
+        items, _ = encoding.encode_all(s.examples, tok, spec.as_data())
+        out.append(evaluation.Target(s.name, s.examples, items, tuple(spec.metrics)))
+    return out
 
 
 def _compare(run: _Run, name: str) -> None:
     s = run.suite.stats
     base = run.record["arms"][arms.BASELINE]["metrics"]
     cand = run.record["arms"][name]["metrics"]
-    metrics = [k for k, v in base.items() if v is not None and cand.get(k) is not None]
+    metrics = sorted((k for k, v in base.items() if v is not None and cand.get(k) is not None),
+                     key=M.sort_key)
     if run.record["arms"][arms.BASELINE].get("cached"):
         # A cached baseline's speed and memory were measured in another process at another
         # time (a loaded machine, a cold start): a difference would measure that, not the arm.
@@ -501,6 +479,27 @@ def _compare(run: _Run, name: str) -> None:
         base, cand, baseline=arms.BASELINE, candidate=name, metrics=metrics,
         n_resamples=s.n_resamples, seed=s.seed, alpha=s.alpha,
     )
+
+
+def _compare_seeds(run: _Run) -> None:
+    """Each recipe trained with several seeds (``lora@s0``, ...) against the baseline across
+    its seeds: is the gain bigger than the noise of training itself (seedstats)?"""
+    recipes: dict[str, list[str]] = {}
+    for name, arm in run.record["arms"].items():
+        recipe, seed = arms.recipe_of(name)
+        if seed is not None and arm.get("status") == "success":
+            recipes.setdefault(recipe, []).append(name)
+    base = run.record["arms"][arms.BASELINE]["metrics"]
+    s = run.suite.stats
+    settings = stats.StatsSettings(s.n_resamples, s.seed, s.alpha)
+    for recipe, names in recipes.items():
+        run.record["seed_comparisons"] += seedstats.compare_recipe(
+            [r for r in run.predictions if r["arm"] == arms.BASELINE],
+            {n: [r for r in run.predictions if r["arm"] == n] for n in names},
+            base, {n: run.record["arms"][n]["metrics"] for n in names},
+            baseline=arms.BASELINE, recipe=recipe,
+            metrics=sorted((k for k in base if M.is_per_item(k)), key=M.sort_key),
+            settings=settings)
 
 
 # ---------------------------------------------------------------- record
@@ -516,9 +515,10 @@ def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
         "error": None,
         "config": config.dump(s),
         "env": {},
-        "data": checked.loaded_splits.summary(),
+        "data": {**checked.loaded_splits.summary(), **_sets_summary(s, checked.sets)},
         "arms": {},
         "comparisons": [],
+        "seed_comparisons": [],
         "stats": stats.stats_record(s.stats.n_resamples, s.stats.seed, s.stats.alpha),
         "training": {},
         "warnings": list(checked.warnings),
@@ -526,6 +526,14 @@ def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
         "finished_at": None,
         "wall_time_s": None,
     }
+
+
+def _sets_summary(suite: Suite, sets: list[data.EvalSet]) -> dict[str, Any]:
+    if not sets:
+        return {}
+    return {"eval_sets": {s.name: {**s.summary(), "metrics": suite.eval.sets[s.name].metrics,
+                                   "forgetting": suite.eval.sets[s.name].forgetting}
+                          for s in sets}}
 
 
 def _warn(run: _Run, text: str) -> None:

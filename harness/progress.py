@@ -24,8 +24,9 @@ from rich.text import Text
 
 from harness import arms as A
 from harness import formatting as F
+from harness import metrics as M
 from harness import stats
-from harness.metrics import ALL_KEYS, SYSTEM_KEYS, lower_is_better
+from harness.metrics import SYSTEM_KEYS, lower_is_better
 
 # advance(n) moves a bar by n; advance(0, info="loss 1.23") shows the latest numbers beside it.
 Advance = Callable[..., None]
@@ -122,7 +123,7 @@ def summary_table(record: dict[str, Any]) -> Table:
         table.add_column("p (Holm)", justify="right", no_wrap=True)
     comps = {(c["candidate"], c["metric"]): c for c in record.get("comparisons", [])}
     base = record.get("arms", {}).get(A.BASELINE, {}).get("metrics", {})
-    for m in ALL_KEYS:
+    for m in sorted((k for k in base if M.is_known(k)), key=M.sort_key):
         if base.get(m) is None:
             continue
         cached = m in SYSTEM_KEYS and record["arms"][A.BASELINE].get("cached")

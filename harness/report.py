@@ -27,10 +27,11 @@ from markupsafe import Markup
 
 from harness import arms as A
 from harness import formatting as F
+from harness import metrics as M
 from harness import plots, templating
 from harness.errors import RecordError
 from harness.formatting import DASH
-from harness.metrics import ALL_KEYS, QUALITY_KEYS, ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
+from harness.metrics import QUALITY_KEYS, ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
 from harness.results import LoadedRun, atomic_write_text
 from harness.stats import DEFAULT_ALPHA
 
@@ -41,6 +42,7 @@ LABELS = {
     "loss": "Loss", "perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
     "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum", "eval_tokens_per_s": "Eval tokens/s",
     "gen_tokens_per_s": "Gen tokens/s", "peak_memory_bytes": "Peak memory",
+    "exact_match": "Exact match", "chrf": "chrF", "bleu": "BLEU", "bertscore": "BERTScore F1",
 }
 CARD_METRICS = ("rougeL", "rouge1", "perplexity", "loss")
 
@@ -124,7 +126,9 @@ def _dict(v: Any) -> dict[str, Any]:
 
 
 def label(metric: str) -> str:
-    return LABELS.get(metric, metric)
+    eval_set, name = M.split(metric)
+    text = LABELS.get(name, name)
+    return f"{text} ({eval_set})" if eval_set else text
 
 
 # ------------------------------------------------------------------ context shared by both
@@ -138,7 +142,7 @@ def _context(run: LoadedRun, d: _Data) -> dict[str, Any]:
         "versions": _versions(_dict(rec.get("env"))), "headline": headline,
         "cards": _cards(headline), "p_label": _p_label(rec), "ci_label": _ci_label(d.alpha),
         "alpha": d.alpha, "arm_table": _arm_table(d), "training": _training(d),
-        "existing": _existing(d),
+        "existing": _existing(d), "forgetting": _forgetting(d), "seeds": _seeds(d),
         "lengths": _lengths(_dict(_dict(rec.get("data")).get("lengths"))),
         "config": _config_rows(_dict(rec.get("config"))),
         "config_json": json.dumps(rec.get("config"), indent=2, ensure_ascii=False, default=str),
@@ -223,8 +227,38 @@ def _headline(d: _Data) -> list[dict[str, Any]]:
 
 
 def _by_metric(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    order = {k: i for i, k in enumerate(ALL_KEYS)}
-    return sorted(rows, key=lambda c: order.get(c["metric"], len(order)))
+    known = [c for c in rows if M.is_known(str(c["metric"]))]
+    return (sorted(known, key=lambda c: M.sort_key(str(c["metric"])))
+            + [c for c in rows if not M.is_known(str(c["metric"]))])
+
+
+def _forgetting(d: _Data) -> list[dict[str, Any]]:
+    """What fine-tuning cost on each set marked ``forgetting``: its perplexity (else loss)
+    per adapter arm against the zero-shot baseline, with the paired CI."""
+    sets = _dict(_dict(d.record.get("data")).get("eval_sets"))
+    out = []
+    for name, spec in sets.items():
+        if not _dict(spec).get("forgetting"):
+            continue
+        rows = {(c.get("candidate"), c.get("metric")): c
+                for c in d.record.get("comparisons") or []
+                if isinstance(c, dict) and c.get("baseline") == A.BASELINE}
+        for arm in A.adapters(d.arm_records):
+            c = (rows.get((arm, M.keyed(name, "perplexity")))
+                 or rows.get((arm, M.keyed(name, "loss"))))
+            if c is not None:
+                out.append({"set": name, "arm": arm, "items": _dict(spec).get("n_items"),
+                            **_headline_row(c, d.alpha)})
+    return out
+
+
+def _seeds(d: _Data) -> list[dict[str, Any]]:
+    """Recipes trained with several seeds against the baseline (seedstats rows)."""
+    rows = [c for c in d.record.get("seed_comparisons") or [] if isinstance(c, dict)]
+    return [{"recipe": c.get("recipe"), "n_seeds": c.get("n_seeds"),
+             "seed_sd": F.metric(str(c["metric"]), c.get("seed_sd")),
+             **_headline_row({**c, "p_value": None}, d.alpha),
+             "sig": bool(c.get("significant"))} for c in _by_metric(rows)]
 
 
 def _headline_row(c: dict[str, Any], alpha: float) -> dict[str, Any]:
@@ -307,7 +341,7 @@ def _col(key: str) -> dict[str, Any]:
 
 
 def _ordered(keys: Iterable[str]) -> list[str]:
-    known = [k for k in ALL_KEYS if k in keys]
+    known = sorted((k for k in keys if M.is_known(k)), key=M.sort_key)
     return known + sorted(set(keys) - set(known))
 
 

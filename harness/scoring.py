@@ -20,7 +20,6 @@ from typing import Any
 
 from harness.config import EvalSpec
 from harness.encoding import IGNORE_INDEX, Encoded
-from harness.metrics import ROUGE_KEYS
 from harness.modeling import count_params
 
 Advance = Callable[[int], None]
@@ -302,19 +301,7 @@ def _as_list(x: Any) -> list[Any]:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-# ---------------------------------------------------------------- ROUGE and memory
-
-
-def rouge(predictions: Sequence[str], references: Sequence[str], stemmer: bool = True):
-    """Per-item F-measures (0..1) of rouge-score for rouge1/2/L/Lsum."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=stemmer)
-    rows = []
-    for pred, ref in zip(predictions, references):
-        s = scorer.score(ref, pred)
-        rows.append({k: s[k].fmeasure for k in ROUGE_KEYS})
-    return rows
+# ---------------------------------------------------------------- memory
 
 
 # What `peak_memory_bytes` measures, by device; env.describe() records it with the run.

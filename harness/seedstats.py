@@ -48,14 +48,21 @@ def compare_recipe(
     seeds = list(seed_items)
     present = [m for m in metrics if M.is_per_item(m) and _num(base_metrics.get(m))
                and all(_num(seed_metrics[s].get(m)) for s in seeds)]
-    if len(seeds) < 2 or not present or not base_items:
+    if len(seeds) < 2:
         return []
-    cols = sorted({c for m in present for c in M.columns(m)})
-    paired = [stats.pair_items(base_items, seed_items[s], baseline=baseline, candidate=s,
-                               columns=cols) for s in seeds]
-    v_items = _item_variance(paired, present, cols, settings)
-    return [_row(m, v_items[m], base_metrics, seed_metrics, seeds, baseline, recipe, paired[0].n,
-                 settings) for m in present]
+    rows = []
+    for eval_set in dict.fromkeys(M.split(m)[0] for m in present):  # each set on its own items
+        family = [m for m in present if M.split(m)[0] == eval_set]
+        base = stats.set_items(base_items, eval_set)
+        if not base:
+            continue
+        cols = sorted({c for m in family for c in M.columns(m)})
+        paired = [stats.pair_items(base, stats.set_items(seed_items[s], eval_set),
+                                   baseline=baseline, candidate=s, columns=cols) for s in seeds]
+        v_items = _item_variance(paired, family, cols, settings)
+        rows += [_row(m, v_items[m], base_metrics, seed_metrics, seeds, baseline, recipe,
+                      paired[0].n, settings) for m in family]
+    return rows
 
 
 def _item_variance(paired: list[stats.PairedItems], metrics: Sequence[str],

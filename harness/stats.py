@@ -117,8 +117,26 @@ def same_eval_set(record_a: Mapping[str, Any], record_b: Mapping[str, Any]) -> b
     return fa is not None and fa == eval_fingerprint(record_b)
 
 
-def check_pairable(record_a: Mapping[str, Any], record_b: Mapping[str, Any]) -> None:
-    """Refuse to pair two runs whose eval items differ (a paired test needs the same items)."""
+def shared_extra_sets(record_a: Mapping[str, Any], record_b: Mapping[str, Any]) -> set[str]:
+    """The extra eval sets ([eval.sets.*]) both records scored on the same items."""
+    def fingerprints(record: Mapping[str, Any]) -> dict[str, Any]:
+        sets = (record.get("data") or {}).get("eval_sets") or {}
+        return {n: (s or {}).get("fingerprint") for n, s in sets.items()}
+
+    fa, fb = fingerprints(record_a), fingerprints(record_b)
+    return {n for n, fp in fa.items() if fp and fb.get(n) == fp}
+
+
+def check_pairable(record_a: Mapping[str, Any], record_b: Mapping[str, Any],
+                   extra_sets: Sequence[str] = ()) -> None:
+    """Refuse to pair two runs whose eval items differ (a paired test needs the same items),
+    on the suite's own set and on each extra set named."""
+    differ = sorted(set(extra_sets) - shared_extra_sets(record_a, record_b))
+    if differ:
+        raise RecordError(
+            f"cannot pair runs {run_label(record_a)} and {run_label(record_b)} on eval set(s) "
+            f"{', '.join(differ)}: absent from one run or scored on other items "
+            "(data.eval_sets.<set>.fingerprint differs)")
     if same_eval_set(record_a, record_b):
         return
     fa, fb = eval_fingerprint(record_a), eval_fingerprint(record_b)
@@ -369,29 +387,42 @@ def compare_arms(
     *,
     baseline: str,
     candidate: str,
-    metrics: Sequence[str] = M.ALL_KEYS,
+    metrics: Sequence[str] | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     alpha: float = DEFAULT_ALPHA,
 ) -> list[dict[str, Any]]:
-    """One comparison row per metric recorded (numeric) in both arms' metric dicts.
+    """One comparison row per metric recorded (numeric) in both arms' metric dicts (all
+    known ones, the suite's set first, when ``metrics`` is None).
 
     Per-item metrics get a paired CI and p-value when both item lists are non-empty; with no
     items at all (e.g. runs on different eval sets) every row is a point difference only.
     """
     settings = StatsSettings(n_resamples, seed, alpha)
+    if metrics is None:
+        metrics = sorted((m for m in base_metrics if M.is_known(m)), key=M.sort_key)
     unknown = [m for m in metrics if not M.is_known(m)]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; known: {', '.join(M.ALL_KEYS)}")
     present = [m for m in metrics if _num(base_metrics.get(m)) and _num(cand_metrics.get(m))]
     rows = [_point_row(m, base_metrics, cand_metrics, baseline, candidate) for m in present]
     tested = [r for r in rows if M.is_per_item(r["metric"])]
-    if tested and (base_items or cand_items):
-        cols = sorted({c for r in tested for c in _columns_for(r["metric"])})
-        paired = pair_items(base_items, cand_items, baseline=baseline, candidate=candidate,
-                            columns=cols)
-        _fill_paired(tested, paired, settings)
+    # Each eval set is its own family: own items, own pairing, own Holm correction.
+    for eval_set in dict.fromkeys(M.split(r["metric"])[0] for r in tested):
+        family = [r for r in tested if M.split(r["metric"])[0] == eval_set]
+        b, c = set_items(base_items, eval_set), set_items(cand_items, eval_set)
+        if b or c:
+            cols = sorted({col for r in family for col in _columns_for(r["metric"])})
+            paired = pair_items(b, c, baseline=baseline, candidate=candidate, columns=cols)
+            _fill_paired(family, paired, settings)
     return rows
+
+
+def set_items(rows: Sequence[Mapping[str, Any]], eval_set: str | None
+              ) -> list[Mapping[str, Any]]:
+    """The per-item rows of one eval set: ``set`` names an extra set; the suite's own items
+    have none (or null)."""
+    return [r for r in rows if r.get("set") == eval_set]
 
 
 def _num(v: Any) -> bool:

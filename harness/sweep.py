@@ -1,4 +1,5 @@
-"""Adapter arms of a suite: one `lora` arm, or one arm per sweep cell (named cells + grid).
+"""Adapter arms of a suite: one `lora` arm, or one arm per sweep cell (named cells + grid),
+each once per training seed when ``train.seeds`` is set (``lora@s0``, ``lora@s1``, ...).
 
 Each cell is the suite with dotted-key overrides applied and re-validated, so a cell can change
 anything a `--set` can (train.r, train.learning_rate, train.max_steps, ...). The zero-shot
@@ -21,6 +22,19 @@ _SHARED = ("name", "model", "data", "eval", "stats", "sweep")
 
 def expand(suite: Suite) -> list[tuple[str, Suite]]:
     """(arm name, cell suite) for every adapter arm; [] for an eval-only suite."""
+    return [arm for name, cell in _cells(suite) for arm in _seeded(name, cell)]
+
+
+def _seeded(name: str, cell: Suite) -> list[tuple[str, Suite]]:
+    """One arm per seed of ``train.seeds`` (a cell may set its own), each with train.seed."""
+    seeds = cell.train.seeds if cell.train else None
+    if not seeds:
+        return [(name, cell)]
+    return [(arms.seeded(name, s), with_overrides(cell, {"train.seed": s, "train.seeds": None}))
+            for s in seeds]
+
+
+def _cells(suite: Suite) -> list[tuple[str, Suite]]:
     if suite.train is None:
         if suite.sweep:
             raise ConfigError(f"{suite.name}: [sweep] needs a [train] table")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness import scoring
+from harness import scoring, textmetrics
 from harness.config import DataSpec, EvalSpec
 from harness.data import Example
 from harness.encoding import encode
@@ -172,8 +172,8 @@ def test_count_until_eos_includes_eos():
 
 
 def test_rouge_uses_stemming_and_f_measure():
-    rows = scoring.rouge(["the cats were running"], ["the cat was running"], stemmer=True)
-    plain = scoring.rouge(["the cats were running"], ["the cat was running"], stemmer=False)
+    rows = textmetrics.rouge(["the cats were running"], ["the cat was running"], stemmer=True)
+    plain = textmetrics.rouge(["the cats were running"], ["the cat was running"], stemmer=False)
     assert rows[0]["rouge1"] == pytest.approx(0.75)  # the, cat, run match after stemming
     assert plain[0]["rouge1"] == pytest.approx(0.5)
     assert set(rows[0]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
