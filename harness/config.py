@@ -187,6 +187,10 @@ class TrainSpec(_Strict):
     save_strategy: Literal["no", "epoch", "steps"] = "no"
     save_steps: Optional[Annotated[int, Field(ge=1)]] = None
     save_total_limit: Optional[Annotated[int, Field(ge=1)]] = None
+    # With save_strategy = "no": a scratch checkpoint every this many optimizer steps, only so
+    # `harness resume` can continue a killed run; the newest alone is kept, and it is deleted
+    # when training ends. Unset: ~10% of the steps (a multiple of logging_steps); 0: none.
+    checkpoint_steps: Optional[Annotated[int, Field(ge=0)]] = None
     load_best_model_at_end: Flag = False
     gradient_checkpointing: Flag = False
     group_by_length: Flag = True

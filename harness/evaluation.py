@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from harness import distributed, scoring, textmetrics
 from harness import metrics as M
-from harness import scoring, textmetrics
 from harness.config import GENERATION_METRICS, EvalSpec
 from harness.data import Example
 from harness.encoding import Encoded
@@ -58,25 +58,51 @@ def evaluate(model: Any, tok: Any, targets: Sequence[Target], spec: EvalSpec, *,
             t_rows, t_metrics = _score(model, tok, t, spec, arm, task)
             rows += t_rows
             metrics.update(t_metrics)
-    metrics["peak_memory_bytes"] = memory.bytes
+    metrics["peak_memory_bytes"] = max(distributed.all_values(memory.bytes))  # busiest rank
     return ArmEval(tuple(rows), metrics)
 
 
 def _score(model: Any, tok: Any, t: Target, spec: EvalSpec, arm: str, task: Task
            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     where = f" on {t.name}" if t.name else ""
-    losses, eval_tps = scoring.teacher_forced(model, t.items, spec.batch_size, tok.pad_token_id,
-                                              task(f"eval loss {arm}{where}", len(t.items)))
+    share = distributed.my_share(len(t.items))  # all items in one process
+    mine = [t.items[i] for i in share]
+    losses, eval_tps = scoring.teacher_forced(model, mine, spec.batch_size, tok.pad_token_id,
+                                              task(f"eval loss {arm}{where}", len(mine)))
+    losses, eval_tps = _gathered(losses, eval_tps, mine, len(t.items))
     gens = None
     if t.generate:
-        gens = scoring.generate(model, tok, t.items, spec,
-                                task(f"generate {arm}{where}", len(t.items)))
+        gens = _gathered_generations(
+            scoring.generate(model, tok, mine, spec, task(f"generate {arm}{where}", len(mine))),
+            len(t.items))
     rows = _rows(arm, t, losses, gens, spec)
     metrics = _metrics(t, rows, generated=gens is not None)
     if t.name is None:  # throughput of the suite's own set: what the arm costs to serve
         metrics["eval_tokens_per_s"] = round(eval_tps, 2)
         metrics["gen_tokens_per_s"] = round(gens.tokens_per_s, 2) if gens else None
     return rows, metrics
+
+
+def _gathered(losses: list[Any], tps: float, mine: Sequence[Encoded], n: int
+              ) -> tuple[list[Any], float]:
+    """Every rank's losses in item order; tokens/s = all tokens / the slowest rank's time."""
+    if not distributed.active():
+        return losses, tps
+    fed = sum(len(e.input_ids) for e in mine)
+    parts = distributed.all_values((fed, fed / tps if tps else 0.0))
+    wall = max(w for _, w in parts)
+    return distributed.gather(losses, n), sum(f for f, _ in parts) / wall if wall else 0.0
+
+
+def _gathered_generations(gens: scoring.Generations, n: int) -> scoring.Generations:
+    if not distributed.active():
+        return gens
+    made = sum(gens.n_tokens)
+    parts = distributed.all_values((made, made / gens.tokens_per_s if gens.tokens_per_s else 0.0))
+    wall = max(w for _, w in parts)
+    return scoring.Generations(distributed.gather(gens.texts, n),
+                               distributed.gather(gens.n_tokens, n),
+                               sum(m for m, _ in parts) / wall if wall else 0.0)
 
 
 def _rows(arm: str, t: Target, losses: Sequence[Any], gens: Any, spec: EvalSpec

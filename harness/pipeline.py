@@ -6,17 +6,20 @@
     -> run.json + predictions.jsonl (+ train_log.jsonl written live) -> reports -> finalize
 
 A crash at any stage still writes a `failed` record with the error and everything measured
-before it; a failing sweep cell is recorded as a failed arm and the other cells go on.
+before it; a failing sweep cell is recorded as a failed arm and the other cells go on. Each
+measured arm is journaled into the staging folder (harness/resume.py), so a killed run goes
+on with `harness resume`, skipping the arms in ``run.done``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import (
     adapters,
@@ -24,11 +27,13 @@ from harness import (
     cache,
     config,
     data,
+    distributed,
     encoding,
     evaluation,
     logs,
     modeling,
     results,
+    resume,
     seedstats,
     shapes,
     stats,
@@ -49,6 +54,9 @@ from harness.errors import (
 from harness.evaluation import ArmEval
 from harness.metrics import SYSTEM_KEYS
 from harness.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from harness.merge import Shard
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,17 @@ def preflight(suite: Suite, offline_ok: bool = False) -> Preflight:
     return Preflight(source, splits, cells, variants, warnings, unchecked, existing, sets)
 
 
+def _sharded(checked: Preflight, shard: Shard | None) -> Preflight:
+    """Shard I/N of a sweep trains the adapter arms I, I+N, I+2N, ... of ``sweep.expand`` and
+    evaluates the existing adapters in shard 0 only; every shard evaluates the zero-shot arms
+    (the cache makes that free where shards share it), so each one is a complete run."""
+    if shard is None:
+        return checked
+    return dataclasses.replace(
+        checked, arms=[arm for i, arm in enumerate(checked.arms) if shard.takes(i)],
+        existing=checked.existing if shard.index == 0 else [])
+
+
 def _check_arm_names(suite: Suite, cells: list[tuple[str, Suite]]) -> None:
     clash = sorted({a.name for a in suite.adapters} & {name for name, _ in cells})
     if clash:
@@ -158,6 +177,7 @@ class _Run:
     suite: Suite
     dir: results.RunDir
     progress: Progress
+    journal: resume.Journal  # progress saved as it goes, for `harness resume`
     stage: str = "setup"
     started: float = field(default_factory=time.time)
     record: dict[str, Any] = field(default_factory=dict)
@@ -165,20 +185,26 @@ class _Run:
     model_content: str | None = None  # modeling.content_key(): the baseline cache's identity
     eval_spec: config.EvalSpec | None = None  # the suite's, max_new_tokens fitted to the model
     sets: list[data.EvalSet] = field(default_factory=list)  # [eval.sets.*], every arm scores
+    done: set[str] = field(default_factory=set)  # arms a resumed run measured before
 
 
-def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None) -> RunOutcome:
-    checked = preflight(suite)
+def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
+              shard: Shard | None = None, *, source: Path | None = None,
+              resumed: resume.Resumed | None = None) -> RunOutcome:
+    """``shard`` (``--shard I/N``): only that shard's adapter arms; see harness/merge.py.
+    ``source``: the suite file (`harness resume` refuses it once edited). ``resumed``
+    (resume.load): a killed run to continue in its own folder, its measured arms kept."""
+    checked = _sharded(preflight(suite), shard)
+    run = _start(suite, out_dir, checked, progress or NullProgress(), source, resumed)
     leftovers = results.dead_partials(Path(out_dir) / suite.name)
-    run = _Run(suite, results.create_run_dir(out_dir, suite.name), progress or NullProgress(),
-               sets=checked.sets)
-    run.record = _skeleton(run, checked)
+    if shard is not None:
+        run.record["shard"] = shard.as_record([name for name, _ in checked.arms])
     for text in checked.warnings:
         run.progress.warn(text)
     for folder in leftovers:
         _warn(run, f"{folder}: left by a run that was killed before it could write its record; "
-                   "delete it when you no longer need what it holds")
-    run.dir.write_text(results.TRAIN_LOG_FILE, "")  # exists (empty) for eval-only runs too
+                   f"continue it with `harness resume {folder}`, or delete it")
+    run.journal.save(run.record)  # from here on a killed run can be resumed
     try:
         with logs.library_output_to(run.dir.path / logs.LOG_FILE):
             _execute(run, checked)
@@ -192,8 +218,26 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None) -> 
         if isinstance(e, KeyboardInterrupt):
             path = _save(run).path
             raise RunInterrupted(f"interrupted by {str(e) or 'SIGINT'}: the run was recorded as "
-                                 f"failed in {path}") from e
+                                 f"failed in {path}; continue it with `harness resume "
+                                 f"{path}`") from e
     return _save(run)
+
+
+def _start(suite: Suite, out_dir: Path, checked: Preflight, progress: Progress,
+           source: Path | None, resumed: resume.Resumed | None) -> _Run:
+    """A new run in a new staging folder, or the resumed one back in its own with the
+    record, predictions and arms it had measured."""
+    if resumed is not None:
+        journal, staged = resumed.journal, resumed.claim(checked.loaded_splits, checked.sets)
+        return _Run(suite, staged, progress, journal, sets=checked.sets, started=journal.started,
+                    record=resumed.record, predictions=resumed.predictions,
+                    done=set(journal.done))
+    staged = results.create_run_dir(out_dir, suite.name)
+    run = _Run(suite, staged, progress, resume.Journal.begin(staged, suite, source),
+               sets=checked.sets)
+    run.record = _skeleton(run, checked)
+    run.dir.write_text(results.TRAIN_LOG_FILE, "")  # exists (empty) for eval-only runs too
+    return run
 
 
 def _execute(run: _Run, checked: Preflight) -> None:
@@ -214,18 +258,24 @@ def _execute(run: _Run, checked: Preflight) -> None:
     run.eval_spec = _fit_generation(run, modeling.context_length(suite.model, path), enc_eval)
     base = _Lazy(lambda: modeling.load_model(suite.model, path, device))
     run.stage = f"eval:{arms.BASELINE}"
-    _zero_shot(run, arms.BASELINE, suite, base, tok, enc_eval, checked.loaded_splits, device,
-               checked)
+    if arms.BASELINE not in run.done:  # run.done: arms a resumed run had measured already
+        _zero_shot(run, arms.BASELINE, suite, base, tok, enc_eval, checked.loaded_splits,
+                   device, checked)
+        _done(run, arms.BASELINE)
     for name, variant, vsplits in checked.variants:
+        if name in run.done:
+            continue
         run.stage = f"eval:{name}"
         enc, _ = encoding.encode_all(vsplits.eval, tok, variant.data)
         _zero_shot(run, name, variant, base, tok, enc, vsplits, device, checked)
         _compare(run, name)
+        _done(run, name)
     _existing_arms(run, checked, base, tok, enc_eval, (path, device))
     del base
     for name, cell in checked.arms:
-        _train_arm(run, name, cell, path, tok, device, (enc_train, enc_val, enc_eval),
-                   checked.loaded_splits)
+        if name not in run.done:
+            _train_arm(run, name, cell, path, tok, device, (enc_train, enc_val, enc_eval),
+                       checked.loaded_splits)
     _compare_seeds(run)
 
 
@@ -275,7 +325,8 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, s
     result = _eval_arm(run, name, base.get(), tok, enc, splits.eval, device, with_sets)
     arm = _record_arm(run, name, result, source=arms.ZERO_SHOT)
     if fields is not None:
-        cache.store(fields, arm, list(result.rows))
+        if distributed.is_main():  # one writer: every rank computed the same rows
+            cache.store(fields, arm, list(result.rows))
 
 
 def _cache_fields(run: _Run, name: str, suite: Suite, checked: Preflight,
@@ -312,22 +363,27 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
     run.record["arms"][name] = {"model": run.suite.model.label, "adapter": None,
                                 "source": arms.TRAINED, "metrics": {}, "status": "running"}
     try:
-        run.stage = f"train:{name}"
-        model = modeling.attach_lora(modeling.load_model(cell.model, path, device), cell.train,
-                                     cell.model.quantization)
-        trainable, total = modeling.count_params(model)
-        result = _fit(run, name, cell.train, model, tok, enc_train, enc_val, device)
-        adapter, size = run.dir.save_adapter(name, result.model)
-        run.record["training"][name] = {**result.summary, "trainable_params": trainable,
-                                        "total_params": total, "adapter_bytes": size,
-                                        "config": config.dump(cell)["train"]}
-        run.stage = f"eval:{name}"
-        model, merged = _for_eval(result.model, cell)
-        evaluated = _eval_arm(run, name, model, tok, enc_eval, splits.eval, device)
-        _write_model_card(run, name, cell, evaluated.metrics)
-        _record_arm(run, name, evaluated, adapter=adapter, source=arms.TRAINED,
-                    merged_for_eval=merged)
-        _compare(run, name)
+        # The checkpoints outlive training until the arm is measured: a run killed during
+        # this arm's eval resumes from the last one (0 steps left) instead of retraining.
+        with run.dir.scratch(name) as checkpoints:
+            run.stage = f"train:{name}"
+            model = modeling.attach_lora(modeling.load_model(cell.model, path, device),
+                                         cell.train, cell.model.quantization)
+            trainable, total = modeling.count_params(model)
+            result = _fit(run, name, cell.train, model, tok, (enc_train, enc_val), device,
+                          checkpoints)
+            adapter, size = run.dir.save_adapter(name, result.model)
+            run.record["training"][name] = {**result.summary, "trainable_params": trainable,
+                                            "total_params": total, "adapter_bytes": size,
+                                            "config": config.dump(cell)["train"]}
+            run.stage = f"eval:{name}"
+            model, merged = _for_eval(result.model, cell)
+            evaluated = _eval_arm(run, name, model, tok, enc_eval, splits.eval, device)
+            _write_model_card(run, name, cell, evaluated.metrics)
+            _record_arm(run, name, evaluated, adapter=adapter, source=arms.TRAINED,
+                        merged_for_eval=merged)
+            _compare(run, name)
+            _done(run, name)
     except Exception as e:  # noqa: BLE001 - a failing sweep cell must not stop the others
         if run.suite.sweep is None or isinstance(e, InputError):
             raise
@@ -344,6 +400,8 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
     path, device = where
     shared = None
     for ad in checked.existing:
+        if ad.name in run.done:
+            continue
         run.stage = f"eval:{ad.name}"
         try:
             folder = modeling.adapter_folder(ad.source, ad.revision)
@@ -364,6 +422,7 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
             _record_arm(run, ad.name, evaluated, adapter=ad.source, source=arms.EXISTING,
                         origin=_origin(ad, model, folder))
             _compare(run, ad.name)
+            _done(run, ad.name)
         except Exception as e:  # noqa: BLE001 - one broken adapter must not stop the others
             arm = run.record["arms"].setdefault(ad.name, {
                 "model": run.suite.model.label, "adapter": ad.source, "source": arms.EXISTING,
@@ -388,26 +447,38 @@ def _for_eval(model: Any, cell: Suite) -> tuple[Any, bool]:
     return model, False
 
 
+def _done(run: _Run, name: str) -> None:
+    """The arm is measured: journal it with its rows, so `harness resume` keeps it."""
+    run.journal.arm_done(name, run.record, [r for r in run.predictions if r["arm"] == name])
+
+
 def _arm_failed(arm: dict[str, Any], e: BaseException, stage: str) -> None:
     arm["status"] = "failed"
     arm["error"] = _error(e, stage)
 
 
-def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc_train,
-         enc_val, device: str) -> train.TrainResult:
-    """Train with the checkpoints in a scratch folder of the run (removed when training ends:
-    the adapter is saved from the returned model) and TensorBoard's events in the run."""
+def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc: tuple,
+         device: str, checkpoints: Path) -> train.TrainResult:
+    """Train with the checkpoints in ``checkpoints``, a scratch folder of the run (the adapter
+    is saved from the returned model), and TensorBoard's events in the run. A checkpoint
+    already there was left by a killed run of this arm: training continues from it."""
+    enc_train, enc_val = enc
     steps = _expected_steps(spec, len(enc_train))
     run.progress.stage(f"training {name}: {len(enc_train)} examples, {steps} optimizer steps")
     advance = run.progress.task(f"train {name}", steps)
-    with run.dir.scratch(name) as checkpoints:
-        return train.train_adapter(
-            model, tok, spec, arm=name, train_items=enc_train, val_items=enc_val,
-            output_dir=checkpoints, device=device,
-            tensorboard_dir=run.dir.path / results.TENSORBOARD_DIR / name,
-            log_row=lambda row: _log_step(run, row, advance),
-            on_step=lambda: advance(1),
-        )
+    cut = resume.newest_checkpoint(checkpoints)
+    if cut is not None:
+        run.progress.stage(f"{name}: continuing from the checkpoint at step {cut.step}")
+        advance(cut.step)
+    return train.train_adapter(
+        model, tok, spec, arm=name, train_items=enc_train, val_items=enc_val,
+        output_dir=checkpoints, device=device,
+        tensorboard_dir=run.dir.path / results.TENSORBOARD_DIR / name,
+        log_row=lambda row: _log_step(run, row, advance),
+        on_step=lambda: advance(1),
+        checkpoint_steps=resume.checkpoint_steps(spec, steps),
+        resume_from=cut.path if cut is not None else None,
+    )
 
 
 def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]) -> None:
@@ -464,42 +535,61 @@ def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
 
 
 def _compare(run: _Run, name: str) -> None:
-    s = run.suite.stats
-    base = run.record["arms"][arms.BASELINE]["metrics"]
-    cand = run.record["arms"][name]["metrics"]
+    run.record["comparisons"] += arm_comparisons(run.record, run.predictions, name,
+                                                 _settings(run.suite))
+
+
+def arm_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]], name: str,
+                    settings: stats.StatsSettings, *, same_process: bool = True
+                    ) -> list[dict[str, Any]]:
+    """Arm ``name`` of ``record`` against its baseline, paired over ``predictions`` (a run's,
+    or a merge's: harness/merge.py). Speed and memory are compared only when both were
+    measured in this process: ``same_process`` and a baseline that did not come from the cache."""
+    base = record["arms"][arms.BASELINE]["metrics"]
+    cand = record["arms"][name]["metrics"]
     metrics = sorted((k for k, v in base.items() if v is not None and cand.get(k) is not None),
                      key=M.sort_key)
-    if run.record["arms"][arms.BASELINE].get("cached"):
+    if record["arms"][arms.BASELINE].get("cached") or not same_process:
         # A cached baseline's speed and memory were measured in another process at another
         # time (a loaded machine, a cold start): a difference would measure that, not the arm.
         metrics = [k for k in metrics if k not in SYSTEM_KEYS]
-    run.record["comparisons"] += stats.compare_arms(
-        [r for r in run.predictions if r["arm"] == arms.BASELINE],
-        [r for r in run.predictions if r["arm"] == name],
+    return stats.compare_arms(
+        [r for r in predictions if r["arm"] == arms.BASELINE],
+        [r for r in predictions if r["arm"] == name],
         base, cand, baseline=arms.BASELINE, candidate=name, metrics=metrics,
-        n_resamples=s.n_resamples, seed=s.seed, alpha=s.alpha,
+        n_resamples=settings.n_resamples, seed=settings.seed, alpha=settings.alpha,
     )
 
 
+def _settings(suite: Suite) -> stats.StatsSettings:
+    return stats.StatsSettings(suite.stats.n_resamples, suite.stats.seed, suite.stats.alpha)
+
+
 def _compare_seeds(run: _Run) -> None:
+    run.record["seed_comparisons"] += seed_comparisons(run.record, run.predictions,
+                                                       _settings(run.suite))
+
+
+def seed_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]],
+                     settings: stats.StatsSettings) -> list[dict[str, Any]]:
     """Each recipe trained with several seeds (``lora@s0``, ...) against the baseline across
     its seeds: is the gain bigger than the noise of training itself (seedstats)?"""
     recipes: dict[str, list[str]] = {}
-    for name, arm in run.record["arms"].items():
+    for name, arm in record["arms"].items():
         recipe, seed = arms.recipe_of(name)
         if seed is not None and arm.get("status") == "success":
             recipes.setdefault(recipe, []).append(name)
-    base = run.record["arms"][arms.BASELINE]["metrics"]
-    s = run.suite.stats
-    settings = stats.StatsSettings(s.n_resamples, s.seed, s.alpha)
+    base = record["arms"][arms.BASELINE]["metrics"]
+    rows: list[dict[str, Any]] = []
     for recipe, names in recipes.items():
-        run.record["seed_comparisons"] += seedstats.compare_recipe(
-            [r for r in run.predictions if r["arm"] == arms.BASELINE],
-            {n: [r for r in run.predictions if r["arm"] == n] for n in names},
-            base, {n: run.record["arms"][n]["metrics"] for n in names},
+        rows += seedstats.compare_recipe(
+            [r for r in predictions if r["arm"] == arms.BASELINE],
+            {n: [r for r in predictions if r["arm"] == n] for n in names},
+            base, {n: record["arms"][n]["metrics"] for n in names},
             baseline=arms.BASELINE, recipe=recipe,
             metrics=sorted((k for k in base if M.is_per_item(k)), key=M.sort_key),
             settings=settings)
+    return rows
 
 
 # ---------------------------------------------------------------- record
@@ -537,7 +627,8 @@ def _sets_summary(suite: Suite, sets: list[data.EvalSet]) -> dict[str, Any]:
 
 
 def _warn(run: _Run, text: str) -> None:
-    run.record["warnings"].append(text)
+    if text not in run.record["warnings"]:  # a resumed run says the same things again
+        run.record["warnings"].append(text)
     run.progress.warn(text)
 
 
@@ -575,6 +666,8 @@ def _save(run: _Run) -> RunOutcome:
         run.dir.write_json(results.RUN_FILE, rec)
     except OSError as e:
         _save_failed_write(run, e)
+    if rec["status"] == "success":
+        run.journal.close()  # a failed run keeps its working files: `harness resume` reads them
     return RunOutcome(path=run.dir.finalize(), record=rec)
 
 

@@ -247,8 +247,8 @@ def _forgetting(d: _Data) -> list[dict[str, Any]]:
             c = (rows.get((arm, M.keyed(name, "perplexity")))
                  or rows.get((arm, M.keyed(name, "loss"))))
             if c is not None:
-                out.append({"set": name, "arm": arm, "items": _dict(spec).get("n_items"),
-                            **_headline_row(c, d.alpha)})
+                out.append({"set": name, "arm": arm, "n_items": _dict(spec).get("n_items"),
+                            **_headline_row(c, d.alpha), "metric": label(M.base(c["metric"]))})
     return out
 
 

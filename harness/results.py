@@ -87,15 +87,22 @@ class RunDir:
     @contextlib.contextmanager
     def scratch(self, name: str) -> Iterator[Path]:
         """A folder for what is needed only while a stage runs (the Trainer's checkpoints),
-        removed afterwards, crash or not: a run directory holds results, not working files."""
+        removed afterwards, crash or not: a run directory holds results, not working files.
+        Except after Ctrl-C / SIGTERM (KeyboardInterrupt): `harness resume` continues the
+        interrupted stage from them, and removes them once the run succeeds."""
         path = self.path / SCRATCH_DIR / name
         path.mkdir(parents=True, exist_ok=True)
+        interrupted = False
         try:
             yield path
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
-            shutil.rmtree(path, ignore_errors=True)
-            with contextlib.suppress(OSError):  # the shared folder, once no stage uses it
-                path.parent.rmdir()
+            if not interrupted:
+                shutil.rmtree(path, ignore_errors=True)
+                with contextlib.suppress(OSError):  # the shared folder, once no stage uses it
+                    path.parent.rmdir()
 
     def finalize(self) -> Path:
         """Move the staged run into its final place; never onto an existing run."""
@@ -132,10 +139,11 @@ def dead_partials(parent: Path) -> list[Path]:
     if not parent.is_dir():
         return []
     return sorted(p for p in parent.glob(f".*{PARTIAL_SUFFIX}")
-                  if p.is_dir() and not pid_alive(_owner(p)))
+                  if p.is_dir() and not pid_alive(owner_pid(p)))
 
 
-def _owner(staging: Path) -> int | None:
+def owner_pid(staging: Path) -> int | None:
+    """The pid in a staging folder's owner file (None: none, or unreadable)."""
     try:
         return int((staging / OWNER_FILE).read_text(encoding="utf-8").strip())
     except (OSError, ValueError):

@@ -177,7 +177,7 @@ def test_a_union_key_is_one_problem_not_one_per_member(suite_dir):
 # ---------------------------------------------------------------- 7. help and --version
 
 
-COMMANDS = ["run", "validate", "plan", "compare", "gate", "report"]
+COMMANDS = ["run", "validate", "plan", "compare", "gate", "report", "resume", "merge"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)

@@ -143,7 +143,7 @@ def test_report_shows_each_set_and_the_forgetting_headline(two_set_run):
     _, path = two_set_run
     md = (path / "report.md").read_text(encoding="utf-8")
     assert "Perplexity (general)" in md and "BLEU (qa)" in md
-    assert "Forgetting check" in md
+    assert "Forgetting check" in md and f"general ({len(GENERAL)} items)" in md
 
 
 def test_gate_on_the_second_set(two_set_run, tmp_path):

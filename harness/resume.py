@@ -1,0 +1,352 @@
+"""`harness resume RUN_DIR`: a run killed (SIGKILL, a lost machine) or interrupted (SIGTERM,
+Ctrl-C) continues where it was, into the same run id.
+
+While a run is staged in ``out/<suite>/.<run_id>.partial/`` the pipeline keeps a journal of
+two hidden working files there:
+
+- ``.state.json``: what the run was started from (harness version, the suite file and its
+  sha256, the folder the suite's relative paths resolve from), the record so far and the arms
+  measured; rewritten atomically when the run starts and after each arm;
+- ``.predictions.partial.jsonl``: each measured arm's per-item rows, appended *before* the
+  state names the arm, so rows of an arm a kill cut short are never mistaken for its result.
+
+A training's checkpoints stay in ``scratch/<arm>/`` (a periodic one, kept only for this, when
+the suite asks for none: ``train.checkpoint_steps``). ``load`` checks that a run can be resumed
+and rebuilds its suite from the recorded config; the pipeline then skips the arms measured,
+continues a cut training from its newest checkpoint, runs the rest and finalizes as usual. A
+run that succeeds drops the working files; a failed one keeps them, so it can be resumed too.
+
+Refused (InputError, exit 2, one line): a run whose writer is alive, a finished run, another
+harness version, an edited suite file, changed data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pydantic import ValidationError
+
+import harness
+from harness import config, distributed, results
+from harness.config import Suite, TrainSpec
+from harness.errors import InputError
+
+STATE_FILE = ".state.json"
+PREDICTIONS_FILE = ".predictions.partial.jsonl"
+STATE_VERSION = 1
+CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's folder names: checkpoint-<global step>
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint with it is whole
+AUTO_CHECKPOINTS = 10  # per training, when the suite sets no train.checkpoint_steps
+
+
+class ResumeRefused(InputError):
+    """A run that cannot (or must not) be resumed; the message says why, in one line."""
+
+
+# ---------------------------------------------------------------- while a run is written
+
+
+@dataclass
+class Journal:
+    """The run's progress as `harness resume` reads it back."""
+
+    dir: results.RunDir
+    meta: dict[str, Any]  # what the run was started from
+    done: list[str] = field(default_factory=list)  # arms measured, in order
+    started: float = field(default_factory=time.time)  # minus earlier attempts' time
+
+    @classmethod
+    def begin(cls, run_dir: results.RunDir, suite: Suite, source: Path | None) -> Journal:
+        """``source``: the suite file, when the run was started from one."""
+        return cls(run_dir, {"harness_version": harness.__version__,
+                             "base_dir": str(suite.base_dir),
+                             "suite_file": _file_ref(source) if source else None,
+                             "config_sha256": config_sha256(config.dump(suite))})
+
+    def save(self, record: dict[str, Any]) -> None:
+        state = {"state_version": STATE_VERSION, **self.meta, "done": self.done,
+                 "elapsed_s": round(time.time() - self.started, 3), "record": record}
+        self.dir.write_json(STATE_FILE, state)
+
+    def arm_done(self, name: str, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(r, ensure_ascii=False, default=results._jsonable) + "\n"
+                       for r in rows)
+        with open(self.dir.path / PREDICTIONS_FILE, "a", encoding="utf-8") as f:
+            f.write(text)
+        self.done.append(name)
+        self.save(record)
+
+    def close(self) -> None:
+        """The run succeeded: nothing is left to resume, so the working files go."""
+        for name in (STATE_FILE, PREDICTIONS_FILE):
+            (self.dir.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.dir.path / results.SCRATCH_DIR, ignore_errors=True)
+
+
+def config_sha256(dumped: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
+
+
+def _file_ref(path: Path) -> dict[str, str]:
+    path = Path(path).resolve()
+    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class Checkpoint(NamedTuple):
+    path: Path
+    step: int
+
+
+def newest_checkpoint(folder: Path) -> Checkpoint | None:
+    """The newest complete Trainer checkpoint in ``folder`` (a kill during a save leaves a
+    ``checkpoint-N`` without its trainer_state.json: not resumable)."""
+    found = [Checkpoint(p, int(p.name[len(CHECKPOINT_PREFIX):]))
+             for p in folder.glob(f"{CHECKPOINT_PREFIX}*")
+             if p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / TRAINER_STATE).is_file()]
+    return max(found, key=lambda c: c.step, default=None)
+
+
+def checkpoint_steps(spec: TrainSpec, total_steps: int | None) -> int | None:
+    """How often a training saves a checkpoint that is only there for resuming (None: never).
+    ``train.checkpoint_steps`` if set (0: never), else every ~10% of the steps rounded up to a
+    multiple of ``logging_steps``: the Trainer's logged loss averages the steps since the last
+    log, a window a resume must not cut (then the resumed train_log equals the uninterrupted
+    one). 500 steps, logging every 10 -> a checkpoint every 50. None under torchrun /
+    accelerate: a resume runs as one process, and every rank would save its own."""
+    if distributed.active():
+        return None
+    if spec.checkpoint_steps is not None:
+        return spec.checkpoint_steps or None
+    if not total_steps:
+        return None
+    windows = math.ceil(total_steps / AUTO_CHECKPOINTS / spec.logging_steps)
+    return spec.logging_steps * max(1, windows)
+
+
+# ---------------------------------------------------------------- resuming
+
+
+@dataclass
+class Resumed:
+    """A run `load` found resumable; ``claim`` takes its folder over."""
+
+    suite: Suite
+    out_dir: Path  # what `harness run --out` was
+    staging: Path
+    final: Path
+    from_final: bool  # a finalized failed run, moved back into staging by claim
+    journal: Journal
+    record: dict[str, Any]
+    predictions: list[dict[str, Any]]  # the rows of the arms kept
+
+    @property
+    def shard(self) -> Any:
+        from harness.merge import Shard
+
+        s = self.record.get("shard")
+        return Shard(int(s["index"]), int(s["count"])) if s else None
+
+    def claim(self, splits: Any, sets: Sequence[Any] = ()) -> results.RunDir:
+        """Check the data still is what the run measured (``splits``: data.DataSplits,
+        ``sets``: data.EvalSet), then own the folder (our pid in .owner) and tidy it for the
+        arms still to run."""
+        _check_data(self.record.get("data", {}), splits.summary(),
+                    {s.name: s.fingerprint for s in sets}, self.staging)
+        if self.from_final:
+            try:
+                os.replace(self.final, self.staging)
+            except OSError as e:
+                raise ResumeRefused(f"{self.final}: cannot take the run over ({e.strerror}); "
+                                    "is another `harness resume` on it?") from e
+        results.atomic_write_text(self.staging / results.OWNER_FILE, str(os.getpid()))
+        run_dir = results.RunDir(final=self.final, path=self.staging)
+        self.journal.dir = run_dir
+        self.record.setdefault("resumes", []).append(
+            {"at": _iso(time.time()), "kept": list(self.journal.done),
+             "from_step": _tidy(self.staging, set(self.journal.done))})
+        return run_dir
+
+
+def load(path: str | Path) -> Resumed:
+    """A run to continue: its staging folder, its final folder (a run that failed or was
+    interrupted), or ``out/<suite>/<run_id>`` while only the staging folder exists. Checks
+    everything that needs no weights; nothing is changed until ``claim``."""
+    staging, final, from_final = _locate(Path(path))
+    state = _read_state(staging if not from_final else final)
+    where = final if from_final else staging
+    _check_versions(state, where)
+    suite = _suite_of(state, where)
+    done = [a for a in state.get("done", []) if a in state["record"].get("arms", {})]
+    record = _kept(state["record"], set(done))
+    rows = _kept_rows(where / PREDICTIONS_FILE, set(done))
+    journal = Journal(results.RunDir(final=final, path=where),
+                      {k: state[k] for k in ("harness_version", "base_dir", "suite_file",
+                                             "config_sha256")},
+                      done=done, started=time.time() - float(state.get("elapsed_s") or 0.0))
+    return Resumed(suite, final.parent.parent, staging, final, from_final, journal, record, rows)
+
+
+def _locate(p: Path) -> tuple[Path, Path, bool]:
+    """(staging folder, final folder, whether the run is in its final folder)."""
+    if p.name == results.RUN_FILE and p.is_file():
+        p = p.parent
+    p = p.resolve()
+    if p.name.startswith(".") and p.name.endswith(results.PARTIAL_SUFFIX):
+        staging, final = p, p.parent / p.name[1:-len(results.PARTIAL_SUFFIX)]
+    else:
+        staging, final = p.parent / f".{p.name}{results.PARTIAL_SUFFIX}", p
+    if staging.is_dir():
+        if final.exists():
+            raise ResumeRefused(f"{staging}: its run {final.name} exists already; nothing to "
+                                "resume (delete the staging folder)")
+        owner = results.owner_pid(staging)
+        if results.pid_alive(owner) and owner != os.getpid():
+            raise ResumeRefused(f"{staging}: the run is still being written by process "
+                                f"{owner}; wait for it or stop it first")
+        return staging, final, False
+    if (final / results.RUN_FILE).is_file():
+        status = results.load_run(final).record.get("status")
+        if status == "success":
+            raise ResumeRefused(f"{final}: the run finished (status success); nothing to resume")
+        return staging, final, True
+    raise ResumeRefused(f"{p}: not a run directory or a run's staging folder "
+                        f"(.<run_id>{results.PARTIAL_SUFFIX})")
+
+
+def _read_state(folder: Path) -> dict[str, Any]:
+    where = folder / STATE_FILE
+    if not where.is_file():
+        raise ResumeRefused(f"{folder}: no {STATE_FILE}: the run was stopped before it saved "
+                            "any progress, or by a harness without resume; run the suite again")
+    try:
+        state = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ResumeRefused(f"{where}: unreadable resume state ({e})") from e
+    needed = {"state_version", "harness_version", "base_dir", "config_sha256", "done"}
+    if not isinstance(state, dict) or not isinstance(state.get("record"), dict) \
+            or not needed <= set(state):
+        raise ResumeRefused(f"{where}: not a harness resume state")
+    return state
+
+
+def _check_versions(state: dict[str, Any], where: Path) -> None:
+    if state.get("state_version") != STATE_VERSION or \
+            state.get("harness_version") != harness.__version__:
+        raise ResumeRefused(f"{where}: started by harness {state.get('harness_version')}, this "
+                            f"is harness {harness.__version__}; resume it with that version or "
+                            "run the suite again")
+    ref = state.get("suite_file")
+    if ref is None:
+        return
+    suite_file = Path(ref["path"])
+    if not suite_file.is_file():
+        raise ResumeRefused(f"{where}: its suite file {suite_file} is gone; resuming needs the "
+                            "suite the run started from")
+    if _file_ref(suite_file)["sha256"] != ref["sha256"]:
+        raise ResumeRefused(f"{where}: the suite file {suite_file} changed since the run "
+                            "started; restore it or run the suite again")
+
+
+def _suite_of(state: dict[str, Any], where: Path) -> Suite:
+    """The suite exactly as the run resolved it (``--set`` and ``--adapter`` included)."""
+    dumped = state["record"].get("config")
+    if not isinstance(dumped, dict) or config_sha256(dumped) != state.get("config_sha256"):
+        raise ResumeRefused(f"{where}: the recorded config does not match its hash; the resume "
+                            "state is damaged")
+    try:
+        suite = Suite.model_validate({**dumped, "base_dir": state["base_dir"]})
+    except ValidationError as e:
+        raise ResumeRefused(f"{where}: the recorded config no longer validates "
+                            f"({e.errors()[0]['msg']})") from e
+    if config.dump(suite) != dumped:  # a default that moved between versions
+        raise ResumeRefused(f"{where}: the recorded config does not rebuild the same suite")
+    return suite
+
+
+def _check_data(recorded: dict[str, Any], now: dict[str, Any], sets: dict[str, str],
+                where: Path) -> None:
+    changed = [k for k in ("eval_fingerprint", "train_fingerprint")
+               if recorded.get(k) != now.get(k)]
+    was = {n: s.get("fingerprint") for n, s in recorded.get("eval_sets", {}).items()}
+    changed += [f"eval_sets.{n}" for n in sorted(set(was) | set(sets)) if was.get(n) != sets.get(n)]
+    if changed:
+        raise ResumeRefused(f"{where}: the suite's data changed since the run started "
+                            f"({', '.join(changed)} differ); run the suite again")
+
+
+def _kept(record: dict[str, Any], done: set[str]) -> dict[str, Any]:
+    """The record without what the arms still to run had left in it."""
+    rec = dict(record)
+    rec["arms"] = {n: a for n, a in record.get("arms", {}).items() if n in done}
+    rec["training"] = {n: t for n, t in record.get("training", {}).items() if n in done}
+    rec["comparisons"] = [c for c in record.get("comparisons", []) if c.get("candidate") in done]
+    rec["seed_comparisons"] = []  # computed once every arm is in
+    rec.update(status="running", error=None, finished_at=None, wall_time_s=None)
+    return rec
+
+
+def _kept_rows(path: Path, done: set[str]) -> list[dict[str, Any]]:
+    return [r for r in _read_lines(path) if r.get("arm") in done]
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """JSON lines; a kill mid-write leaves a last line cut short, which is dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _tidy(staging: Path, done: set[str]) -> dict[str, int]:
+    """Make the folder what an uninterrupted run had at the same point: the kept arms' rows
+    only in the predictions journal; per arm still to run, its newest complete checkpoint
+    (nothing else in its scratch folder) and its train_log rows up to that step (none, and no
+    TensorBoard events, when it starts over). Returns the arms continued -> their step."""
+    results.atomic_write_text(staging / PREDICTIONS_FILE, "".join(
+        json.dumps(r, ensure_ascii=False) + "\n"
+        for r in _kept_rows(staging / PREDICTIONS_FILE, done)))
+    steps: dict[str, int] = {}
+    for folder in sorted((staging / results.SCRATCH_DIR).glob("*")):
+        newest = newest_checkpoint(folder) if folder.name not in done else None
+        for p in folder.iterdir():
+            if newest is not None and p == newest.path:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink()
+        if newest is not None:
+            steps[folder.name] = newest.step
+    log = staging / results.TRAIN_LOG_FILE
+    if log.is_file():
+        rows = [r for r in _read_lines(log)
+                if r.get("arm") in done or r.get("step", 0) <= steps.get(str(r.get("arm")), -1)]
+        results.atomic_write_text(log, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                               for r in rows))
+    for board in (staging / results.TENSORBOARD_DIR).glob("*"):
+        if board.name not in done and board.name not in steps:
+            shutil.rmtree(board, ignore_errors=True)
+    return steps
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
