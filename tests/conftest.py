@@ -143,3 +143,18 @@ batch_size = 4
 [stats]
 n_resamples = 1000
 '''
+
+
+def cli_run(suite: Path, out: Path, *sets: str) -> Path:
+    """``harness run SUITE --out OUT [--set ...]`` through the CLI; the one run it wrote."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    args = ["run", str(suite), "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    name = next(p for p in out.iterdir() if p.is_dir())
+    return next(p for p in name.iterdir() if not p.name.startswith("."))

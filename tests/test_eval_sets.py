@@ -18,7 +18,7 @@ from harness.cli import app
 from harness.config import load_suite
 from harness.results import load_run
 
-from .conftest import ASSETS, tiny_suite_text
+from .conftest import ASSETS, cli_run, tiny_suite_text
 
 runner = CliRunner()
 
@@ -57,13 +57,7 @@ def write(tmp_path: Path, model_dir: Path, extra: str = SETS) -> Path:
     return path
 
 
-def run(suite: Path, out: Path, *sets: str) -> Path:
-    args = ["run", str(suite), "--out", str(out)]
-    for s in sets:
-        args += ["--set", s]
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return next(p for p in (out / "tiny").iterdir() if not p.name.startswith("."))
+run = cli_run
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.results import load_run
 
-from .conftest import ASSETS, tiny_suite_text
+from .conftest import ASSETS, cli_run, tiny_suite_text
 
 runner = CliRunner()
 
@@ -29,13 +29,7 @@ def write(d: Path, model_dir: Path, seeds: str) -> Path:
     return d / "tiny.toml"
 
 
-def run(suite: Path, out: Path, *sets: str) -> Path:
-    args = ["run", str(suite), "--out", str(out)]
-    for s in sets:
-        args += ["--set", s]
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return next(p for p in (out / "tiny").iterdir() if not p.name.startswith("."))
+run = cli_run
 
 
 @pytest.fixture(scope="module")

@@ -38,20 +38,18 @@ def _sums(rows: list[dict], cols: tuple[str, ...]) -> dict[str, np.ndarray]:
     return {c: np.asarray(float(sum(r[c] for r in rows))) for c in cols}
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bleu_from_summed_statistics_equals_sacrebleu_corpus_score(seed):
-    hyps, refs = _corpus(60, seed)
-    rows = textmetrics.bleu(hyps, refs)
-    ours = float(M.from_sums("bleu", _sums(rows, M.BLEU_COLUMNS), len(rows)))
-    assert ours == pytest.approx(BLEU().corpus_score(hyps, [refs]).score, abs=1e-9)
+CORPUS_METRICS = {"bleu": (textmetrics.bleu, M.BLEU_COLUMNS, BLEU),
+                  "chrf": (textmetrics.chrf, M.CHRF_COLUMNS, CHRF)}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_chrf_from_summed_statistics_equals_sacrebleu_corpus_score(seed):
+@pytest.mark.parametrize("metric", list(CORPUS_METRICS))
+def test_corpus_metric_from_summed_statistics_equals_sacrebleu(metric, seed):
+    score_rows, cols, reference = CORPUS_METRICS[metric]
     hyps, refs = _corpus(60, seed)
-    rows = textmetrics.chrf(hyps, refs)
-    ours = float(M.from_sums("chrf", _sums(rows, M.CHRF_COLUMNS), len(rows)))
-    assert ours == pytest.approx(CHRF().corpus_score(hyps, [refs]).score, abs=1e-9)
+    rows = score_rows(hyps, refs)
+    ours = float(M.from_sums(metric, _sums(rows, cols), len(rows)))
+    assert ours == pytest.approx(reference().corpus_score(hyps, [refs]).score, abs=1e-9)
 
 
 def test_corpus_scores_of_degenerate_corpora_match_sacrebleu():
