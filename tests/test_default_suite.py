@@ -41,6 +41,12 @@ def test_default_suite_end_to_end_shortened(tmp_path):
     base, lora = rec["arms"]["baseline"]["metrics"], rec["arms"]["lora"]["metrics"]
     assert lora["loss"] < base["loss"]  # twelve steps already teach the bulletin format
     assert lora["rougeL"] > base["rougeL"]
-    zero_shot = results.load_run(path).items("baseline")
+    zero_shot = [r for r in results.load_run(path).items("baseline") if r["set"] is None]
+    assert len(zero_shot) == 16
     assert all(r["prediction"].strip() for r in zero_shot)  # an instruct model answers
+    # the forgetting check: both arms scored on the held-out general text, paired
+    assert base["general/perplexity"] > 1 and lora["general/perplexity"] > 1
+    rows = {c["metric"]: c for c in rec["comparisons"]}
+    assert rows["general/perplexity"]["paired"] and rows["general/perplexity"]["n_items"] == 100
+    assert "Forgetting check" in (path / "report.md").read_text(encoding="utf-8")
     assert rec["env"]["transformers"] and rec["training"]["lora"]["global_steps"] == 12
