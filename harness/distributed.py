@@ -82,3 +82,11 @@ def all_values(value: T) -> list[T]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def combined_rate(count: float, per_s: float) -> float:
+    """A throughput of all ranks: every rank's ``count`` (tokens) over the slowest rank's time
+    (``count / per_s`` on each), since the step ends when the last rank does."""
+    parts = all_values((count, count / per_s if per_s else 0.0))
+    wall = max(w for _, w in parts)
+    return sum(c for c, _ in parts) / wall if wall else 0.0

@@ -89,20 +89,15 @@ def _gathered(losses: list[Any], tps: float, mine: Sequence[Encoded], n: int
     if not distributed.active():
         return losses, tps
     fed = sum(len(e.input_ids) for e in mine)
-    parts = distributed.all_values((fed, fed / tps if tps else 0.0))
-    wall = max(w for _, w in parts)
-    return distributed.gather(losses, n), sum(f for f, _ in parts) / wall if wall else 0.0
+    return distributed.gather(losses, n), distributed.combined_rate(fed, tps)
 
 
 def _gathered_generations(gens: scoring.Generations, n: int) -> scoring.Generations:
     if not distributed.active():
         return gens
-    made = sum(gens.n_tokens)
-    parts = distributed.all_values((made, made / gens.tokens_per_s if gens.tokens_per_s else 0.0))
-    wall = max(w for _, w in parts)
     return scoring.Generations(distributed.gather(gens.texts, n),
                                distributed.gather(gens.n_tokens, n),
-                               sum(m for m, _ in parts) / wall if wall else 0.0)
+                               distributed.combined_rate(sum(gens.n_tokens), gens.tokens_per_s))
 
 
 def _rows(arm: str, t: Target, losses: Sequence[Any], gens: Any, spec: EvalSpec

@@ -46,8 +46,8 @@ def compare_recipe(
     """One row per per-item metric present in every arm: the mean over seeds of each seed's
     difference, its interval (module docstring), the per-seed differences and their spread."""
     seeds = list(seed_items)
-    present = [m for m in metrics if M.is_per_item(m) and _num(base_metrics.get(m))
-               and all(_num(seed_metrics[s].get(m)) for s in seeds)]
+    present = [m for m in metrics if M.is_per_item(m) and stats.is_number(base_metrics.get(m))
+               and all(stats.is_number(seed_metrics[s].get(m)) for s in seeds)]
     if len(seeds) < 2:
         return []
     rows = []
@@ -109,6 +109,3 @@ def _row(metric: str, v_items: float, base_metrics: Mapping[str, Any],
         "n_seeds": len(seeds), "method": METHOD,
     }
 
-
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)

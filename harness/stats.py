@@ -404,7 +404,8 @@ def compare_arms(
     unknown = [m for m in metrics if not M.is_known(m)]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; known: {', '.join(M.ALL_KEYS)}")
-    present = [m for m in metrics if _num(base_metrics.get(m)) and _num(cand_metrics.get(m))]
+    present = [m for m in metrics
+               if is_number(base_metrics.get(m)) and is_number(cand_metrics.get(m))]
     rows = [_point_row(m, base_metrics, cand_metrics, baseline, candidate) for m in present]
     tested = [r for r in rows if M.is_per_item(r["metric"])]
     # Each eval set is its own family: own items, own pairing, own Holm correction.
@@ -425,7 +426,8 @@ def set_items(rows: Sequence[Mapping[str, Any]], eval_set: str | None
     return [r for r in rows if r.get("set") == eval_set]
 
 
-def _num(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float, not a bool: a metric value a comparison can use."""
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
