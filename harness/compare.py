@@ -360,13 +360,14 @@ def _ci(row: dict[str, Any]) -> str:
                       lambda v: F.metric(row["metric"], v, signed=True))
 
 
-def _p(row: dict[str, Any]) -> str:
-    p = row.get("p_value_holm")
-    if p is None:
-        p = row.get("p_value")
-    if p is None:
-        return F.DASH
-    return F.p_value(p) + (" *" if row.get("significant") else "")
+def _p_raw(row: dict[str, Any], alpha: float) -> str:
+    """The metric's own p (no multiplicity adjustment), as the CI beside it is."""
+    return F.p_value(row.get("p_value"), alpha)
+
+
+def _p_holm(row: dict[str, Any], alpha: float) -> str:
+    """Holm-adjusted across the metrics of the comparison; ``*`` = significant at alpha."""
+    return F.p_value(row.get("p_value_holm"), alpha) + (" *" if row.get("significant") else "")
 
 
 def _pairing(row: dict[str, Any]) -> str:
@@ -376,22 +377,29 @@ def _pairing(row: dict[str, Any]) -> str:
     return f"{row['pairing']}, n={n}" if row["pairing"] == PAIRED and n else row["pairing"]
 
 
-COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str], str], ...] = (
-    ("Metric", lambda r: r["metric"], "l"),
-    ("Candidate", lambda r: r["candidate"], "l"),
-    ("Baseline", lambda r: r["baseline"], "l"),
-    ("Baseline value", lambda r: F.metric(r["metric"], r["baseline_value"]), "r"),
-    ("Candidate value", lambda r: F.metric(r["metric"], r["candidate_value"]), "r"),
-    ("Abs. gain", lambda r: F.metric(r["metric"], r["abs_diff"], signed=True), "r"),
-    ("Rel. gain", _rel, "r"),
-    ("CI (abs.)", _ci, "l"),
-    ("p (Holm)", _p, "r"),
-    ("Pairing", _pairing, "l"),
+# (header, cell from (row, alpha), alignment)
+COLUMNS: tuple[tuple[str, Callable[[dict[str, Any], float], str], str], ...] = (
+    ("Metric", lambda r, a: r["metric"], "l"),
+    ("Candidate", lambda r, a: r["candidate"], "l"),
+    ("Baseline", lambda r, a: r["baseline"], "l"),
+    ("Baseline value", lambda r, a: F.metric(r["metric"], r["baseline_value"]), "r"),
+    ("Candidate value", lambda r, a: F.metric(r["metric"], r["candidate_value"]), "r"),
+    ("Abs. gain", lambda r, a: F.metric(r["metric"], r["abs_diff"], signed=True), "r"),
+    ("Rel. gain", lambda r, a: _rel(r), "r"),
+    ("CI (abs.)", lambda r, a: _ci(r), "l"),
+    ("p", _p_raw, "r"),
+    ("p (Holm)", _p_holm, "r"),
+    ("Pairing", lambda r, a: _pairing(r), "l"),
 )
 
 
 def formatted_rows(table: CompareTable) -> list[list[str]]:
-    return [[show(r) for _, show, _ in COLUMNS] for r in table.rows]
+    return [[show(r, table.settings.alpha) for _, show, _ in COLUMNS] for r in table.rows]
+
+
+def tones(table: CompareTable) -> list[str]:
+    """Each row's colour: better / worse only when significant (formatting.tone)."""
+    return [F.tone(r["metric"], r["abs_diff"], r.get("significant")) for r in table.rows]
 
 
 def legend(table: CompareTable) -> list[str]:
@@ -400,8 +408,9 @@ def legend(table: CompareTable) -> list[str]:
         f"`*` significant at alpha = {s.alpha:g} after Holm correction across the metrics of "
         "each comparison.",
         f"CI: {F.ci_level(s.alpha)} paired percentile bootstrap over eval items ({s.n_resamples:,} "
-        f"resamples, seed {s.seed}), per metric (not adjusted for multiplicity); "
-        "p: two-sided paired permutation test.",
+        f"resamples, seed {s.seed}), per metric, unadjusted for multiplicity; p: two-sided "
+        "paired permutation test of that metric alone, unadjusted like the CI beside it; "
+        "p (Holm): the same p adjusted across the metrics of the comparison, which decides `*`.",
         "Rel. gain = (candidate - baseline) / baseline; ↓/↑ is the direction of the change, "
         "better/worse reads it in the metric's direction (lower is better for "
         f"{', '.join(sorted(M.LOWER_IS_BETTER))}).",
@@ -465,7 +474,7 @@ def render_html(table: CompareTable) -> str:
     return templating.render(
         "compare.html.j2",
         headers=[(h, a) for h, _, a in COLUMNS], rows=formatted_rows(table),
-        significant=[bool(r.get("significant")) for r in table.rows],
+        tones=tones(table),
         legend=[line.replace("`", "") for line in legend(table)], runs=table.runs,
         notes=table.notes,
     )

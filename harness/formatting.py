@@ -23,6 +23,13 @@ DECIMALS = {"loss": 4, "perplexity": 4, "exact_match": 4, "bertscore": 4, "bleu"
 SHARE_WORDS = ("share", "frac", "efficiency", "pct", "truncated")
 # Smaller p-values read "<0.001": further digits describe the resample count, not the model.
 P_FLOOR = 0.001
+# Three decimals, more only where three would read as alpha or across it (0.0496 at alpha 0.05
+# is not "0.050"); 8 resolve any permutation p of up to 10^7 resamples.
+P_DECIMALS, P_MAX_DECIMALS = 3, 8
+DEFAULT_ALPHA = 0.05  # stats.DEFAULT_ALPHA (formatting imports no NumPy)
+# The colour class of a change (CSS classes of the reports, keys of RICH_STYLES).
+GOOD, BAD, NEUTRAL = "good", "bad", ""
+RICH_STYLES = {GOOD: "green", BAD: "red", NEUTRAL: ""}
 
 
 def number(v: Any) -> float | None:
@@ -71,12 +78,33 @@ def percent(v: Any, signed: bool = True, digits: int = 1) -> str:
     return DASH if x is None else format(100 * x, f"{'+' if signed else ''}.{digits}f") + "%"
 
 
-def p_value(v: Any) -> str:
-    """``<0.001`` below ``P_FLOOR``, else three decimals (``0.042``)."""
+def p_value(v: Any, alpha: float = DEFAULT_ALPHA) -> str:
+    """``<0.001`` below ``P_FLOOR`` (below alpha when alpha is smaller), else three decimals
+    (``0.042``), or as many more as it takes for the text to decide at ``alpha`` as the number
+    does: 0.0496 reads ``0.0496``, never ``0.050``."""
     x = number(v)
     if x is None:
         return DASH
-    return f"<{P_FLOOR:g}" if x < P_FLOOR else f"{x:.3f}"
+    floor = min(P_FLOOR, alpha)
+    if x < floor:
+        return f"<{floor:g}"
+    for digits in range(P_DECIMALS, P_MAX_DECIMALS + 1):
+        text = f"{x:.{digits}f}"
+        shown = float(text)
+        if (shown <= alpha) == (x <= alpha) and (shown != alpha or x == alpha):
+            break
+    return text
+
+
+def tone(metric: str, diff: Any, significant: Any) -> str:
+    """The colour of a change, for every renderer: ``good`` (green) when significantly better
+    in the metric's own direction (a lower perplexity is better), ``bad`` (red) when
+    significantly worse, ``""`` (neutral) when not significant, untested (throughput and
+    memory: one number per arm) or unchanged. Colour never means "significant" alone."""
+    d = number(diff)
+    if not d or significant is not True:
+        return NEUTRAL
+    return GOOD if (d < 0) == M.lower_is_better(metric) else BAD
 
 
 def ci_level(alpha: float) -> str:

@@ -16,9 +16,17 @@ from markupsafe import Markup, escape
 from harness import arms as A
 
 W = 640  # viewBox width; CSS scales each chart to its column
-# Okabe-Ito-like, colour-blind safe; the zero-shot baseline is always grey.
+# Okabe-Ito-like, colour-blind safe; the zero-shot baseline is always grey. No green and no red:
+# those two say "significantly better / worse" (TONE_COLORS), never which arm.
 BASELINE_COLOR = "#8b94a3"
-PALETTE = ("#2563eb", "#e36b0a", "#0e9f6e", "#a23fd4", "#d6336c", "#0891b2", "#a16207")
+PALETTE = ("#2563eb", "#e36b0a", "#a23fd4", "#0891b2", "#a16207", "#cc79a7", "#334155")
+# formatting.tone's classes, as the report's CSS colours them (--good, --bad).
+TONE_COLORS = {"good": "#0f7b45", "bad": "#c0362c"}
+HOLLOW = "#fff"
+# A forest plot's axis covers every value unless that would shrink the robust range of the
+# values (within OUTLIER_MADS scaled MADs of their median) to under 1 / SQUASH of the plot
+# width; values beyond it are drawn as arrows at the edge with their number.
+OUTLIER_MADS, SQUASH, MAD_TO_SD = 10.0, 3.0, 1.4826
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,8 @@ class Interval:
     low: float | None
     high: float | None
     color: str
-    strong: bool = False  # significant: filled marker
+    strong: bool = False  # significant (kept for callers; the fill follows ``tone``)
+    tone: str = ""  # formatting.tone: "good" / "bad" fill the marker green / red
 
 
 @dataclass(frozen=True)
@@ -242,14 +251,18 @@ def _whisker(cx: float, err: tuple[float, float], ys: Scale) -> str:
             f'M{cx - 5:.1f},{lo:.1f}h10M{cx - 5:.1f},{hi:.1f}h10"/>')
 
 
-def interval_chart(rows: list[Interval], *, title: str, x_label: str) -> Markup | None:
-    """Forest plot: one row per estimate, a CI bar and a zero line. Filled dot = significant."""
+def interval_chart(rows: list[Interval], *, title: str, x_label: str,
+                   value_fmt: Callable[[float], str] = fmt_tick) -> Markup | None:
+    """Forest plot: one row per estimate, a CI bar and a zero line; the marker is green /
+    red when significantly better / worse (``tone``), hollow otherwise. A few values far
+    beyond the rest (a +2256% change beside +5% ones) are clipped (``axis_range``): an arrow
+    at the edge and the value written beside it."""
     if not rows:
         return None
     row_h, top, left, right = 26, 16, 210, W - 20
     height = top + row_h * len(rows) + 44
     ends = [x for r in rows for x in (r.value, r.low, r.high) if x is not None]
-    xt = nice_ticks(min(0.0, *ends), max(0.0, *ends))
+    xt = nice_ticks(*axis_range(ends))
     xs, bottom = Scale(xt[0], xt[-1], left, right), top + row_h * len(rows)
     body = []
     for t in xt:
@@ -257,17 +270,70 @@ def interval_chart(rows: list[Interval], *, title: str, x_label: str) -> Markup 
         body.append(f'<line class="{cls}" x1="{xs(t):.1f}" x2="{xs(t):.1f}" y1="{top}" '
                     f'y2="{bottom}"/>' + _text(xs(t), bottom + 16, fmt_tick(t), "tick"))
     body.append(_text((left + right) / 2, height - 8, x_label, "axis"))
-    body += [_interval_row(r, top + row_h * (i + 0.5), xs, left) for i, r in enumerate(rows)]
+    body += [_interval_row(r, top + row_h * (i + 0.5), xs, left, value_fmt)
+             for i, r in enumerate(rows)]
     return _svg(title, "".join(body), height)
 
 
-def _interval_row(r: Interval, y: float, xs: Scale, left: float) -> str:
+def axis_range(values: Sequence[float]) -> tuple[float, float]:
+    """[lo, hi] for a forest plot's axis, always with 0: every value, unless a few outliers
+    would squash the rest. The robust range holds the values within ``OUTLIER_MADS`` scaled
+    median absolute deviations of the median; it is used when the full range is more than
+    ``SQUASH`` times as wide (one +2256% among changes of a few % left them ~1 px wide)."""
+    vals = sorted([0.0, *values])
+    med = _median(vals)
+    spread = MAD_TO_SD * _median(sorted(abs(v - med) for v in vals))
+    full = (vals[0], vals[-1])
+    if spread == 0:
+        return full
+    inside = [v for v in vals if abs(v - med) <= OUTLIER_MADS * spread]
+    robust = (min(0.0, inside[0]), max(0.0, inside[-1]))
+    squashed = full[1] - full[0] > SQUASH * (robust[1] - robust[0])
+    return robust if squashed and robust[1] > robust[0] else full
+
+
+def _median(sorted_values: Sequence[float]) -> float:
+    n = len(sorted_values)
+    return (sorted_values[(n - 1) // 2] + sorted_values[n // 2]) / 2
+
+
+def _interval_row(r: Interval, y: float, xs: Scale, left: float,
+                  value_fmt: Callable[[float], str]) -> str:
+    lo_x, hi_x = sorted((xs.a, xs.b))
+
+    def clip(v: float) -> float:
+        return min(max(xs(v), lo_x), hi_x)
+
     out = [_text(left - 10, y + 4, r.label, "tick", "end")]
     if r.low is not None and r.high is not None:
-        out.append(f'<line x1="{xs(r.low):.1f}" x2="{xs(r.high):.1f}" y1="{y:.1f}" '
+        out.append(f'<line x1="{clip(r.low):.1f}" x2="{clip(r.high):.1f}" y1="{y:.1f}" '
                    f'y2="{y:.1f}" stroke="{r.color}" stroke-width="2.5"/>')
-    fill = r.color if r.strong else "#fff"
-    out.append(f'<circle cx="{xs(r.value):.1f}" cy="{y:.1f}" r="5" fill="{fill}" '
-               f'stroke="{r.color}" stroke-width="2"><title>{escape(r.label)}: '
-               f"{fmt_tick(round(r.value, 3))}</title></circle>")
+        out += [_arrow(xs(v), y, lo_x, hi_x, r.color) for v in (r.low, r.high)
+                if not lo_x <= xs(v) <= hi_x and not _with_point(xs(v), xs(r.value), lo_x, hi_x)]
+    fill = TONE_COLORS.get(r.tone, HOLLOW)
+    tip = f"<title>{escape(r.label)}: {escape(value_fmt(r.value))}</title>"
+    x = xs(r.value)
+    if lo_x <= x <= hi_x:
+        out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{fill}" '
+                   f'stroke="{r.color}" stroke-width="2">{tip}</circle>')
+    else:  # beyond the axis: an arrowhead at the edge, and the number it stands for
+        out.append(_arrow(x, y, lo_x, hi_x, r.color, fill, tip))
+        inward = 14 if x < lo_x else -14
+        out.append(_text(clip(r.value) + inward, y - 7, value_fmt(r.value), "value",
+                         "start" if x < lo_x else "end"))
     return "".join(out)
+
+
+def _with_point(x: float, point_x: float, lo_x: float, hi_x: float) -> bool:
+    """An interval end clipped on the side where the point is clipped too: the point's arrow
+    shows both."""
+    return not lo_x <= point_x <= hi_x and (x < lo_x) == (point_x < lo_x)
+
+
+def _arrow(x: float, y: float, lo_x: float, hi_x: float, color: str,
+           fill: str | None = None, tip: str = "") -> str:
+    """A triangle at the axis edge pointing outward, where a value lies beyond it."""
+    edge, d = (lo_x, -1) if x < lo_x else (hi_x, 1)
+    pts = f"{edge + 8 * d:.1f},{y:.1f} {edge:.1f},{y - 6:.1f} {edge:.1f},{y + 6:.1f}"
+    return (f'<polygon class="clip" points="{pts}" fill="{fill or color}" stroke="{color}" '
+            f'stroke-width="1.5">{tip}</polygon>')

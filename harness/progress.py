@@ -120,6 +120,8 @@ def summary_table(record: dict[str, Any]) -> Table:
     for a in arms:
         table.add_column(a, justify="right", no_wrap=True)
         table.add_column(f"Δ [{F.ci_level(alpha)} CI]", justify="right")
+        # the CI is per metric: the p beside it is too; Holm's decides significance
+        table.add_column("p", justify="right", no_wrap=True)
         table.add_column("p (Holm)", justify="right", no_wrap=True)
     comps = {(c["candidate"], c["metric"]): c for c in record.get("comparisons", [])}
     base = record.get("arms", {}).get(A.BASELINE, {}).get("metrics", {})
@@ -131,16 +133,19 @@ def summary_table(record: dict[str, Any]) -> Table:
                F.metric(m, base[m]) + (" (cached)" if cached else "")]
         for a in arms:
             val = record["arms"][a].get("metrics", {}).get(m)
-            row += [F.metric(m, val), *_delta(comps.get((a, m)), m)]
+            row += [F.metric(m, val), *_delta(comps.get((a, m)), m, alpha)]
         table.add_row(*row)
     return table
 
 
-def _delta(c: dict[str, Any] | None, metric: str) -> tuple[str, str]:
+def _delta(c: dict[str, Any] | None, metric: str, alpha: float) -> tuple[Text | str, str, str]:
+    """The change with its CI (green / red only when significantly better / worse), the
+    metric's own p and the Holm-adjusted p."""
     if not c or c.get("abs_diff") is None:
-        return F.DASH, F.DASH
+        return F.DASH, F.DASH, F.DASH
     text = F.metric(metric, c["abs_diff"], signed=True)
     ci = F.interval(c.get("ci_low"), c.get("ci_high"),
                     lambda v: F.metric(metric, v, signed=True), missing="")
-    p = c.get("p_value_holm", c.get("p_value"))
-    return f"{text} {ci}".rstrip(), F.p_value(p)
+    style = F.RICH_STYLES[F.tone(metric, c["abs_diff"], c.get("significant"))]
+    return (Text(f"{text} {ci}".rstrip(), style=style), F.p_value(c.get("p_value"), alpha),
+            F.p_value(c.get("p_value_holm"), alpha))

@@ -45,6 +45,9 @@ LABELS = {
     "exact_match": "Exact match", "chrf": "chrF", "bleu": "BLEU", "bertscore": "BERTScore F1",
 }
 CARD_METRICS = ("rougeL", "rouge1", "perplexity", "loss")
+# The CI is per metric, so the p beside it ("p") is the metric's own; the Holm-adjusted p,
+# which decides significance, has its own label.
+P_HOLM_LABEL = "p (Holm)"
 
 
 # ------------------------------------------------------------------ public API
@@ -140,7 +143,7 @@ def _context(run: LoadedRun, d: _Data) -> dict[str, Any]:
         "suite": run.suite, "run_id": run.run_id, "status": str(rec.get("status", "unknown")),
         "error": _error(rec), "warnings": d.warnings, "summary": _summary(rec, d),
         "versions": _versions(_dict(rec.get("env"))), "headline": headline,
-        "cards": _cards(headline), "p_label": _p_label(rec), "ci_label": _ci_label(d.alpha),
+        "cards": _cards(headline), "p_label": P_HOLM_LABEL, "ci_label": _ci_label(d.alpha),
         "alpha": d.alpha, "arm_table": _arm_table(d), "training": _training(d),
         "existing": _existing(d), "forgetting": _forgetting(d), "seeds": _seeds(d),
         "lengths": _lengths(_dict(_dict(rec.get("data")).get("lengths"))),
@@ -200,12 +203,6 @@ def _stats_line(stats: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _p_label(rec: dict[str, Any]) -> str:
-    comps = rec.get("comparisons") or []
-    holm = any(_dict(c).get("p_value_holm") is not None for c in comps)
-    return "p (Holm)" if holm else "p"
-
-
 def _ci_label(alpha: float) -> str:
     return f"{F.ci_level(alpha)} CI"
 
@@ -258,12 +255,14 @@ def _seeds(d: _Data) -> list[dict[str, Any]]:
     return [{"recipe": c.get("recipe"), "n_seeds": c.get("n_seeds"),
              "seed_sd": F.metric(str(c["metric"]), c.get("seed_sd")),
              **_headline_row({**c, "p_value": None}, d.alpha),
-             "sig": bool(c.get("significant"))} for c in _by_metric(rows)]
+             "sig": bool(c.get("significant")),
+             "tone": F.tone(str(c["metric"]), c.get("abs_diff"), bool(c.get("significant")))}
+            for c in _by_metric(rows)]
 
 
 def _headline_row(c: dict[str, Any], alpha: float) -> dict[str, Any]:
     m = str(c["metric"])
-    diff = F.number(c.get("abs_diff"))
+    diff, sig = F.number(c.get("abs_diff")), _significant(c, alpha)
     return {
         "metric": label(m), "key": m, "lower": lower_is_better(m),
         "baseline": F.metric(m, c.get("baseline_value")),
@@ -272,8 +271,8 @@ def _headline_row(c: dict[str, Any], alpha: float) -> dict[str, Any]:
         "abs": F.metric(m, diff, signed=True), "rel": F.percent(c.get("rel_gain")),
         "ci": F.interval(c.get("ci_low"), c.get("ci_high"), lambda v: F.metric(m, v, True)),
         "rel_ci": F.interval(c.get("rel_ci_low"), c.get("rel_ci_high"), F.percent, missing=""),
-        "p": F.p_value(_p(c)), "p_raw": F.p_value(c.get("p_value")),
-        "sig": _significant(c, alpha), "tone": _tone(m, diff),
+        "p": F.p_value(c.get("p_value_holm"), alpha), "p_raw": F.p_value(c.get("p_value"), alpha),
+        "sig": sig, "tone": F.tone(m, diff, sig),
     }
 
 
@@ -291,12 +290,10 @@ def _significant(c: dict[str, Any], alpha: float) -> bool | None:
     return bool(c["significant"]) if isinstance(c.get("significant"), bool) else p <= alpha
 
 
-def _tone(metric: str, diff: float | None) -> str:
-    """'good' / 'bad' in the metric's own direction (a lower loss is good)."""
-    if not diff:
-        return ""
-    better = diff < 0 if lower_is_better(metric) else diff > 0
-    return "good" if better else "bad"
+def _item_tone(metric: str, diff: float | None) -> str:
+    """One item's change in the example browser: no test exists for a single item, so its
+    colour says only better / worse in the metric's direction (the browser's legend says so)."""
+    return F.tone(metric, diff, True)
 
 
 def _cards(headline: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -527,11 +524,14 @@ def _gain_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
             row = _gain_interval(c, g["candidate"], colors, d.alpha)
             rows += [row] if row else []
     svg = plots.interval_chart(rows, title="Relative improvement over baseline",
-                               x_label="relative improvement over baseline, %  (right = better)")
+                               x_label="relative improvement over baseline, %  (right = better)",
+                               value_fmt=lambda v: F.percent(v / 100))
     return {"title": "Relative improvement", "svg": svg, "wide": False,
-            "caption": f"Bars: {_ci_label(d.alpha)}; filled dot: significant at "
-                       f"α = {d.alpha:g}. Lower-is-better metrics are sign-flipped; a metric "
-                       "whose baseline is 0 has no relative gain and is left out."}
+            "caption": f"Bars: {_ci_label(d.alpha)}; dot green / red: significantly better / "
+                       f"worse at α = {d.alpha:g} (Holm), hollow: not significant. "
+                       "Lower-is-better metrics are sign-flipped; a metric whose baseline is 0 "
+                       "has no relative gain and is left out. A value far beyond the others is "
+                       "drawn as an arrow at the edge with its number, so the rest stay readable."}
 
 
 def _gain_interval(c: dict[str, Any], arm: str, colors: dict[str, str],
@@ -545,8 +545,9 @@ def _gain_interval(c: dict[str, Any], arm: str, colors: dict[str, str],
     sign = -100.0 if lower_is_better(m) else 100.0
     ends = sorted((sign * lo, sign * hi)) if lo is not None and hi is not None else (None, None)
     name = f"{arm} · {label(m)}"
+    sig = _significant(c, alpha)
     return plots.Interval(name, sign * rel, ends[0], ends[1], colors.get(arm, plots.PALETTE[0]),
-                          strong=bool(_significant(c, alpha)))
+                          strong=bool(sig), tone=F.tone(m, c.get("abs_diff"), sig))
 
 
 def _system_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
@@ -615,7 +616,7 @@ def _output(arm: str, row: dict[str, Any] | None, base: dict[str, Any]) -> dict[
             "rouge": F.metric("rougeL", rl), "loss": F.metric("loss", loss),
             "d_rouge": d_rouge, "d_rouge_text": F.metric("rougeL", d_rouge, True),
             "d_loss_text": F.metric("loss", d_loss, True),
-            "tone": _tone("rougeL", d_rouge), "loss_tone": _tone("loss", d_loss)}
+            "tone": _item_tone("rougeL", d_rouge), "loss_tone": _item_tone("loss", d_loss)}
 
 
 def _gain(row: dict[str, Any]) -> float | None:

@@ -24,7 +24,9 @@ What is computed, per metric, for a candidate arm against a baseline arm (DESIGN
   sample size and its false-positive rate is alpha by construction (tests/test_stats.py checks
   ~5% on simulated null comparisons).
 - **Holm** step-down correction over the metrics of one comparison that have a p-value
-  (``p_value_holm``); ``significant`` is ``p_value_holm <= alpha``. The raw p is kept beside it.
+  (``p_value_holm``); ``significant`` is ``p_value_holm <= alpha``. The raw p is kept beside it
+  as ``p_value``: unadjusted, like the CI, so the two are read together and the Holm p alone
+  decides significance (the renderers label them ``p`` and ``p (Holm)``).
   loss and perplexity are one test in two guises (exp is monotone) and both count in Holm:
   slightly conservative, never anti-conservative.
 - Corpus metrics are recomputed from resampled *sums* (``sum nll_sum / sum n_tokens``;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness import compare, stats
+from harness import formatting as F
 from harness.cli import app
 from harness.errors import InputError
 from harness.metrics import ALL_KEYS
@@ -264,3 +266,70 @@ def test_cli_spells_compare_formats_and_default_alpha_as_compare_does():
     assert cli.COMPARE_FORMATS == compare.FORMATS
     help_text = CliRunner().invoke(cli.app, ["compare", "--help"]).output
     assert f"[default: {stats.DEFAULT_ALPHA:g}]" in help_text
+
+
+# ---------------------------------------------------------------- colours and p-values
+
+
+class RowClasses(HTMLParser):
+    """metric (first cell) -> the class of its table row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classes: dict[str, str] = {}
+        self._cls: str | None = None
+        self._first = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self._cls, self._first = dict(attrs).get("class") or "", True
+
+    def handle_data(self, data: str) -> None:
+        if self._first and self._cls is not None and data.strip():
+            self.classes[data.strip()], self._first = self._cls, False
+
+
+def test_html_rows_are_tinted_better_or_worse_never_just_significant(tmp_path: Path):
+    """The adapter raises ROUGE (0.30 -> 0.45) and its NLL (2.5 -> 3.0 nats): both changes are
+    significant, but a perplexity rise is a regression and must not be tinted green."""
+    path = make_run(tmp_path, n=40, arms={"baseline": (0.30, 2.5), "lora": (0.45, 3.0)})
+    out = tmp_path / "compare.html"
+    res = CliRunner().invoke(app, ["compare", str(path), "--format", "html", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = RowClasses()
+    rows.feed(out.read_text())
+    preds = [json.loads(line) for line in (path / PREDICTIONS_FILE).read_text().splitlines()]
+    ppl = {arm: math.exp(sum(r["nll_sum"] for r in preds if r["arm"] == arm)
+                         / sum(r["n_tokens"] for r in preds if r["arm"] == arm))
+           for arm in ("baseline", "lora")}
+    assert ppl["lora"] > ppl["baseline"] * 1.5, "perplexity rises by half"
+    verdicts = {r["metric"]: r for r in as_json([path])["comparisons"]}
+    assert verdicts["perplexity"]["significant"] and verdicts["rougeL"]["significant"]
+    assert rows.classes["perplexity"] == "bad" and rows.classes["loss"] == "bad"
+    assert rows.classes["rougeL"] == "good"
+    assert rows.classes["peak_memory_bytes"] == ""  # one number per arm: no test, no colour
+    assert "tr.bad td" in out.read_text() and "significantly worse" in out.read_text()
+
+
+def test_p_beside_the_ci_is_unadjusted_and_the_holm_p_is_labelled(tmp_path: Path):
+    """A CI is per metric (unadjusted): the p printed beside it must be too, with the Holm p
+    that decides ``*`` in its own column."""
+    path = make_run(tmp_path, n=40, arms={"baseline": (0.30, 2.5), "lora": (0.33, 2.42)})
+    run = load_run(path)
+    arms = run.record["arms"]
+    expect = {r["metric"]: r for r in stats.compare_arms(
+        run.items("baseline"), run.items("lora"), arms["baseline"]["metrics"],
+        arms["lora"]["metrics"], baseline="baseline", candidate="lora", n_resamples=2000)}
+    res = CliRunner().invoke(app, ["compare", str(path)])
+    assert res.exit_code == 0, res.output
+    table = md_rows(res.stdout)
+    assert list(table[0])[7:10] == ["CI (abs.)", "p", "p (Holm)"]
+    rows = {r["Metric"]: r for r in table}
+    tested = [m for m, e in expect.items() if e["p_value"] is not None]
+    holm = dict(zip(tested, stats.holm([expect[m]["p_value"] for m in tested]), strict=True))
+    for m in tested:
+        assert rows[m]["p"] == F.p_value(expect[m]["p_value"])
+        star = " *" if holm[m] <= 0.05 else ""
+        assert rows[m]["p (Holm)"] == F.p_value(holm[m]) + star
+    assert any(rows[m]["p"] != rows[m]["p (Holm)"].rstrip(" *") for m in tested)
+    assert "p (Holm)" in res.stdout and "unadjusted" in res.stdout

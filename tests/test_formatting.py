@@ -141,3 +141,43 @@ def test_run_labels_of_records_and_loaded_runs(tmp_path: Path):
 ])
 def test_failure_text(record, text):
     assert F.failure(record) == text
+
+
+@pytest.mark.parametrize(("p", "alpha", "text"), [
+    (0.0496, 0.05, "0.0496"),  # three decimals would print alpha itself: "0.050"
+    (0.0504, 0.05, "0.0504"),
+    (0.04999, 0.05, "0.04999"),
+    (0.05, 0.05, "0.050"),  # alpha exactly: nothing to decide
+    (0.0449, 0.05, "0.045"), (0.458, 0.05, "0.458"), (0.0004, 0.05, "<0.001"),
+    (0.0096, 0.01, "0.0096"), (0.0104, 0.01, "0.0104"), (0.0149, 0.01, "0.015"),
+])
+def test_p_values_keep_the_digits_that_decide_at_alpha(p, alpha, text):
+    assert F.p_value(p, alpha) == text
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01, 0.1])
+def test_a_printed_p_never_reads_as_alpha_or_across_it(alpha):
+    """Every p a 10,000-resample permutation test can give, (1 + k) / 10,001, printed: the text
+    reads on the same side of alpha as the number, and reads as alpha only when it is."""
+    for k in range(10_001):
+        p = (1 + k) / 10_001
+        text = F.p_value(p, alpha)
+        if text.startswith("<"):
+            assert p < float(text[1:]) <= alpha, text
+            continue
+        assert (float(text) <= alpha) == (p <= alpha), (p, text)
+        assert float(text) != alpha or p == alpha, (p, text)
+
+
+@pytest.mark.parametrize(("metric", "diff", "significant", "tone"), [
+    ("perplexity", 3.0, True, "bad"),  # perplexity up: worse, whatever the sign says
+    ("perplexity", -3.0, True, "good"),
+    ("general/loss", 0.2, True, "bad"),  # an extra set reads like the main one
+    ("rougeL", 0.1, True, "good"), ("rougeL", -0.1, True, "bad"),
+    ("rougeL", 0.1, False, ""),  # not significant: neutral, never a faded green
+    ("peak_memory_bytes", 5e6, None, ""),  # one number per arm, no test: neutral
+    ("rougeL", 0.0, True, ""), ("rougeL", None, True, ""),
+])
+def test_tone_is_better_or_worse_in_the_metric_direction_and_only_when_significant(
+        metric, diff, significant, tone):
+    assert F.tone(metric, diff, significant) == tone

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness import config, plots, report, stats, templating
+from harness import formatting as F
 from harness.cli import app
 from harness.errors import HarnessError
 from harness.results import PREDICTIONS_FILE, RUN_FILE, TRAIN_LOG_FILE, load_run
@@ -111,7 +112,8 @@ def test_headline_table_has_values_ci_p_and_significance(rich: Path):
     assert f"{100 * c['rel_gain']:+.1f}%" in row
     assert f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" in row
     shown = {k: "&lt;0.001" if c[k] < 0.001 else f"{c[k]:.3f}" for k in ("p_value", "p_value_holm")}
-    assert f'title="unadjusted p = {shown["p_value"]}">{shown["p_value_holm"]}</td>' in row
+    assert (f'<td class="num">{shown["p_value"]}</td>\n        '
+            f'<td class="num">{shown["p_value_holm"]}</td>') in row  # p, then p (Holm)
     assert "significant" in row and 'class="num good strong"' in row
     assert "p (Holm)" in html and "95% CI" in html
 
@@ -121,8 +123,8 @@ def test_lower_is_better_metrics_read_as_gains_when_they_drop(rich: Path):
     loss = headline_row(html, "lora", "loss")  # 2.5 -> 1.8 nats: a drop, shown as better
     assert re.search(r'class="num good[^"]*">-0\.\d{4}<', loss)
     assert 'title="lower is better"' in loss
-    worse = headline_row(html, "qlora", "rougeL")  # 0.30 -> 0.27: a regression
-    assert 'class="num bad' in worse
+    worse = headline_row(html, "qlora", "rougeL")  # 0.30 -> 0.27, not significant here
+    assert 'class="num  ns"' in worse and "bad" not in worse  # a colour would claim it
 
 
 def test_point_only_comparisons_render_dashes(rich: Path):
@@ -245,9 +247,10 @@ def test_a_corrupt_predictions_line_becomes_a_warning(rich: Path):
 
 def test_markdown_tables(rich: Path):
     md = report.render_markdown(load_run(rich))
-    assert "| Metric | Zero-shot | lora | Abs. gain | Rel. gain | 95% CI (abs.) | p (Holm) |" in md
+    assert ("| Metric | Zero-shot | lora | Abs. gain | Rel. gain | 95% CI (abs.) | p | p (Holm) |"
+            in md)
     rouge = next(line for line in md.splitlines() if line.startswith("| ROUGE-L |"))
-    assert "**+" in rouge and "yes" in rouge and rouge.count("|") == 9
+    assert "**+" in rouge and "yes" in rouge and rouge.count("|") == 10
     assert "| Perplexity (↓) |" in md and "[report.html](report.html)" in md
     assert "<script" not in md
     for line in md.splitlines():
@@ -323,3 +326,127 @@ def test_a_sweep_with_many_arms_renders(tmp_path: Path):
     forest = html.split("Relative improvement over baseline</title>")[1].split("</svg>")[0]
     assert forest.count("<circle") == 6 * 6  # six quality metrics per cell
     assert all(f"{a} train" in html for a in arms if a != "baseline")
+
+
+# ------------------------------------------------------------------ colours, p-values, forest
+
+
+def edit_comparison(path: Path, candidate: str, metric: str, **changes: Any) -> None:
+    rec = json.loads((path / RUN_FILE).read_text())
+    for c in rec["comparisons"]:
+        if (c["candidate"], c["metric"]) == (candidate, metric):
+            c.update(changes)
+    (path / RUN_FILE).write_text(json.dumps(rec))
+
+
+def cli_report(path: Path) -> tuple[str, str]:
+    res = CliRunner().invoke(app, ["report", str(path)])
+    assert res.exit_code == 0, res.output
+    return (path / "report.html").read_text(), (path / "report.md").read_text()
+
+
+def test_colour_says_significantly_better_or_worse_and_nothing_else(tmp_path: Path):
+    """ROUGE up and perplexity up (both significant): green and red; a rise that is not
+    significant is neither (it was a faded green)."""
+    path = rich_run(tmp_path, arms={"baseline": (0.30, 2.5), "lora": (0.45, 3.0)})
+    edit_comparison(path, "lora", "rouge2", significant=False, p_value_holm=0.2)
+    rec = json.loads((path / RUN_FILE).read_text())
+    rows = {c["metric"]: c for c in rec["comparisons"]}
+    assert rows["perplexity"]["abs_diff"] > 0 and rows["perplexity"]["significant"]
+    assert rows["rouge2"]["abs_diff"] > 0
+    html, _ = cli_report(path)
+    ppl, rouge = headline_row(html, "lora", "perplexity"), headline_row(html, "lora", "rougeL")
+    assert 'class="num bad strong"' in ppl and "good" not in ppl
+    assert 'class="num good strong"' in rouge and "bad" not in rouge
+    ns = headline_row(html, "lora", "rouge2")
+    assert 'class="num  ns"' in ns and "good" not in ns and "bad" not in ns
+    forest = html.split("Relative improvement over baseline</title>")[1].split("</svg>")[0]
+    marker = {m: f for f, m in re.findall(r'fill="([^"]+)"[^>]*><title>lora · ([^:]+):', forest)}
+    assert marker["Perplexity"] == plots.TONE_COLORS["bad"]
+    assert marker["ROUGE-L"] == plots.TONE_COLORS["good"]
+    assert marker["ROUGE-2"] == "#fff"  # not significant: hollow
+
+
+def test_p_beside_the_ci_is_unadjusted_and_holm_decides_with_enough_digits(tmp_path: Path):
+    """Holm p 0.0496 printed as 0.050 read as alpha itself; the CI sits beside an unadjusted
+    p, the Holm p has its own labelled column."""
+    path = rich_run(tmp_path)
+    edit_comparison(path, "lora", "rougeL", p_value=0.012, p_value_holm=0.0496,
+                    significant=True)
+    html, md = cli_report(path)
+    assert '<th class="num">p</th><th class="num">p (Holm)</th>' in html
+    row = headline_row(html, "lora", "rougeL")
+    assert '<td class="num">0.012</td>' in row and '<td class="num">0.0496</td>' in row
+    assert "| 95% CI (abs.) | p | p (Holm) | Significant |" in md
+    line = next(x for x in md.splitlines() if x.startswith("| ROUGE-L |"))
+    assert "| 0.012 | 0.0496 |" in line
+    assert "0.050" not in row
+
+
+def forest_rows(html: str) -> tuple[tuple[float, float], dict[str, tuple[float, float]], str]:
+    """The forest plot's x axis (first and last grid line) and each row's CI line (x1, x2)."""
+    svg = html.split("Relative improvement over baseline</title>")[1].split("</svg>")[0]
+    grid = [float(x) for x in re.findall(r'<line class="(?:grid|zero)" x1="([\d.]+)"', svg)]
+    labels = {float(y): name for y, name in re.findall(
+        r'<text x="[\d.]+" y="([\d.]+)" text-anchor="end" class="tick">([^<]+)</text>', svg)}
+    lines = {labels[float(y) + 4]: (float(a), float(b)) for a, b, y in re.findall(
+        r'<line x1="([\d.]+)" x2="([\d.]+)" y1="([\d.]+)" y2="[\d.]+" stroke="[^"]+" '
+        r'stroke-width="2.5"', svg)}
+    return (min(grid), max(grid)), lines, svg
+
+
+def test_one_huge_relative_change_does_not_squash_the_forest_plot(tmp_path: Path):
+    path = rich_run(tmp_path)
+    edit_comparison(path, "qlora", "perplexity", rel_gain=22.56, rel_ci_low=20.0,
+                    rel_ci_high=25.0)
+    html, _ = cli_report(path)
+    (lo, hi), lines, svg = forest_rows(html)
+    widths = {k: (b - a) / (hi - lo) for k, (a, b) in lines.items()
+              if k != "qlora · Perplexity"}
+    assert len(widths) == 11
+    assert sorted(widths.values())[len(widths) // 2] > 0.05, widths
+    assert "-2256.0%" in svg and 'class="clip"' in svg  # the outlier: an arrow and its value
+    a, b = lines["qlora · Perplexity"]
+    assert a == pytest.approx(lo) and b < lo + 0.1 * (hi - lo)  # cut at the left edge
+
+
+def test_a_forest_plot_without_outliers_is_not_clipped(rich: Path):
+    (lo, hi), lines, svg = forest_rows(report.render_html(load_run(rich)))
+    assert 'class="clip"' not in svg and len(lines) == 12
+    assert all(lo <= a <= b <= hi for a, b in lines.values())
+
+
+def test_terminal_summary_labels_both_p_values_and_colours_by_direction(rich: Path):
+    from harness import progress
+
+    rec = json.loads((rich / RUN_FILE).read_text())
+    for c in rec["comparisons"]:
+        if (c["candidate"], c["metric"]) == ("qlora", "perplexity"):
+            c.update(abs_diff=0.9, significant=True)  # a significant rise: worse
+        if (c["candidate"], c["metric"]) == ("lora", "rouge2"):
+            c.update(significant=False)
+    table = progress.summary_table(rec)
+    headers = [str(c.header) for c in table.columns]
+    assert headers[2:6] == ["lora", "Δ [95% CI]", "p", "p (Holm)"]
+    metric_cells = [str(x) for x in table.columns[0]._cells]
+
+    def cell(col: int, metric: str) -> Any:
+        return table.columns[col]._cells[metric_cells.index(metric)]
+
+    comps = {(c["candidate"], c["metric"]): c for c in rec["comparisons"]}
+    assert str(cell(4, "rougeL")) == F.p_value(comps[("lora", "rougeL")]["p_value"])
+    assert str(cell(5, "rougeL")) == F.p_value(comps[("lora", "rougeL")]["p_value_holm"])
+    assert cell(3, "rougeL").style == "green" and cell(3, "perplexity ↓").style == "green"
+    assert cell(7, "perplexity ↓").style == "red"
+    assert cell(3, "rouge2").style == ""
+
+
+def test_forest_plot_clips_on_either_side_with_one_arrow_per_cut():
+    rows = [plots.Interval(f"m{i}", v, v - 2, v + 2, "#000") for i, v in enumerate((3, 5, 8))]
+    right = plots.Interval("big", 3000.0, 2800.0, 3200.0, "#000")  # all beyond the right edge
+    wide = plots.Interval("wide", 4.0, -900.0, 6.0, "#000")  # only its low end is beyond
+    svg = str(plots.interval_chart([*rows, right, wide], title="t", x_label="x",
+                                   value_fmt=lambda v: f"{v:+g}"))
+    assert svg.count('class="clip"') == 2 and ">+3000</text>" in svg
+    assert plots.axis_range([3, 5, 8, 3000]) == (0.0, 8)
+    assert plots.axis_range([3, 5, 8, 20]) == (0.0, 20)  # not squashed: everything shown
