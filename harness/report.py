@@ -370,9 +370,11 @@ def _cards(entries: list[_Entry], forgetting: list[str]) -> list[dict[str, Any]]
         best = _best_entry(entries, key)
         cards += [_card(best, key)] if best else []
     lead = (_best_entry(entries, main[0]) if main else None) or next(iter(entries), None)
-    for eval_set in forgetting if lead else []:
-        key = _forgetting_metric([lead], eval_set)  # type: ignore[list-item]
-        cards += [_forgetting_card(lead, key, eval_set)] if key and lead else []
+    if lead is None:
+        return cards
+    for eval_set in forgetting:
+        metric = _forgetting_metric([lead], eval_set)
+        cards += [_forgetting_card(lead, metric, eval_set)] if metric else []
     return cards
 
 
