@@ -198,9 +198,7 @@ def run(
 
 def _outcome(outcome: Any) -> None:
     """The summary table and the run directory; exit 1 when the run or an arm failed."""
-    from harness import progress
-
-    out.print(progress.summary_table(outcome.record))
+    _print_tables(outcome.record)
     _print(f"run directory: {outcome.path}")
     if outcome.record["status"] != "success":
         _error("run failed: " + outcome.record["error"]["message"])
@@ -209,6 +207,16 @@ def _outcome(outcome: Any) -> None:
     if failed:
         _error(f"{len(failed)} arm(s) failed: {', '.join(failed)} (see run.json)")
         raise typer.Exit(1)
+
+
+def _print_tables(record: dict[str, Any]) -> None:
+    """The summary table, then the across-seeds table of a run with ``train.seeds``."""
+    from harness import progress
+
+    out.print(progress.summary_table(record))
+    seeds = progress.seed_table(record)
+    if seeds is not None:
+        out.print(seeds)
 
 
 @app.command(cls=_Command)
@@ -547,14 +555,13 @@ def merge(
     ```
     """
     from harness import merge as merging
-    from harness import progress
     from harness.results import load_run
 
     try:
         outcome = merging.merge_runs([load_run(r) for r in runs], out_dir)
     except HarnessError as e:
         _fail(e)
-    out.print(progress.summary_table(outcome.record))
+    _print_tables(outcome.record)
     _print(f"run directory: {outcome.path}")
     failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == "failed"]
     if failed:
