@@ -100,6 +100,7 @@ def test_markdown_leads_with_the_headline_and_forgetting(tmp_path: Path):
     lora = perplexity(rows, "lora", "general")
     line = next(x for x in head.splitlines() if "Perplexity (general)" in x)
     assert "forgetting" in line.lower() and f"{lora:.4f}" in line and "worse" in line
+    assert sum(x.startswith("- **") for x in head.splitlines()) == 5  # one card per line
 
 
 def test_forgetting_is_in_the_relative_improvement_plot(tmp_path: Path):
