@@ -375,7 +375,23 @@ def _cards(entries: list[_Entry], forgetting: list[str]) -> list[dict[str, Any]]
     for eval_set in forgetting:
         metric = _forgetting_metric([lead], eval_set)
         cards += [_forgetting_card(lead, metric, eval_set)] if metric else []
+        cards += _worst_forgetting(entries, lead, eval_set)
     return cards
+
+
+def _worst_forgetting(entries: list[_Entry], lead: _Entry, eval_set: str
+                      ) -> list[dict[str, Any]]:
+    """Another arm's forgetting card, when it is the worst of all and significantly worse: a
+    sweep's best cell may forget little while another cell forgot much."""
+    metric = _forgetting_metric(entries, eval_set)
+    have = [e for e in entries if metric in e.rows
+            and F.number(e.rows[metric].get("candidate_value")) is not None] if metric else []
+    if not metric or not have:
+        return []
+    worse = 1.0 if lower_is_better(metric) else -1.0
+    worst = max(have, key=lambda e: worse * e.rows[metric]["candidate_value"])
+    card = _forgetting_card(worst, metric, eval_set)
+    return [card] if worst is not lead and card["alert"] else []
 
 
 def _card(e: _Entry, key: str) -> dict[str, Any]:

@@ -205,3 +205,13 @@ def test_seeded_recipe_cards_show_the_across_seeds_interval(tmp_path: Path):
     assert ' ns"' in c  # faded: not significant across seeds
     head = md.split("## Zero-shot vs adapter")[0]
     assert "lora · 3 seeds" in head and "lora@s0" not in head
+
+
+def test_a_sweep_cell_that_forgot_gets_its_own_red_card(tmp_path: Path):
+    """The leading cell (best ROUGE-L) kept its general English; another cell did not."""
+    general = {"baseline": 2.0, "r8": 2.6, "r16": 2.0, "r32": 2.0}
+    html, _ = report_cli(forgetting_run(tmp_path, {"general": general}, arms=SWEEP))
+    forgetting = [c for c in cards(html) if "Forgetting ·" in c]
+    assert len(forgetting) == 2
+    assert "· r16" in forgetting[0] and "alert" not in forgetting[0]
+    assert "· r8" in forgetting[1] and 'class="card forgetting alert"' in forgetting[1]
