@@ -198,9 +198,7 @@ def run(
 
 def _outcome(outcome: Any) -> None:
     """The summary table and the run directory; exit 1 when the run or an arm failed."""
-    from harness import progress
-
-    out.print(progress.summary_table(outcome.record))
+    _print_tables(outcome.record)
     _print(f"run directory: {outcome.path}")
     if outcome.record["status"] != "success":
         _error("run failed: " + outcome.record["error"]["message"])
@@ -209,6 +207,16 @@ def _outcome(outcome: Any) -> None:
     if failed:
         _error(f"{len(failed)} arm(s) failed: {', '.join(failed)} (see run.json)")
         raise typer.Exit(1)
+
+
+def _print_tables(record: dict[str, Any]) -> None:
+    """The summary table, then the across-seeds table of a run with ``train.seeds``."""
+    from harness import progress
+
+    out.print(progress.summary_table(record))
+    seeds = progress.seed_table(record)
+    if seeds is not None:
+        out.print(seeds)
 
 
 @app.command(cls=_Command)
@@ -453,27 +461,35 @@ def _readable_runs(args: list[str]) -> list[Any]:
 def gate(
     candidate: Annotated[str, typer.Argument(
         metavar="CANDIDATE", help="Candidate run directory or run.json.")],
-    baseline: Annotated[str, typer.Option(
-        "--baseline", metavar="RUN", help="Baseline run directory or run.json.")],
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", metavar="RUN", help="Baseline run directory or run.json. Optional when "
+        "every rule to apply ends in `:vs-zero-shot`.")] = None,
     rule: Annotated[Optional[list[str]], typer.Option(
         "--rule", metavar="RULE", help="e.g. `rougeL:-1%`, `perplexity:+2%`, `loss:+0.05`, "
-        "`rougeL:-1%:sig`; replaces the suite's rule for that metric. Repeatable.")] = None,
+        "`rougeL:-1%:sig`, `general/perplexity:+5%:vs-zero-shot` (each adapter arm against "
+        "the candidate run's own zero-shot arm); replaces the suite's rule for that metric. "
+        "Repeatable.")] = None,
 ) -> None:
     """Fail (exit 1) when the candidate regresses against the baseline beyond the rules.
 
-    The Markdown summary is printed and appended to `$GITHUB_STEP_SUMMARY` when set.
+    A rule ending in `:vs-zero-shot` compares each adapter arm with the zero-shot arm of the
+    same run (a forgetting check within one run); without `--baseline` only those rules
+    apply. The Markdown summary is printed and appended to `$GITHUB_STEP_SUMMARY` when set.
 
-    Example:
+    Examples:
 
     ```
     harness gate results/ci/*/ --baseline results/baselines/ci --rule rougeL:-1%
+    harness gate results/default/*/ --rule general/perplexity:+5%:vs-zero-shot
     ```
     """
     from harness import gate as gating
     from harness.results import load_run
 
     try:
-        outcome = gating.run_gate(load_run(candidate), load_run(baseline), cli_rules=rule or [])
+        cand = load_run(candidate)
+        base = load_run(baseline) if baseline is not None else None
+        outcome = gating.run_gate(cand, base, cli_rules=rule or [])
     except HarnessError as e:
         _fail(e)
     for w in outcome.warnings:
@@ -539,14 +555,13 @@ def merge(
     ```
     """
     from harness import merge as merging
-    from harness import progress
     from harness.results import load_run
 
     try:
         outcome = merging.merge_runs([load_run(r) for r in runs], out_dir)
     except HarnessError as e:
         _fail(e)
-    out.print(progress.summary_table(outcome.record))
+    _print_tables(outcome.record)
     _print(f"run directory: {outcome.path}")
     failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == "failed"]
     if failed:

@@ -9,17 +9,21 @@ the metric's *worse* direction:
 - ``rougeL:1%``       no sign: the metric's worse direction is implied
 - ``rougeL:-1%:sig``  fail only when the paired CI of the change lies wholly beyond the margin;
   a point estimate beyond it whose CI still reaches the margin only warns.
+- ``general/perplexity:+5%:vs-zero-shot``  within the candidate run: each adapter arm against
+  that run's own zero-shot arm (a forgetting check needs no baseline run); combines with
+  ``:sig``. Without ``--baseline`` only these rules are applied: a suite's other rules are
+  skipped with a warning, a CLI one is bad input.
 
 A sign pointing the *better* way (``perplexity:-2%``) would fail on improvements; it is refused
 as a mistake. Rules come from the suite's ``[gate]`` table recorded in the candidate
 (``config.gate.rules``) and from ``--rule``; a CLI rule replaces the suite's rules for its metric.
 
-Which arms: each adapter arm (an arm with an adapter path) of the candidate against the
-baseline run's arm of the same name; if no name matches, the candidate's first adapter arm
-against the baseline's first. Runs with no adapter arms (eval-only suites) gate their zero-shot
-``baseline`` arms. Values are paired over items by id (the
-same ``stats.compare_arms`` as compare) and a gate across different eval sets is refused:
-a threshold on different items measures the items, not the model.
+Which arms (rules without ``:vs-zero-shot``): each adapter arm (an arm with an adapter path) of
+the candidate against the baseline run's arm of the same name; if no name matches, the
+candidate's first adapter arm against the baseline's first. Runs with no adapter arms (eval-only
+suites) gate their zero-shot ``baseline`` arms. Values are paired over items by id (the same
+``stats.compare_arms`` as compare) and a gate across different eval sets is refused: a threshold
+on different items measures the items, not the model.
 
 Outcomes: exit 0 pass; 1 a rule failed or the candidate run failed; bad rules, unknown metrics,
 a failed baseline or differing eval sets raise InputError / RecordError (exit 2). Different
@@ -43,10 +47,11 @@ from harness.results import LoadedRun
 
 RULE_RE = re.compile(
     r"^(?P<metric>(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z_][A-Za-z0-9_]*):(?P<sign>[+-]?)(?P<num>\d+(?:\.\d*)?|\.\d+)"
-    r"(?P<pct>%?)(?P<sig>:sig)?$"
+    r"(?P<pct>%?)(?P<flags>(?::[A-Za-z-]+)*)$"
 )
-RULE_HELP = ("METRIC:[+|-]N[%][:sig], e.g. rougeL:-1%  perplexity:+2%  loss:+0.05  "
-             "rougeL:-1%:sig  general/perplexity:+5%")
+SIG, VS_ZERO_SHOT = "sig", "vs-zero-shot"
+RULE_HELP = ("METRIC:[+|-]N[%][:sig][:vs-zero-shot], e.g. rougeL:-1%  perplexity:+2%  "
+             "loss:+0.05  rougeL:-1%:sig  general/perplexity:+5%:vs-zero-shot")
 LIBRARIES = ("torch", "transformers", "peft")
 # Float slack when comparing a change with its limit: rougeL 0.5 -> 0.495 is exactly -1 %
 # but computes as -1.0000000000000009 %.
@@ -67,6 +72,7 @@ class Rule:
     relative: bool
     require_sig: bool
     source: str = "cli"  # "cli" | "suite"
+    vs_zero_shot: bool = False  # each adapter arm against its own run's zero-shot arm
 
     def allowed(self) -> str:
         sign = "+" if M.lower_is_better(self.metric) else "-"
@@ -179,18 +185,31 @@ def parse_rule(text: str, *, source: str = "cli") -> Rule:
     m = RULE_RE.match(text.strip())
     if not m:
         raise InputError(f"bad gate rule {text!r} (from {where}): expected {RULE_HELP}")
+    flags = _flags(text, m["flags"], where)
     metric = m["metric"]
     if not M.is_known(metric):
         raise InputError(f"bad gate rule {text!r} (from {where}): unknown metric {metric!r}; "
                          f"known: {', '.join(M.ALL_KEYS)}, or <set>/<metric> for an extra "
                          "eval set")
     _check_sign(text, metric, m["sign"], where)
-    if m["sig"] and not M.is_per_item(metric):
+    if SIG in flags and not M.is_per_item(metric):
         raise InputError(f"bad gate rule {text!r} (from {where}): ':sig' needs per-item values "
                          f"and {metric} has one number per arm")
     num = float(m["num"])
     return Rule(text.strip(), metric, num / 100 if m["pct"] else num, bool(m["pct"]),
-                bool(m["sig"]), source)
+                SIG in flags, source, VS_ZERO_SHOT in flags)
+
+
+def _flags(text: str, flags: str, where: str) -> list[str]:
+    """``:sig:vs-zero-shot`` -> ["sig", "vs-zero-shot"]: each known, each at most once."""
+    names = flags.split(":")[1:]
+    for name in names:
+        if name not in (SIG, VS_ZERO_SHOT):
+            raise InputError(f"bad gate rule {text!r} (from {where}): unknown flag ':{name}'; "
+                             f"expected {RULE_HELP}")
+    if len(set(names)) < len(names):
+        raise InputError(f"bad gate rule {text!r} (from {where}): a flag is repeated")
+    return names
 
 
 def _check_sign(text: str, metric: str, sign: str, where: str) -> None:
@@ -217,11 +236,12 @@ def suite_rules(record: Mapping[str, Any]) -> list[str]:
 
 
 def gate_rules(record: Mapping[str, Any], cli_rules: Sequence[str]) -> list[Rule]:
-    """Suite rules, with every metric named by a CLI rule taken from the CLI instead."""
+    """Suite rules, with every metric named by a CLI rule taken from the CLI instead (a
+    ``:vs-zero-shot`` rule replaces only the suite's ``:vs-zero-shot`` rule of its metric)."""
     cli = [parse_rule(r, source="cli") for r in cli_rules]
     suite = [parse_rule(r, source="suite") for r in suite_rules(record)]
-    overridden = {r.metric for r in cli}
-    rules = [r for r in suite if r.metric not in overridden] + cli
+    overridden = {(r.metric, r.vs_zero_shot) for r in cli}
+    rules = [r for r in suite if (r.metric, r.vs_zero_shot) not in overridden] + cli
     if not rules:
         raise InputError("no gate rules: pass --rule (e.g. --rule rougeL:-1%) or add "
                          "[gate] rules = [...] to the suite")
@@ -231,21 +251,23 @@ def gate_rules(record: Mapping[str, Any], cli_rules: Sequence[str]) -> list[Rule
 # ---------------------------------------------------------------- the gate
 
 
-def run_gate(candidate: LoadedRun, baseline: LoadedRun, *, cli_rules: list[str]) -> GateOutcome:
-    """Apply the rules to every candidate arm against its baseline-run counterpart."""
+def run_gate(candidate: LoadedRun, baseline: LoadedRun | None, *,
+             cli_rules: list[str]) -> GateOutcome:
+    """Apply the rules to every candidate arm: against its baseline-run counterpart, and
+    (``:vs-zero-shot`` rules) against the candidate run's own zero-shot arm. With no baseline
+    run only the ``:vs-zero-shot`` rules apply."""
     rules = gate_rules(candidate.record, cli_rules)
-    if baseline.record.get("status") != "success":
+    within = [r for r in rules if r.vs_zero_shot]
+    across, notes = _across_rules(rules, baseline, within)
+    if baseline is not None and baseline.record.get("status") != "success":
         raise RecordError(f"baseline run {F.run_label(baseline)} did not succeed "
                           f"({F.failure(baseline.record)}); pick another baseline")
     if candidate.record.get("status") != "success":
         return _failed_candidate(candidate, baseline)
-    extra_sets = [s for s in dict.fromkeys(M.split(r.metric)[0] for r in rules) if s]
-    stats.check_pairable(candidate.record, baseline.record, extra_sets)
-    notes = env_warnings(candidate.record, baseline.record)
-    same_device = _device(candidate.record) == _device(baseline.record)
     checks: list[Check] = []
-    for cand_arm, base_arm in arm_pairs(candidate, baseline, notes):
-        checks += _check_arm(candidate, baseline, cand_arm, base_arm, rules, same_device)
+    if across and baseline is not None:
+        checks += _against_baseline_run(candidate, baseline, across, notes)
+    checks += _against_zero_shot(candidate, within)
     code = 1 if any(c.status == "fail" for c in checks) else 0
     md = render(candidate, baseline, checks, notes, code)
     warnings = notes + [f"{c.rule.text} on arm {c.arm}: {c.message}" for c in checks
@@ -253,10 +275,64 @@ def run_gate(candidate: LoadedRun, baseline: LoadedRun, *, cli_rules: list[str])
     return GateOutcome(code, md, warnings, tuple(checks))
 
 
-def _failed_candidate(candidate: LoadedRun, baseline: LoadedRun) -> GateOutcome:
+def _across_rules(rules: list[Rule], baseline: LoadedRun | None, within: list[Rule]
+                  ) -> tuple[list[Rule], list[str]]:
+    """The rules that need a baseline run, and what is said about them when there is none:
+    a suite's are skipped with a note, a CLI one (asked for by name) is bad input."""
+    across = [r for r in rules if not r.vs_zero_shot]
+    if baseline is not None:
+        return across, []
+    cli = [r for r in across if r.source == "cli"]
+    if cli:
+        raise InputError(f"gate rule {cli[0].text!r} compares with a baseline run: pass "
+                         f"--baseline RUN, or write {cli[0].text}:{VS_ZERO_SHOT} to compare "
+                         "each adapter arm with this run's zero-shot arm")
+    if not within:
+        raise InputError(f"no --baseline and no :{VS_ZERO_SHOT} rule: pass --baseline RUN, "
+                         f"or a rule such as --rule general/perplexity:+5%:{VS_ZERO_SHOT}")
+    return [], [f"suite rule {r.text} needs a baseline run and is not applied (no --baseline)"
+                for r in across]
+
+
+def _against_baseline_run(candidate: LoadedRun, baseline: LoadedRun, rules: list[Rule],
+                          notes: list[str]) -> list[Check]:
+    extra_sets = [s for s in dict.fromkeys(M.split(r.metric)[0] for r in rules) if s]
+    stats.check_pairable(candidate.record, baseline.record, extra_sets)
+    notes += env_warnings(candidate.record, baseline.record)
+    same_device = _device(candidate.record) == _device(baseline.record)
+    checks: list[Check] = []
+    for cand_arm, base_arm in arm_pairs(candidate, baseline, notes):
+        checks += _check_arm(candidate, baseline, cand_arm, base_arm, rules, same_device)
+    return checks
+
+
+def _against_zero_shot(run: LoadedRun, rules: list[Rule]) -> list[Check]:
+    """``:vs-zero-shot`` rules: each adapter arm against the same run's zero-shot arm, paired
+    over the same items (the run's own comparison, recomputed from its rows)."""
+    if not rules:
+        return []
+    arms = A.adapters(run.record.get("arms") or {})
+    if not arms:
+        raise RecordError(f"{F.run_label(run)} has no adapter arm to compare with its "
+                          f"zero-shot arm (rule {rules[0].text})")
+    if A.BASELINE not in (run.record.get("arms") or {}):
+        raise RecordError(f"{F.run_label(run)} has no zero-shot arm ({A.BASELINE})")
+    cached = bool(_arm(run, A.BASELINE).get("cached"))
+    checks: list[Check] = []
+    for arm in arms:
+        timed = [r for r in rules if not (cached and r.metric in M.DEVICE_BOUND)]
+        checks += [Check(r, arm, A.BASELINE, "skip", "the zero-shot arm came from the cache: "
+                         "its speed and memory were measured in another process")
+                   for r in rules if r not in timed]
+        checks += _check_arm(run, run, arm, A.BASELINE, timed, True) if timed else []
+    return checks
+
+
+def _failed_candidate(candidate: LoadedRun, baseline: LoadedRun | None) -> GateOutcome:
     msg = f"candidate run {F.run_label(candidate)} failed ({F.failure(candidate.record)})"
+    against = F.run_label(baseline) if baseline is not None else "none (its own zero-shot arm)"
     md = (f"## harness gate: ❌ FAIL\n\n{F.md_cell(msg)}.\n\nBaseline: "
-          f"{F.md_cell(F.run_label(baseline))}. No rules were evaluated.\n")
+          f"{F.md_cell(against)}. No rules were evaluated.\n")
     return GateOutcome(1, md, [msg])
 
 
@@ -344,15 +420,16 @@ def _comparison_rows(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, b
 RESULT = {"pass": "✅ pass", "fail": "❌ FAIL", "warn": "⚠️ warn", "skip": "⏭️ skipped"}
 
 
-def render(candidate: LoadedRun, baseline: LoadedRun, checks: Sequence[Check],
+def render(candidate: LoadedRun, baseline: LoadedRun | None, checks: Sequence[Check],
            warnings: Sequence[str], code: int) -> str:
     """The Markdown summary printed by the CLI and appended to $GITHUB_STEP_SUMMARY. Values
     from the records (arm names, paths, messages) go through ``md_cell``: no raw HTML."""
     failed = sum(c.status == "fail" for c in checks)
     verdict = "✅ pass" if code == 0 else f"❌ FAIL ({failed} regression{'s' * (failed != 1)})"
+    against = (f"vs baseline {F.run_label(baseline)}" if baseline is not None
+               else "vs its own zero-shot arm")
     lines = [f"## harness gate: {verdict}", "",
-             F.md_cell(f"Candidate {F.run_label(candidate)} vs baseline "
-                       f"{F.run_label(baseline)}, eval set "
+             F.md_cell(f"Candidate {F.run_label(candidate)} {against}, eval set "
                        f"{stats.eval_fingerprint(candidate.record)}."), ""]
     lines += [_md_row(["Rule", "Arm", "Baseline", "Candidate", "Change", "CI of change",
                        "Result"]), "| --- | --- | ---: | ---: | ---: | --- | --- |"]
@@ -364,6 +441,8 @@ def render(candidate: LoadedRun, baseline: LoadedRun, checks: Sequence[Check],
 def _check_line(c: Check) -> str:
     r, row = c.rule, c.row or {}
     arm = c.arm if c.arm == c.baseline_arm else f"{c.arm} vs {c.baseline_arm}"
+    if r.vs_zero_shot:
+        arm = f"{c.arm} vs zero-shot (same run)"
     return _md_row([
         f"`{r.text}` ({r.source})", arm,  # a parsed rule has no HTML or pipes
         F.metric(r.metric, row.get("baseline_value")),

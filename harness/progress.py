@@ -149,3 +149,30 @@ def _delta(c: dict[str, Any] | None, metric: str, alpha: float) -> tuple[Text | 
     style = F.RICH_STYLES[F.tone(metric, c["abs_diff"], c.get("significant"))]
     return (Text(f"{text} {ci}".rstrip(), style=style), F.p_value(c.get("p_value"), alpha),
             F.p_value(c.get("p_value_holm"), alpha))
+
+
+def seed_table(record: dict[str, Any]) -> Table | None:
+    """Each recipe trained with several seeds against zero-shot (``seed_comparisons``): the
+    mean over seeds of each seed's difference and the interval that counts seed-to-seed and
+    item noise, the truth about the recipe where one seed's table tells about one adapter.
+    None when the run has no such rows."""
+    rows = [c for c in record.get("seed_comparisons") or [] if isinstance(c, dict)
+            and M.is_known(str(c.get("metric")))]
+    if not rows:
+        return None
+    alpha = (record.get("stats") or {}).get("alpha", stats.DEFAULT_ALPHA)
+    table = Table(title=f"Across training seeds: mean over seeds vs zero-shot, "
+                        f"{F.ci_level(alpha)} CI across seeds and items")
+    for name in ("recipe", "seeds", "metric", A.BASELINE_LABEL, "mean", "Δ [CI]", "seed SD",
+                 "sig."):
+        table.add_column(name, justify="left" if name in ("recipe", "metric") else "right",
+                         no_wrap=True)
+    for c in sorted(rows, key=lambda c: (str(c.get("recipe")), M.sort_key(str(c["metric"])))):
+        m = str(c["metric"])
+        delta, _, _ = _delta(c, m, alpha)
+        table.add_row(str(c.get("recipe")), str(c.get("n_seeds", "")),
+                      m + (" ↓" if lower_is_better(m) else ""),
+                      F.metric(m, c.get("baseline_value")), F.metric(m, c.get("candidate_value")),
+                      delta, F.metric(m, c.get("seed_sd")),
+                      "yes" if c.get("significant") else "no")
+    return table

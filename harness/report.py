@@ -31,7 +31,7 @@ from harness import metrics as M
 from harness import plots, templating
 from harness.errors import RecordError
 from harness.formatting import DASH
-from harness.metrics import QUALITY_KEYS, ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
+from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
 from harness.results import LoadedRun, atomic_write_text
 from harness.stats import DEFAULT_ALPHA
 
@@ -139,11 +139,13 @@ def label(metric: str) -> str:
 
 def _context(run: LoadedRun, d: _Data) -> dict[str, Any]:
     rec, headline = d.record, _headline(d)
+    entries = _entries(d, headline)
     return {
         "suite": run.suite, "run_id": run.run_id, "status": str(rec.get("status", "unknown")),
         "error": _error(rec), "warnings": d.warnings, "summary": _summary(rec, d),
         "versions": _versions(_dict(rec.get("env"))), "headline": headline,
-        "cards": _cards(headline), "p_label": P_HOLM_LABEL, "ci_label": _ci_label(d.alpha),
+        "cards": _cards(entries, _forgetting_sets(d)), "leaderboard": _leaderboard(d, entries),
+        "p_label": P_HOLM_LABEL, "ci_label": _ci_label(d.alpha),
         "alpha": d.alpha, "arm_table": _arm_table(d), "training": _training(d),
         "existing": _existing(d), "forgetting": _forgetting(d), "seeds": _seeds(d),
         "lengths": _lengths(_dict(_dict(rec.get("data")).get("lengths"))),
@@ -296,18 +298,148 @@ def _item_tone(metric: str, diff: float | None) -> str:
     return F.tone(metric, diff, True)
 
 
-def _cards(headline: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Key numbers of the best adapter by ROUGE-L (the first one when there is no ROUGE-L)."""
-    if not headline:
+@dataclass(frozen=True)
+class _Entry:
+    """One contender for the headline: an arm against zero-shot, or a recipe trained with
+    several seeds, whose rows are then the across-seeds mean and interval (seedstats), never
+    one seed alone: a seed's own paired test measures that adapter, not the recipe."""
+
+    name: str
+    label: str
+    rows: dict[str, dict[str, Any]]  # metric key -> display row (_headline_row)
+    seeds: int = 0
+
+
+def _entries(d: _Data, headline: list[dict[str, Any]]) -> list[_Entry]:
+    """Arms compared with the zero-shot baseline, in arm order; a recipe's seed arms give way
+    to one entry for the recipe where the record has its across-seeds rows."""
+    recipes: dict[str, list[dict[str, Any]]] = {}
+    for r in _seeds(d):
+        recipes.setdefault(str(r["recipe"]), []).append(r)
+    out: dict[str, _Entry] = {}
+    for g in headline:
+        if g["baseline"] != A.BASELINE:
+            continue
+        recipe, seed = A.recipe_of(g["candidate"])
+        if seed is not None and recipe in recipes:
+            rows = recipes[recipe]
+            out.setdefault(recipe, _Entry(recipe, f"{recipe} · {rows[0]['n_seeds']} seeds",
+                                          {r["key"]: r for r in rows}, int(rows[0]["n_seeds"])))
+        else:
+            out[g["candidate"]] = _Entry(g["candidate"], g["candidate"],
+                                         {r["key"]: r for r in g["rows"]})
+    return list(out.values())
+
+
+def _best_entry(entries: list[_Entry], metric: str) -> _Entry | None:
+    """The entry with the best point value of ``metric`` in its own direction (first on a
+    tie); None when no entry has it."""
+    have = [e for e in entries if F.number(e.rows.get(metric, {}).get("candidate_value"))
+            is not None]
+    if not have:
+        return None
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    return max(have, key=lambda e: sign * e.rows[metric]["candidate_value"])
+
+
+def _main_metrics(entries: list[_Entry]) -> list[str]:
+    return [k for k in CARD_METRICS if any(k in e.rows for e in entries)]
+
+
+def _forgetting_sets(d: _Data) -> list[str]:
+    sets = _dict(_dict(d.record.get("data")).get("eval_sets"))
+    return [name for name, spec in sets.items() if _dict(spec).get("forgetting")]
+
+
+def _forgetting_metric(entries: list[_Entry], eval_set: str) -> str | None:
+    """A forgetting set's headline number: its perplexity, else its loss."""
+    keys = (M.keyed(eval_set, "perplexity"), M.keyed(eval_set, "loss"))
+    return next((k for k in keys if any(k in e.rows for e in entries)), None)
+
+
+def _cards(entries: list[_Entry], forgetting: list[str]) -> list[dict[str, Any]]:
+    """Each main metric of the arm (or seeded recipe) best at it, then what the leading arm
+    (best at the first main metric) cost on each forgetting set: red when significantly
+    worse."""
+    main = _main_metrics(entries)
+    cards = []
+    for key in main:
+        best = _best_entry(entries, key)
+        cards += [_card(best, key)] if best else []
+    lead = (_best_entry(entries, main[0]) if main else None) or next(iter(entries), None)
+    if lead is None:
+        return cards
+    for eval_set in forgetting:
+        metric = _forgetting_metric([lead], eval_set)
+        cards += [_forgetting_card(lead, metric, eval_set)] if metric else []
+        cards += _worst_forgetting(entries, lead, eval_set)
+    return cards
+
+
+def _worst_forgetting(entries: list[_Entry], lead: _Entry, eval_set: str
+                      ) -> list[dict[str, Any]]:
+    """Another arm's forgetting card, when it is the worst of all and significantly worse: a
+    sweep's best cell may forget little while another cell forgot much."""
+    metric = _forgetting_metric(entries, eval_set)
+    have = [e for e in entries if metric in e.rows
+            and F.number(e.rows[metric].get("candidate_value")) is not None] if metric else []
+    if not metric or not have:
         return []
+    worse = 1.0 if lower_is_better(metric) else -1.0
+    worst = max(have, key=lambda e: worse * e.rows[metric]["candidate_value"])
+    card = _forgetting_card(worst, metric, eval_set)
+    return [card] if worst is not lead and card["alert"] else []
 
-    def rouge_l(g: dict[str, Any]) -> float:
-        vals = [r["candidate_value"] for r in g["rows"] if r["key"] == "rougeL"]
-        return vals[0] if vals and vals[0] is not None else -math.inf
 
-    best = max(headline, key=rouge_l)
-    rows = {r["key"]: r for r in best["rows"]}
-    return [{**rows[k], "arm": best["candidate"]} for k in CARD_METRICS if k in rows][:4]
+def _card(e: _Entry, key: str) -> dict[str, Any]:
+    row = e.rows[key]
+    return {**row, "arm": e.label, "seeds": e.seeds, "forgetting": False, "alert": False,
+            "verdict": _verdict(row)}
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    """In words, for the cards: better / worse in the metric's own direction, and whether it
+    is significant (across seeds for a seeded recipe)."""
+    if row["sig"] is None or not row["tone"]:
+        return ""
+    way = "better" if row["tone"] == "good" else "worse"
+    return f"significantly {way}" if row["sig"] else f"{way}, not significant"
+
+
+def _forgetting_card(e: _Entry, key: str, eval_set: str) -> dict[str, Any]:
+    card = _card(e, key)
+    return {**card, "forgetting": True, "set": eval_set,
+            "alert": card["tone"] == "bad" and card["sig"] is True}
+
+
+def _leaderboard(d: _Data, entries: list[_Entry]) -> dict[str, Any] | None:
+    """Several arms (a sweep, several adapters or recipes): arms x main metrics and each
+    forgetting set, each cell its value, change and CI; ranked by the first main metric."""
+    if len(entries) < 2:
+        return None
+    forgetting = [_forgetting_metric(entries, s) for s in _forgetting_sets(d)]
+    keys = _main_metrics(entries) + [k for k in forgetting if k]
+    ranked = sorted(entries, key=lambda e: _rank(e, keys[0])) if keys else entries
+    best = {k: _best_entry(entries, k) for k in keys}
+    return {"columns": [_col(k) for k in keys],
+            "rows": [{"arm": e.name, "label": e.label,
+                      "cells": [_board_cell(e.rows.get(k), best[k] is e) for k in keys]}
+                     for e in ranked]}
+
+
+def _rank(e: _Entry, key: str) -> float:
+    v = F.number(e.rows.get(key, {}).get("candidate_value"))
+    if v is None:
+        return math.inf
+    return v if lower_is_better(key) else -v
+
+
+def _board_cell(row: dict[str, Any] | None, best: bool) -> dict[str, Any]:
+    if row is None:
+        return {"value": DASH, "abs": "", "ci": "", "tone": "", "sig": None, "best": False}
+    return {"value": row["candidate"], "abs": row["abs"],
+            "ci": "" if row["ci"] == DASH else row["ci"], "tone": row["tone"],
+            "sig": row["sig"], "best": best}
 
 
 # ------------------------------------------------------------------ tables
@@ -537,7 +669,7 @@ def _gain_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
 def _gain_interval(c: dict[str, Any], arm: str, colors: dict[str, str],
                    alpha: float) -> plots.Interval | None:
     m, rel, base = str(c["metric"]), F.number(c.get("rel_gain")), F.number(c.get("baseline_value"))
-    if rel is None or m not in QUALITY_KEYS:  # throughput and memory have their own charts
+    if rel is None or not M.is_per_item(m):  # throughput and memory have their own charts
         return None
     lo, hi = F.number(c.get("rel_ci_low")), F.number(c.get("rel_ci_high"))
     if (lo is None or hi is None) and base and F.number(c.get("ci_low")) is not None:
@@ -579,30 +711,68 @@ def _memory_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
 # ------------------------------------------------------------------ per-example browser
 
 
+MAIN_SET = "main"  # how the browser names the suite's own eval set beside the extra ones
+
+
 def _examples(d: _Data) -> dict[str, Any] | None:
-    """Items joined across arms, sorted by the first adapter's ROUGE-L gain (largest first)."""
+    """Items joined across arms by (eval set, id): two sets may share ids. Within each set the
+    largest gains of the first adapter come first (ROUGE-L, else the drop in loss)."""
     if not any(d.items.values()):
         return None
     adapters = A.others(d.arms)  # every arm with a gain over baseline, variants too
-    by_arm = {a: {str(r.get("id")): r for r in d.items[a]} for a in d.arms}
-    ids = list(dict.fromkeys(str(r.get("id")) for a in d.arms for r in d.items[a]))
-    rows = [_example(i, d.arms, adapters, by_arm) for i in ids]
-    known = sorted((r for r in rows if _gain(r) is not None), key=lambda r: float(_gain(r) or 0.0),
+    by_arm = {a: {_item_key(r): r for r in d.items[a]} for a in d.arms}
+    keys = list(dict.fromkeys(_item_key(r) for a in d.arms for r in d.items[a]))
+    rows = [_example(k, d.arms, adapters, by_arm) for k in keys]
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    limits = _per_set_limits({s: sum(r["set"] == s for r in rows) for s in sets}, MAX_EXAMPLES)
+    shown = [r for s in sets for r in _capped([r for r in rows if r["set"] == s], limits[s])]
+    return {"arms": d.arms, "adapters": adapters, "rows": shown, "total": len(rows),
+            "sets": [{"value": s, "label": s or MAIN_SET} for s in sets] if len(sets) > 1
+            else [], "generated": any(r["generated"] for r in rows)}
+
+
+def _item_key(row: dict[str, Any]) -> tuple[str, str]:
+    return str(row.get("set") or ""), str(row.get("id"))
+
+
+def _per_set_limits(sizes: dict[str, int], total: int) -> dict[str, int]:
+    """Share the browser's rows between the sets: the smallest first, each taking at most an
+    equal share of what is left, so a 40-item set shows whole beside a 10,000-item one."""
+    limits, left = {}, total
+    for i, (name, n) in enumerate(sorted(sizes.items(), key=lambda kv: kv[1])):
+        limits[name] = min(n, left // (len(sizes) - i))
+        left -= limits[name]
+    return limits
+
+
+def _capped(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """One set's rows by gain (largest first), keeping both extremes; unknown gains last."""
+    known = sorted((r for r in rows if r["order"] is not None), key=lambda r: r["order"],
                    reverse=True)
-    unknown = [r for r in rows if _gain(r) is None]  # no baseline or no adapter output
-    shown = _keep_extremes(known, MAX_EXAMPLES) + unknown[:max(0, MAX_EXAMPLES - len(known))]
-    return {"arms": d.arms, "adapters": adapters, "rows": shown, "total": len(rows)}
+    unknown = [r for r in rows if r["order"] is None]  # no baseline or no adapter row
+    return _keep_extremes(known, limit) + unknown[:max(0, limit - len(known))]
 
 
-def _example(item_id: str, arms: list[str], adapters: list[str],
-             by_arm: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    rows = {a: by_arm[a].get(item_id) for a in arms}
+def _example(key: tuple[str, str], arms: list[str], adapters: list[str],
+             by_arm: dict[str, dict[tuple[str, str], dict[str, Any]]]) -> dict[str, Any]:
+    rows = {a: by_arm[a].get(key) for a in arms}
     first = next(r for r in rows.values() if r)
     base = rows.get(A.BASELINE) or {}
     outputs = [_output(a, rows[a], base) for a in arms]
-    gains = [o["d_rouge"] for o in outputs if o["arm"] in adapters]
-    return {"id": item_id, "prompt": str(first.get("prompt", "")),
-            "reference": str(first.get("reference", "")), "outputs": outputs, "gains": gains}
+    mine = [o for o in outputs if o["arm"] in adapters]
+    gains, losses = [o["d_rouge"] for o in mine], [o["d_loss"] for o in mine]
+    return {"id": key[1], "set": key[0], "set_label": key[0] or MAIN_SET,
+            "prompt": str(first.get("prompt") or ""), "reference": str(first.get("reference", "")),
+            "outputs": outputs, "gains": gains, "loss_changes": losses,
+            "generated": any(o["generated"] for o in outputs),
+            "order": _order(gains[0] if gains else None, losses[0] if losses else None)}
+
+
+def _order(gain: float | None, loss_change: float | None) -> float | None:
+    """The first adapter's per-item ROUGE-L gain, else its drop in loss: the default order."""
+    if gain is not None:
+        return gain
+    return None if loss_change is None else -loss_change
 
 
 def _output(arm: str, row: dict[str, Any] | None, base: dict[str, Any]) -> dict[str, Any]:
@@ -612,16 +782,15 @@ def _output(arm: str, row: dict[str, Any] | None, base: dict[str, Any]) -> dict[
     own = arm == A.BASELINE  # no gain over itself
     d_rouge = None if own or rl is None or b_rl is None else rl - b_rl
     d_loss = None if own or loss is None or b_loss is None else loss - b_loss
-    return {"arm": arm, "present": bool(row), "text": str(row.get("prediction", "")),
-            "rouge": F.metric("rougeL", rl), "loss": F.metric("loss", loss),
+    # A set scored by loss only has no generation: its prediction is null, not a text.
+    generated = row.get("prediction") is not None
+    return {"arm": arm, "present": bool(row), "generated": generated,
+            "text": str(row["prediction"]) if generated else "",
+            "rouge": F.metric("rougeL", rl) if rl is not None else None,
+            "loss": F.metric("loss", loss),
             "d_rouge": d_rouge, "d_rouge_text": F.metric("rougeL", d_rouge, True),
-            "d_loss_text": F.metric("loss", d_loss, True),
+            "d_loss": d_loss, "d_loss_text": F.metric("loss", d_loss, True),
             "tone": _item_tone("rougeL", d_rouge), "loss_tone": _item_tone("loss", d_loss)}
-
-
-def _gain(row: dict[str, Any]) -> float | None:
-    """The first adapter's per-item ROUGE-L gain: the default sort key."""
-    return row["gains"][0] if row["gains"] else None
 
 
 def _keep_extremes(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:

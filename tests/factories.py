@@ -51,6 +51,20 @@ def arm_metrics(items: list[dict[str, Any]], **system: float) -> dict[str, float
     return m
 
 
+def loss_only_items(eval_set: str, n: int, *, seed: int, nll_mean: float
+                    ) -> list[dict[str, Any]]:
+    """Rows of an extra eval set scored by loss only: no generation, so no prediction."""
+    rows = make_items(n, seed=seed, rouge_mean=0.0, nll_mean=nll_mean)
+    return [{**{k: v for k, v in r.items() if k not in ROUGE_KEYS}, "set": eval_set,
+             "prompt": "", "prediction": None, "gen_tokens": None} for r in rows]
+
+
+def set_metrics(eval_set: str, items: list[dict[str, Any]]) -> dict[str, float]:
+    nll = sum(r["nll_sum"] for r in items)
+    tok = sum(r["n_tokens"] for r in items)
+    return {f"{eval_set}/loss": nll / tok, f"{eval_set}/perplexity": math.exp(nll / tok)}
+
+
 def make_run(
     out_dir: Path,
     *,
@@ -62,8 +76,12 @@ def make_run(
     device: str = "cpu",
     eval_fingerprint: str = "fp-toy-0001",
     error: dict[str, Any] | None = None,
+    forgetting: dict[str, dict[str, float]] | None = None,
 ) -> Path:
-    """A finished run directory. ``arms`` maps arm name -> (rouge_mean, nll_mean)."""
+    """A finished run directory. ``arms`` maps arm name -> (rouge_mean, nll_mean);
+    ``forgetting`` maps an extra eval set's name -> {arm: nll_mean}: a loss-only set marked
+    ``forgetting = true`` (no generation), scored on every arm, whose item ids repeat the
+    suite's own (``item-0000``...) as two local files without an id column do."""
     arms = arms or {"baseline": (0.30, 2.5), "lora": (0.45, 1.8)}
     run = results.create_run_dir(out_dir, suite)
     preds, record_arms, log = [], {}, []
@@ -75,6 +93,11 @@ def make_run(
             "model": "toy/model", "adapter": adapter, "status": "success",
             "metrics": arm_metrics(items),
         }
+        for k, (name, nll_by_arm) in enumerate((forgetting or {}).items()):
+            rows = loss_only_items(name, n, seed=seed + 17 * j + 1000 * (k + 1),
+                                   nll_mean=nll_by_arm[arm])
+            preds += [{"arm": arm, **r} for r in rows]
+            record_arms[arm]["metrics"].update(set_metrics(name, rows))
         if adapter:
             log += [{"arm": arm, "step": s, "epoch": s / 10, "loss": 3.0 - 0.1 * s,
                      "learning_rate": 1e-4} for s in range(1, 11)]
@@ -89,7 +112,12 @@ def make_run(
         "env": {"device": device, "memory_kind": "eval_peak_rss", "harness_version": "0.1.0",
                 "torch": "2.13.0", "transformers": "5.0.0", "peft": "0.18.0",
                 "python": "3.11.7", "git": {"commit": "abc1234", "dirty": False}},
-        "data": {"eval_fingerprint": eval_fingerprint, "n_train": 100, "n_eval": n},
+        "data": {"eval_fingerprint": eval_fingerprint, "n_train": 100, "n_eval": n,
+                 **({"eval_sets": {name: {"fingerprint": f"fp-{name}-0001", "n_items": n,
+                                          "source": f"data/{name}.jsonl",
+                                          "metrics": ["loss", "perplexity"],
+                                          "forgetting": True}
+                                   for name in forgetting}} if forgetting else {})},
         "arms": record_arms,
         "comparisons": [],
         "stats": {"method": "paired_bootstrap", "n_resamples": 2000, "seed": 0, "alpha": 0.05},

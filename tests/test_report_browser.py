@@ -16,6 +16,7 @@ from harness import report
 from harness.results import load_run
 
 from .test_report import ESCAPED_SCRIPT, rich_run
+from .test_report_headline import forgetting_run
 
 CHROMIUM = next(filter(None, (shutil.which(n) for n in (
     "chromium", "chromium-browser", "google-chrome", "google-chrome-stable"))), None)
@@ -28,6 +29,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-extensions", "--hide-scrollbars", "--mute-audio"]
 ACCENT = (0x25, 0x63, 0xEB)  # the first adapter arm's bars and lines (plots.PALETTE[0])
 HEADER = (0x15, 0x1A, 0x24)  # the page header's background
+ALERT_BG = (0xFD, 0xEC, 0xEA)  # a red card's background (--bad-bg)
 
 
 def chromium(tmp_path: Path, *args: str) -> str:
@@ -61,10 +63,49 @@ def test_sort_order_chosen_by_link(html_file: Path, tmp_path: Path):
 
 def test_screenshot_is_not_blank(html_file: Path, tmp_path: Path):
     shot = tmp_path / "report.png"
-    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", html_file.as_uri())
+    # tall enough for the plots below the cards, leaderboard, summary and headline tables
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,3200", html_file.as_uri())
     assert shot.stat().st_size > 50_000  # a blank 1280x2000 page compresses to a few KB
     image = pytest.importorskip("PIL.Image")
     with image.open(shot) as im:
         colors = {c for _, c in im.convert("RGB").getcolors(maxcolors=1 << 22)}
     assert len(colors) > 200  # text, tables, plots: anti-aliased, many shades
     assert HEADER in colors and ACCENT in colors  # header painted, plot bars drawn
+
+
+@pytest.fixture(scope="module")
+def default_like(tmp_path_factory) -> Path:
+    """The default suite's shape: one trained arm and a loss-only forgetting set `general`,
+    on which the adapter got significantly worse."""
+    run = load_run(forgetting_run(tmp_path_factory.mktemp("default")))
+    return report.write_reports(run)[0]
+
+
+def colors_of(png: Path) -> set[tuple[int, int, int]]:
+    image = pytest.importorskip("PIL.Image")
+    with image.open(png) as im:
+        return {c for _, c in im.convert("RGB").getcolors(maxcolors=1 << 22)}
+
+
+def test_forgetting_card_is_visible_at_the_top(default_like: Path, tmp_path: Path):
+    dom = chromium(tmp_path, "--dump-dom", default_like.as_uri())
+    cards = dom.split('<div class="cards">')[1].split('<section id="summary">')[0]
+    assert re.search(r'<div class="card forgetting alert">\s*<div class="k">Forgetting · '
+                     r'Perplexity \(general\)', cards)
+    assert "significantly worse" in cards
+    # The first screenful (1280 x 600: header, menu, cards) is painted with the red card.
+    shot = tmp_path / "top.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,600", default_like.as_uri())
+    assert ALERT_BG in colors_of(shot)
+
+
+def test_browser_filters_the_forgetting_set_and_sorts_by_loss(default_like: Path,
+                                                             tmp_path: Path):
+    dom = chromium(tmp_path, "--dump-dom", default_like.as_uri() + "#sort=loss-rise&set=general")
+    assert 'data-sorted="loss-rise" data-set="general"' in dom
+    rows = re.findall(r'<tr data-id="[^"]+"[^>]* data-l0="([^"]+)" data-set="([^"]*)"'
+                      r'( hidden="")?', dom)
+    assert len(rows) == 100
+    assert all(bool(hidden) == (s != "general") for _, s, hidden in rows)  # only general shown
+    changes = [float(d) for d, _, _ in rows]
+    assert changes == sorted(changes, reverse=True)  # largest loss increase first

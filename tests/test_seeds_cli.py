@@ -33,9 +33,18 @@ run = cli_run
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory, tiny_model_dir) -> Path:
+def seeded_cli(tmp_path_factory, tiny_model_dir) -> tuple[Path, str]:
+    """``harness run`` of the three-seed suite: its run directory and what it printed."""
     d = tmp_path_factory.mktemp("seeds")
-    return run(write(d, tiny_model_dir, "seeds = [0, 1, 2]"), d / "results")
+    suite = write(d, tiny_model_dir, "seeds = [0, 1, 2]")
+    res = runner.invoke(app, ["run", str(suite), "--out", str(d / "results")])
+    assert res.exit_code == 0, res.output
+    return next((d / "results" / "tiny").iterdir()), res.stdout
+
+
+@pytest.fixture(scope="module")
+def seeded(seeded_cli) -> Path:
+    return seeded_cli[0]
 
 
 def test_one_adapter_per_seed_and_a_recipe_row(seeded):
@@ -52,6 +61,23 @@ def test_one_adapter_per_seed_and_a_recipe_row(seeded):
     assert loss["n_seeds"] == 3 and loss["recipe"] == "lora" and loss["seed_sd"] > 0
     assert loss["ci_low"] < loss["abs_diff"] < loss["ci_high"]
     assert "Across training seeds" in (seeded / "report.md").read_text(encoding="utf-8")
+
+
+def test_terminal_and_report_headline_show_the_recipe_across_seeds(seeded_cli):
+    path, printed = seeded_cli
+    rec = load_run(path).record
+    assert "Across training seeds" in printed
+    rows = {r["metric"]: r for r in rec["seed_comparisons"]}
+    loss = rows["loss"]
+    line = next(x for x in printed.splitlines() if "│ loss ↓" in x and "│ lora " in x)
+    assert f"{loss['abs_diff']:+.4f} [{loss['ci_low']:+.4f}, {loss['ci_high']:+.4f}]" in line
+    assert f"{loss['seed_sd']:.4f}" in line
+    # the report's cards: the recipe's mean and across-seeds interval, not lora@s0 alone
+    html = (path / "report.html").read_text(encoding="utf-8")
+    cards = html.split('<div class="cards">')[1].split("</section>")[0]
+    loss_card = cards.split("Loss <span")[1].split('<div class="card')[0]
+    assert "lora · 3 seeds" in loss_card and "lora@s0" not in cards
+    assert f"[{loss['ci_low']:+.4f}, {loss['ci_high']:+.4f}]" in loss_card
 
 
 def test_a_seed_arm_is_the_adapter_a_single_seed_run_trains(seeded, tmp_path, tiny_model_dir):
