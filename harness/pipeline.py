@@ -186,6 +186,7 @@ class _Run:
     eval_spec: config.EvalSpec | None = None  # the suite's, max_new_tokens fitted to the model
     sets: list[data.EvalSet] = field(default_factory=list)  # [eval.sets.*], every arm scores
     done: set[str] = field(default_factory=set)  # arms a resumed run measured before
+    base_name: str = ""  # the base model as the suite names it (ModelSource.label)
 
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
@@ -244,6 +245,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
     suite, p = run.suite, run.progress
     run.stage = "load"
     src = checked.source
+    run.base_name = src.label  # what adapters and model cards say they were trained on
     fresh = src.converted is not None and not src.converted.exists()
     p.stage(f"loading {src.label}" + (" (converting GGUF once, ~40 s)" if fresh else ""))
     path = modeling.ensure_converted(src)
@@ -372,6 +374,7 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
             trainable, total = modeling.count_params(model)
             result = _fit(run, name, cell.train, model, tok, (enc_train, enc_val), device,
                           checkpoints)
+            modeling.name_base(result.model, run.base_name)
             adapter, size = run.dir.save_adapter(name, result.model)
             run.record["training"][name] = {**result.summary, "trainable_params": trainable,
                                             "total_params": total, "adapter_bytes": size,
@@ -487,7 +490,7 @@ def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]
     base = run.record["arms"][arms.BASELINE]["metrics"]
     rows = [(k, base[k], v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and isinstance(base.get(k), (int, float))]
-    text = templating.render("model_card.md.j2", base_model=run.suite.model.label,
+    text = templating.render("model_card.md.j2", base_model=run.base_name,
                              suite=cell.name, arm=name, train=cell.train, rows=rows)
     run.dir.write_text(f"{results.ADAPTERS_DIR}/{name}/{results.MODEL_CARD_FILE}", text)
 
