@@ -116,6 +116,24 @@ def test_one_nan_arm_among_good_ones_fails_the_run_and_the_gate(suite_dir, adapt
     assert "candidate arm x did not succeed" in gate.output and "not finite" in gate.output
 
 
+def test_a_diverged_training_run_is_a_failed_arm(suite_dir):
+    """learning_rate 1e30 (finite, so the suite is valid) drives the adapter to NaN."""
+    out = suite_dir / "out"
+    res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out", str(out),
+                              "--set", "train.learning_rate=1e30", "--set", "train.max_steps=2",
+                              "--set", "train.eval_strategy=no"])
+    assert res.exit_code == 1, res.output
+    assert "run failed: arm lora: loss = nan" in res.output
+    (run,) = (out / "tiny").iterdir()
+    rec = strict((run / "run.json").read_text(encoding="utf-8"))
+    strict_lines(run / "predictions.jsonl")
+    strict_lines(run / "train_log.jsonl")
+    assert rec["status"] == "failed" and rec["arms"]["lora"]["status"] == "failed"
+    assert rec["arms"]["lora"]["non_finite"]["loss"] == "nan"
+    card = (run / "adapters" / "lora" / "README.md").read_text()
+    assert "| loss |" not in card and "nan" not in card
+
+
 def test_writer_never_writes_bare_nan(tmp_path):
     """The one writer: floats, numpy scalars, nested; NaN/inf become null."""
     import numpy as np
