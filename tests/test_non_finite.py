@@ -174,3 +174,22 @@ def test_non_finite_value_in_a_sweep_is_refused(suite_dir):
     grid = '\n[sweep]\ngrid = { "train.learning_rate" = [0.01, inf] }\n'
     path.write_text(path.read_text() + grid)
     check_refused(suite_dir, "train.learning_rate", "finite")
+
+
+def test_compare_of_an_older_record_holding_nan_prints_and_writes_none(tmp_path):
+    """Records written before the strict writer can hold bare NaN (json.loads reads it): every
+    compare format skips or blanks those values, and its JSON stays strict."""
+    from .factories import make_run
+
+    run = make_run(tmp_path, n=20)
+    rec = json.loads((run / "run.json").read_text())
+    rec["arms"]["lora"]["metrics"]["loss"] = float("nan")
+    rec["arms"]["lora"]["metrics"]["eval_tokens_per_s"] = float("inf")
+    for row in rec["comparisons"]:
+        row["ci_low"] = float("nan")
+    (run / "run.json").write_text(json.dumps(rec))  # json writes NaN / Infinity bare
+    for fmt in ("md", "csv", "json"):
+        res = runner.invoke(app, ["compare", str(run), "--format", fmt])
+        assert res.exit_code == 0, res.output
+        assert not any(w in res.stdout.lower() for w in ("nan", "inf")), (fmt, res.stdout)
+    strict(runner.invoke(app, ["compare", str(run), "--format", "json"]).stdout)
