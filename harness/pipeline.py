@@ -382,9 +382,9 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
             run.stage = f"eval:{name}"
             model, merged = _for_eval(result.model, cell)
             evaluated = _eval_arm(run, name, model, tok, enc_eval, splits.eval, device)
-            arm = _record_arm(run, name, evaluated, adapter=adapter, source=arms.TRAINED,
-                              merged_for_eval=merged)
-            _write_model_card(run, name, cell, arm["metrics"])
+            _write_model_card(run, name, cell, M.finite(evaluated.metrics)[0])
+            _record_arm(run, name, evaluated, adapter=adapter, source=arms.TRAINED,
+                        merged_for_eval=merged)
             _compare(run, name)
             _done(run, name)
     except Exception as e:  # noqa: BLE001 - a failing sweep cell must not stop the others
