@@ -125,13 +125,16 @@ def _check_targets(cfg: dict[str, Any], shape: ModelShape, where: str) -> None:
 
 
 def _base_warning(suite: Suite, cfg: dict[str, Any], where: str) -> tuple[str, ...]:
-    from harness.modeling import resolve_source
+    from harness.modeling import resolve_source, same_conversion
 
     base = cfg.get("base_model_name_or_path")
     ours = suite.model.name_or_path or suite.model.label
-    # harness's own adapters of a packaged GGUF name its converted copy in the model cache
-    names = {ours, suite.model.label, resolve_source(suite).load_path}
-    if not base or any(_same_model(base, n, suite) for n in names):
+    source = resolve_source(suite)
+    names = {ours, suite.model.label, source.label, source.load_path}
+    # harness's own adapters name the base as the suite did (source.label); older ones, of a
+    # GGUF, named its converted copy in the model cache of the machine that trained them
+    if not base or same_conversion(base, source) or any(_same_model(base, n, suite)
+                                                        for n in names):
         return ()
     return (f"{where}: trained on base_model_name_or_path {base!r}, evaluated on the suite's "
             f"model {ours!r}",)

@@ -101,4 +101,4 @@ def store(fields: dict[str, Any], arm: dict[str, Any], rows: list[dict[str, Any]
     path = _path(key_of(fields))
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"key_fields": fields, "arm": arm, "rows": rows}
-    results.atomic_write_text(path, json.dumps(entry, ensure_ascii=False))
+    results.atomic_write_text(path, results.dumps(entry, indent=None))

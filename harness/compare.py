@@ -36,7 +36,7 @@ from typing import Any
 from harness import arms as A
 from harness import formatting as F
 from harness import metrics as M
-from harness import stats
+from harness import results, stats
 from harness.errors import InputError
 from harness.results import LoadedRun
 
@@ -450,22 +450,18 @@ def render_csv(table: CompareTable) -> str:
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in table.rows:
-        writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in CSV_FIELDS})
+        row = results.finite(r)  # a NaN from an older record: empty, as a missing value
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in CSV_FIELDS})
     return buf.getvalue()
 
 
 def render_json(table: CompareTable) -> str:
-    rows = [{k: _finite_or_none(v) for k, v in r.items()} for r in table.rows]
+    """Strict JSON (results.dumps): a NaN an older record stored reads null."""
     doc = {
         "alpha": table.alpha, "stats": table.settings.as_record(), "runs": table.runs,
-        "comparisons": rows, "notes": table.notes,
+        "comparisons": table.rows, "notes": table.notes,
     }
-    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def _finite_or_none(v: Any) -> Any:
-    """Strict JSON has no NaN: a stored comparison may carry one (json.dumps writes NaN)."""
-    return None if isinstance(v, float) and not math.isfinite(v) else v
+    return results.dumps(doc)
 
 
 def render_html(table: CompareTable) -> str:

@@ -61,7 +61,10 @@ def _gate_rule(v: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: TOML reads `inf` and `nan` as floats, and `learning_rate = inf`
+    # passed every `gt=0` check and trained a NaN adapter. Every float key of every table
+    # is refused non-finite here, once ("Input should be a finite number").
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- [model]

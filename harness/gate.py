@@ -383,14 +383,23 @@ def _check_arm(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_ar
     if _arm(baseline, base_arm).get("status", "success") != "success":
         raise RecordError(f"baseline run {F.run_label(baseline)}: arm {base_arm} did not "
                           "succeed")
-    status = _arm(candidate, cand_arm).get("status", "success")
-    if status != "success":
-        msg = f"candidate arm {cand_arm} did not succeed (status {status!r})"
+    if _arm(candidate, cand_arm).get("status", "success") != "success":
+        msg = f"candidate arm {cand_arm} did not succeed ({F.failure(_arm(candidate, cand_arm))})"
         return [Check(r, cand_arm, base_arm, "fail", msg) for r in rules]
     rows = _comparison_rows(candidate, baseline, cand_arm, base_arm, rules)
-    values = (_arm(candidate, cand_arm).get("metrics") or {},
-              _arm(baseline, base_arm).get("metrics") or {})
+    values = (_values(_arm(candidate, cand_arm)), _values(_arm(baseline, base_arm)))
     return [r.check(rows.get(r.metric), values, cand_arm, base_arm, same_device) for r in rules]
+
+
+def _values(arm: Mapping[str, Any]) -> dict[str, Any]:
+    """An arm's metrics, a value stored as null because it was not finite read back as what
+    it was (``non_finite``: {"gen_tokens_per_s": "inf"}), so a rule on it fails as
+    ``candidate gen_tokens_per_s is inf`` instead of calling the metric unrecorded."""
+    bad = arm.get("non_finite")
+    if not isinstance(bad, Mapping):
+        bad = {}
+    return {**(arm.get("metrics") or {}),
+            **{k: float(v) for k, v in bad.items() if v in ("nan", "inf", "-inf")}}
 
 
 def _comparison_rows(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_arm: str,

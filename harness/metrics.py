@@ -14,7 +14,9 @@ suite's own eval set keeps the bare names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +60,14 @@ def base(key: str) -> str:
 
 def keyed(eval_set: str | None, metric: str) -> str:
     return metric if eval_set is None else f"{eval_set}{SET_SEP}{metric}"
+
+
+def finite(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """An arm's metrics with every NaN / inf as None (strict JSON has neither), and what each
+    of those was, for the record's ``non_finite``: ``{"loss": "nan"}``."""
+    bad = {k: str(v) for k, v in metrics.items()
+           if isinstance(v, float) and not math.isfinite(v)}
+    return {k: None if k in bad else v for k, v in metrics.items()}, bad
 
 
 def is_known(key: str) -> bool:

@@ -356,6 +356,23 @@ def lora_config(train: TrainSpec):
     )
 
 
+def name_base(model, base: str) -> None:
+    """What the adapter's ``adapter_config.json`` will say it was trained on: the base as the
+    suite named it (``ModelSource.label``: a hub id, a local path, ``package:file``). peft
+    would write the folder the weights loaded from, which for a packaged GGUF is the converted
+    copy in this machine's model cache: meaningless anywhere else."""
+    for cfg in model.peft_config.values():
+        cfg.base_model_name_or_path = base
+
+
+def same_conversion(path: str, source: ModelSource) -> bool:
+    """Whether ``path`` is a converted copy of ``source`` in some machine's model cache
+    (``<cache>/models/<key>``): what adapters saved by older harness versions name."""
+    p = Path(path)
+    return source.cache_key is not None and p.name == source.cache_key and \
+        p.parent.name == "models"
+
+
 def attach_lora(model, train: TrainSpec, quant: Quantization | None = None):
     """Wrap for training; a model loaded with ``quant`` (QLoRA) is frozen first (fp16 compute:
     peft's k-bit preparation)."""

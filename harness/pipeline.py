@@ -186,6 +186,7 @@ class _Run:
     eval_spec: config.EvalSpec | None = None  # the suite's, max_new_tokens fitted to the model
     sets: list[data.EvalSet] = field(default_factory=list)  # [eval.sets.*], every arm scores
     done: set[str] = field(default_factory=set)  # arms a resumed run measured before
+    base_name: str = ""  # the base model as the suite names it (ModelSource.label)
 
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
@@ -244,6 +245,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
     suite, p = run.suite, run.progress
     run.stage = "load"
     src = checked.source
+    run.base_name = src.label  # what adapters and model cards say they were trained on
     fresh = src.converted is not None and not src.converted.exists()
     p.stage(f"loading {src.label}" + (" (converting GGUF once, ~40 s)" if fresh else ""))
     path = modeling.ensure_converted(src)
@@ -324,7 +326,7 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, s
         return
     result = _eval_arm(run, name, base.get(), tok, enc, splits.eval, device, with_sets)
     arm = _record_arm(run, name, result, source=arms.ZERO_SHOT)
-    if fields is not None:
+    if fields is not None and arm["status"] == "success":  # a NaN baseline is not reused
         if distributed.is_main():  # one writer: every rank computed the same rows
             cache.store(fields, arm, list(result.rows))
 
@@ -372,6 +374,7 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
             trainable, total = modeling.count_params(model)
             result = _fit(run, name, cell.train, model, tok, (enc_train, enc_val), device,
                           checkpoints)
+            modeling.name_base(result.model, run.base_name)
             adapter, size = run.dir.save_adapter(name, result.model)
             run.record["training"][name] = {**result.summary, "trainable_params": trainable,
                                             "total_params": total, "adapter_bytes": size,
@@ -379,7 +382,7 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
             run.stage = f"eval:{name}"
             model, merged = _for_eval(result.model, cell)
             evaluated = _eval_arm(run, name, model, tok, enc_eval, splits.eval, device)
-            _write_model_card(run, name, cell, evaluated.metrics)
+            _write_model_card(run, name, cell, M.finite(evaluated.metrics)[0])
             _record_arm(run, name, evaluated, adapter=adapter, source=arms.TRAINED,
                         merged_for_eval=merged)
             _compare(run, name)
@@ -487,7 +490,7 @@ def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]
     base = run.record["arms"][arms.BASELINE]["metrics"]
     rows = [(k, base[k], v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and isinstance(base.get(k), (int, float))]
-    text = templating.render("model_card.md.j2", base_model=run.suite.model.label,
+    text = templating.render("model_card.md.j2", base_model=run.base_name,
                              suite=cell.name, arm=name, train=cell.train, rows=rows)
     run.dir.write_text(f"{results.ADAPTERS_DIR}/{name}/{results.MODEL_CARD_FILE}", text)
 
@@ -508,10 +511,28 @@ def _expected_steps(spec, n_train: int) -> int | None:
 
 def _record_arm(run: _Run, name: str, result: ArmEval, **entry: Any) -> dict[str, Any]:
     run.predictions += result.rows
+    metrics, bad = M.finite(result.metrics)
     arm = {"model": run.suite.model.label, "adapter": None, "source": None, **entry,
-           "status": "success", "metrics": result.metrics}
+           "status": "success", "metrics": metrics}
+    if bad:
+        _non_finite(run, name, arm, bad)
     run.record["arms"][name] = arm
     return arm
+
+
+def _non_finite(run: _Run, name: str, arm: dict[str, Any], bad: dict[str, str]) -> None:
+    """A NaN / inf quality metric (NaN adapter weights, a diverged training run) fails the
+    arm: it measured nothing, and a gate must not pass it. A non-finite speed or memory (a
+    timer that read 0 s) only warns. Either way the arm's ``non_finite`` names them."""
+    arm["non_finite"] = bad
+    said = ", ".join(f"{k} = {v}" for k, v in bad.items())
+    if all(M.base(k) in SYSTEM_KEYS for k in bad):
+        _warn(run, f"arm {name}: {said} is not finite; recorded as null")
+        return
+    arm["status"] = "failed"
+    arm["error"] = {"type": "NonFiniteMetric", "stage": run.stage, "traceback": None,
+                    "message": f"arm {name}: {said}: not finite (NaN adapter weights or a "
+                               "diverged training run?); recorded as null"}
 
 
 def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, device: str,
@@ -535,6 +556,8 @@ def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
 
 
 def _compare(run: _Run, name: str) -> None:
+    if run.record["arms"][name].get("status") == "failed":  # a NaN loss: nothing to pair
+        return
     run.record["comparisons"] += arm_comparisons(run.record, run.predictions, name,
                                                  _settings(run.suite))
 
@@ -633,6 +656,10 @@ def _warn(run: _Run, text: str) -> None:
 
 
 def _overall_status(record: dict[str, Any]) -> str:
+    """Failed when the zero-shot arm failed (a NaN baseline: nothing can be compared with
+    it) or every adapter arm did; one failed sweep cell among good ones fails only itself."""
+    if record["arms"].get(arms.BASELINE, {}).get("status") == "failed":
+        return "failed"
     others = [record["arms"][n] for n in arms.others(record["arms"])]
     if others and all(a.get("status") == "failed" for a in others):
         return "failed"

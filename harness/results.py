@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -63,12 +64,11 @@ class RunDir:
         return atomic_write_text(self.path / name, dumps(obj))
 
     def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Path:
-        text = "".join(json.dumps(r, ensure_ascii=False, default=_jsonable) + "\n" for r in rows)
-        return atomic_write_text(self.path / name, text)
+        return atomic_write_text(self.path / name, jsonl(rows))
 
     def append_jsonl(self, name: str, row: Mapping[str, Any]) -> None:
         with open(self.path / name, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
+            f.write(jsonl([row]))
 
     def write_text(self, name: str, text: str) -> Path:
         """``name`` relative to the run (``adapters/lora/README.md``); folders are made."""
@@ -176,17 +176,43 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return path
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable) + "\n"
+# The one JSON writer of every file harness writes (run.json, predictions.jsonl, train_log,
+# the resume state, cache entries, `compare --format json`): strict JSON, which has no NaN or
+# Infinity (Python's json writes them bare, and JSON.parse, jq's strict readers and most
+# languages' parsers reject the whole file). A non-finite float becomes null here; the pipeline
+# says which metrics were not finite and why (the arm's ``non_finite``).
+
+
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON text (with a trailing newline when indented)."""
+    text = json.dumps(finite(obj), indent=indent, ensure_ascii=False, allow_nan=False,
+                      default=_jsonable)
+    return text + "\n" if indent is not None else text
+
+
+def jsonl(rows: Iterable[Mapping[str, Any]]) -> str:
+    """One strict JSON object per line."""
+    return "".join(dumps(r, indent=None) + "\n" for r in rows)
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) in it replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def _jsonable(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
-    if hasattr(o, "item"):  # numpy / torch scalars
-        return o.item()
+    if hasattr(o, "item") and getattr(o, "ndim", 0) == 0:  # numpy / torch scalars
+        return finite(o.item())
     if hasattr(o, "tolist"):
-        return o.tolist()
+        return finite(o.tolist())
     if hasattr(o, "model_dump"):
         return o.model_dump(mode="json")
     raise TypeError(f"not JSON serializable: {type(o).__name__}")

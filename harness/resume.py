@@ -78,10 +78,8 @@ class Journal:
         self.dir.write_json(STATE_FILE, state)
 
     def arm_done(self, name: str, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(r, ensure_ascii=False, default=results._jsonable) + "\n"
-                       for r in rows)
         with open(self.dir.path / PREDICTIONS_FILE, "a", encoding="utf-8") as f:
-            f.write(text)
+            f.write(results.jsonl(rows))
         self.done.append(name)
         self.save(record)
 
@@ -321,9 +319,8 @@ def _tidy(staging: Path, done: set[str]) -> dict[str, int]:
     only in the predictions journal; per arm still to run, its newest complete checkpoint
     (nothing else in its scratch folder) and its train_log rows up to that step (none, and no
     TensorBoard events, when it starts over). Returns the arms continued -> their step."""
-    results.atomic_write_text(staging / PREDICTIONS_FILE, "".join(
-        json.dumps(r, ensure_ascii=False) + "\n"
-        for r in _kept_rows(staging / PREDICTIONS_FILE, done)))
+    results.atomic_write_text(staging / PREDICTIONS_FILE,
+                              results.jsonl(_kept_rows(staging / PREDICTIONS_FILE, done)))
     steps: dict[str, int] = {}
     for folder in sorted((staging / results.SCRATCH_DIR).glob("*")):
         newest = newest_checkpoint(folder) if folder.name not in done else None
@@ -340,8 +337,7 @@ def _tidy(staging: Path, done: set[str]) -> dict[str, int]:
     if log.is_file():
         rows = [r for r in _read_lines(log)
                 if r.get("arm") in done or r.get("step", 0) <= steps.get(str(r.get("arm")), -1)]
-        results.atomic_write_text(log, "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                               for r in rows))
+        results.atomic_write_text(log, results.jsonl(rows))
     for board in (staging / results.TENSORBOARD_DIR).glob("*"):
         if board.name not in done and board.name not in steps:
             shutil.rmtree(board, ignore_errors=True)

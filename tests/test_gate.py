@@ -277,6 +277,17 @@ def test_nan_candidate_fails_and_an_unrecorded_metric_is_bad_input(base: Path, t
         outcome(cand, base, "gen_tokens_per_s:-5%")
 
 
+def test_a_metric_stored_null_as_not_finite_fails_its_rule(base: Path, tmp_path: Path):
+    """Records store a non-finite value as null and name it in the arm's ``non_finite``."""
+    cand = derive(base, tmp_path)
+    rec = json.loads((cand / RUN_FILE).read_text())
+    rec["arms"]["lora"]["metrics"]["eval_tokens_per_s"] = None
+    rec["arms"]["lora"]["non_finite"] = {"eval_tokens_per_s": "inf"}
+    (cand / RUN_FILE).write_text(json.dumps(rec))
+    res = outcome(cand, base, "eval_tokens_per_s:-50%")
+    assert res.exit_code == 1 and "candidate eval_tokens_per_s is inf" in res.markdown
+
+
 def test_an_adapter_arm_that_failed_before_saving_still_fails_the_gate(base: Path, tmp_path: Path):
     cand = derive(base, tmp_path)
     rec = json.loads((cand / RUN_FILE).read_text())
