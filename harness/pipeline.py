@@ -306,6 +306,10 @@ class _Lazy:
             self._model = self._load()
         return self._model
 
+    def reset(self) -> None:
+        """Forget a model whose weights were written into: the next get() loads anew."""
+        self._model = None
+
 
 def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, splits,
                device: str, checked: Preflight) -> None:
@@ -396,9 +400,11 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
     are loaded beside it and switched to, so the base's weights load once for all of them.
     An adapter saved with its own tokenizer is scored with it; one that resized the
     embeddings (added tokens) gets its own resized copy of the base, so the shared base and
-    the baseline stay unchanged."""
+    the baseline stay unchanged. An adapter whose file also held base weights that differ
+    from the suite's model is scored with them (as peft loads it alone) and leaves a freshly
+    loaded base to the arms after it: no arm's numbers depend on the arms before it."""
     path, device = where
-    shared = None
+    shared, pristine = None, None
     for ad in checked.existing:
         if ad.name in run.done:
             continue
@@ -415,8 +421,12 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
                 model = modeling.switch_adapter(resized, ad.source, ad.name, ad.revision,
                                                 ad.peft_type)
             else:
+                pristine = pristine or modeling.BaseWeights(base.get())
                 model = shared = modeling.switch_adapter(shared or base.get(), ad.source,
                                                          ad.name, ad.revision, ad.peft_type)
+                if _changed_base(run, ad.name, model, pristine):
+                    shared = None
+                    base.reset()
             evaluated = _eval_arm(run, ad.name, model, arm_tok, items, checked.loaded_splits.eval,
                                   device)
             _record_arm(run, ad.name, evaluated, adapter=ad.source, source=arms.EXISTING,
@@ -428,6 +438,18 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
                 "model": run.suite.model.label, "adapter": ad.source, "source": arms.EXISTING,
                 "metrics": {}})
             _arm_failed(arm, e, run.stage)
+
+
+def _changed_base(run: _Run, name: str, model: Any, pristine: modeling.BaseWeights) -> bool:
+    """Did loading adapter ``name`` write into the shared base? Then say which weights."""
+    changed = pristine.changed(model)
+    if changed:
+        shown = ", ".join(changed[:3]) + (f", ... {len(changed) - 3} more"
+                                          if len(changed) > 3 else "")
+        _warn(run, f"adapters.{name}: its weights file also holds base-model weights that "
+                   f"differ from {run.suite.model.label} ({shown}); it is evaluated with them, "
+                   "as peft loads it alone, and the arms after it get a freshly loaded base")
+    return bool(changed)
 
 
 def _origin(ad: adapters.ExistingAdapter, model: Any, folder: Path | None) -> dict[str, Any]:
