@@ -22,14 +22,14 @@ runner = CliRunner()
 WEIGHTS = "adapter_model.safetensors"
 
 
-def _head_adapter(out: Path) -> Path:
-    """A q_proj + lm_head LoRA made on another model of the same shape (another seed, as a
-    fine-tuned variant would be): peft saves that model's lm_head beside the LoRA tensors
-    (`lm_head.base_layer.weight`, save_embedding_layers="auto")."""
+def _head_adapter(out: Path, base=None) -> Path:
+    """A q_proj + lm_head LoRA made on ``base``, by default another model of the same shape
+    (another seed, as a fine-tuned variant would be): peft saves that model's lm_head beside
+    the LoRA tensors (`lm_head.base_layer.weight`, save_embedding_layers="auto")."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    other = build_model(build_tokenizer(), seed=7)
+    other = base if base is not None else build_model(build_tokenizer(), seed=7)
     torch.manual_seed(11)
     get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj", "lm_head"],
                                      init_lora_weights=False, task_type="CAUSAL_LM")
@@ -105,6 +105,24 @@ def test_an_arms_numbers_do_not_depend_on_the_arms_before_it(suite_dir, tiny_mod
         assert all(run.record["arms"][a]["status"] == "success" for a in pair)
         # the head adapter brought weights of its own base: said, not silently used
         assert any("head" in w and "lm_head" in w for w in run.record["warnings"])
+
+
+def test_base_weights_equal_to_the_suites_cost_no_reload(suite_dir, tiny_model_dir, pair,
+                                                         monkeypatch):
+    """The usual case (an lm_head LoRA made on this very base carries its unchanged head):
+    nothing to warn about, and the base still loads once for every arm."""
+    from transformers import AutoModelForCausalLM
+
+    from harness import modeling
+
+    same = _head_adapter(suite_dir / "same", AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    loads = []
+    real = modeling.load_model
+    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    run = _run(eval_only(suite_dir), suite_dir / "o", ("same", same), ("qv", pair["qv"]))
+    assert len(loads) == 1 and run.record["warnings"] == []
+    alone = _plain_losses(_fresh(tiny_model_dir, pair["qv"]), tiny_model_dir, eval_only(suite_dir))
+    assert _gap(_losses(run, "qv"), alone) < 1e-4
 
 
 # ---------------------------------------------------------------- weights that do not fit
