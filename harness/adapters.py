@@ -229,7 +229,8 @@ def wrapper_copy(key: str) -> bool:
     """peft's save of resized embeddings also writes the wrapper's own state
     (`lm_head.modules_to_save.weight`, `.original_module.weight`) beside the module's real
     key, which it loads; the copies land nowhere and lose nothing."""
-    return key.rsplit(".", 2)[-2] in ("modules_to_save", "original_module")
+    parts = key.split(".")
+    return len(parts) > 1 and parts[-2] in ("modules_to_save", "original_module")
 
 
 # How many tensor names an error shows: enough to see the pattern (a prefix, a layer).

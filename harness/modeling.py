@@ -403,15 +403,27 @@ def switch_adapter(model, source: str, name: str, revision: str | None, peft_typ
     from peft import PeftModel
 
     kw = {"revision": revision} if revision else {}
+    model = unload_other_type(model, peft_type)
+    if not isinstance(model, PeftModel):
+        model = _wrap(model, source, name, kw)
+    _check_loaded(model.load_adapter(source, adapter_name=name, **kw), name,
+                  model.peft_config[name].is_prompt_learning)
+    model.set_adapter(name)
+    model.eval()
+    return model
+
+
+def unload_other_type(model, peft_type: str):
+    """``model`` ready for an adapter of ``peft_type``: a PeftModel of another type unloaded.
+    Unloading hands back the base modules, except that a modules_to_save module comes back
+    as the active adapter's copy (peft keeps it), so callers that need the untouched base
+    check it (BaseWeights)."""
+    from peft import PeftModel
+
     if isinstance(model, PeftModel):
         current = str(model.peft_config[model.active_adapter].peft_type.value)
         if current != peft_type:
-            model = model.unload()
-    if not isinstance(model, PeftModel):
-        model = _wrap(model, source, name, kw)
-    _check_loaded(model.load_adapter(source, adapter_name=name, **kw), name)
-    model.set_adapter(name)
-    model.eval()
+            return model.unload()
     return model
 
 
@@ -427,12 +439,14 @@ def _wrap(model, source: str, name: str, kw: dict[str, Any]):
     return cls(model, cfg, name)
 
 
-def _check_loaded(result, name: str) -> None:
+def _check_loaded(result, name: str, prompt_learning: bool) -> None:
     """peft's load result: adapter tensors the file lacked (load_adapter keeps only those in
-    missing_keys) and file tensors that landed nowhere."""
+    missing_keys) and file tensors that landed nowhere (a prompt-learning adapter's
+    `prompt_embeddings` load outside the model's state dict, so are not among them)."""
     from harness.adapters import AdapterError, first_keys, wrapper_copy
 
-    extra = [k for k in result.unexpected_keys if not wrapper_copy(k)]
+    extra = [] if prompt_learning else [k for k in result.unexpected_keys
+                                        if not wrapper_copy(k)]
     for what, keys in (("lacks", result.missing_keys), ("holds", extra)):
         if keys:
             which = ("of the adapter's tensors" if what == "lacks"
@@ -445,7 +459,7 @@ class BaseWeights:
     """What the shared base's parameters hold, to tell whether loading an adapter wrote into
     them: an adapter file may carry base weights (``lm_head.base_layer.weight``, which peft
     saves with a LoRA on an embedding or the head), and peft loads them into the base that
-    every later arm shares. Names are the bare base's (peft's ``base_model.model.``,
+    every later arm shares. Names are the bare base's (the model under peft's wrapper,
     ``.base_layer``, ``.original_module`` taken out), so adapter tensors are never compared.
 
     Every in-place write bumps a tensor's version counter, and a replaced tensor is another
@@ -473,8 +487,8 @@ class BaseWeights:
 
 
 def _bare_params(model):
-    for name, p in model.named_parameters():
-        name = name.removeprefix("base_model.model.")
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's
+    for name, p in inner.named_parameters():
         for wrapper in (".base_layer.", ".original_module."):
             while wrapper in name:
                 name = name.replace(wrapper, ".")

@@ -404,7 +404,7 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
     from the suite's model is scored with them (as peft loads it alone) and leaves a freshly
     loaded base to the arms after it: no arm's numbers depend on the arms before it."""
     path, device = where
-    shared, pristine = None, None
+    shared = _SharedBase(base)
     for ad in checked.existing:
         if ad.name in run.done:
             continue
@@ -421,12 +421,7 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
                 model = modeling.switch_adapter(resized, ad.source, ad.name, ad.revision,
                                                 ad.peft_type)
             else:
-                pristine = pristine or modeling.BaseWeights(base.get())
-                model = shared = modeling.switch_adapter(shared or base.get(), ad.source,
-                                                         ad.name, ad.revision, ad.peft_type)
-                if _changed_base(run, ad.name, model, pristine):
-                    shared = None
-                    base.reset()
+                model = shared.load(run, ad)
             evaluated = _eval_arm(run, ad.name, model, arm_tok, items, checked.loaded_splits.eval,
                                   device)
             _record_arm(run, ad.name, evaluated, adapter=ad.source, source=arms.EXISTING,
@@ -440,16 +435,49 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
             _arm_failed(arm, e, run.stage)
 
 
-def _changed_base(run: _Run, name: str, model: Any, pristine: modeling.BaseWeights) -> bool:
-    """Did loading adapter ``name`` write into the shared base? Then say which weights."""
-    changed = pristine.changed(model)
-    if changed:
-        shown = ", ".join(changed[:3]) + (f", ... {len(changed) - 3} more"
-                                          if len(changed) > 3 else "")
-        _warn(run, f"adapters.{name}: its weights file also holds base-model weights that "
-                   f"differ from {run.suite.model.label} ({shown}); it is evaluated with them, "
-                   "as peft loads it alone, and the arms after it get a freshly loaded base")
-    return bool(changed)
+class _SharedBase:
+    """The one base the existing adapters are loaded onto, kept what the suite's model is for
+    each of them. Two ways an arm can write into it: a file that carries base weights (peft
+    loads `lm_head.base_layer.weight` into the base), and unloading for another peft type
+    (a modules_to_save module comes back as the adapter's copy). Either way the next arm
+    gets a freshly loaded base."""
+
+    def __init__(self, base: _Lazy) -> None:
+        self.base, self.model = base, None
+        self.pristine: modeling.BaseWeights | None = None
+
+    def load(self, run: _Run, ad: adapters.ExistingAdapter) -> Any:
+        if self.pristine is None:
+            self.pristine = modeling.BaseWeights(self.base.get())
+        model = modeling.switch_adapter(self._ready(ad.peft_type), ad.source, ad.name,
+                                        ad.revision, ad.peft_type)
+        self.model = model
+        changed = self.pristine.changed(model)
+        if changed:  # the next arm must not see these weights
+            self._forget()
+            _warn(run, f"adapters.{ad.name}: its weights file also holds base-model weights "
+                       f"that differ from {run.suite.model.label} ({_first(changed)}); it is "
+                       "evaluated with them, as peft loads it alone, and the arms after it "
+                       "get a freshly loaded base")
+        return model
+
+    def _ready(self, peft_type: str) -> Any:
+        if self.model is None:
+            return self.base.get()
+        assert self.pristine is not None
+        model = modeling.unload_other_type(self.model, peft_type)
+        if model is not self.model and self.pristine.changed(model):
+            self._forget()
+            return self.base.get()
+        return model
+
+    def _forget(self) -> None:
+        self.model = None
+        self.base.reset()
+
+
+def _first(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _origin(ad: adapters.ExistingAdapter, model: Any, folder: Path | None) -> dict[str, Any]:

@@ -201,3 +201,48 @@ def test_weights_that_did_not_load_fail_the_arm_at_load_time(suite_dir, pair, tm
     assert "layers.1.self_attn.q_proj.lora_A" in arm["error"]["message"]
     assert rec["arms"]["qv"]["status"] == "success"  # the others are still measured
     assert res.exit_code == 1 and "bad" in res.output
+
+
+def test_other_peft_kinds_load_and_match_plain_peft(suite_dir, tiny_model_dir, tmp_path):
+    """The header and load checks know peft's other layouts: DoRA's magnitude vectors, a
+    modules_to_save copy, IA3, prefix tuning's embeddings (loaded outside the state dict).
+    IA3 after the modules_to_save LoRA is another way the base could change: unloading the
+    LoRA type hands back the adapter's copy of lm_head, not the base's. Prefix tuning is
+    checked for loading only: its batched losses are not plain peft's one-item ones (up to
+    0.023 apart on this model, as before these checks)."""
+    import torch
+    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    kinds = {
+        "dora": LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True,
+                           init_lora_weights=False, task_type="CAUSAL_LM"),
+        "mts": LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"],
+                          init_lora_weights=False, task_type="CAUSAL_LM"),
+        "prefix": PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
+    }
+    made = {}
+    for name, cfg in kinds.items():
+        torch.manual_seed(3)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), cfg)
+        if name == "mts":  # a copy equal to the base's head would change nothing
+            with torch.no_grad():
+                model.base_model.model.lm_head.modules_to_save["default"].weight.mul_(1.5)
+        model.save_pretrained(tmp_path / name)
+        made[name] = tmp_path / name
+        if name == "mts":
+            made["ia3"] = _peft_adapter(tiny_model_dir, tmp_path / "ia3", "ia3")
+    suite = eval_only(suite_dir)
+    args = [a for name, path in made.items() for a in ("--adapter", f"{name}={path}")]
+    res = runner.invoke(app, ["validate", str(suite), *args])
+    assert res.exit_code == 0, res.output
+    run = _run(suite, suite_dir / "o", *made.items())
+    assert run.record["warnings"] == []  # none of them writes into the base
+    base = _losses(run, "baseline")
+    for name, path in made.items():
+        assert run.record["arms"][name]["status"] == "success", name
+        if name == "prefix":
+            continue
+        theirs = _plain_losses(_fresh(tiny_model_dir, path), tiny_model_dir, suite)
+        assert _gap(_losses(run, name), theirs) < 1e-4, name
+        assert _gap(_losses(run, name), base) > 1e-3, name  # a real change
