@@ -449,8 +449,12 @@ class _SharedBase:
     def load(self, run: _Run, ad: adapters.ExistingAdapter) -> Any:
         if self.pristine is None:
             self.pristine = modeling.BaseWeights(self.base.get())
-        model = modeling.switch_adapter(self._ready(ad.peft_type), ad.source, ad.name,
-                                        ad.revision, ad.peft_type)
+        try:
+            model = modeling.switch_adapter(self._ready(ad.peft_type), ad.source, ad.name,
+                                            ad.revision, ad.peft_type)
+        except Exception:  # peft may have injected the failed adapter into the base's modules
+            self._forget()
+            raise
         self.model = model
         changed = self.pristine.changed(model)
         if changed:  # the next arm must not see these weights

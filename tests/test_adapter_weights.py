@@ -180,7 +180,8 @@ def test_adapter_weights_that_do_not_fit_are_refused(suite_dir, pair, tmp_path, 
     check_refused(suite_dir, *needles, extra=["--adapter", f"bad={bad}"])
 
 
-def test_weights_that_did_not_load_fail_the_arm_at_load_time(suite_dir, pair, tmp_path):
+def test_weights_that_did_not_load_fail_the_arm_at_load_time(suite_dir, tiny_model_dir, pair,
+                                                              tmp_path):
     """A .bin adapter has no header to read before loading: peft's own load result is the
     check, and the arm fails naming the missing tensors instead of scoring the bare base."""
     import torch
@@ -200,6 +201,9 @@ def test_weights_that_did_not_load_fail_the_arm_at_load_time(suite_dir, pair, tm
     assert arm["status"] == "failed", arm
     assert "layers.1.self_attn.q_proj.lora_A" in arm["error"]["message"]
     assert rec["arms"]["qv"]["status"] == "success"  # the others are still measured
+    qv = {r["id"]: r["loss"] for r in results.load_run(run).items("qv")}
+    suite = eval_only(suite_dir)
+    assert _gap(qv, _plain_losses(_fresh(tiny_model_dir, pair["qv"]), tiny_model_dir, suite)) < 1e-4
     assert res.exit_code == 1 and "bad" in res.output
 
 
