@@ -308,6 +308,10 @@ class _Lazy:
             self._model = self._load()
         return self._model
 
+    def reset(self) -> None:
+        """Forget a model whose weights were written into: the next get() loads anew."""
+        self._model = None
+
 
 def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, splits,
                device: str, checked: Preflight) -> None:
@@ -399,9 +403,11 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
     are loaded beside it and switched to, so the base's weights load once for all of them.
     An adapter saved with its own tokenizer is scored with it; one that resized the
     embeddings (added tokens) gets its own resized copy of the base, so the shared base and
-    the baseline stay unchanged."""
+    the baseline stay unchanged. An adapter whose file also held base weights that differ
+    from the suite's model is scored with them (as peft loads it alone) and leaves a freshly
+    loaded base to the arms after it: no arm's numbers depend on the arms before it."""
     path, device = where
-    shared = None
+    shared = _SharedBase(base)
     for ad in checked.existing:
         if ad.name in run.done:
             continue
@@ -418,8 +424,7 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
                 model = modeling.switch_adapter(resized, ad.source, ad.name, ad.revision,
                                                 ad.peft_type)
             else:
-                model = shared = modeling.switch_adapter(shared or base.get(), ad.source,
-                                                         ad.name, ad.revision, ad.peft_type)
+                model = shared.load(run, ad)
             evaluated = _eval_arm(run, ad.name, model, arm_tok, items, checked.loaded_splits.eval,
                                   device)
             _record_arm(run, ad.name, evaluated, adapter=ad.source, source=arms.EXISTING,
@@ -431,6 +436,55 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
                 "model": run.suite.model.label, "adapter": ad.source, "source": arms.EXISTING,
                 "metrics": {}})
             _arm_failed(arm, e, run.stage)
+
+
+class _SharedBase:
+    """The one base the existing adapters are loaded onto, kept what the suite's model is for
+    each of them. Two ways an arm can write into it: a file that carries base weights (peft
+    loads `lm_head.base_layer.weight` into the base), and unloading for another peft type
+    (a modules_to_save module comes back as the adapter's copy). Either way the next arm
+    gets a freshly loaded base."""
+
+    def __init__(self, base: _Lazy) -> None:
+        self.base, self.model = base, None
+        self.pristine: modeling.BaseWeights | None = None
+
+    def load(self, run: _Run, ad: adapters.ExistingAdapter) -> Any:
+        if self.pristine is None:
+            self.pristine = modeling.BaseWeights(self.base.get())
+        try:
+            model = modeling.switch_adapter(self._ready(ad.peft_type), ad.source, ad.name,
+                                            ad.revision, ad.peft_type)
+        except Exception:  # peft may have injected the failed adapter into the base's modules
+            self._forget()
+            raise
+        self.model = model
+        changed = self.pristine.changed(model)
+        if changed:  # the next arm must not see these weights
+            self._forget()
+            _warn(run, f"adapters.{ad.name}: its weights file also holds base-model weights "
+                       f"that differ from {run.suite.model.label} ({_first(changed)}); it is "
+                       "evaluated with them, as peft loads it alone, and the arms after it "
+                       "get a freshly loaded base")
+        return model
+
+    def _ready(self, peft_type: str) -> Any:
+        if self.model is None:
+            return self.base.get()
+        assert self.pristine is not None
+        model = modeling.unload_other_type(self.model, peft_type)
+        if model is not self.model and self.pristine.changed(model):
+            self._forget()
+            return self.base.get()
+        return model
+
+    def _forget(self) -> None:
+        self.model = None
+        self.base.reset()
+
+
+def _first(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _origin(ad: adapters.ExistingAdapter, model: Any, folder: Path | None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness.config import ModelSpec
@@ -51,6 +51,9 @@ class ModelShape:
     intermediate_size: int | None
     vocab_size: int | None
     gated_mlp: bool  # SwiGLU-style: gate and up projections both of intermediate size
+    # the meta-device model itself: existing adapters are laid onto a copy of it to learn the
+    # tensor names and shapes their weights file must hold
+    meta: Any = field(default=None, repr=False, compare=False)
 
 
 def model_shape(spec: ModelSpec, source: ModelSource) -> ModelShape:
@@ -69,7 +72,7 @@ def model_shape(spec: ModelSpec, source: ModelSource) -> ModelShape:
         quantizable_params=sum(x.in_features * x.out_features for x in quantizable),
         quantizable_rows=sum(x.out_features for x in quantizable),
         hidden_size=hidden, num_layers=n_layers, intermediate_size=inter, vocab_size=vocab,
-        gated_mlp=_gated(layers, inter, n_layers),
+        gated_mlp=_gated(layers, inter, n_layers), meta=model,
     )
 
 
