@@ -224,8 +224,8 @@ def resume(
     checkpoint (same seed, same data order), and the rest runs. RUN_DIR is the hidden staging
     folder a killed run leaves, the `failed` run directory of an interrupted one, or
     DIR/SUITE/RUN_ID while only its staging folder exists. Refused (exit 2) while the run's
-    process is alive, or when the harness version, the suite file or the data changed since
-    it started.
+    process is alive, or when the harness version, the suite file, the data or the base
+    model's files changed since it started.
 
     Example:
 

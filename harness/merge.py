@@ -13,9 +13,10 @@ by interleaving the shards' arm lists), their training entries, train-log and pr
 and ``adapters/`` folders, comparisons recomputed against the one baseline with the pipeline's
 own functions, and the reports rendered. It refuses (InputError, exit 2, one line) shards that
 do not make exactly one whole sweep: other suites, configs, eval items or harness versions,
-missing or repeated shards, or a shard that failed. Speed and memory of an arm trained in
-another shard than the baseline were measured on another process (often another machine), so
-they are not compared, as with a cached baseline.
+missing or repeated shards, a shard that failed, or one that evaluated another model
+(``model_fingerprint``). Speed and memory of an arm trained in another shard than the
+baseline were measured on another process (often another machine), so they are not compared,
+as with a cached baseline.
 """
 
 from __future__ import annotations
@@ -162,6 +163,10 @@ def _check_same(first: _Part, p: _Part) -> None:
     if va != vb:
         raise InputError(f"{p} ran harness {vb} and {first} harness {va} "
                          "(env.harness_version differs): rerun the shards with one version")
+    ma, mb = (((r.get("model_fingerprint") or {}).get("content")) for r in (a, b))
+    if ma and mb and ma != mb:  # shards before model_fingerprint was recorded: not known
+        raise InputError(f"{p} evaluated another model than {first} (model_fingerprint.content "
+                         f"{mb} vs {ma}): its weights, config or tokenizer files differ")
     for key, fa, fb in _fingerprints(a, b):
         if fa != fb:
             raise InputError(f"{p} evaluated other items than {first}: {key} {fb} vs {fa}")

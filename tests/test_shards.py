@@ -196,6 +196,7 @@ def _set(path: str, value: Any):
     (1, _set("data.eval_fingerprint", "0" * 16), "data.eval_fingerprint"),
     (2, _set("env.harness_version", "0.0.1"), "env.harness_version"),
     (1, _set("shard.count", 4), "N = 4"),
+    (2, _set("model_fingerprint.content", "0" * 24), "evaluated another model"),
 ])
 def test_merge_refuses_shards_of_different_runs(sharded, tmp_path, index, edit, needle):
     runs = list(sharded["shards"])
@@ -225,3 +226,4 @@ def test_merge_refuses_a_shard_run_with_another_config(sharded, tmp_path):
                      "--set", "train.logging_steps=2")
     s0, s1, _ = sharded["shards"]
     _refused([s0, s1, other], tmp_path, "config.train.logging_steps = 2 vs 4")
+
