@@ -18,7 +18,8 @@ run that succeeds drops the working files; a failed one keeps them, so it can be
 
 Refused (InputError, exit 2, one line): a run whose writer is alive, a finished run, another
 harness version, an edited suite file, changed data, a base model whose weights, config or
-tokenizer files changed (their sha256, run.json's ``model_fingerprint``).
+tokenizer files changed (their sha256, run.json's ``model_fingerprint``), a kept arm whose
+metrics its journaled rows do not give back (metrics.check_rows).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 import harness
-from harness import config, distributed, modeling, results
+from harness import config, distributed, formatting, modeling, results
+from harness import metrics as M
 from harness.config import Suite, TrainSpec
 from harness.errors import InputError
 
@@ -194,6 +196,7 @@ def load(path: str | Path) -> Resumed:
     _check_model(state["record"].get(MODEL_KEY), suite, where, bool(done))
     record = _kept(state["record"], set(done))
     rows = _kept_rows(where / PREDICTIONS_FILE, set(done))
+    _check_rows(record, rows, where / STATE_FILE)
     journal = Journal(results.RunDir(final=final, path=where),
                       {k: state[k] for k in ("harness_version", "base_dir", "suite_file",
                                              "config_sha256")},
@@ -303,6 +306,17 @@ def _what_changed(was: dict[str, str], now: modeling.Identity) -> str:
                                   f"sha256 {b[:12]} now, {a[:12]} then")
     return "its hub commit or source cannot be resolved" if now.content is None else \
         "another hub commit or source"
+
+
+def _check_rows(record: dict[str, Any], rows: list[dict[str, Any]], state: Path) -> None:
+    """A kept arm's metrics are its journaled rows' (metrics.check_rows): the resumed record
+    carries them on, so a damaged or edited state must not."""
+    for name, arm in record["arms"].items():
+        stored = arm.get("metrics") if isinstance(arm, dict) else None
+        d = M.check_rows(name, stored or {}, [r for r in rows if r.get("arm") == name])
+        if d is not None:
+            raise ResumeRefused(f"{state}: {formatting.disagreement(d)}: the state contradicts "
+                                f"its {PREDICTIONS_FILE}; run the suite again")
 
 
 def _check_data(recorded: dict[str, Any], now: dict[str, Any], sets: dict[str, str],
