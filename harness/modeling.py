@@ -147,9 +147,9 @@ def _source_identity(source: ModelSource, revision: str | None,
                      files: dict[str, str]) -> str | None:
     local = Path(source.path)
     if source.gguf_file and local.is_dir():  # packaged or local GGUF: that one file
-        gguf = local / source.gguf_file
-        files[str(gguf.resolve())] = file_sha256(gguf)
-        return _digest({gguf.name: files[str(gguf.resolve())]})
+        gguf = (local / source.gguf_file).resolve()
+        files[str(gguf)] = file_sha256(gguf)
+        return _digest({Path(source.gguf_file).name: files[str(gguf)]})
     if local.is_dir():
         return _folder_identity(local, files)
     return hub_commit(source.path, revision)  # the suite's model.revision, not main's
