@@ -30,9 +30,11 @@ def baseline_key_fields(suite: Suite, source: ModelSource, device: str,
                         eval_fingerprint: str, variant: str | None = None,
                         content: str | None = None, sets: Sequence[Any] = ()
                         ) -> dict[str, Any]:
-    """``content`` is modeling.content_key(): the weights by content or hub commit, so a model
-    folder overwritten in place misses the cache (a path alone served a stale loss: 6.01
-    cached vs 11.07 true). ``sets``: the extra eval sets (data.EvalSet) scored with the arm;
+    """``content`` is modeling.model_identity().content: the sha256 of every byte of the local
+    weights, config and tokenizer files, or the hub commit, so a model folder overwritten in
+    place misses the cache (a path alone served a stale loss: 6.01 cached vs 11.07 true; size,
+    mtime and the first and last MiB: 5.9946 vs 6.0319 for weights changed in the middle by a
+    copy that kept the mtime). ``sets``: the extra eval sets (data.EvalSet) scored with the arm;
     each one's items and settings join the key (none: the key of a suite without sets)."""
     import harness
 

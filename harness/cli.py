@@ -232,8 +232,9 @@ def resume(
     checkpoint (same seed, same data order), and the rest runs. RUN_DIR is the hidden staging
     folder a killed run leaves, the `failed` run directory of an interrupted one, or
     DIR/SUITE/RUN_ID while only its staging folder exists. Refused (exit 2) while the run's
-    process is alive, or when the harness version, the suite file or the data changed since
-    it started.
+    process is alive, or when the harness version, the suite file, the data or the base
+    model's files changed since it started, or when a kept arm's saved metrics are not what
+    its saved per-item rows give.
 
     Example:
 
@@ -545,8 +546,8 @@ def merge(
     The merged run holds shard 0's baseline and existing adapters, every shard's trained
     arms with their adapters and logs, comparisons recomputed on the joined arms, and the
     reports: compare / gate / report read it like any run. Shards of other suites, configs,
-    eval items or harness versions, or a missing, repeated or failed shard: exit 2, nothing
-    written.
+    eval items, models or harness versions, a missing, repeated or failed shard, or one whose
+    run.json metrics are not what its own per-item rows give: exit 2, nothing written.
 
     Example:
 

@@ -3,8 +3,9 @@ metrics, as per-item rows and the arm's metrics. Computes and returns; the pipel
 
 The suite's own set ([data]) gives the bare metric names and the arm's throughput; each extra
 set ([eval.sets.<name>]) gives ``<name>/<metric>`` and rows with ``set = <name>``. Every
-quality metric is recomputed from summed per-item columns (metrics.from_sums), the same
-function the bootstrap resamples, so an arm's number and its CI's centre cannot disagree.
+quality metric is computed from summed per-item columns (metrics.from_rows, through
+from_sums, the function the bootstrap resamples), so an arm's number and its CI's centre
+cannot disagree, and merge and resume check a stored number against its rows the same way.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from harness import distributed, scoring, textmetrics
 from harness import metrics as M
@@ -121,12 +120,7 @@ def _rows(arm: str, t: Target, losses: Sequence[Any], gens: Any, spec: EvalSpec
 
 def _metrics(t: Target, rows: Sequence[dict[str, Any]], generated: bool) -> dict[str, Any]:
     names = list(M.CORPUS_KEYS) + (textmetrics.keys(t.metrics) if generated else [])
-    out: dict[str, Any] = {M.keyed(t.name, k): _from_rows(k, rows) for k in names}
+    out: dict[str, Any] = {M.keyed(t.name, k): M.from_rows(k, rows) for k in names}
     if t.name is None and not generated:
         out.update(dict.fromkeys(M.ROUGE_KEYS))
     return out
-
-
-def _from_rows(metric: str, rows: Sequence[dict[str, Any]]) -> float:
-    sums = {c: np.asarray(float(sum(r[c] for r in rows))) for c in M.columns(metric)}
-    return float(M.from_sums(metric, sums, len(rows)))

@@ -205,3 +205,15 @@ def failure(record: Mapping[str, Any]) -> str:
     err = record.get("error")
     msg = err.get("message") if isinstance(err, Mapping) else err
     return f"status {record.get('status')!r}" + (f": {msg}" if msg else "")
+
+
+def disagreement(d: M.Disagreement) -> str:
+    """``arm 'lora', metric loss: stored 5.9946, its 12 rows give 6.0319``; every digit
+    (``repr``) where the metric's own decimals would print the two alike."""
+    shown = [metric(d.metric, v) if number(v) is not None else repr(v)
+             for v in (d.stored, d.recomputed)]
+    if shown[0] == shown[1]:
+        shown = [repr(d.stored), repr(d.recomputed)]
+    again = (f"its {d.n_rows} rows give {shown[1]}" if d.recomputed is not None
+             else f"its {d.n_rows} rows lack a column it needs")
+    return f"arm {d.arm!r}, metric {d.metric}: stored {shown[0]}, {again}"

@@ -13,9 +13,12 @@ by interleaving the shards' arm lists), their training entries, train-log and pr
 and ``adapters/`` folders, comparisons recomputed against the one baseline with the pipeline's
 own functions, and the reports rendered. It refuses (InputError, exit 2, one line) shards that
 do not make exactly one whole sweep: other suites, configs, eval items or harness versions,
-missing or repeated shards, or a shard that failed. Speed and memory of an arm trained in
-another shard than the baseline were measured on another process (often another machine), so
-they are not compared, as with a cached baseline.
+missing or repeated shards, a shard that failed, one that evaluated another model
+(``model_fingerprint``), or one whose run.json holds a quality metric its own
+predictions.jsonl rows do not give back (metrics.check_rows: the merged record keeps the
+point numbers and recomputes the intervals from the rows). Speed and memory of an arm
+trained in another shard than the baseline were measured on another process (often another
+machine), so they are not compared, as with a cached baseline.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import arms, pipeline, results, stats
+from harness import arms, formatting, pipeline, results, stats
+from harness import metrics as M
 from harness.errors import InputError, RunFailed
 from harness.results import LoadedRun
 
@@ -108,7 +112,21 @@ def _check(runs: Sequence[LoadedRun]) -> list[_Part]:
             raise InputError(f"{p} failed ({error}): rerun that shard, then merge")
     for p in parts[1:]:
         _check_same(first, p)
+    for p in parts:
+        _check_rows(p)
     return parts
+
+
+def _check_rows(p: _Part) -> None:
+    """The merged record keeps each shard's point numbers and recomputes the intervals from
+    its rows: the two must be one computation (metrics.check_rows), not an edited run.json."""
+    for name, arm in (p.run.record.get("arms") or {}).items():
+        stored = arm.get("metrics") if isinstance(arm, Mapping) else None
+        d = M.check_rows(name, stored or {}, p.run.items(name))
+        if d is not None:
+            raise InputError(f"{p.run.path / results.RUN_FILE} ({p}): "
+                             f"{formatting.disagreement(d)}: its run.json contradicts its "
+                             f"{results.PREDICTIONS_FILE}; rerun that shard")
 
 
 def _part(run: LoadedRun) -> _Part:
@@ -162,6 +180,10 @@ def _check_same(first: _Part, p: _Part) -> None:
     if va != vb:
         raise InputError(f"{p} ran harness {vb} and {first} harness {va} "
                          "(env.harness_version differs): rerun the shards with one version")
+    ma, mb = (((r.get("model_fingerprint") or {}).get("content")) for r in (a, b))
+    if ma and mb and ma != mb:  # shards before model_fingerprint was recorded: not known
+        raise InputError(f"{p} evaluated another model than {first} (model_fingerprint.content "
+                         f"{mb} vs {ma}): its weights, config or tokenizer files differ")
     for key, fa, fb in _fingerprints(a, b):
         if fa != fb:
             raise InputError(f"{p} evaluated other items than {first}: {key} {fb} vs {fa}")

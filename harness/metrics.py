@@ -15,8 +15,8 @@ suite's own eval set keeps the bare names.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -116,6 +116,55 @@ def from_sums(metric: str, sums: Mapping[str, np.ndarray], n: int) -> np.ndarray
     with np.errstate(divide="ignore", invalid="ignore"):
         loss = np.asarray(sums["nll_sum"]) / np.asarray(sums["n_tokens"])
     return np.exp(loss) if name == "perplexity" else loss
+
+
+def from_rows(metric: str, rows: Sequence[Mapping[str, Any]]) -> float:
+    """The metric over ``rows`` (one arm's on one eval set): its columns summed in row order,
+    then from_sums. How an arm's number is computed, and how merge and resume check one."""
+    sums = {c: np.asarray(float(sum(r[c] for r in rows))) for c in columns(metric)}
+    return float(from_sums(metric, sums, len(rows)))
+
+
+# Recomputing from the same rows repeats the same float operations in the same order, so a
+# stored number equals its recomputation exactly; the tolerance only forgives a last-digit
+# difference of another platform's libm (exp in perplexity, BLEU's geometric mean).
+REL_TOL = 1e-9
+
+
+class Disagreement(NamedTuple):
+    """A stored quality metric that the arm's own per-item rows do not give back."""
+
+    arm: str
+    metric: str
+    stored: Any
+    recomputed: float | None  # None: the rows lack a column the metric needs
+    n_rows: int
+
+
+def check_rows(arm: str, stored: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+               ) -> Disagreement | None:
+    """The first quality metric of ``stored`` (arm ``arm``'s metrics) that differs from its
+    recomputation from ``rows`` (that arm's rows, every eval set). Throughput and memory have
+    no per-item rows: they are not checked; a null metric (not computed) neither."""
+    for key, value in stored.items():
+        if not is_per_item(key) or value is None:
+            continue
+        mine = [r for r in rows if r.get("set") == split(key)[0]]
+        try:
+            again: float | None = from_rows(key, mine)
+        except (KeyError, TypeError, ValueError):
+            again = None
+        if again is None or not _same(value, again):
+            return Disagreement(arm, key, value, again, len(mine))
+    return None
+
+
+def _same(stored: Any, again: float) -> bool:
+    if isinstance(stored, bool) or not isinstance(stored, int | float):
+        return False
+    if math.isnan(stored) or math.isnan(again):
+        return math.isnan(stored) and math.isnan(again)
+    return math.isclose(stored, again, rel_tol=REL_TOL, abs_tol=1e-12)
 
 
 def bleu_from_sums(sums: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -25,6 +25,7 @@ from typing import Any
 
 from harness.config import ModelSpec, Quantization, Suite, TrainSpec
 from harness.errors import ModelSourceError
+from harness.hashes import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -106,56 +107,66 @@ def _package_source(spec: ModelSpec) -> ModelSource:
 def _gguf_key(gguf: Path) -> str:
     """The converted copy's folder name: a GGUF overwritten in place (same name, even the same
     size) gets a new conversion, not the old model's weights."""
-    return _slug(f"{gguf.stem}-{file_fingerprint(gguf)[:12]}")
+    return _slug(f"{gguf.stem}-{file_sha256(gguf)[:12]}")
 
 
 # ---------------------------------------------------------------- content identity
 
 
-# Hashing whole weight files would cost ~1 s per GB on every run; size + mtime + the first and
-# last MiB catch a file rewritten in place (new weights of the same shape change the tail's
-# bytes even when a copy kept the mtime).
-_EDGE_BYTES = 1 << 20
+@dataclass(frozen=True)
+class Identity:
+    """What the weights and tokenizer *are*: ``content`` keys the zero-shot cache and is what
+    `harness resume` compares (None: not knowable, nothing is cached); ``files`` maps every
+    local file it was hashed from to its sha256 (run.json's ``model_fingerprint``)."""
+
+    content: str | None
+    files: dict[str, str]
+
+    def as_record(self) -> dict[str, Any]:
+        return {"content": self.content, "files": dict(self.files)}
 
 
-def file_fingerprint(path: Path) -> str:
-    st = path.stat()
-    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(_EDGE_BYTES))
-        if st.st_size > 2 * _EDGE_BYTES:
-            f.seek(-_EDGE_BYTES, os.SEEK_END)
-            h.update(f.read(_EDGE_BYTES))
-    return h.hexdigest()
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """Every regular top-level file (weights, config, tokenizer), by name and content."""
-    h = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and not f.name.startswith("."):
-            h.update(f"{f.name}={file_fingerprint(f)};".encode())
-    return h.hexdigest()[:24]
+def model_identity(spec: ModelSpec, source: ModelSource, base_dir: Path) -> Identity:
+    """Local files by the sha256 of every byte (hashes.file_sha256: once per change of a
+    file), a hub model or tokenizer by the commit its revision resolves to."""
+    files: dict[str, str] = {}
+    parts = [_source_identity(source, spec.revision, files)]
+    if spec.tokenizer:
+        tok = base_dir / Path(spec.tokenizer).expanduser()
+        parts.append(_folder_identity(tok, files) if tok.is_dir()
+                     else hub_commit(spec.tokenizer, spec.revision))
+    content = None if None in parts else "|".join(p for p in parts if p)
+    return Identity(content, files)
 
 
 def content_key(spec: ModelSpec, source: ModelSource, base_dir: Path) -> str | None:
-    """What the weights and tokenizer *are*, for the zero-shot cache: local files by content,
-    a hub model by the commit its revision resolves to. None: not knowable (uncacheable)."""
-    parts = [_source_identity(source, spec.revision)]
-    if spec.tokenizer:
-        tok = base_dir / Path(spec.tokenizer).expanduser()
-        parts.append(folder_fingerprint(tok) if tok.is_dir() else hub_commit(spec.tokenizer,
-                                                                             spec.revision))
-    return None if None in parts else "|".join(p for p in parts if p)
+    return model_identity(spec, source, base_dir).content
 
 
-def _source_identity(source: ModelSource, revision: str | None) -> str | None:
-    if source.cache_key and source.gguf_file and Path(source.path).is_dir():
-        return source.cache_key  # packaged / local GGUF: the key already names its content
+def _source_identity(source: ModelSource, revision: str | None,
+                     files: dict[str, str]) -> str | None:
     local = Path(source.path)
+    if source.gguf_file and local.is_dir():  # packaged or local GGUF: that one file
+        gguf = (local / source.gguf_file).resolve()
+        files[str(gguf)] = file_sha256(gguf)
+        return _digest({Path(source.gguf_file).name: files[str(gguf)]})
     if local.is_dir():
-        return folder_fingerprint(local)
+        return _folder_identity(local, files)
     return hub_commit(source.path, revision)  # the suite's model.revision, not main's
+
+
+def _folder_identity(folder: Path, files: dict[str, str]) -> str:
+    """Every regular top-level file (weights, config, tokenizer), by name and content."""
+    mine = {f: file_sha256(f) for f in sorted(folder.resolve().iterdir())
+            if f.is_file() and not f.name.startswith(".")}
+    files.update({str(f): h for f, h in mine.items()})
+    return _digest({f.name: h for f, h in mine.items()})
+
+
+def _digest(named: dict[str, str]) -> str:
+    """A folder's files by name, not path: a copy elsewhere has the same content."""
+    return hashlib.sha256("".join(f"{n}={h};" for n, h in named.items()).encode()
+                          ).hexdigest()[:24]
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:

@@ -182,7 +182,7 @@ class _Run:
     started: float = field(default_factory=time.time)
     record: dict[str, Any] = field(default_factory=dict)
     predictions: list[dict[str, Any]] = field(default_factory=list)
-    model_content: str | None = None  # modeling.content_key(): the baseline cache's identity
+    model_content: str | None = None  # modeling.model_identity(): the baseline cache's key
     eval_spec: config.EvalSpec | None = None  # the suite's, max_new_tokens fitted to the model
     sets: list[data.EvalSet] = field(default_factory=list)  # [eval.sets.*], every arm scores
     done: set[str] = field(default_factory=set)  # arms a resumed run measured before
@@ -251,8 +251,10 @@ def _execute(run: _Run, checked: Preflight) -> None:
     path = modeling.ensure_converted(src)
     device = modeling.pick_device(suite.model)
     run.record["env"] = environment.describe(device, suite.base_dir)
+    identity = modeling.model_identity(suite.model, src, suite.base_dir)
+    run.record[resume.MODEL_KEY] = identity.as_record()  # `harness resume` compares it
     if suite.eval.cache_baseline:
-        run.model_content = modeling.content_key(suite.model, src, suite.base_dir)
+        run.model_content = identity.content
         if run.model_content is None:
             _warn(run, f"zero-shot cache off: cannot tell which commit {src.label} resolves to")
     tok = modeling.load_tokenizer(suite.model, path)

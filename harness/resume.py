@@ -17,7 +17,9 @@ continues a cut training from its newest checkpoint, runs the rest and finalizes
 run that succeeds drops the working files; a failed one keeps them, so it can be resumed too.
 
 Refused (InputError, exit 2, one line): a run whose writer is alive, a finished run, another
-harness version, an edited suite file, changed data.
+harness version, an edited suite file, changed data, a base model whose weights, config or
+tokenizer files changed (their sha256, run.json's ``model_fingerprint``), a kept arm whose
+metrics its journaled rows do not give back (metrics.check_rows).
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 import harness
-from harness import config, distributed, results
+from harness import config, distributed, formatting, modeling, results
+from harness import metrics as M
 from harness.config import Suite, TrainSpec
 from harness.errors import InputError
 
 STATE_FILE = ".state.json"
+MODEL_KEY = "model_fingerprint"  # run.json: modeling.Identity.as_record()
 PREDICTIONS_FILE = ".predictions.partial.jsonl"
 STATE_VERSION = 1
 CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's folder names: checkpoint-<global step>
@@ -187,8 +191,10 @@ def load(path: str | Path) -> Resumed:
     _check_versions(state, where)
     suite = _suite_of(state, where)
     done = [a for a in state.get("done", []) if a in state["record"].get("arms", {})]
+    _check_model(state["record"].get(MODEL_KEY), suite, where, bool(done))
     record = _kept(state["record"], set(done))
     rows = _kept_rows(where / PREDICTIONS_FILE, set(done))
+    _check_rows(record, rows, where / STATE_FILE)
     journal = Journal(results.RunDir(final=final, path=where),
                       {k: state[k] for k in ("harness_version", "base_dir", "suite_file",
                                              "config_sha256")},
@@ -271,6 +277,44 @@ def _suite_of(state: dict[str, Any], where: Path) -> Suite:
     if config.dump(suite) != dumped:  # a default that moved between versions
         raise ResumeRefused(f"{where}: the recorded config does not rebuild the same suite")
     return suite
+
+
+def _check_model(recorded: Any, suite: Suite, where: Path, measured: bool) -> None:
+    """The base model's weights, config and tokenizer are still the ones the kept arms were
+    measured on (modeling.model_identity, the zero-shot cache's key): new weights would pair
+    the old baseline with adapters of the new model."""
+    if not isinstance(recorded, dict):
+        if measured:
+            raise ResumeRefused(f"{where}: the run recorded no {MODEL_KEY}, so the model it "
+                                "measured cannot be checked; run the suite again")
+        return  # stopped before the model was loaded: nothing measured to pair with
+    now = modeling.model_identity(suite.model, modeling.resolve_source(suite), suite.base_dir)
+    if now.content is None or now.content != recorded.get("content"):
+        raise ResumeRefused(f"{where}: the model changed since the run started "
+                            f"({_what_changed(recorded.get('files') or {}, now)}); restore it "
+                            "or run the suite again")
+
+
+def _what_changed(was: dict[str, str], now: modeling.Identity) -> str:
+    """``/m/model.safetensors: sha256 1a2b3c4d5e6f now, 9f8e7d6c5b4a then``, or why not."""
+    for path in sorted(set(was) | set(now.files)):
+        a, b = was.get(path), now.files.get(path)
+        if a != b:
+            return f"{path}: " + ("gone" if b is None else "new" if a is None else
+                                  f"sha256 {b[:12]} now, {a[:12]} then")
+    return "its hub commit or source cannot be resolved" if now.content is None else \
+        "another hub commit or source"
+
+
+def _check_rows(record: dict[str, Any], rows: list[dict[str, Any]], state: Path) -> None:
+    """A kept arm's metrics are its journaled rows' (metrics.check_rows): the resumed record
+    carries them on, so a damaged or edited state must not."""
+    for name, arm in record["arms"].items():
+        stored = arm.get("metrics") if isinstance(arm, dict) else None
+        d = M.check_rows(name, stored or {}, [r for r in rows if r.get("arm") == name])
+        if d is not None:
+            raise ResumeRefused(f"{state}: {formatting.disagreement(d)}: the state contradicts "
+                                f"its {PREDICTIONS_FILE}; run the suite again")
 
 
 def _check_data(recorded: dict[str, Any], now: dict[str, Any], sets: dict[str, str],

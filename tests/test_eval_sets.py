@@ -175,3 +175,19 @@ def test_set_names_must_be_folder_names(tmp_path, tiny_model_dir):
     suite = write(tmp_path, tiny_model_dir, SETS.replace("[eval.sets.qa]", '[eval.sets."a/b"]'))
     res = runner.invoke(app, ["validate", str(suite)])
     assert res.exit_code == 2 and "a/b" in res.output
+
+
+def test_stored_numbers_of_every_set_are_checked_against_their_rows(two_set_run):
+    """What merge and resume check: each set's metrics (BLEU and chrF from summed n-gram
+    counts included) come back from that set's rows; one edited by 0.5 BLEU does not."""
+    from harness import metrics as M
+
+    loaded = load_run(two_set_run[1])
+    for arm in ("baseline", "lora"):
+        stored = loaded.record["arms"][arm]["metrics"]
+        assert M.check_rows(arm, stored, loaded.items(arm)) is None, arm
+    stored = {**loaded.record["arms"]["lora"]["metrics"]}
+    stored["qa/bleu"] += 0.5
+    d = M.check_rows("lora", stored, loaded.items("lora"))
+    assert d is not None and (d.metric, d.n_rows) == ("qa/bleu", 6)
+    assert d.stored - d.recomputed == pytest.approx(0.5)

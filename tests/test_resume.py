@@ -7,6 +7,7 @@ data."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -332,3 +333,32 @@ def test_resume_checkpoints_do_not_change_the_trainer_arguments_that_compute(tmp
     args = train.training_arguments(own, tmp_path, "cpu", has_validation=False,
                                     checkpoint_steps=12)
     assert (args.save_steps, args.save_total_limit) == (50, 3)
+
+
+def _edit_state(run: Path, edit) -> dict:
+    state = json.loads((run / resume.STATE_FILE).read_text())
+    edit(state["record"]["arms"]["baseline"]["metrics"])
+    (run / resume.STATE_FILE).write_text(json.dumps(state))
+    return state["record"]["arms"]["baseline"]["metrics"]
+
+
+@pytest.mark.parametrize("metric", ["loss", "perplexity"])
+def test_a_state_whose_numbers_contradict_its_rows_is_refused(copy, metric):
+    """A kept arm's metrics are carried into the resumed record: they must be its rows'."""
+    stored = _edit_state(copy, lambda m: m.update({metric: m[metric] * 1.01}))[metric]
+    rows = [json.loads(x) for x in (copy / resume.PREDICTIONS_FILE).read_text().splitlines()]
+    rows = [r for r in rows if r["arm"] == "baseline" and r.get("set") is None]
+    loss = sum(r["nll_sum"] for r in rows) / sum(r["n_tokens"] for r in rows)
+    recomputed = loss if metric == "loss" else math.exp(loss)
+    _refused(copy, str(copy / resume.STATE_FILE),
+             f"arm 'baseline', metric {metric}: stored {stored:.4f}, its {len(rows)} rows give "
+             f"{recomputed:.4f}")
+    assert results.load_run(copy).record["status"] == "failed"  # untouched
+
+
+def test_an_unedited_state_resumes_with_its_numbers_and_system_metrics_as_stored(copy):
+    """Throughput and memory have no rows: kept as stored (here edited), not refused."""
+    kept = _edit_state(copy, lambda m: m.update(eval_tokens_per_s=12345.0))
+    res = run_cli("resume", copy)
+    assert res.exit_code == 0, res.output
+    assert results.load_run(copy).record["arms"]["baseline"]["metrics"] == kept

@@ -196,6 +196,7 @@ def _set(path: str, value: Any):
     (1, _set("data.eval_fingerprint", "0" * 16), "data.eval_fingerprint"),
     (2, _set("env.harness_version", "0.0.1"), "env.harness_version"),
     (1, _set("shard.count", 4), "N = 4"),
+    (2, _set("model_fingerprint.content", "0" * 24), "evaluated another model"),
 ])
 def test_merge_refuses_shards_of_different_runs(sharded, tmp_path, index, edit, needle):
     runs = list(sharded["shards"])
@@ -225,3 +226,43 @@ def test_merge_refuses_a_shard_run_with_another_config(sharded, tmp_path):
                      "--set", "train.logging_steps=2")
     s0, s1, _ = sharded["shards"]
     _refused([s0, s1, other], tmp_path, "config.train.logging_steps = 2 vs 4")
+
+
+def _shift(arm: str, metric: str, by: float):
+    def edit(record: dict[str, Any]) -> None:
+        record["arms"][arm]["metrics"][metric] += by
+    return edit
+
+
+@pytest.mark.parametrize("index, arm, metric", [
+    (1, "a@s1", "loss"),  # a trained arm's point number
+    (2, "baseline", "rougeL"),  # a zero-shot one, of a shard whose baseline came from the cache
+])
+def test_merge_refuses_a_shard_whose_numbers_contradict_its_rows(sharded, tmp_path, index, arm,
+                                                                 metric):
+    """The merged record keeps each shard's point numbers while its intervals come from the
+    rows: an edited run.json would put a number beside an interval around another one."""
+    runs = list(sharded["shards"])
+    runs[index] = _edited(sharded, index, tmp_path, _shift(arm, metric, 0.01))
+    stored = load_run(runs[index]).record["arms"][arm]["metrics"][metric]
+    rows = [r for r in load_run(runs[index]).items(arm) if r.get("set") is None]
+    recomputed = (sum(r["nll_sum"] for r in rows) / sum(r["n_tokens"] for r in rows)
+                  if metric == "loss" else sum(r[metric] for r in rows) / len(rows))
+    assert stored == pytest.approx(recomputed + 0.01)
+    _refused(runs, tmp_path, f"{runs[index] / 'run.json'} (shard {index}/3")
+    _refused(runs, tmp_path, f"arm {arm!r}, metric {metric}: stored {stored:.4f}, its "
+                             f"{len(rows)} rows give {recomputed:.4f}")
+
+
+def test_merge_keeps_the_shards_numbers_and_their_system_metrics_as_stored(sharded, tmp_path):
+    """Throughput and memory have no rows: an edited one is not refused, it is kept."""
+    runs = list(sharded["shards"])
+    runs[1] = _edited(sharded, 1, tmp_path, _shift("a@s1", "eval_tokens_per_s", 1000.0))
+    res = runner.invoke(app, ["merge", *map(str, runs), "--out", str(tmp_path / "m")],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    merged = load_run(_newest(tmp_path / "m" / "tiny")).record["arms"]
+    for i, run in enumerate(runs):
+        own = load_run(run).record["arms"]
+        for arm in own if i == 0 else [ARMS[1 + i]]:
+            assert merged[arm]["metrics"] == own[arm]["metrics"], arm  # exactly, not rounded
