@@ -496,7 +496,7 @@ class BaseWeights:
 
     def __init__(self, model) -> None:
         params = dict(_bare_params(model))
-        self.digests = {n: _digest(p) for n, p in params.items()}
+        self.digests = {n: _param_digest(p) for n, p in params.items()}
         self.marks = {n: _mark(p) for n, p in params.items()}
 
     def changed(self, model) -> list[str]:
@@ -507,7 +507,7 @@ class BaseWeights:
             p = params.get(n)
             if p is not None and _mark(p) == self.marks[n]:
                 continue
-            if p is None or _digest(p) != digest:
+            if p is None or _param_digest(p) != digest:
                 out.append(n)
             else:  # written back with the same values (or a fresh load): same content
                 self.marks[n] = _mark(p)
@@ -527,7 +527,7 @@ def _mark(p) -> tuple[int, int, int]:
     return id(p), p.data_ptr(), p._version
 
 
-def _digest(p) -> str:
+def _param_digest(p) -> str:
     """CPU: sha1 of the bytes (exact). An accelerator: float32 sum and norm on the device
     (copying 14 GB of a 7B model to the host to hash it would cost more than the eval)."""
     import torch
