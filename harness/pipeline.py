@@ -31,6 +31,7 @@ from harness import (
     encoding,
     evaluation,
     logs,
+    measured,
     modeling,
     results,
     resume,
@@ -52,7 +53,6 @@ from harness.errors import (
     RunInterrupted,
 )
 from harness.evaluation import ArmEval
-from harness.metrics import SYSTEM_KEYS
 from harness.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
@@ -319,7 +319,9 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, s
         arm, rows = hit
         run.progress.stage(f"{name}: reusing the cached zero-shot evaluation")
         # source: entries cached before zero-shot arms recorded one have none
-        run.record["arms"][name] = {**arm, "source": arms.ZERO_SHOT, "cached": True}
+        run.record["arms"][name] = {**arm, "source": arms.ZERO_SHOT, "cached": True,
+                                    measured.KEY: {**(arm.get(measured.KEY) or {}),
+                                                   "cached": True}}
         run.predictions += rows
         return
     result = _eval_arm(run, name, base.get(), tok, enc, splits.eval, device, with_sets)
@@ -485,7 +487,11 @@ def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]
     """adapters/<arm>/README.md: the hub's card format, a view of the arm's numbers beside
     the zero-shot ones, rendered like the reports."""
     base = run.record["arms"][arms.BASELINE]["metrics"]
-    rows = [(k, base[k], v) for k, v in metrics.items()
+    env = run.record.get("env") or {}
+    # the zero-shot speed and memory, marked when another process measured them
+    mark = measured.mark(measured.of(run.record, arms.BASELINE),
+                         measured.block(env.get("device"), env.get("memory_kind")))
+    rows = [(k, base[k], v, mark if measured.is_system(k) else None) for k, v in metrics.items()
             if isinstance(v, (int, float)) and isinstance(base.get(k), (int, float))]
     text = templating.render("model_card.md.j2", base_model=run.suite.model.label,
                              suite=cell.name, arm=name, train=cell.train, rows=rows)
@@ -508,8 +514,10 @@ def _expected_steps(spec, n_train: int) -> int | None:
 
 def _record_arm(run: _Run, name: str, result: ArmEval, **entry: Any) -> dict[str, Any]:
     run.predictions += result.rows
+    env = run.record.get("env") or {}
     arm = {"model": run.suite.model.label, "adapter": None, "source": None, **entry,
-           "status": "success", "metrics": result.metrics}
+           "status": "success", "metrics": result.metrics,
+           measured.KEY: measured.block(env.get("device"), env.get("memory_kind"))}
     run.record["arms"][name] = arm
     return arm
 
@@ -540,19 +548,16 @@ def _compare(run: _Run, name: str) -> None:
 
 
 def arm_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]], name: str,
-                    settings: stats.StatsSettings, *, same_process: bool = True
-                    ) -> list[dict[str, Any]]:
+                    settings: stats.StatsSettings) -> list[dict[str, Any]]:
     """Arm ``name`` of ``record`` against its baseline, paired over ``predictions`` (a run's,
-    or a merge's: harness/merge.py). Speed and memory are compared only when both were
-    measured in this process: ``same_process`` and a baseline that did not come from the cache."""
+    or a merge's: harness/merge.py). Speed and memory are compared only when both arms were
+    measured by the same live process (measured.comparable): not a cached baseline, not an
+    arm a killed run measured before `harness resume`, not another shard's."""
     base = record["arms"][arms.BASELINE]["metrics"]
     cand = record["arms"][name]["metrics"]
-    metrics = sorted((k for k, v in base.items() if v is not None and cand.get(k) is not None),
-                     key=M.sort_key)
-    if record["arms"][arms.BASELINE].get("cached") or not same_process:
-        # A cached baseline's speed and memory were measured in another process at another
-        # time (a loaded machine, a cold start): a difference would measure that, not the arm.
-        metrics = [k for k in metrics if k not in SYSTEM_KEYS]
+    where = measured.of(record, arms.BASELINE), measured.of(record, name)
+    metrics = sorted((k for k, v in base.items() if v is not None and cand.get(k) is not None
+                      and measured.keep(k, *where)), key=M.sort_key)
     return stats.compare_arms(
         [r for r in predictions if r["arm"] == arms.BASELINE],
         [r for r in predictions if r["arm"] == name],

@@ -332,3 +332,20 @@ def test_resume_checkpoints_do_not_change_the_trainer_arguments_that_compute(tmp
     args = train.training_arguments(own, tmp_path, "cpu", has_validation=False,
                                     checkpoint_steps=12)
     assert (args.save_steps, args.save_total_limit) == (50, 3)
+
+
+def test_arms_a_stopped_run_measured_are_another_process_after_resume(copy):
+    """The kept baseline's speed and memory were measured by the process that stopped: the
+    resumed process's adapter is not compared with them (it was: eval tokens/s, gen tokens/s
+    and peak memory differences), and the terminal table marks the adapter's values."""
+    res = run_cli("resume", copy)
+    assert res.exit_code == 0, res.output
+    rec = results.load_run(copy).record
+    base, other = rec["arms"]["baseline"]["measured"], rec["arms"]["other"]["measured"]
+    assert base["process"] != other["process"] and not base["cached"]
+    compared = {c["metric"] for c in rec["comparisons"] if c["candidate"] == "other"}
+    assert "loss" in compared
+    assert not compared & {"eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes"}
+    assert "(other process)" in res.output  # the adapter's speed beside the kept baseline's
+    html = (copy / "report.html").read_text()
+    assert "other (other process)" in html  # the plots' legend: hollow bars, not compared

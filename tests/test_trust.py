@@ -151,6 +151,10 @@ def test_cached_baseline_speed_is_marked_and_not_compared(suite_dir):
     assert "(cached)" in res.output  # the terminal table
     md = (path / "report.md").read_text()
     assert md.count("(cached)") == 3  # both speeds and memory of the baseline row
+    card = (path / "adapters" / "lora" / "README.md").read_text()
+    assert card.count("(cached, not comparable)") == 3  # the zero-shot speeds and memory
+    assert warm["arms"]["baseline"]["measured"]["cached"] is True
+    assert warm["arms"]["lora"]["measured"]["cached"] is False
 
 
 def test_model_card_lists_the_arm_metrics(suite_dir):
