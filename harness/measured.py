@@ -37,10 +37,11 @@ def block(device: str | None, memory: str | None) -> dict[str, Any]:
     return {"process": PROCESS, "cached": False, "device": device, "memory": memory}
 
 
-def before_resume(measured: Mapping[str, Any]) -> dict[str, Any]:
-    """An arm a stopped run measured, as `harness resume` keeps it: its process is another one
-    than any that resumes it (even a resume in the same interpreter, as tests do)."""
-    return {**measured, "process": f"{measured.get('process')}/stopped"}
+def elsewhere(measured: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """An arm's block as another run takes it over (`harness resume`: ``stopped``; `harness
+    merge`: the shard's run id): its process stays apart from any other, even one in the same
+    interpreter (tests run shards and resumes in one process)."""
+    return {**measured, "process": f"{measured.get('process')}/{where}"}
 
 
 def of(record: Mapping[str, Any], arm: str) -> dict[str, Any]:

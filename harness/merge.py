@@ -211,8 +211,8 @@ def _join(parts: list[_Part]) -> _Merged:
     rec = copy.deepcopy(first.run.record)
     rec.pop(SHARD_KEY, None)
     # each arm keeps where its speed and memory were measured (older shards: derived here)
-    rec["arms"] = {a: {**owner[a].run.record["arms"][a],
-                       measured.KEY: measured.of(owner[a].run.record, a)} for a in owner}
+    rec["arms"] = {a: {**owner[a].run.record["arms"][a], measured.KEY: measured.elsewhere(
+        measured.of(owner[a].run.record, a), owner[a].run.run_id)} for a in owner}
     rec["training"] = {a: owner[a].run.record["training"][a] for a in trained
                        if a in (owner[a].run.record.get("training") or {})}
     predictions = [r for a in owner for r in rows[id(owner[a])].get(a, [])]

@@ -291,7 +291,7 @@ def _kept(record: dict[str, Any], done: set[str]) -> dict[str, Any]:
     rec = dict(record)
     # Their speed and memory were measured by the process that stopped: never compared with
     # the arms the resuming process measures (measured.comparable).
-    rec["arms"] = {n: {**a, measured.KEY: measured.before_resume(measured.of(record, n))}
+    rec["arms"] = {n: {**a, measured.KEY: measured.elsewhere(measured.of(record, n), "stopped")}
                    for n, a in record.get("arms", {}).items() if n in done}
     rec["training"] = {n: t for n, t in record.get("training", {}).items() if n in done}
     rec["comparisons"] = [c for c in record.get("comparisons", []) if c.get("candidate") in done]
