@@ -187,7 +187,10 @@ def test_finished_sweep_cells_are_kept_and_a_shard_stays_its_shard(tmp_path, tin
     assert trained == ["r8"]  # r2 was finished; r4 is shard 1's
     assert set(after["arms"]) == {"baseline", "r2", "r8"}
     assert after["shard"] == before["shard"] == {"index": 0, "count": 2, "arms": ["r2", "r8"]}
-    assert after["arms"]["r2"] == before["arms"]["r2"]
+    kept, was = dict(after["arms"]["r2"]), dict(before["arms"]["r2"])
+    # the same arm, now marked as measured by the process that stopped
+    assert kept.pop("measured")["process"] == was.pop("measured")["process"] + "/stopped"
+    assert kept == was
     assert after["training"]["r2"] == before["training"]["r2"]
     assert [c for c in after["comparisons"] if c["candidate"] == "r2"] == \
         [c for c in before["comparisons"] if c["candidate"] == "r2"]
