@@ -35,6 +35,7 @@ from harness import (
     modeling,
     results,
     resume,
+    scoring,
     seedstats,
     shapes,
     stats,
@@ -248,6 +249,8 @@ def _execute(run: _Run, checked: Preflight) -> None:
     p.stage(f"loading {src.label}" + (" (converting GGUF once, ~40 s)" if fresh else ""))
     path = modeling.ensure_converted(src)
     device = modeling.pick_device(suite.model)
+    if device == "cpu":  # every eval phase allocates alike, after a training or not
+        scoring.steady_allocator()
     run.record["env"] = environment.describe(device, suite.base_dir)
     if suite.eval.cache_baseline:
         run.model_content = modeling.content_key(suite.model, src, suite.base_dir)

@@ -310,9 +310,9 @@ MEMORY_KINDS = {
     "cpu": ("eval_weights_plus_anon_rss_increase",
             "the model's weights and buffers (bytes of its tensors) plus the peak increase of the "
             "process's anonymous resident memory during this arm's evaluation over its start "
-            "(sampled every 10 ms; glibc's free heap released and its mmap threshold fixed at "
-            "128 KiB first), so what earlier phases such as training left resident is not "
-            "counted"),
+            "(sampled every 10 ms; glibc's free heap released first, its mmap threshold fixed "
+            "at 128 KiB for the whole run), so what earlier phases such as training left "
+            "resident is not counted"),
 }
 _RSS_INTERVAL_S = 0.01  # a decode step of a 135M model takes ~30 ms on 2 cores
 
@@ -362,7 +362,6 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, _anon_rss())
-        _mmap_threshold(TRAIN_MMAP_THRESHOLD)
         self.bytes = weight_bytes(self._model) + self._peak - self._start
 
 
@@ -378,32 +377,37 @@ def weight_bytes(model: Any) -> int:
 
 # glibc raises its mmap threshold (from 128 KiB up to 32 MiB) each time a mapped block is
 # freed, so after training an eval's activations land in a fragmented heap instead of fresh
-# mappings: the default suite's adapter eval (16 eval items, 10 steps) grew anonymous memory
-# by 1,052 MiB against the zero-shot arm's 570 MiB. With the threshold fixed at glibc's
-# initial 128 KiB for every eval phase, the two grew by 525 and 552 MiB. Training gets
-# 32 MiB, where the dynamic threshold ends up anyway.
+# mappings. Default suite with 16 eval items and 10 steps, peak_memory_bytes of zero-shot vs
+# adapter: the threshold left dynamic, 1,676 vs 2,239 MiB (process RSS) and 1,084 vs
+# 1,565 MiB (weights + growth); fixed at 128 KiB for eval phases only (32 MiB for training
+# between them), 1,076 vs 1,655 MiB; fixed at 128 KiB for the whole run, 1,069 vs 1,043 MiB.
+# The price: training ran at 32.5 tokens/s with the threshold fixed against 41.0 with it at
+# 32 MiB (the two runs side by side on two busy cores): blocks over 128 KiB are mapped and
+# unmapped each step.
 EVAL_MMAP_THRESHOLD = 128 * 2**10
-TRAIN_MMAP_THRESHOLD = 32 * 2**20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def steady_allocator() -> None:
+    """Fix glibc's mmap threshold at its initial 128 KiB for the rest of the process (CPU
+    runs, from before the first model loads), so every arm's eval phase, before or after a
+    training, allocates the same way (a no-op where the C library is not glibc)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, EVAL_MMAP_THRESHOLD)
 
 
 def _release_freed_memory() -> None:
     """Collect what the previous phase dropped (a trainer, its optimizer states, the zero-shot
-    model), hand glibc's free heap back to the OS and fix its mmap threshold, so an arm's
-    eval phase starts from the same allocator state after training as in a fresh process."""
+    model) and hand glibc's free heap back to the OS, so an arm's eval phase starts from
+    what is live."""
     import gc
 
     gc.collect()
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
-    _mmap_threshold(EVAL_MMAP_THRESHOLD)
-
-
-def _mmap_threshold(n: int) -> None:
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, n)
+    steady_allocator()
 
 
 def _glibc() -> Any:
