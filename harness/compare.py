@@ -16,6 +16,9 @@ Which comparisons are made:
   base models differ (two base models on one suite). Paired by item id when the eval
   fingerprints match; otherwise point numbers only, labelled ``unpaired (different eval
   sets)``, with no CI or p-value.
+- Throughput and memory are compared only between arms measured by the same process
+  (harness/measured.py): never across runs, nor with a cached baseline or an arm a killed run
+  measured before `harness resume`; those rows are left out with a note saying why.
 - Failed runs and failed arms are skipped with a note; a run given twice is used once.
 
 All comparisons land in one table, rows grouped by metric (so one metric across many arms
@@ -35,8 +38,8 @@ from typing import Any
 
 from harness import arms as A
 from harness import formatting as F
+from harness import measured, results, stats
 from harness import metrics as M
-from harness import results, stats
 from harness.errors import InputError
 from harness.results import LoadedRun
 
@@ -111,6 +114,7 @@ def build_table(runs: Sequence[LoadedRun], *, alpha: float = stats.DEFAULT_ALPHA
     computed = [(i, _compare(p, settings)) for i, p in enumerate(within + cross)]
     keyed = [((M.sort_key(r["metric"]), i), r) for i, rs in computed for r in rs]
     rows = [r for _, r in sorted(keyed, key=lambda kr: kr[0])]
+    notes += system_notes(within + cross)
     notes += seed_notes(usable, [r for i, rs in computed[len(within):] for r in rs])
     if not rows:
         notes.append("nothing to compare: no run has an adapter arm beside a baseline arm")
@@ -291,7 +295,29 @@ def _compare(p: Pairing, settings: stats.StatsSettings) -> list[dict[str, Any]]:
     )
     if pairing == NO_ITEMS and same_run:
         rows, pairing = _stored(p, rows)
-    return [_decorate(r, p, pairing) for r in rows]
+    where = _measured(p.base), _measured(p.cand)
+    return [_decorate(r, p, pairing) for r in rows if measured.keep(r["metric"], *where)]
+
+
+def _measured(side: Side) -> dict[str, Any]:
+    return measured.of(side.run.record, side.arm)
+
+
+def system_notes(pairings: Sequence[Pairing]) -> list[str]:
+    """Pairings whose speed and memory were left out (measured.comparable), once per pair of
+    runs (across runs every arm was measured by another process)."""
+    out: dict[tuple[str, str, str], str] = {}
+    for p in pairings:
+        why = measured.reason(_measured(p.base), _measured(p.cand))
+        shared = [m for m in _metrics(p.base) if measured.is_system(m)
+                  and stats.is_number(_metrics(p.base).get(m))
+                  and stats.is_number(_metrics(p.cand).get(m))]
+        if why and shared:
+            key = (p.base.run.run_id, p.cand.run.run_id, why)
+            who = (f"{p.cand.label} vs {p.base.label}" if p.base.run is p.cand.run
+                   else f"run {F.run_label(p.cand.run)} vs run {F.run_label(p.base.run)}")
+            out.setdefault(key, f"{who}: throughput and memory not compared, {why}")
+    return list(out.values())
 
 
 def _on_sets(rows: list[dict[str, Any]], sets: set[str] | None) -> list[dict[str, Any]]:

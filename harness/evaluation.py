@@ -52,7 +52,7 @@ def evaluate(model: Any, tok: Any, targets: Sequence[Target], spec: EvalSpec, *,
     model.eval()
     rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
-    with scoring.PeakMemory(device) as memory:
+    with scoring.PeakMemory(device, model) as memory:
         for t in targets:
             t_rows, t_metrics = _score(model, tok, t, spec, arm, task)
             rows += t_rows

@@ -27,7 +27,9 @@ on different items measures the items, not the model.
 
 Outcomes: exit 0 pass; 1 a rule failed or the candidate run failed; bad rules, unknown metrics,
 a failed baseline or differing eval sets raise InputError / RecordError (exit 2). Different
-devices or library versions only warn; throughput and memory rules are then skipped.
+devices or library versions only warn. Throughput and memory rules apply only to arms whose
+speed and memory are comparable (measured.comparable: the same process, so never across two
+runs); otherwise they are skipped with "not comparable" and the reason, neither pass nor fail.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from typing import Any
 
 from harness import arms as A
 from harness import formatting as F
+from harness import measured, stats
 from harness import metrics as M
-from harness import stats
 from harness.errors import InputError, RecordError
 from harness.results import LoadedRun
 
@@ -107,16 +109,17 @@ class Rule:
 
     def check(self, row: Mapping[str, Any] | None,
               values: tuple[Mapping[str, Any], Mapping[str, Any]], arm: str, baseline_arm: str,
-              same_device: bool) -> Check:
+              not_comparable: str | None = None) -> Check:
         """This rule on one arm: its comparison row (None when the metric was not compared)
-        and both arms' recorded metrics (candidate, baseline)."""
+        and both arms' recorded metrics (candidate, baseline). ``not_comparable``: why the
+        two arms' speed and memory cannot be compared (measured.reason), None if they can."""
         def result(status: str, message: str) -> Check:
             return Check(self, arm, baseline_arm, status, message, row)
 
-        if self.metric in M.DEVICE_BOUND and not same_device:
-            return result("skip", "the runs used different devices")
         if row is None:
             return self._unmeasured(values, arm, baseline_arm)
+        if self.metric in M.DEVICE_BOUND and not_comparable:
+            return result("skip", f"not comparable: {not_comparable}")
         worse = self.worsening(row)
         if worse is None:
             return result("skip", "the baseline value is 0, so a relative change is "
@@ -299,10 +302,9 @@ def _against_baseline_run(candidate: LoadedRun, baseline: LoadedRun, rules: list
     extra_sets = [s for s in dict.fromkeys(M.split(r.metric)[0] for r in rules) if s]
     stats.check_pairable(candidate.record, baseline.record, extra_sets)
     notes += env_warnings(candidate.record, baseline.record)
-    same_device = _device(candidate.record) == _device(baseline.record)
     checks: list[Check] = []
     for cand_arm, base_arm in arm_pairs(candidate, baseline, notes):
-        checks += _check_arm(candidate, baseline, cand_arm, base_arm, rules, same_device)
+        checks += _check_arm(candidate, baseline, cand_arm, base_arm, rules)
     return checks
 
 
@@ -317,15 +319,9 @@ def _against_zero_shot(run: LoadedRun, rules: list[Rule]) -> list[Check]:
                           f"zero-shot arm (rule {rules[0].text})")
     if A.BASELINE not in (run.record.get("arms") or {}):
         raise RecordError(f"{F.run_label(run)} has no zero-shot arm ({A.BASELINE})")
-    cached = bool(_arm(run, A.BASELINE).get("cached"))
-    checks: list[Check] = []
-    for arm in arms:
-        timed = [r for r in rules if not (cached and r.metric in M.DEVICE_BOUND)]
-        checks += [Check(r, arm, A.BASELINE, "skip", "the zero-shot arm came from the cache: "
-                         "its speed and memory were measured in another process")
-                   for r in rules if r not in timed]
-        checks += _check_arm(run, run, arm, A.BASELINE, timed, True) if timed else []
-    return checks
+    # a cached zero-shot arm's speed and memory come from another process: _check_arm skips
+    # those rules with the reason (measured.reason)
+    return [c for arm in arms for c in _check_arm(run, run, arm, A.BASELINE, rules)]
 
 
 def _failed_candidate(candidate: LoadedRun, baseline: LoadedRun | None) -> GateOutcome:
@@ -379,7 +375,7 @@ def _arm(run: LoadedRun, name: str) -> Mapping[str, Any]:
 
 
 def _check_arm(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_arm: str,
-               rules: Sequence[Rule], same_device: bool) -> list[Check]:
+               rules: Sequence[Rule]) -> list[Check]:
     if _arm(baseline, base_arm).get("status", "success") != "success":
         raise RecordError(f"baseline run {F.run_label(baseline)}: arm {base_arm} did not "
                           "succeed")
@@ -388,7 +384,9 @@ def _check_arm(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_ar
         return [Check(r, cand_arm, base_arm, "fail", msg) for r in rules]
     rows = _comparison_rows(candidate, baseline, cand_arm, base_arm, rules)
     values = (_values(_arm(candidate, cand_arm)), _values(_arm(baseline, base_arm)))
-    return [r.check(rows.get(r.metric), values, cand_arm, base_arm, same_device) for r in rules]
+    why = measured.reason(measured.of(candidate.record, cand_arm),
+                          measured.of(baseline.record, base_arm))
+    return [r.check(rows.get(r.metric), values, cand_arm, base_arm, why) for r in rules]
 
 
 def _values(arm: Mapping[str, Any]) -> dict[str, Any]:

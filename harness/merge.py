@@ -17,8 +17,9 @@ missing or repeated shards, a shard that failed, one that evaluated another mode
 (``model_fingerprint``), or one whose run.json holds a quality metric its own
 predictions.jsonl rows do not give back (metrics.check_rows: the merged record keeps the
 point numbers and recomputes the intervals from the rows). Speed and memory of an arm
-trained in another shard than the baseline were measured on another process (often another
-machine), so they are not compared, as with a cached baseline.
+trained in another shard than the baseline were measured by another process (often on another
+machine): each arm keeps its ``measured`` block, so they are not compared
+(harness/measured.py), as with a cached baseline.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import arms, formatting, pipeline, results, stats
+from harness import arms, formatting, measured, pipeline, results, stats
 from harness import metrics as M
 from harness.errors import InputError, RunFailed
 from harness.results import LoadedRun
@@ -231,11 +232,13 @@ def _join(parts: list[_Part]) -> _Merged:
     trained = [a for a in owner if owner[a] is not first or a in first.trained]
     rec = copy.deepcopy(first.run.record)
     rec.pop(SHARD_KEY, None)
-    rec["arms"] = {a: owner[a].run.record["arms"][a] for a in owner}
+    # each arm keeps where its speed and memory were measured (older shards: derived here)
+    rec["arms"] = {a: {**owner[a].run.record["arms"][a], measured.KEY: measured.elsewhere(
+        measured.of(owner[a].run.record, a), owner[a].run.run_id)} for a in owner}
     rec["training"] = {a: owner[a].run.record["training"][a] for a in trained
                        if a in (owner[a].run.record.get("training") or {})}
     predictions = [r for a in owner for r in rows[id(owner[a])].get(a, [])]
-    rec["comparisons"], rec["seed_comparisons"] = _comparisons(rec, predictions, owner, first)
+    rec["comparisons"], rec["seed_comparisons"] = _comparisons(rec, predictions)
     rec["status"] = pipeline._overall_status(rec)
     failed = [a["error"] for a in rec["arms"].values() if a.get("error")]
     rec["error"] = failed[0] if rec["status"] == "failed" and failed else None
@@ -273,16 +276,14 @@ def _by_arm(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _comparisons(rec: dict[str, Any], predictions: list[dict[str, Any]],
-                 owner: dict[str, _Part], first: _Part
+def _comparisons(rec: dict[str, Any], predictions: list[dict[str, Any]]
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The pipeline's comparisons, recomputed on the joined arms against shard 0's baseline."""
     settings = stats.StatsSettings.from_record(rec.get("stats"))
     rows: list[dict[str, Any]] = []
     for name in arms.others(rec["arms"]):
         if rec["arms"][name].get("status") != "failed":
-            rows += pipeline.arm_comparisons(rec, predictions, name, settings,
-                                             same_process=owner[name] is first)
+            rows += pipeline.arm_comparisons(rec, predictions, name, settings)
     return rows, pipeline.seed_comparisons(rec, predictions, settings)
 
 

@@ -31,9 +31,11 @@ from harness import (
     encoding,
     evaluation,
     logs,
+    measured,
     modeling,
     results,
     resume,
+    scoring,
     seedstats,
     shapes,
     stats,
@@ -52,7 +54,6 @@ from harness.errors import (
     RunInterrupted,
 )
 from harness.evaluation import ArmEval
-from harness.metrics import SYSTEM_KEYS
 from harness.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
@@ -250,6 +251,8 @@ def _execute(run: _Run, checked: Preflight) -> None:
     p.stage(f"loading {src.label}" + (" (converting GGUF once, ~40 s)" if fresh else ""))
     path = modeling.ensure_converted(src)
     device = modeling.pick_device(suite.model)
+    if device == "cpu":  # every eval phase allocates alike, after a training or not
+        scoring.steady_allocator()
     run.record["env"] = environment.describe(device, suite.base_dir)
     identity = modeling.model_identity(suite.model, src, suite.base_dir)
     run.record[resume.MODEL_KEY] = identity.as_record()  # `harness resume` compares it
@@ -327,7 +330,9 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, s
         arm, rows = hit
         run.progress.stage(f"{name}: reusing the cached zero-shot evaluation")
         # source: entries cached before zero-shot arms recorded one have none
-        run.record["arms"][name] = {**arm, "source": arms.ZERO_SHOT, "cached": True}
+        run.record["arms"][name] = {**arm, "source": arms.ZERO_SHOT, "cached": True,
+                                    measured.KEY: {**(arm.get(measured.KEY) or {}),
+                                                   "cached": True}}
         run.predictions += rows
         return
     result = _eval_arm(run, name, base.get(), tok, enc, splits.eval, device, with_sets)
@@ -544,7 +549,11 @@ def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]
     """adapters/<arm>/README.md: the hub's card format, a view of the arm's numbers beside
     the zero-shot ones, rendered like the reports."""
     base = run.record["arms"][arms.BASELINE]["metrics"]
-    rows = [(k, base[k], v) for k, v in metrics.items()
+    env = run.record.get("env") or {}
+    # the zero-shot speed and memory, marked when another process measured them
+    mark = measured.mark(measured.of(run.record, arms.BASELINE),
+                         measured.block(env.get("device"), env.get("memory_kind")))
+    rows = [(k, base[k], v, mark if measured.is_system(k) else None) for k, v in metrics.items()
             if isinstance(v, (int, float)) and isinstance(base.get(k), (int, float))]
     text = templating.render("model_card.md.j2", base_model=run.base_name,
                              suite=cell.name, arm=name, train=cell.train, rows=rows)
@@ -568,8 +577,10 @@ def _expected_steps(spec, n_train: int) -> int | None:
 def _record_arm(run: _Run, name: str, result: ArmEval, **entry: Any) -> dict[str, Any]:
     run.predictions += result.rows
     metrics, bad = M.finite(result.metrics)
+    env = run.record.get("env") or {}
     arm = {"model": run.suite.model.label, "adapter": None, "source": None, **entry,
-           "status": "success", "metrics": metrics}
+           "status": "success", "metrics": metrics,
+           measured.KEY: measured.block(env.get("device"), env.get("memory_kind"))}
     if bad:
         _non_finite(run, name, arm, bad)
     run.record["arms"][name] = arm
@@ -582,7 +593,7 @@ def _non_finite(run: _Run, name: str, arm: dict[str, Any], bad: dict[str, str]) 
     timer that read 0 s) only warns. Either way the arm's ``non_finite`` names them."""
     arm["non_finite"] = bad
     said = ", ".join(f"{k} = {v}" for k, v in bad.items())
-    if all(M.base(k) in SYSTEM_KEYS for k in bad):
+    if all(M.base(k) in M.SYSTEM_KEYS for k in bad):
         _warn(run, f"arm {name}: {said} is not finite; recorded as null")
         return
     arm["status"] = "failed"
@@ -619,19 +630,16 @@ def _compare(run: _Run, name: str) -> None:
 
 
 def arm_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]], name: str,
-                    settings: stats.StatsSettings, *, same_process: bool = True
-                    ) -> list[dict[str, Any]]:
+                    settings: stats.StatsSettings) -> list[dict[str, Any]]:
     """Arm ``name`` of ``record`` against its baseline, paired over ``predictions`` (a run's,
-    or a merge's: harness/merge.py). Speed and memory are compared only when both were
-    measured in this process: ``same_process`` and a baseline that did not come from the cache."""
+    or a merge's: harness/merge.py). Speed and memory are compared only when both arms were
+    measured by the same live process (measured.comparable): not a cached baseline, not an
+    arm a killed run measured before `harness resume`, not another shard's."""
     base = record["arms"][arms.BASELINE]["metrics"]
     cand = record["arms"][name]["metrics"]
-    metrics = sorted((k for k, v in base.items() if v is not None and cand.get(k) is not None),
-                     key=M.sort_key)
-    if record["arms"][arms.BASELINE].get("cached") or not same_process:
-        # A cached baseline's speed and memory were measured in another process at another
-        # time (a loaded machine, a cold start): a difference would measure that, not the arm.
-        metrics = [k for k in metrics if k not in SYSTEM_KEYS]
+    where = measured.of(record, arms.BASELINE), measured.of(record, name)
+    metrics = sorted((k for k, v in base.items() if v is not None and cand.get(k) is not None
+                      and measured.keep(k, *where)), key=M.sort_key)
     return stats.compare_arms(
         [r for r in predictions if r["arm"] == arms.BASELINE],
         [r for r in predictions if r["arm"] == name],

@@ -42,12 +42,15 @@ class Series:
 
 @dataclass(frozen=True)
 class Bars:
-    """One bar per category; ``errors`` are absolute (low, high) whisker ends or None."""
+    """One bar per category; ``errors`` are absolute (low, high) whisker ends or None.
+    ``marked``: values not comparable with the others (speed or memory another process
+    measured), drawn hollow and dashed."""
 
     name: str
     color: str
     values: list[float | None]
     errors: list[tuple[float, float] | None] = field(default_factory=list)
+    marked: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,7 @@ def bar_chart(
         gx = left + ci * group_w
         body.append(_text(gx + group_w / 2, bottom + 18, cat, "tick"))
         body += _bar_group(bars, ci, gx, group_w, ys, value_fmt)
-    body.append(_legend([(b.name, b.color, False) for b in bars], left, 16, right))
+    body.append(_legend([(b.name, b.color, b.marked) for b in bars], left, 16, right))
     return _svg(title, "".join(body), height)
 
 
@@ -234,8 +237,10 @@ def _bar_group(bars: list[Bars], ci: int, gx: float, group_w: float, ys: Scale,
         v = b.values[ci]
         if v is not None:
             y0, y1 = sorted((ys(0.0), ys(v)))
+            fill = (f'fill="{b.color}" fill-opacity="0.15" stroke="{b.color}" '
+                    'stroke-dasharray="4 2"' if b.marked else f'fill="{b.color}"')
             out.append(f'<rect x="{x + 2:.1f}" y="{y0:.1f}" width="{bw - 4:.1f}" '
-                       f'height="{max(y1 - y0, 0.5):.1f}" fill="{b.color}" rx="2">'
+                       f'height="{max(y1 - y0, 0.5):.1f}" {fill} rx="2">'
                        f"<title>{escape(b.name)}: {escape(value_fmt(v))}</title></rect>")
             err = b.errors[ci] if ci < len(b.errors) else None
             # A value label where there is room and no whisker to collide with.

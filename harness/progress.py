@@ -24,8 +24,8 @@ from rich.text import Text
 
 from harness import arms as A
 from harness import formatting as F
+from harness import measured, stats
 from harness import metrics as M
-from harness import stats
 from harness.metrics import SYSTEM_KEYS, lower_is_better
 
 # advance(n) moves a bar by n; advance(0, info="loss 1.23") shows the latest numbers beside it.
@@ -128,14 +128,22 @@ def summary_table(record: dict[str, Any]) -> Table:
     for m in sorted((k for k in base if M.is_known(k)), key=M.sort_key):
         if base.get(m) is None:
             continue
-        cached = m in SYSTEM_KEYS and record["arms"][A.BASELINE].get("cached")
-        row = [m + (" ↓" if lower_is_better(m) else ""),
-               F.metric(m, base[m]) + (" (cached)" if cached else "")]
+        row = [m + (" ↓" if lower_is_better(m) else ""), _value(record, A.BASELINE, m)]
         for a in arms:
-            val = record["arms"][a].get("metrics", {}).get(m)
-            row += [F.metric(m, val), *_delta(comps.get((a, m)), m, alpha)]
+            delta = _delta(comps.get((a, m)), m, alpha)
+            if m in SYSTEM_KEYS and not measured.comparable(measured.of(record, a),
+                                                            measured.of(record, A.BASELINE)):
+                delta = F.DASH, F.DASH, F.DASH  # older records stored such differences
+            row += [_value(record, a, m), *delta]
         table.add_row(*row)
     return table
+
+
+def _value(record: dict[str, Any], arm: str, metric: str) -> str:
+    """The arm's value; speed and memory not comparable with the baseline's marked."""
+    text = F.metric(metric, record["arms"][arm].get("metrics", {}).get(metric))
+    mark = measured.mark_of(record, arm) if metric in SYSTEM_KEYS else None
+    return f"{text} ({mark})" if mark and text != F.DASH else text
 
 
 def _delta(c: dict[str, Any] | None, metric: str, alpha: float) -> tuple[Text | str, str, str]:

@@ -27,8 +27,8 @@ from markupsafe import Markup
 
 from harness import arms as A
 from harness import formatting as F
+from harness import measured, plots, templating
 from harness import metrics as M
-from harness import plots, templating
 from harness.errors import RecordError
 from harness.formatting import DASH
 from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
@@ -215,8 +215,8 @@ def _ci_label(alpha: float) -> str:
 def _headline(d: _Data) -> list[dict[str, Any]]:
     """One table per (candidate, baseline) pair, metrics in the canonical order."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for c in d.record.get("comparisons") or []:
-        if isinstance(c, dict) and c.get("metric"):
+    for c in _comparable_rows(d.record):
+        if c.get("metric"):
             key = (str(c.get("candidate", "?")), str(c.get("baseline", A.BASELINE)))
             groups.setdefault(key, []).append(c)
     return [{"candidate": cand, "baseline": base,
@@ -449,20 +449,31 @@ def _arm_table(d: _Data) -> dict[str, Any]:
     """Every arm's metrics side by side (arms as rows: sweeps have many), best in bold."""
     metrics_by_arm = {a: _dict(_dict(d.arm_records.get(a)).get("metrics")) for a in d.arms}
     keys = _ordered({k for m in metrics_by_arm.values() for k in m})
-    best = {k: _best([F.number(m.get(k)) for m in metrics_by_arm.values()], k) for k in keys}
+    marks = {a: measured.mark_of(d.record, a) for a in d.arms}
+    best = {k: _best([F.number(m.get(k)) for a, m in metrics_by_arm.items()
+                      if not (marks[a] and k in SYSTEM_KEYS)], k) for k in keys}
     rows = [{"arm": a, "status": str(_dict(d.arm_records.get(a)).get("status", "not run")),
-             "cells": [_arm_cell(k, m.get(k), best[k], _dict(d.arm_records.get(a)))
-                       for k in keys]}
+             "cells": [_arm_cell(k, m.get(k), best[k], marks[a]) for k in keys]}
             for a, m in metrics_by_arm.items()]
     show_status = any(r["status"] != "success" for r in rows)
     return {"columns": [_col(k) for k in keys], "rows": rows, "show_status": show_status}
 
 
-def _arm_cell(key: str, v: Any, best: float | None, arm: dict[str, Any]) -> dict[str, Any]:
-    """A cached baseline's speed and memory come from an earlier process: marked, never best."""
-    if arm.get("cached") and key in SYSTEM_KEYS and v is not None:
-        return {"text": f"{F.metric(key, v)} (cached)", "best": False}
+def _arm_cell(key: str, v: Any, best: float | None, mark: str | None) -> dict[str, Any]:
+    """Speed and memory not comparable with the baseline's (a cached baseline, an arm another
+    process measured: measured.mark) are marked and never best."""
+    if mark and key in SYSTEM_KEYS and v is not None:
+        return {"text": f"{F.metric(key, v)} ({mark})", "best": False}
     return {"text": F.metric(key, v), "best": F.number(v) is not None and F.number(v) == best}
+
+
+def _comparable_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's comparisons, less speed and memory between arms that are not comparable
+    (records written before the pipeline left those out, or resumed by such a version)."""
+    return [c for c in record.get("comparisons") or [] if isinstance(c, dict)
+            and measured.keep(str(c.get("metric")),
+                              measured.of(record, str(c.get("baseline", A.BASELINE))),
+                              measured.of(record, str(c.get("candidate"))))]
 
 
 def _col(key: str) -> dict[str, Any]:
@@ -684,12 +695,29 @@ def _gain_interval(c: dict[str, Any], arm: str, colors: dict[str, str],
 
 def _system_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
     keys = ("eval_tokens_per_s", "gen_tokens_per_s")
-    bars = [plots.Bars(a, colors[a], [F.number(_arm_metrics(d, a).get(k)) for k in keys])
+    bars = [_system_bars(d, a, colors, [F.number(_arm_metrics(d, a).get(k)) for k in keys])
             for a in d.arms]
     svg = plots.bar_chart([label(k) for k in keys], bars, title="Throughput by arm",
                           y_label="tokens / s", value_fmt=lambda v: f"{v:,.1f}")
     return {"title": "Throughput", "svg": svg, "wide": False,
-            "caption": "Teacher-forced eval and greedy generation; model loading excluded."}
+            "caption": "Teacher-forced eval and greedy generation; model loading excluded."
+                       + _marked_caption(d)}
+
+
+def _system_bars(d: _Data, arm: str, colors: dict[str, str], values: list[float | None]
+                 ) -> plots.Bars:
+    """An arm's speed or memory bars; hollow and labelled when not comparable with the
+    baseline's (measured.mark_of)."""
+    mark = measured.mark_of(d.record, arm)
+    name = f"{arm} ({mark})" if mark else arm
+    return plots.Bars(name, colors[arm], values, marked=bool(mark))
+
+
+def _marked_caption(d: _Data) -> str:
+    if not any(measured.mark_of(d.record, a) for a in d.arms):
+        return ""
+    return (" Hollow, dashed bars: measured by another process (cached, or before a resume):"
+            " not comparable with the others.")
 
 
 def _memory_kind(env: dict[str, Any]) -> str:
@@ -699,13 +727,13 @@ def _memory_kind(env: dict[str, Any]) -> str:
 
 def _memory_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
     gib = [F.number(_arm_metrics(d, a).get("peak_memory_bytes")) for a in d.arms]
-    bars = [plots.Bars(a, colors[a], [None if v is None else v / 2**30])
+    bars = [_system_bars(d, a, colors, [None if v is None else v / 2**30])
             for a, v in zip(d.arms, gib, strict=True)]
     kind = _memory_kind(_dict(d.record.get("env")))
     svg = plots.bar_chart(["Peak memory"], bars, title="Peak memory by arm", y_label="GiB",
                           value_fmt=lambda v: f"{v:.2f}")
     return {"title": "Peak memory", "svg": svg, "wide": False,
-            "caption": f"Measured as {kind}." if kind else ""}
+            "caption": (f"Measured as {kind}." if kind else "") + _marked_caption(d)}
 
 
 # ------------------------------------------------------------------ per-example browser

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 import harness
-from harness import config, distributed, formatting, modeling, results
+from harness import config, distributed, formatting, measured, modeling, results
 from harness import metrics as M
 from harness.config import Suite, TrainSpec
 from harness.errors import InputError
@@ -331,7 +331,10 @@ def _check_data(recorded: dict[str, Any], now: dict[str, Any], sets: dict[str, s
 def _kept(record: dict[str, Any], done: set[str]) -> dict[str, Any]:
     """The record without what the arms still to run had left in it."""
     rec = dict(record)
-    rec["arms"] = {n: a for n, a in record.get("arms", {}).items() if n in done}
+    # Their speed and memory were measured by the process that stopped: never compared with
+    # the arms the resuming process measures (measured.comparable).
+    rec["arms"] = {n: {**a, measured.KEY: measured.elsewhere(measured.of(record, n), "stopped")}
+                   for n, a in record.get("arms", {}).items() if n in done}
     rec["training"] = {n: t for n, t in record.get("training", {}).items() if n in done}
     rec["comparisons"] = [c for c in record.get("comparisons", []) if c.get("candidate") in done]
     rec["seed_comparisons"] = []  # computed once every arm is in

@@ -224,8 +224,35 @@ def test_different_devices_skip_throughput_rules_with_a_message(base: Path, tmp_
     assert [c.status for c in res.checks] == ["skip", "pass"]
     assert any("different devices" in w for w in res.warnings)
     assert "⏭️ skipped" in res.markdown
-    same_device = derive(base, tmp_path, system=slow)
-    assert outcome(same_device, base, "eval_tokens_per_s:-5%").exit_code == 1
+
+
+def test_speed_and_memory_rules_across_processes_say_not_comparable(base: Path, tmp_path: Path):
+    """Two runs are two processes: a 4x slower candidate neither passes nor fails a throughput
+    rule, it is skipped as not comparable (it used to fail: 400 -> 100 tok/s, -75%); a record
+    whose arms share the baseline's process is still gated."""
+    slow = {"eval_tokens_per_s": 100.0, "peak_memory_bytes": 9e9}  # the baseline: 400, 2e9
+    cand = derive(base, tmp_path, system=slow)
+    res = outcome(cand, base, "eval_tokens_per_s:-5%", "peak_memory_bytes:+5%", "rougeL:-1%")
+    assert res.exit_code == 0
+    assert [c.status for c in res.checks] == ["skip", "skip", "pass"]
+    assert all("not comparable: they were measured by different processes" in c.message
+               for c in res.checks[:2])
+    assert res.markdown.count("⏭️ skipped: not comparable") == 2
+    one = {"process": "p1", "cached": False, "device": "cpu", "memory": "eval_peak_rss"}
+    rec = json.loads((cand / "run.json").read_text())
+    base_rec = json.loads((base / "run.json").read_text())
+    for r in (rec, base_rec):
+        for arm in r["arms"].values():
+            arm["measured"] = one
+    (cand / "run.json").write_text(json.dumps(rec))
+    (base / "run.json").write_text(json.dumps(base_rec))
+    res = outcome(cand, base, "eval_tokens_per_s:-5%", "peak_memory_bytes:+5%")
+    assert res.exit_code == 1 and [c.status for c in res.checks] == ["fail", "fail"]
+    assert "eval_tokens_per_s -75.00% is beyond the allowed -5%" in res.checks[0].message
+    base_rec["arms"]["lora"]["measured"] = {**one, "cached": True}  # read from the cache
+    (base / "run.json").write_text(json.dumps(base_rec))
+    res = outcome(cand, base, "eval_tokens_per_s:-5%")
+    assert res.exit_code == 0 and "zero-shot cache" in res.checks[0].message
 
 
 def test_library_version_differences_only_warn(base: Path, tmp_path: Path):

@@ -34,6 +34,10 @@ def test_zero_shot_is_cached_and_reused_never_for_adapters(suite_dir):
     assert second.record["arms"]["baseline"]["source"] == "zero-shot"
     assert second.items("baseline") == first.items("baseline")
     assert "cached" not in second.record["arms"]["lora"]
+    # the cached arm keeps the process that measured it; the new arm has this process's
+    was, now = (second.record["arms"][a]["measured"] for a in ("baseline", "lora"))
+    assert was["cached"] and was["process"] == first.record["arms"]["baseline"]["measured"][
+        "process"] and not now["cached"]
     assert second.items("lora") != first.items("lora")
 
 

@@ -188,7 +188,10 @@ def test_finished_sweep_cells_are_kept_and_a_shard_stays_its_shard(tmp_path, tin
     assert trained == ["r8"]  # r2 was finished; r4 is shard 1's
     assert set(after["arms"]) == {"baseline", "r2", "r8"}
     assert after["shard"] == before["shard"] == {"index": 0, "count": 2, "arms": ["r2", "r8"]}
-    assert after["arms"]["r2"] == before["arms"]["r2"]
+    kept, was = dict(after["arms"]["r2"]), dict(before["arms"]["r2"])
+    # the same arm, now marked as measured by the process that stopped
+    assert kept.pop("measured")["process"] == was.pop("measured")["process"] + "/stopped"
+    assert kept == was
     assert after["training"]["r2"] == before["training"]["r2"]
     assert [c for c in after["comparisons"] if c["candidate"] == "r2"] == \
         [c for c in before["comparisons"] if c["candidate"] == "r2"]
@@ -362,3 +365,20 @@ def test_an_unedited_state_resumes_with_its_numbers_and_system_metrics_as_stored
     res = run_cli("resume", copy)
     assert res.exit_code == 0, res.output
     assert results.load_run(copy).record["arms"]["baseline"]["metrics"] == kept
+
+
+def test_arms_a_stopped_run_measured_are_another_process_after_resume(copy):
+    """The kept baseline's speed and memory were measured by the process that stopped: the
+    resumed process's adapter is not compared with them (it was: eval tokens/s, gen tokens/s
+    and peak memory differences), and the terminal table marks the adapter's values."""
+    res = run_cli("resume", copy)
+    assert res.exit_code == 0, res.output
+    rec = results.load_run(copy).record
+    base, other = rec["arms"]["baseline"]["measured"], rec["arms"]["other"]["measured"]
+    assert base["process"] != other["process"] and not base["cached"]
+    compared = {c["metric"] for c in rec["comparisons"] if c["candidate"] == "other"}
+    assert "loss" in compared
+    assert not compared & {"eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes"}
+    assert "(other process)" in res.output  # the adapter's speed beside the kept baseline's
+    html = (copy / "report.html").read_text()
+    assert "other (other process)" in html  # the plots' legend: hollow bars, not compared

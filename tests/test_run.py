@@ -45,7 +45,8 @@ def test_run_directory_matches_contract(finished):
     assert rec["arms"]["baseline"]["adapter"] is None
     assert rec["arms"]["lora"]["adapter"] == "adapters/lora"
     assert rec["data"]["n_eval"] == 12 and rec["data"]["n_train"] == 64
-    assert rec["env"]["device"] == "cpu" and rec["env"]["memory_kind"] == "eval_peak_rss"
+    assert rec["env"]["device"] == "cpu"
+    assert rec["env"]["memory_kind"] == "eval_weights_plus_anon_rss_increase"
     assert {"commit", "dirty"} <= set(rec["env"]["git"])
     assert rec["config"]["train"]["r"] == 8  # the resolved suite
     assert not any(p.name.startswith(".") for p in finished.parent.iterdir())  # no staging left
