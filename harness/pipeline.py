@@ -534,15 +534,19 @@ def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc
     if cut is not None:
         run.progress.stage(f"{name}: continuing from the checkpoint at step {cut.step}")
         advance(cut.step)
-    return train.train_adapter(
-        model, tok, spec, arm=name, train_items=enc_train, val_items=enc_val,
-        output_dir=checkpoints, device=device,
-        tensorboard_dir=run.dir.path / results.TENSORBOARD_DIR / name,
-        log_row=lambda row: _log_step(run, row, advance),
-        on_step=lambda: advance(1),
-        checkpoint_steps=resume.checkpoint_steps(spec, steps),
-        resume_from=cut.path if cut is not None else None,
-    )
+    def fit() -> train.TrainResult:
+        return train.train_adapter(
+            model, tok, spec, arm=name, train_items=enc_train, val_items=enc_val,
+            output_dir=checkpoints, device=device,
+            tensorboard_dir=run.dir.path / results.TENSORBOARD_DIR / name,
+            log_row=lambda row: _log_step(run, row, advance),
+            on_step=lambda: advance(1),
+            checkpoint_steps=resume.checkpoint_steps(spec, steps),
+            resume_from=cut.path if cut is not None else None,
+        )
+
+    # on a CPU, training's heap must not become the next eval's (scoring.in_training_arena)
+    return scoring.in_training_arena(fit) if device == "cpu" else fit()
 
 
 def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.config import EvalSpec
 from harness.encoding import IGNORE_INDEX, Encoded
@@ -379,22 +379,76 @@ def weight_bytes(model: Any) -> int:
 # freed, so after training an eval's activations land in a fragmented heap instead of fresh
 # mappings. Default suite with 16 eval items and 10 steps, peak_memory_bytes of zero-shot vs
 # adapter: the threshold left dynamic, 1,676 vs 2,239 MiB (process RSS) and 1,084 vs
-# 1,565 MiB (weights + growth); fixed at 128 KiB for eval phases only (32 MiB for training
-# between them), 1,076 vs 1,655 MiB; fixed at 128 KiB for the whole run, 1,069 vs 1,043 MiB.
-# The price: training ran at 32.5 tokens/s with the threshold fixed against 41.0 with it at
-# 32 MiB (the two runs side by side on two busy cores): blocks over 128 KiB are mapped and
-# unmapped each step.
+# 1,565 MiB (weights + growth); fixed at 128 KiB for eval phases only (4 or 32 MiB for the
+# training between them), 1,198 vs 1,823 MiB and 1,076 vs 1,655 MiB; fixed at 128 KiB for the
+# whole run, 1,069 vs 1,043 MiB, but training then maps and unmaps every block over 128 KiB
+# each step: 0.64x the tokens/s (SmolLM2-135M shapes + LoRA r8, 2 cores, alternating runs).
+# So training runs in a thread of its own (its own malloc arena, whose fragments the main
+# thread's evals never reuse) with a 4 MiB threshold (as fast as the dynamic one: 249 vs
+# 233 tokens/s), and evals keep 128 KiB: 1,208 vs 1,154 MiB.
 EVAL_MMAP_THRESHOLD = 128 * 2**10
+TRAIN_MMAP_THRESHOLD = 4 * 2**20
+T = TypeVar("T")
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
 def steady_allocator() -> None:
-    """Fix glibc's mmap threshold at its initial 128 KiB for the rest of the process (CPU
-    runs, from before the first model loads), so every arm's eval phase, before or after a
-    training, allocates the same way (a no-op where the C library is not glibc)."""
+    """Fix glibc's mmap threshold at its initial 128 KiB (CPU runs, from before the first
+    model loads; a training raises it while it runs), so every arm's eval phase, before or
+    after a training, allocates the same way (a no-op where the C library is not glibc)."""
+    _mmap_threshold(EVAL_MMAP_THRESHOLD)
+
+
+def in_training_arena(fn: Callable[[], T]) -> T:
+    """``fn()`` (a CPU training) in a thread of its own, so glibc serves it from another
+    malloc arena than the main thread's evals, with the training threshold while it runs.
+    Ctrl-C / SIGTERM reach the main thread: they are raised in the training thread too, which
+    unwinds as it would have in the main thread, then the main thread re-raises."""
+    import threading
+
+    box: dict[str, Any] = {}
+    done = threading.Event()  # is_alive() can say False after a join that a signal broke
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller's thread below
+            box["error"] = e
+        finally:
+            done.set()
+
+    # daemon: a worker that ignores the interrupt must not keep the process alive after the
+    # main thread has saved the failed record
+    worker = threading.Thread(target=target, name="harness-train", daemon=True)
+    _mmap_threshold(TRAIN_MMAP_THRESHOLD)
+    try:
+        worker.start()
+        worker.join()
+    except KeyboardInterrupt:
+        _interrupt(worker, done)
+        raise
+    finally:
+        steady_allocator()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _interrupt(worker: Any, done: Any) -> None:
+    """Raise KeyboardInterrupt in ``worker`` (at its next Python instruction: a CPU training
+    step is seconds) and wait up to 60 s for it to unwind."""
+    import ctypes
+
+    if worker.ident is not None and not done.is_set():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident),
+                                                   ctypes.py_object(KeyboardInterrupt))
+        done.wait(timeout=60)
+
+
+def _mmap_threshold(nbytes: int) -> None:
     libc = _glibc()
     if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, EVAL_MMAP_THRESHOLD)
+        libc.mallopt(_M_MMAP_THRESHOLD, nbytes)
 
 
 def _release_freed_memory() -> None:

@@ -202,3 +202,54 @@ def test_peak_memory_cpu_is_the_phase_own_growth_plus_the_weights():
     with scoring.PeakMemory("cpu", model) as weights:
         time.sleep(0.02)
     assert 1_052_672 <= weights.bytes < 1_052_672 + 32 * 2**20
+
+
+def test_cpu_training_runs_in_a_thread_of_its_own_and_hands_back_its_result_or_error():
+    """The trained arm's eval must not reuse training's malloc arena (scoring.in_training_arena):
+    the work runs outside the calling thread, its value and its exception come back as they
+    were, and the eval threshold is in force again afterwards."""
+    import threading
+
+    from harness import scoring
+
+    seen = {}
+
+    def work():
+        seen["thread"] = threading.current_thread()
+        return 42
+
+    assert scoring.in_training_arena(work) == 42
+    assert seen["thread"] is not threading.current_thread()
+
+    def fails():
+        raise ValueError("diverged")
+
+    with pytest.raises(ValueError, match="diverged"):
+        scoring.in_training_arena(fails)
+
+
+def test_a_signal_during_threaded_training_stops_the_training_thread_too():
+    """SIGINT reaches the main thread, which waits on the training thread: the training must
+    unwind too (a thread left running aborts the interpreter at exit: "terminate called
+    without an active exception", exit -6)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, threading, time\n"
+        "from harness import scoring\n"
+        "def work():\n"
+        "    try:\n"
+        "        while True: time.sleep(0.001)\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('training unwound', flush=True); raise\n"
+        "threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
+        "try:\n"
+        "    scoring.in_training_arena(work)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('main interrupted', [t.name for t in threading.enumerate()], flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["training unwound", "main interrupted ['MainThread']"]
