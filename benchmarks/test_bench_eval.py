@@ -3,9 +3,9 @@
 Both score the same items of the default suite (SmolLM2-135M-Instruct, chat template, prompt +
 reference + EOS) with the same weights object, batch 8, float32 on the CPU, and must give the
 same per-item log-likelihood of the reference tokens. Throughput counts prompt + reference
-tokens (DESIGN §2 `eval_tokens_per_s`) for both, so the tokens/s ratio is the wall-time ratio.
+tokens (README's `eval_tokens_per_s`) for both, so the tokens/s ratio is the wall-time ratio.
 
-What differs (DESIGN §8): lm-eval computes full-vocabulary logits and log-softmax (49k classes)
+What differs: lm-eval computes full-vocabulary logits and log-softmax (49k classes)
 at every position; harness applies the LM head only from the first scored position of each
 length-sorted batch and runs the prompt prefix all items share once, reusing its KV cache.
 Target: >= 1.5x.

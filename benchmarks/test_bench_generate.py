@@ -8,7 +8,7 @@ calls `generate` once per prompt (no padding at all); lm-eval runs `generate_unt
 (until=[eos], max_gen_toks=32) twice: at batch 8 (what its docs and the seeds' scripts pass)
 and at harness's batch, so the table separates what batching buys from the rest. Ratios are
 wall-time ratios over the same items; tokens/s counts generated tokens up to and including EOS
-(DESIGN §2 `gen_tokens_per_s`), the harness's count for all.
+(README's `gen_tokens_per_s`), the harness's count for all.
 
 Agreement: greedy outputs should be identical to the unpadded loop; left padding changes the
 float reduction order slightly, which can flip a near-tied token, so the agreement rate is

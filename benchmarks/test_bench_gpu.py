@@ -1,4 +1,4 @@
-"""LoRA vs QLoRA training on one GPU, TinyLlama-1.1B shape, random weights (DESIGN §4).
+"""LoRA vs QLoRA training on one GPU, TinyLlama-1.1B shape, random weights.
 
 No network: the model is built from TinyLlama-1.1B's config numbers with random weights, saved
 as bf16 safetensors and loaded back through harness.modeling.load_model (4-bit nf4 for QLoRA),

@@ -1,4 +1,4 @@
-"""Render a stored run into ``report.html`` and ``report.md`` (DESIGN §2).
+"""Render a stored run into ``report.html`` and ``report.md``, as README describes.
 
 Reads the record and its JSONL files only, never torch, so ``harness report`` runs in a plain CI
 job on records made on a GPU box. Python turns the record into display-ready strings (numbers

@@ -1,6 +1,6 @@
 """The run directory: written once, atomically; read back without torch.
 
-Layout of ``<out>/<suite>/<run_id>/`` (the public contract, DESIGN §2):
+Layout of ``<out>/<suite>/<run_id>/`` (the public contract in README):
 
 - ``run.json``          the record (see ``RUN_KEYS``)
 - ``predictions.jsonl`` one line per (arm, eval item)

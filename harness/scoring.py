@@ -3,7 +3,7 @@
 Identical for the zero-shot base model and every adapter; the items come in eval order and
 results go back in eval order.
 
-Teacher-forced pass (DESIGN §8): items are sorted by length and batched (padding only up to the
+Teacher-forced pass: items are sorted by length and batched (padding only up to the
 batch's longest item), and the LM head is applied only from the first scored position of the
 batch onwards (`logits_to_keep`), so prompt positions never get full-vocabulary logits; the
 prompt prefix every item shares (a system prompt) runs once and batches start from its KV cache.

@@ -1,6 +1,6 @@
 """Paired statistics for two arms evaluated on the same items. NumPy only, no torch.
 
-What is computed, per metric, for a candidate arm against a baseline arm (DESIGN §7):
+What is computed, per metric, for a candidate arm against a baseline arm:
 
 - **Point values** come from the arms' recorded metric dicts (the numbers the pipeline wrote);
   ``abs_diff = candidate - baseline`` and ``rel_gain = abs_diff / baseline`` (None when the

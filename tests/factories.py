@@ -134,7 +134,7 @@ def make_run(
 
 
 def validate_run_dir(path: Path) -> dict[str, Any]:
-    """Assert a run directory follows DESIGN §2; returns the record."""
+    """Assert a run directory follows README's run-directory contract; returns the record."""
     loaded = results.load_run(path)
     rec = loaded.record
     missing = [k for k in results.RUN_KEYS if k not in rec]
