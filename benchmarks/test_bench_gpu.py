@@ -102,7 +102,7 @@ def gpu_suite(model_dir: Path, quantized: bool, checkpointing: bool) -> Any:
 
     model: dict[str, Any] = {"name_or_path": str(model_dir), "dtype": "bfloat16",
                              "device": "cuda"}
-    if quantized:  # QLoRA as in seed 002: nf4, double quantization, bf16 compute
+    if quantized:  # QLoRA as the TinyLlama coding report ran it: nf4, double quant, bf16 compute
         model["quantization"] = {"bits": 4, "quant_type": "nf4", "double_quant": True,
                                  "compute_dtype": "bfloat16"}
     raw = {

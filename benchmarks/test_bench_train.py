@@ -5,7 +5,7 @@ fresh SmolLM2-135M-Instruct with the same seed, the same N * 8 weather items (on
 optimizer steps of batch 8) and the same TrainingArguments (built by harness.train) — only the
 data pipeline differs:
 
-- seed 001's setup: prompt + response tokenized to `padding="max_length"` (512),
+- the TinyLlama LoRA report's setup: prompt + response tokenized to `padding="max_length"` (512),
   `labels = input_ids`, the default collator, random sampler: every sequence costs 512 tokens.
 - dynamic padding: `DataCollatorForSeq2Seq` (pad to the batch's longest, prompt masked),
   random sampler.

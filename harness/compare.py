@@ -11,7 +11,7 @@ Which comparisons are made:
   (labelled ``stored``), else point numbers only (``no per-item data``).
 - **Across runs** (more than one run given): the first run given is the reference. Every
   adapter arm (one with an adapter path) of every other run is compared with the reference's
-  adapter arm of the same name, else with the reference's first adapter arm (seed 004's
+  adapter arm of the same name, else with the reference's first adapter arm (the Llama-3.2-1B
   "improvement over exp1"); zero-shot arms are compared with their namesakes only when the
   base models differ (two base models on one suite). Paired by item id when the eval
   fingerprints match; otherwise point numbers only, labelled ``unpaired (different eval
@@ -22,7 +22,7 @@ Which comparisons are made:
 - Failed runs and failed arms are skipped with a note; a run given twice is used once.
 
 All comparisons land in one table, rows grouped by metric (so one metric across many arms
-reads like seed 004's sweep table), then in the order the runs and arms were given.
+FineTome sweep report's table reads this way), then in the order the runs and arms were given.
 """
 
 from __future__ import annotations

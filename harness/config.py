@@ -283,7 +283,7 @@ class EvalSpec(_Strict):
     rouge_stemmer: Flag = True
     seed: int = 0
     # Extra prompt templates evaluated zero-shot on the base model, each as an arm
-    # `baseline@<name>` compared with the suite's own template (seed 003 compared five).
+    # `baseline@<name>` compared with the suite's own template (the phi-2 XSum report had five).
     baseline_templates: dict[FolderName, str] = {}
     # Reuse an identical earlier zero-shot evaluation (same model, items, settings, versions).
     cache_baseline: Flag = True

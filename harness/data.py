@@ -125,7 +125,8 @@ def _load_splits(suite: Suite) -> DataSplits:
         if pool is not None:
             _check_fields(spec, pool)
     held = eval_pool or train_pool  # where eval and validation items come from
-    # With cleaning on, train_size counts examples after it (seed 002's 1,080 are clean ones):
+    # With cleaning on, train_size counts examples after it (the TinyLlama QLoRA coding
+    # report's 1,080 are clean ones):
     # take the whole pool here and cut after dedupe (below) or drop_longer (when encoding).
     sel = _select(spec, train_pool, held, training, cut_train=not (spec.dedupe or spec.drop_longer))
     render = _renderer(spec)

@@ -91,7 +91,8 @@ def encode_all(
 
 
 def length_stats(enc: Sequence[Encoded]) -> dict[str, Any]:
-    """Token lengths before truncation, as seed 003 reported them (mean, median, truncated)."""
+    """Token lengths before truncation, as the phi-2 XSum report gave them (mean, median,
+    truncated)."""
     if not enc:
         return {"n": 0}
     full = [e.full_len for e in enc]

@@ -93,7 +93,8 @@ def qlora_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def suite_dir(tmp_path, tiny_model_dir) -> Path:
-    """A folder with a tiny suite (instruction/input/response like seed 001) and its data."""
+    """A folder with a tiny suite (instruction/input/response like the TinyLlama LoRA
+    report) and its data."""
     shutil.copy(ASSETS / "instruct.jsonl", tmp_path / "instruct.jsonl")
     (tmp_path / "tiny.toml").write_text(tiny_suite_text(tiny_model_dir), encoding="utf-8")
     return tmp_path

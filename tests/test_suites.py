@@ -108,7 +108,8 @@ COMMON = ["data.train_size=4", "data.eval_size=4", "train.max_steps=2",
 # with the seed's batch x accumulation make 1-2 optimizer steps per epoch, so per-epoch and
 # per-step evaluation, checkpointing and load-best all happen within the 2 steps.
 # QLoRA suites keep 4-bit nf4 and fp16 mixed precision but load / compute in fp32: a CPU has no
-# fast fp16 matmul, and fp16 4-bit dequantisation made seed 003's run 42 s instead of 26 s.
+# fast fp16 matmul, and fp16 4-bit dequantisation made the phi-2 XSum suite's run 42 s
+# instead of 26 s.
 FP32_QLORA = ["model.dtype=float32", "model.quantization.compute_dtype=float32"]
 TINY = {
     "llama2_alpaca_lora": [f"data.path={ASSETS / 'instruct.jsonl'}", "data.validation_size=4",
