@@ -11,7 +11,6 @@ other than the suite's model is a warning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import hashes
 from harness.config import AdapterSpec, Suite
 from harness.errors import InputError, one_line
 from harness.shapes import ModelShape, matches
@@ -309,9 +309,5 @@ def weights_sha256(folder: Path) -> str | None:
     for name in WEIGHT_FILES:
         f = folder / name
         if f.is_file():
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            return h.hexdigest()
+            return hashes.sha256_of(f)
     return None
