@@ -32,9 +32,10 @@ CACHED = "cached"
 OTHER_PROCESS = "other process"
 
 
-def block(device: str | None, memory: str | None) -> dict[str, Any]:
-    """The ``measured`` block of an arm this process evaluates now."""
-    return {"process": PROCESS, "cached": False, "device": device, "memory": memory}
+def block(env: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``measured`` block of an arm this process evaluates now, in the run's ``env``."""
+    return {"process": PROCESS, "cached": False, "device": env.get("device"),
+            "memory": env.get("memory_kind")}
 
 
 def elsewhere(measured: Mapping[str, Any], where: str) -> dict[str, Any]:

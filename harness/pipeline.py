@@ -553,10 +553,9 @@ def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]
     """adapters/<arm>/README.md: the hub's card format, a view of the arm's numbers beside
     the zero-shot ones, rendered like the reports."""
     base = run.record["arms"][arms.BASELINE]["metrics"]
-    env = run.record.get("env") or {}
     # the zero-shot speed and memory, marked when another process measured them
     mark = measured.mark(measured.of(run.record, arms.BASELINE),
-                         measured.block(env.get("device"), env.get("memory_kind")))
+                         measured.block(run.record.get("env") or {}))
     rows = [(k, base[k], v, mark if measured.is_system(k) else None) for k, v in metrics.items()
             if isinstance(v, (int, float)) and isinstance(base.get(k), (int, float))]
     text = templating.render("model_card.md.j2", base_model=run.base_name,
@@ -581,10 +580,9 @@ def _expected_steps(spec, n_train: int) -> int | None:
 def _record_arm(run: _Run, name: str, result: ArmEval, **entry: Any) -> dict[str, Any]:
     run.predictions += result.rows
     metrics, bad = M.finite(result.metrics)
-    env = run.record.get("env") or {}
     arm = {"model": run.suite.model.label, "adapter": None, "source": None, **entry,
            "status": "success", "metrics": metrics,
-           measured.KEY: measured.block(env.get("device"), env.get("memory_kind"))}
+           measured.KEY: measured.block(run.record.get("env") or {})}
     if bad:
         _non_finite(run, name, arm, bad)
     run.record["arms"][name] = arm
