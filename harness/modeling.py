@@ -139,10 +139,6 @@ def model_identity(spec: ModelSpec, source: ModelSource, base_dir: Path) -> Iden
     return Identity(content, files)
 
 
-def content_key(spec: ModelSpec, source: ModelSource, base_dir: Path) -> str | None:
-    return model_identity(spec, source, base_dir).content
-
-
 def _source_identity(source: ModelSource, revision: str | None,
                      files: dict[str, str]) -> str | None:
     local = Path(source.path)

@@ -414,9 +414,9 @@ def test_hub_model_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, mon
 
     src = modeling.ModelSource("someone/model", "someone/model", None, None)
     spec = ModelSpec(name_or_path="someone/model", revision="v1")
-    assert modeling.content_key(spec, src, tmp_path) == "a" * 40
-    assert modeling.content_key(ModelSpec(name_or_path="someone/model"), src, tmp_path) == \
-        "b" * 40
+    assert modeling.model_identity(spec, src, tmp_path).content == "a" * 40
+    assert modeling.model_identity(ModelSpec(name_or_path="someone/model"), src,
+                                   tmp_path).content == "b" * 40
 
 
 def test_sweep_cell_failing_after_its_eval_is_recorded_failed(suite_dir, monkeypatch):
