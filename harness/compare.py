@@ -438,9 +438,14 @@ def legend(table: CompareTable) -> list[str]:
         "paired permutation test of that metric alone, unadjusted like the CI beside it; "
         "p (Holm): the same p adjusted across the metrics of the comparison, which decides `*`.",
         "Rel. gain = (candidate - baseline) / baseline; ↓/↑ is the direction of the change, "
-        "better/worse reads it in the metric's direction (lower is better for "
-        f"{', '.join(sorted(M.LOWER_IS_BETTER))}).",
+        f"better/worse reads it in the metric's direction{_lower_is_better(table)}.",
     ]
+
+
+def _lower_is_better(table: CompareTable) -> str:
+    """The table's own lower-is-better metrics, not every one harness knows."""
+    lower = sorted({M.base(r["metric"]) for r in table.rows if M.lower_is_better(r["metric"])})
+    return f" (lower is better for {', '.join(lower)})" if lower else ""
 
 
 # ---------------------------------------------------------------- renderers

@@ -119,7 +119,10 @@ def _rows(arm: str, t: Target, losses: Sequence[Any], gens: Any, spec: EvalSpec
 
 
 def _metrics(t: Target, rows: Sequence[dict[str, Any]], generated: bool) -> dict[str, Any]:
-    names = list(M.CORPUS_KEYS) + (textmetrics.keys(t.metrics) if generated else [])
+    """The metrics the set asked for, each from its rows: perplexity only when named, though
+    it costs nothing beyond the loss (every row keeps its ``nll_sum`` / ``n_tokens``)."""
+    names = [k for k in M.CORPUS_KEYS if k in t.metrics]
+    names += textmetrics.keys(t.metrics) if generated else []
     out: dict[str, Any] = {M.keyed(t.name, k): M.from_rows(k, rows) for k in names}
     if t.name is None and not generated:
         out.update(dict.fromkeys(M.ROUGE_KEYS))
