@@ -386,7 +386,9 @@ def plan(
     set_: SetOpt = None,
     adapter: AdapterOpt = None,
 ) -> None:
-    """Print steps, batch sizes, parameter counts and weight memory without loading weights.
+    """Print arms, eval sets, steps, batch sizes, parameter counts and weight memory without
+    loading weights. Offline with a hub model whose config is not cached, everything else is
+    planned and the parameters and memory are marked as not planned (exit 0).
 
     Example:
 

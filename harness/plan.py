@@ -10,6 +10,10 @@ device), not from a formula per architecture:
   unless ``max_steps`` is set; warmup is ``warmup_steps`` or ``ceil(ratio * total)``.
 - Memory is a rough single-GPU estimate: weights as loaded + LoRA weights, gradients and
   optimizer states + activations of one micro-batch at ``max_length`` + ~1 GiB CUDA context.
+
+A hub model whose config is not in the local cache, offline, still gets its plan: data,
+arms, eval sets and optimizer steps need no config; parameters, LoRA sizes and memory are
+printed as not planned, with the reason.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness import adapters, data, modeling, sweep
+from harness import adapters, arms, data, modeling, sweep
 from harness.config import ModelSpec, Suite, TrainSpec
-from harness.errors import DatasetUnavailable
+from harness.errors import DatasetUnavailable, ModelUnavailable
 from harness.shapes import Layer, ModelShape, lora_targets, model_shape
 
 GIB = 1024**3
@@ -87,63 +91,110 @@ class Memory:
 
 @dataclass(frozen=True)
 class CellPlan:
-    """One adapter arm: its LoRA size, optimizer schedule and training memory."""
+    """One adapter arm: its LoRA size, optimizer schedule and training memory. The sizes and
+    memory are None when the model's config is not available (Plan.missing says why)."""
 
     name: str
     train: TrainSpec
-    lora_layers: int
-    lora_params: int  # sum of r * (in + out) over the wrapped layers
-    bias_params: int  # base biases made trainable by train.bias
+    lora_layers: int | None
+    lora_params: int | None  # sum of r * (in + out) over the wrapped layers
+    bias_params: int | None  # base biases made trainable by train.bias
     unmatched_targets: tuple[str, ...]
     schedule: Schedule
-    memory: Memory
+    memory: Memory | None
 
     @property
-    def trainable(self) -> int:
+    def trainable(self) -> int | None:
+        if self.lora_params is None or self.bias_params is None:
+            return None
         return self.lora_params + self.bias_params
 
     def trainable_share(self, total_params: int) -> float:
         """As peft's print_trainable_parameters: trainable / (base + LoRA parameters)."""
-        return self.trainable / (total_params + self.lora_params)
+        return (self.trainable or 0) / (total_params + (self.lora_params or 0))
 
 
 @dataclass(frozen=True)
 class Plan:
     suite: str
     model: str
-    shape: ModelShape
+    shape: ModelShape | None  # None: the config is not available here (see ``missing``)
     model_spec: ModelSpec
     data: DataCounts
-    weight_bytes: int  # as loaded for evaluation
+    weight_bytes: int | None  # as loaded for evaluation
     cells: tuple[CellPlan, ...]
     existing: tuple[tuple[str, str, str, int | None, int | None], ...] = ()
     # (arm, path or hub id, peft type, rank, parameters) of each existing adapter
+    arms: tuple[str, ...] = ()  # every arm the run evaluates, in its order
+    sets: tuple[tuple[str, int | None], ...] = ()  # (eval set, items; None: unknown)
+    missing: tuple[str, ...] = ()  # what could not be read here, and why
 
 
 # ---------------------------------------------------------------- make_plan
 
 
 def make_plan(suite: Suite) -> Plan:
-    """Counts, schedule and memory for every adapter arm; raises InputError subclasses."""
-    arms = sweep.expand(suite)  # bad sweep cells fail before anything slow
-    shape = model_shape(suite.model, modeling.resolve_source(suite))
+    """Counts, schedule and memory for every adapter arm; raises InputError subclasses. A hub
+    model or adapter that cannot be fetched here is not an error: what it would tell is
+    listed in ``missing``, with the reason, and the rest is planned."""
+    cells_in = sweep.expand(suite)  # bad sweep cells fail before anything slow
+    missing: list[str] = []
+    shape = _shape(suite, missing)
     counts = data_counts(suite)
-    cells = tuple(cell_plan(name, cell, shape, counts.train) for name, cell in arms)
+    cells = tuple(cell_plan(name, cell, shape, counts.train) for name, cell in cells_in)
+    existing = tuple(_existing(suite, shape, missing))
     return Plan(suite=suite.name, model=suite.model.label, shape=shape, model_spec=suite.model,
-                data=counts, weight_bytes=weight_bytes(shape, suite.model, training=False),
-                cells=cells, existing=tuple(_existing(suite, shape)))
+                data=counts,
+                weight_bytes=None if shape is None else weight_bytes(shape, suite.model,
+                                                                     training=False),
+                cells=cells, existing=existing, missing=tuple(missing),
+                arms=_arm_names(suite, cells, existing), sets=tuple(eval_set_counts(suite)))
 
 
-def _existing(suite: Suite, shape: ModelShape):
+def _shape(suite: Suite, missing: list[str]) -> ModelShape | None:
+    try:
+        return model_shape(suite.model, modeling.resolve_source(suite))
+    except ModelUnavailable as e:
+        missing.append(f"architecture, parameters, LoRA sizes and memory: {e}")
+        return None
+
+
+def _existing(suite: Suite, shape: ModelShape | None, missing: list[str]):
     for spec in suite.adapters:
-        a = adapters.inspect(suite, spec, shape)
+        try:
+            a = adapters.inspect(suite, spec, shape)
+        except adapters.AdapterUnavailable as e:
+            missing.append(f"adapter type, rank and parameters: {e}")
+            yield spec.name, spec.path, "unknown", None, None
+            continue
         params = adapters.stored_params(modeling.adapter_folder(a.source, a.revision))
         yield a.name, a.source, a.peft_type, a.rank, params
 
 
-def cell_plan(name: str, cell: Suite, shape: ModelShape, n_train: int | None) -> CellPlan:
+def _arm_names(suite: Suite, cells: Sequence[CellPlan], existing: Sequence[tuple]
+               ) -> tuple[str, ...]:
+    zero_shot = [arms.BASELINE] + [arms.variant(n) for n in suite.eval.baseline_templates]
+    return tuple(zero_shot + [c.name for c in cells] + [e[0] for e in existing])
+
+
+def eval_set_counts(suite: Suite):
+    """(name, items) of each [eval.sets.*]; a hub set that cannot be loaded here: its
+    eval_size, or None for "all"."""
+    for name, spec in suite.eval.sets.items():
+        try:
+            yield name, len(data.load_eval_set(suite, name).examples)
+        except DatasetUnavailable:
+            yield name, data.requested_size(spec.eval_size)
+
+
+def cell_plan(name: str, cell: Suite, shape: ModelShape | None, n_train: int | None
+              ) -> CellPlan:
     spec = cell.train
     assert spec is not None
+    if shape is None:  # no config here: the schedule only
+        return CellPlan(name=name, train=spec, lora_layers=None, lora_params=None,
+                        bias_params=None, unmatched_targets=(),
+                        schedule=schedule(spec, n_train), memory=None)
     matched, unmatched = lora_targets(shape, spec.target_modules)
     lora = sum(spec.r * (layer.in_features + layer.out_features) for layer in matched)
     bias = _trainable_bias(shape, matched, spec.bias)
@@ -290,7 +341,7 @@ def gpu_class(total_bytes: int) -> str:
 
 def render_plan(plan: Plan) -> str:
     """Plain text, lines kept under 80 columns where possible (terminals and CI logs)."""
-    lines = _header(plan)
+    lines = _missing(plan) + _header(plan)
     if not plan.cells:
         lines.append("no [train] table: eval only (zero-shot baseline"
                      + (" and existing adapters)" if plan.existing else ")"))
@@ -305,19 +356,50 @@ def render_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def _missing(plan: Plan) -> list[str]:
+    """First, so a reader sees at once why some numbers below say "not planned"."""
+    if not plan.missing:
+        return []
+    lines = [x for why in plan.missing for x in _wrap(f"not planned: {why}", indent=13)]
+    return lines + ["             (the rest is planned from the suite and its data)", ""]
+
+
 def _header(plan: Plan) -> list[str]:
-    s = plan.shape
     return [
         f"suite       {plan.suite}",
         f"model       {plan.model}",
+        *_shape_lines(plan),
+        *_data_lines(plan.data),
+        *_weight_lines(plan),
+        *_wrap(f"arms        {', '.join(plan.arms)}", indent=12),
+        *_sets_lines(plan),
+        "",
+    ]
+
+
+def _shape_lines(plan: Plan) -> list[str]:
+    s = plan.shape
+    if s is None:
+        return ["parameters  not planned (no model config here)"]
+    return [
         f"arch        {s.model_type} / {s.architecture}",
         f"config      {s.config_source}",
         f"parameters  {s.total_params:,} ({_human(s.total_params)})",
-        *_data_lines(plan.data),
-        f"weights     {_gib(plan.weight_bytes)} to load",
-        f"            {_quant_words(plan)}",
-        "",
     ]
+
+
+def _weight_lines(plan: Plan) -> list[str]:
+    if plan.weight_bytes is None:
+        return []
+    return [f"weights     {_gib(plan.weight_bytes)} to load", f"            {_quant_words(plan)}"]
+
+
+def _sets_lines(plan: Plan) -> list[str]:
+    """Every arm is scored on the suite's own eval items and on each extra set."""
+    if not plan.sets:
+        return []
+    sets = ", ".join(f"{name} ({_n(n)} items)" for name, n in plan.sets)
+    return _wrap(f"eval sets   {sets}: every arm, besides the suite's own", indent=12)
 
 
 def _data_lines(d: DataCounts) -> list[str]:
@@ -329,6 +411,7 @@ def _data_lines(d: DataCounts) -> list[str]:
 
 def _quant_words(plan: Plan) -> str:
     spec, s = plan.model_spec, plan.shape
+    assert s is not None
     rest = _DTYPE_BYTES[spec.dtype]
     q = spec.quantization
     if q is None:
@@ -340,12 +423,12 @@ def _quant_words(plan: Plan) -> str:
 
 
 def _single(plan: Plan, c: CellPlan) -> list[str]:
-    t, sc, m = c.train, c.schedule, c.memory
+    t, sc = c.train, c.schedule
     return [
         f"arm {c.name}",
         f"  LoRA          r {t.r}, alpha {t.alpha:g}, dropout {t.dropout:g}, bias {t.bias}",
-        *_wrap(f"  targets       {c.lora_layers} layers: {_targets(t)}", indent=16),
-        f"  trainable     {c.trainable:,} = {_pct(c, plan)} of {_with_lora(c, plan):,}",
+        *_wrap(f"  targets       {_layers(c)}{_targets(t)}", indent=16),
+        f"  trainable     {_trainable(c, plan)}",
         *_unmatched(c),
         f"  batch         {sc.batch_size} x {sc.accumulation} accumulation = "
         f"{sc.effective_batch} per optimizer step",
@@ -353,9 +436,24 @@ def _single(plan: Plan, c: CellPlan) -> list[str]:
         f"  total steps   {_n(sc.total_steps)}{_total_why(t, sc)}",
         f"  warmup        {_n(sc.warmup_steps)} steps{_warmup_why(t)}",
         f"  optimizer     {t.optimizer}, lr {_lr(t.learning_rate)} {t.scheduler}, {t.precision}",
-        f"  train memory  ~{_gib(m.total)} -> {gpu_class(m.total)}",
-        *_memory_lines(m),
+        *_train_memory(c.memory),
     ]
+
+
+def _layers(c: CellPlan) -> str:
+    return "" if c.lora_layers is None else f"{c.lora_layers} layers: "
+
+
+def _trainable(c: CellPlan, plan: Plan) -> str:
+    if c.trainable is None or plan.shape is None:
+        return "not planned (no model config here)"
+    return f"{c.trainable:,} = {_pct(c, plan)} of {_with_lora(c, plan):,}"
+
+
+def _train_memory(m: Memory | None) -> list[str]:
+    if m is None:
+        return ["  train memory  not planned (no model config here)"]
+    return [f"  train memory  ~{_gib(m.total)} -> {gpu_class(m.total)}", *_memory_lines(m)]
 
 
 def _sweep(plan: Plan) -> list[str]:
@@ -366,15 +464,22 @@ def _sweep(plan: Plan) -> list[str]:
     table = [("arm", *(h for h, col in zip(heads, columns) if len(set(col)) > 1))]
     table += [(c.name, *(v for v, col in zip(row, columns) if len(set(col)) > 1))
               for c, row in zip(plan.cells, zip(*columns))]
-    big = max(plan.cells, key=lambda c: c.memory.total)
     return [
         f"{len(plan.cells)} sweep cells on {_n(plan.cells[0].schedule.n_train)} train examples"
         "; steps are optimizer steps",
         *_wrap("all cells: " + ", ".join(same), indent=11), "", *_table(table), "",
-        f"largest: {big.name} ~{_gib(big.memory.total)}",
-        f"  -> {gpu_class(big.memory.total)}", *_memory_lines(big.memory),
+        *_largest(plan.cells),
         *[x for c in plan.cells for x in _unmatched(c, prefix=f"{c.name}: ")],
     ]
+
+
+def _largest(cells: Sequence[CellPlan]) -> list[str]:
+    sized = [(c.name, c.memory) for c in cells if c.memory is not None]
+    if not sized:
+        return ["train memory: not planned (no model config here)"]
+    name, m = max(sized, key=lambda x: x[1].total)
+    return [f"largest: {name} ~{_gib(m.total)}", f"  -> {gpu_class(m.total)}",
+            *_memory_lines(m)]
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
@@ -385,9 +490,11 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
 
 def _row(plan: Plan, c: CellPlan) -> tuple[str, ...]:
     sc = c.schedule
+    sized = c.trainable is not None and plan.shape is not None
     return (str(c.train.r), _lr(c.train.learning_rate), f"{sc.batch_size}x{sc.accumulation}",
             _n(sc.steps_per_epoch), _n(sc.total_steps), _n(sc.warmup_steps),
-            f"{_human(c.trainable)} {_pct(c, plan)}", f"{c.memory.total / GIB:.1f} GiB")
+            f"{_human(c.trainable or 0)} {_pct(c, plan)}" if sized else "?",
+            "?" if c.memory is None else f"{c.memory.total / GIB:.1f} GiB")
 
 
 def _memory_lines(m: Memory) -> list[str]:
@@ -413,10 +520,12 @@ def _wrap(line: str, indent: int) -> list[str]:
 
 
 def _with_lora(c: CellPlan, plan: Plan) -> int:
-    return plan.shape.total_params + c.lora_params
+    assert plan.shape is not None
+    return plan.shape.total_params + (c.lora_params or 0)
 
 
 def _pct(c: CellPlan, plan: Plan) -> str:
+    assert plan.shape is not None
     return f"{100 * c.trainable_share(plan.shape.total_params):.3g}%"
 
 

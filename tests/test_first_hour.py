@@ -1,10 +1,12 @@
-"""A newcomer's first hour: a run that reports only the metrics its sets ask for."""
+"""A newcomer's first hour: `harness plan` offline on a hub suite, a run that reports only
+the metrics its sets ask for, and a README whose suite reference and install lines are true."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -71,3 +73,48 @@ def test_the_asked_loss_is_the_token_weighted_mean_of_the_rows(arith_run):
     loss = sum(r["nll_sum"] for r in mine) / sum(r["n_tokens"] for r in mine)
     assert math.isclose(rec["arms"]["baseline"]["metrics"]["arith/loss"], loss, rel_tol=1e-12)
 
+
+# ---------------------------------------------------------------- plan offline, hub model
+
+HUB_ID = "nobody-cached/no-such-model-7b"  # a hub id with no config in the (empty) cache
+
+
+@pytest.fixture()
+def hub_suite(tmp_path, monkeypatch) -> Path:
+    """The tiny suite on a hub model id that is not cached, offline, with an extra set."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
+    shutil.copy(ASSETS / "instruct.jsonl", tmp_path / "instruct.jsonl")
+    (tmp_path / "arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ARITH), "utf-8")
+    text = tiny_suite_text(Path("unused")).replace('"unused"', json.dumps(HUB_ID))
+    text = text.replace("max_steps = 24\n", "epochs = 3\n")  # steps from the data size
+    (tmp_path / "hub.toml").write_text(text + ARITH_SET, "utf-8")
+    return tmp_path / "hub.toml"
+
+
+def test_plan_offline_without_the_model_config_plans_the_rest(hub_suite):
+    res = runner.invoke(app, ["plan", str(hub_suite)])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert f"model config for {HUB_ID}: not in the local Hugging Face" in " ".join(out.split())
+    assert "not planned: architecture, parameters, LoRA sizes and memory" in out
+    # what needs no config: items, arms, sets, optimizer steps (64 train items, batch 8)
+    assert "data        train 64 / validation 8 / eval 12" in out
+    assert "arms        baseline, lora" in out
+    assert f"arith ({len(ARITH)} items)" in out
+    steps = math.ceil(64 / 8)
+    assert f"steps/epoch   {steps} = ceil(ceil(64 / 8) / 1)" in out
+    assert f"total steps   {3 * steps} = ceil(3 epochs x {steps})" in out
+    assert "trainable     not planned" in out and "train memory  not planned" in out
+    assert "error" not in out.lower() and "Traceback" not in out
+
+
+def test_plan_offline_sweep_lists_every_cell(hub_suite):
+    with open(hub_suite, "a", encoding="utf-8") as f:
+        f.write('\n[sweep]\ngrid = { "train.r" = [4, 8] }\n')
+    res = runner.invoke(app, ["plan", str(hub_suite)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    rows = [x.split() for x in lines if x.startswith("r") and x.split()[0][1:].isdigit()]
+    assert [r[:2] for r in rows] == [["r4", "4"], ["r8", "8"]], res.output
+    assert "train memory: not planned (no model config here)" in lines

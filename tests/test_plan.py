@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from harness import config, plan
 from harness.cli import app
 from harness.config import TrainSpec
-from harness.errors import ConfigError, ModelSourceError
+from harness.errors import ConfigError
 
 from .conftest import ASSETS, REPO, tiny_suite_text
 
@@ -237,13 +237,18 @@ def test_local_data_is_counted(tmp_path, llama_dir):
     assert (p.data.known, p.data.train, p.data.validation, p.data.eval) == (True, 64, 8, 12)
 
 
-def test_hub_model_offline_is_a_model_source_error(tmp_path, llama_dir, monkeypatch):
+def test_hub_model_offline_is_planned_without_its_sizes(tmp_path, llama_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     s = suite_for(tmp_path, llama_dir, "model.name_or_path=nobody/no-such-model")
-    with pytest.raises(ModelSourceError, match="model config for nobody/no-such-model: not in "
-                                               "the local Hugging Face cache, and the hub "
-                                               "cannot be reached"):
-        plan.make_plan(s)
+    p = plan.make_plan(s)
+    assert p.shape is None and p.weight_bytes is None
+    (why,) = p.missing
+    assert ("model config for nobody/no-such-model: not in the local Hugging Face cache, and "
+            "the hub cannot be reached") in why
+    (cell,) = p.cells
+    assert cell.trainable is None and cell.memory is None
+    assert cell.schedule.total_steps == 24  # the tiny suite's max_steps
+    assert p.data.known and p.data.train == 64
 
 
 def test_packaged_gguf_reads_the_gguf_config(tmp_path):
