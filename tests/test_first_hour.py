@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
+import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 
-from .conftest import ASSETS, tiny_suite_text
+from .conftest import ASSETS, REPO, tiny_suite_text
 
 runner = CliRunner()
 
@@ -118,3 +121,69 @@ def test_plan_offline_sweep_lists_every_cell(hub_suite):
     rows = [x.split() for x in lines if x.startswith("r") and x.split()[0][1:].isdigit()]
     assert [r[:2] for r in rows] == [["r4", "4"], ["r8", "8"]], res.output
     assert "train memory: not planned (no model config here)" in lines
+
+
+# ---------------------------------------------------------------- the README's suite reference
+
+
+def _reference() -> str:
+    """The ```toml block under README's "## A suite"."""
+    text = (REPO / "README.md").read_text("utf-8")
+    start = text.index("```toml", text.index("\n## A suite\n")) + len("```toml")
+    return text[start:text.index("```", start)]
+
+
+def _sections(block: str) -> dict[str, str]:
+    """Table header ("" for the top) -> its lines; [eval.sets.general] counts as eval.sets."""
+    out: dict[str, str] = {"": ""}
+    name = ""
+    for line in block.splitlines():
+        head = re.match(r"\[\[?([\w.]+)\]\]?", line)
+        if head:
+            name = re.sub(r"^eval\.sets\.\w+$", "eval.sets", head[1])
+            out.setdefault(name, "")
+        out[name] += line + "\n"
+    return out
+
+
+def _tables(model, prefix: str = ""):
+    """(table path, its model) for the suite and every table below it, as config reads them:
+    a field whose type is a model (or a list / dict of models) is a table of its own."""
+    from pydantic import BaseModel
+
+    yield prefix, model
+    for name, f in model.model_fields.items():
+        kinds = [f.annotation, *typing.get_args(f.annotation)]
+        kinds += [a for k in kinds for a in typing.get_args(k)]
+        sub = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if sub is not None:
+            yield from _tables(sub, f"{prefix}.{name}".lstrip("."))
+
+
+def test_the_suite_reference_names_every_key_config_reads():
+    from harness.config import Suite
+
+    sections = _sections(_reference())
+    missing = []
+    for table, model in _tables(Suite):
+        text = sections.get(table)
+        if text is None:
+            missing.append(f"[{table}]")
+            continue
+        for name, f in model.model_fields.items():
+            if f.exclude:
+                continue
+            as_table = f"{table}.{name}".lstrip(".") in sections
+            if not as_table and not re.search(rf"(^|[\s#;{{,]){name}\s*=", text, re.M):
+                missing.append(f"{table}.{name}".lstrip("."))
+    assert not missing, f"README's suite reference lacks {missing}"
+
+
+def test_the_suite_reference_is_a_valid_suite(tmp_path):
+    """Every key it shows (comments aside) is one config accepts, with a value it accepts."""
+    from harness import config
+
+    raw = tomllib.loads(_reference())
+    suite = config.validate_suite(raw, path=tmp_path / "ref.toml", text=_reference(), origins={})
+    assert suite.sweep is not None and len(suite.sweep.grid) == 2
+    assert list(suite.eval.baseline_templates) == ["terse"]
