@@ -429,8 +429,11 @@ def compare(
     ```
     """
     from harness import compare as comparing
+    from harness.results import check_writable
 
     try:
+        if output is not None:
+            check_writable(output.parent, output.name)
         level = comparing.stats.DEFAULT_ALPHA if alpha is None else alpha
         text = comparing.compare_runs(_readable_runs(runs), fmt=fmt.value, alpha=level)
     except HarnessError as e:
@@ -522,10 +525,12 @@ def report(run_: Annotated[str, typer.Argument(metavar="RUN", help="Run director
     ```
     """
     from harness import report as reporting
-    from harness.results import load_run
+    from harness.results import check_writable, load_run
 
     try:
-        paths = reporting.write_reports(load_run(run_))
+        loaded = load_run(run_)
+        check_writable(loaded.path, *reporting.REPORT_FILES)
+        paths = reporting.write_reports(loaded)
     except HarnessError as e:
         _fail(e)
     for p in paths:

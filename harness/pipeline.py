@@ -196,8 +196,14 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
     """``shard`` (``--shard I/N``): only that shard's adapter arms; see harness/merge.py.
     ``source``: the suite file (`harness resume` refuses it once edited). ``resumed``
     (resume.load): a killed run to continue in its own folder, its measured arms kept."""
-    checked = _sharded(preflight(suite), shard)
-    run = _start(suite, out_dir, checked, progress or NullProgress(), source, resumed)
+    try:
+        results.check_writable(Path(out_dir) / suite.name)  # before anything is computed
+        checked = _sharded(preflight(suite), shard)
+        run = _start(suite, out_dir, checked, progress or NullProgress(), source, resumed)
+    except BaseException:
+        if resumed is not None:  # refused before it started: another try may take it
+            resumed.release()
+        raise
     leftovers = results.dead_partials(Path(out_dir) / suite.name)
     if shard is not None:
         run.record["shard"] = shard.as_record([name for name, _ in checked.arms])
