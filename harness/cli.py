@@ -564,9 +564,13 @@ def merge(
     from harness.results import load_run
 
     try:
-        outcome = merging.merge_runs([load_run(r) for r in runs], out_dir)
+        with _stop_on_signals():  # the staged merge is removed, not left to look resumable
+            outcome = merging.merge_runs([load_run(r) for r in runs], out_dir)
     except HarnessError as e:
         _fail(e)
+    except KeyboardInterrupt as e:
+        _error(f"interrupted by {str(e) or 'SIGINT'}: nothing was written")
+        raise typer.Exit(1) from None
     _print_tables(outcome.record)
     _print(f"run directory: {outcome.path}")
     failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == "failed"]

@@ -7,6 +7,7 @@ them: through the CLI, in subprocesses where signals and locks are involved.
   `harness resume` of the same run is refused with one line naming the run and the holder.
 - A writer's liveness is that lock, not a pid: a `.owner` naming a live, unrelated process
   (pid 1 after a container restart) does not block a resume.
+- `harness merge` stopped by SIGTERM leaves no staging folder behind.
 
 Permissions do not stop root: the read-only folder tests skip as root, and the ones where a
 file (or a folder) stands in the way of the output cover the same check for every user.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -129,6 +131,41 @@ def test_merge_out_that_is_a_file_is_one_line_and_nothing_written(tmp_path):
     res = run_cli("merge", shard, "--out", blocker)
     _one_error_line(res, str(blocker), "is a file")
     assert blocker.read_text() == "keep me\n"
+
+
+# ---------------------------------------------------------------- merge and SIGTERM
+
+
+SLOW_REPORTS = """
+import sys, time
+from harness import pipeline
+render = pipeline._render_reports
+def slow(*a, **k):
+    print("rendering", flush=True)
+    time.sleep(60)
+    return render(*a, **k)
+pipeline._render_reports = slow
+from harness.cli import main
+sys.argv = ["harness", *sys.argv[1:]]
+main()
+"""
+
+
+def test_merge_stopped_by_sigterm_leaves_nothing_to_resume(tmp_path):
+    shard = _shard(tmp_path / "shards")
+    out = tmp_path / "merged"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_REPORTS, "merge", str(shard), "--out",
+                             str(out)], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "rendering"  # the merge is staged, mid-write
+    assert list((out / "toy").glob(".*.partial"))
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr and "SIGTERM" in stderr, stderr
+    assert list((out / "toy").iterdir()) == []  # no staging folder for `run` to offer
+    assert results.dead_partials(out / "toy") == []
 
 
 # ---------------------------------------------------------------- resume: lock and owner
