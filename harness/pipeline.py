@@ -345,7 +345,17 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, s
     arm = _record_arm(run, name, result, source=arms.ZERO_SHOT)
     if fields is not None and arm["status"] == "success":  # a NaN baseline is not reused
         if distributed.is_main():  # one writer: every rank computed the same rows
-            cache.store(fields, arm, list(result.rows))
+            _store(run, fields, arm, list(result.rows))
+
+
+def _store(run: _Run, fields: dict[str, Any], arm: dict[str, Any], rows: list[Any]) -> None:
+    """A cache that cannot be written (read-only, ``HARNESS_CACHE`` a file, a full disk)
+    only loses the reuse: the run goes on and says so."""
+    try:
+        cache.store(fields, arm, rows)
+    except OSError as e:
+        _warn(run, f"zero-shot cache not written ({cache.describe_failure(e)}); the run goes "
+                   "on without caching")
 
 
 def _cache_fields(run: _Run, name: str, suite: Suite, checked: Preflight,

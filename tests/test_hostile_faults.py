@@ -8,6 +8,7 @@ them: through the CLI, in subprocesses where signals and locks are involved.
 - A writer's liveness is that lock, not a pid: a `.owner` naming a live, unrelated process
   (pid 1 after a container restart) does not block a resume.
 - `harness merge` stopped by SIGTERM leaves no staging folder behind.
+- A baseline cache that cannot be written is a warning; the run goes on without caching.
 
 Permissions do not stop root: the read-only folder tests skip as root, and the ones where a
 file (or a folder) stands in the way of the output cover the same check for every user.
@@ -290,3 +291,35 @@ def test_a_live_run_holds_its_lock_and_says_who_it_is(tmp_path, tiny_model_dir, 
         stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         assert owner["process_start"] == int(stat[19])
     assert seen["leftovers"] == []  # its own folder is held: not a killed run's leftover
+
+
+# ---------------------------------------------------------------- the baseline cache
+
+
+def test_an_unwritable_baseline_cache_is_a_warning_and_the_run_goes_on(suite_dir, monkeypatch):
+    blocker = suite_dir / "cache-is-a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("HARNESS_CACHE", str(blocker))
+    res = run_cli("run", suite_dir / "tiny.toml", "--out", suite_dir / "out", *FAST,
+                  "--set", "eval.cache_baseline=true")
+    assert res.exit_code == 0, res.output
+    assert "warning: zero-shot cache not written" in res.output
+    (run,) = (suite_dir / "out" / "tiny").iterdir()
+    rec = results.load_run(run).record
+    assert rec["status"] == "success" and set(rec["arms"]) == {"baseline", "lora"}
+    said = [w for w in rec["warnings"] if "zero-shot cache not written" in w]
+    assert len(said) == 1 and str(blocker) in said[0], rec["warnings"]
+    assert blocker.read_text() == ""
+
+
+@ROOT
+def test_a_read_only_baseline_cache_is_a_warning(suite_dir, monkeypatch):
+    cache = suite_dir / "ro-cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    res = run_cli("run", suite_dir / "tiny.toml", "--out", suite_dir / "out", *FAST,
+                  "--eval-only", "--set", "eval.cache_baseline=true")
+    assert res.exit_code == 0, res.output
+    assert "warning: zero-shot cache not written" in res.output
+    assert list(cache.iterdir()) == []
