@@ -6,7 +6,8 @@ generation settings, the device and the library versions. All of those go into t
 change to any of them misses the cache; an adapter arm is never stored or read here.
 
 Entries: ``$HARNESS_CACHE/baselines/<key>.json`` = {"key_fields", "arm", "rows"}, written
-atomically. A corrupt entry is ignored (and recomputed), never trusted.
+atomically. A corrupt entry is ignored (and recomputed), never trusted. An entry that cannot
+be written (``store`` raises OSError) loses only the reuse: the pipeline warns and goes on.
 """
 
 from __future__ import annotations
@@ -104,3 +105,9 @@ def store(fields: dict[str, Any], arm: dict[str, Any], rows: list[dict[str, Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"key_fields": fields, "arm": arm, "rows": rows}
     results.atomic_write_text(path, results.dumps(entry, indent=None))
+
+
+def describe_failure(e: OSError) -> str:
+    """``/x/cache/baselines: Not a directory``: where the cache write failed and why."""
+    where = e.filename or cache_dir()
+    return f"{where}: {e.strerror or e}"

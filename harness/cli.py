@@ -431,8 +431,11 @@ def compare(
     ```
     """
     from harness import compare as comparing
+    from harness.results import check_writable
 
     try:
+        if output is not None:
+            check_writable(output.parent, output.name)
         level = comparing.stats.DEFAULT_ALPHA if alpha is None else alpha
         text = comparing.compare_runs(_readable_runs(runs), fmt=fmt.value, alpha=level)
     except HarnessError as e:
@@ -524,10 +527,12 @@ def report(run_: Annotated[str, typer.Argument(metavar="RUN", help="Run director
     ```
     """
     from harness import report as reporting
-    from harness.results import load_run
+    from harness.results import check_writable, load_run
 
     try:
-        paths = reporting.write_reports(load_run(run_))
+        loaded = load_run(run_)
+        check_writable(loaded.path, *reporting.REPORT_FILES)
+        paths = reporting.write_reports(loaded)
     except HarnessError as e:
         _fail(e)
     for p in paths:
@@ -561,9 +566,13 @@ def merge(
     from harness.results import load_run
 
     try:
-        outcome = merging.merge_runs([load_run(r) for r in runs], out_dir)
+        with _stop_on_signals():  # the staged merge is removed, not left to look resumable
+            outcome = merging.merge_runs([load_run(r) for r in runs], out_dir)
     except HarnessError as e:
         _fail(e)
+    except KeyboardInterrupt as e:
+        _error(f"interrupted by {str(e) or 'SIGINT'}: nothing was written")
+        raise typer.Exit(1) from None
     _print_tables(outcome.record)
     _print(f"run directory: {outcome.path}")
     failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == "failed"]

@@ -196,8 +196,14 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
     """``shard`` (``--shard I/N``): only that shard's adapter arms; see harness/merge.py.
     ``source``: the suite file (`harness resume` refuses it once edited). ``resumed``
     (resume.load): a killed run to continue in its own folder, its measured arms kept."""
-    checked = _sharded(preflight(suite), shard)
-    run = _start(suite, out_dir, checked, progress or NullProgress(), source, resumed)
+    try:
+        results.check_writable(Path(out_dir) / suite.name)  # before anything is computed
+        checked = _sharded(preflight(suite), shard)
+        run = _start(suite, out_dir, checked, progress or NullProgress(), source, resumed)
+    except BaseException:
+        if resumed is not None:  # refused before it started: another try may take it
+            resumed.release()
+        raise
     leftovers = results.dead_partials(Path(out_dir) / suite.name)
     if shard is not None:
         run.record["shard"] = shard.as_record([name for name, _ in checked.arms])
@@ -339,7 +345,17 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, s
     arm = _record_arm(run, name, result, source=arms.ZERO_SHOT)
     if fields is not None and arm["status"] == "success":  # a NaN baseline is not reused
         if distributed.is_main():  # one writer: every rank computed the same rows
-            cache.store(fields, arm, list(result.rows))
+            _store(run, fields, arm, list(result.rows))
+
+
+def _store(run: _Run, fields: dict[str, Any], arm: dict[str, Any], rows: list[Any]) -> None:
+    """A cache that cannot be written (read-only, ``HARNESS_CACHE`` a file, a full disk)
+    only loses the reuse: the run goes on and says so."""
+    try:
+        cache.store(fields, arm, rows)
+    except OSError as e:
+        _warn(run, f"zero-shot cache not written ({cache.describe_failure(e)}); the run goes "
+                   "on without caching")
 
 
 def _cache_fields(run: _Run, name: str, suite: Suite, checked: Preflight,

@@ -35,6 +35,7 @@ from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
 from harness.results import LoadedRun, atomic_write_text
 from harness.stats import DEFAULT_ALPHA
 
+REPORT_FILES = ("report.html", "report.md")  # what write_reports writes, in this order
 HTML_TEMPLATE, MD_TEMPLATE, JS_FILE = "report.html.j2", "report.md.j2", "_report.js"
 MAX_EXAMPLES = 200  # the browser stays fast; the largest gains and regressions are kept
 
@@ -56,8 +57,8 @@ P_HOLM_LABEL = "p (Holm)"
 def write_reports(run: LoadedRun) -> list[Path]:
     """Write report.html and report.md into the run directory; return their paths."""
     html, md = render_html(run), render_markdown(run)
-    return [atomic_write_text(run.path / "report.html", html),
-            atomic_write_text(run.path / "report.md", md)]
+    return [atomic_write_text(run.path / name, text)
+            for name, text in zip(REPORT_FILES, (html, md), strict=True)]
 
 
 def render_html(run: LoadedRun) -> str:

@@ -16,18 +16,21 @@ renamed folder whose ``run.json`` says ``"status": "failed"`` with the error.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
 import secrets
 import shutil
+import socket
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import RecordError
+from harness.errors import InputError, RecordError
 
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
@@ -59,6 +62,7 @@ class RunDir:
 
     final: Path
     path: Path
+    lock: RunLock | None = field(default=None, repr=False, compare=False)  # held until finalize
 
     def write_json(self, name: str, obj: Any) -> Path:
         return atomic_write_text(self.path / name, dumps(obj))
@@ -111,43 +115,140 @@ class RunDir:
         (self.path / OWNER_FILE).unlink(missing_ok=True)
         os.replace(self.path, self.final)
         self.path = self.final
+        if self.lock is not None:  # the folder is in place: nothing writes it any more
+            self.lock.release()
         return self.final
 
 
-# Inside a staging folder: the pid of the process writing it, so a later run can tell a
-# folder some live run is still writing from the leftover of one that was killed (SIGKILL,
-# a lost machine), which no handler could move into place.
+# Inside a staging folder: who is writing it (pid, host, boot id, process start), for the
+# messages only. Whether a writer is alive is decided by the folder's lock (RunLock), which the
+# kernel drops when the process ends however it ends: a pid alone outlives its process (after a
+# container restart pid 1 is always alive) and two resumes both saw a dead one.
 OWNER_FILE = ".owner"
 PARTIAL_SUFFIX = ".partial"
+PROBE_S = 0.5  # how long a lock is retried before it counts as held by a live writer
+
+
+class RunLock:
+    """An exclusive ``flock`` on a run's folder, held by the one process writing it from
+    ``create_run_dir`` (or `harness resume`) until the run is finalized. The folder itself is
+    locked, not a file in it: the lock stays with the folder when it is renamed into place,
+    and nothing is left behind. Local filesystems only (NFS may not honour flock)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def take(cls, folder: Path, wait_s: float = PROBE_S) -> RunLock | None:
+        """The lock, or None while another process (or another RunLock) holds it for longer
+        than ``wait_s``: a run's next sibling only probes it (dead_partials), for
+        microseconds, and must not make a writer give up."""
+        fd = os.open(folder, os.O_RDONLY)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return cls(fd)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return None
+                time.sleep(0.02)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = None
+
+    __del__ = release
+
+
+def claim_folder(folder: Path) -> RunLock | None:
+    """Lock ``folder`` and write who holds it into its owner file; None when it is held."""
+    lock = RunLock.take(folder)
+    if lock is not None:
+        write_owner(folder)
+    return lock
+
+
+def write_owner(folder: Path) -> None:
+    atomic_write_text(folder / OWNER_FILE, json.dumps(_owner_info()))
+
+
+def _owner_info() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(),
+            "process_start": _process_start(), "since": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+
+
+def _process_start() -> int | None:
+    """This process's start, in clock ticks since boot (/proc/self/stat field 22): with the
+    boot id it names one process, where a pid is reused."""
+    try:
+        stat = Path("/proc/self/stat").read_text(encoding="ascii")
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def create_run_dir(out_dir: Path, suite_name: str, run_id: str | None = None) -> RunDir:
-    """Reserve ``out_dir/suite_name/run_id`` (a new id if taken) and stage into a hidden dir."""
+    """Reserve ``out_dir/suite_name/run_id`` (a new id if taken) and stage into a hidden dir,
+    locked by this process until ``finalize``."""
     parent = Path(out_dir) / suite_name
+    check_writable(parent)
     parent.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id()
     while (parent / run_id).exists() or (parent / f".{run_id}{PARTIAL_SUFFIX}").exists():
         run_id = new_run_id()
     staging = parent / f".{run_id}{PARTIAL_SUFFIX}"
     staging.mkdir()
-    (staging / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
-    return RunDir(final=parent / run_id, path=staging)
+    return RunDir(final=parent / run_id, path=staging, lock=claim_folder(staging))
 
 
 def dead_partials(parent: Path) -> list[Path]:
-    """Staging folders under ``parent`` whose writer is gone: killed runs' leftovers."""
+    """Staging folders under ``parent`` that no process holds: killed runs' leftovers."""
     if not parent.is_dir():
         return []
-    return sorted(p for p in parent.glob(f".*{PARTIAL_SUFFIX}")
-                  if p.is_dir() and not pid_alive(owner_pid(p)))
+    return sorted(p for p in parent.glob(f".*{PARTIAL_SUFFIX}") if p.is_dir() and _unheld(p))
 
 
-def owner_pid(staging: Path) -> int | None:
-    """The pid in a staging folder's owner file (None: none, or unreadable)."""
+def _unheld(folder: Path) -> bool:
     try:
-        return int((staging / OWNER_FILE).read_text(encoding="utf-8").strip())
+        lock = RunLock.take(folder, wait_s=0.0)
+    except OSError:
+        return False
+    if lock is None:
+        return False
+    lock.release()
+    return True
+
+
+def owner(staging: Path) -> dict[str, Any]:
+    """What a staging folder's owner file says (pid, host, since...); {} when none or
+    unreadable. Older harnesses wrote a bare pid."""
+    try:
+        text = (staging / OWNER_FILE).read_text(encoding="utf-8").strip()
+        info = json.loads(text)
     except (OSError, ValueError):
-        return None
+        return {}
+    return info if isinstance(info, dict) else {"pid": info} if isinstance(info, int) else {}
+
+
+def describe_owner(staging: Path) -> str:
+    """``process 4242 on box-1 (since 2026-12-06T13:20:05Z)``, as far as the owner file says."""
+    info = owner(staging)
+    pid = info.get("pid")
+    text = f"process {pid}" if isinstance(pid, int) else "another process"
+    if info.get("host"):
+        text += f" on {info['host']}"
+    return text + (f" (since {info['since']})" if info.get("since") else "")
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -160,6 +261,33 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def check_writable(folder: Path, *files: str) -> Path:
+    """The one check of an output location, made before anything is computed or written:
+    ``folder`` exists as a writable folder, or can be created (its nearest existing ancestor
+    is a writable folder), and none of ``files`` (names in it to be replaced) is a folder.
+    InputError naming the path otherwise; nothing is created."""
+    folder = Path(folder)
+    label = str(folder)
+    for name in files:
+        if (folder / name).is_dir():
+            raise InputError(f"{folder / name}: cannot be written: a folder is in its place")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():  # a link to nowhere: mkdir would fail on it
+            raise InputError(f"{label}: cannot be created: {probe} is a broken link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{label}: cannot be created or written: {probe} is a file, "
+                         "not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".harness-write-check-", dir=probe)
+    except OSError as e:
+        raise InputError(f"{label}: cannot write in {probe} ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return folder
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -152,6 +152,11 @@ class Resumed:
     journal: Journal
     record: dict[str, Any]
     predictions: list[dict[str, Any]]  # the rows of the arms kept
+    lock: results.RunLock  # taken by `load`, held until the run is finalized
+
+    def release(self) -> None:
+        """Refused before the run started (``claim`` or earlier): another try may take it."""
+        _let_go(self.lock, self.final if self.from_final and self.final.is_dir() else None)
 
     @property
     def shard(self) -> Any:
@@ -162,8 +167,8 @@ class Resumed:
 
     def claim(self, splits: Any, sets: Sequence[Any] = ()) -> results.RunDir:
         """Check the data still is what the run measured (``splits``: data.DataSplits,
-        ``sets``: data.EvalSet), then own the folder (our pid in .owner) and tidy it for the
-        arms still to run."""
+        ``sets``: data.EvalSet), then own the folder (who we are in .owner; ``load`` took its
+        lock) and tidy it for the arms still to run."""
         _check_data(self.record.get("data", {}), splits.summary(),
                     {s.name: s.fingerprint for s in sets}, self.staging)
         if self.from_final:
@@ -172,8 +177,8 @@ class Resumed:
             except OSError as e:
                 raise ResumeRefused(f"{self.final}: cannot take the run over ({e.strerror}); "
                                     "is another `harness resume` on it?") from e
-        results.atomic_write_text(self.staging / results.OWNER_FILE, str(os.getpid()))
-        run_dir = results.RunDir(final=self.final, path=self.staging)
+        results.write_owner(self.staging)
+        run_dir = results.RunDir(final=self.final, path=self.staging, lock=self.lock)
         self.journal.dir = run_dir
         self.record.setdefault("resumes", []).append(
             {"at": _iso(time.time()), "kept": list(self.journal.done),
@@ -185,9 +190,17 @@ def load(path: str | Path) -> Resumed:
     """A run to continue: its staging folder, its final folder (a run that failed or was
     interrupted), or ``out/<suite>/<run_id>`` while only the staging folder exists. Checks
     everything that needs no weights; nothing is changed until ``claim``."""
-    staging, final, from_final = _locate(Path(path))
-    state = _read_state(staging if not from_final else final)
+    staging, final, from_final, lock = _locate(Path(path))
+    try:
+        return _loaded(staging, final, from_final, lock)
+    except BaseException:
+        _let_go(lock, final if from_final else None)
+        raise
+
+
+def _loaded(staging: Path, final: Path, from_final: bool, lock: results.RunLock) -> Resumed:
     where = final if from_final else staging
+    state = _read_state(where)
     _check_versions(state, where)
     suite = _suite_of(state, where)
     done = [a for a in state.get("done", []) if a in state["record"].get("arms", {})]
@@ -199,11 +212,12 @@ def load(path: str | Path) -> Resumed:
                       {k: state[k] for k in ("harness_version", "base_dir", "suite_file",
                                              "config_sha256")},
                       done=done, started=time.time() - float(state.get("elapsed_s") or 0.0))
-    return Resumed(suite, final.parent.parent, staging, final, from_final, journal, record, rows)
+    return Resumed(suite, final.parent.parent, staging, final, from_final, journal, record, rows,
+                   lock)
 
 
-def _locate(p: Path) -> tuple[Path, Path, bool]:
-    """(staging folder, final folder, whether the run is in its final folder)."""
+def _locate(p: Path) -> tuple[Path, Path, bool, results.RunLock]:
+    """(staging folder, final folder, whether the run is in its final folder, its lock)."""
     if p.name == results.RUN_FILE and p.is_file():
         p = p.parent
     p = p.resolve()
@@ -215,18 +229,37 @@ def _locate(p: Path) -> tuple[Path, Path, bool]:
         if final.exists():
             raise ResumeRefused(f"{staging}: its run {final.name} exists already; nothing to "
                                 "resume (delete the staging folder)")
-        owner = results.owner_pid(staging)
-        if results.pid_alive(owner) and owner != os.getpid():
-            raise ResumeRefused(f"{staging}: the run is still being written by process "
-                                f"{owner}; wait for it or stop it first")
-        return staging, final, False
+        return staging, final, False, _lock(staging)
     if (final / results.RUN_FILE).is_file():
-        status = results.load_run(final).record.get("status")
-        if status == "success":
+        lock = _lock(final)
+        if results.load_run(final).record.get("status") == "success":
+            lock.release()
             raise ResumeRefused(f"{final}: the run finished (status success); nothing to resume")
-        return staging, final, True
+        return staging, final, True, lock
     raise ResumeRefused(f"{p}: not a run directory or a run's staging folder "
                         f"(.<run_id>{results.PARTIAL_SUFFIX})")
+
+
+def _lock(folder: Path) -> results.RunLock:
+    """The run's lock: whoever holds it is writing the run (a run, or another resume), alive
+    by definition, since the kernel drops a flock with its process."""
+    try:
+        lock = results.RunLock.take(folder)
+    except FileNotFoundError:
+        raise ResumeRefused(f"{folder}: moved away while being resumed; is another "
+                            "`harness resume` on it?") from None
+    if lock is None:
+        raise ResumeRefused(f"{folder}: the run is still being written by "
+                            f"{results.describe_owner(folder)}; wait for it or stop it first")
+    results.write_owner(folder)  # who holds it, for the message another resume gives
+    return lock
+
+
+def _let_go(lock: results.RunLock, final: Path | None) -> None:
+    """Refused: the folder as it was (a finalized run gets no owner file), its lock free."""
+    if final is not None:
+        (final / results.OWNER_FILE).unlink(missing_ok=True)
+    lock.release()
 
 
 def _read_state(folder: Path) -> dict[str, Any]:

@@ -249,10 +249,23 @@ def _refused(path: Path, *needles: str) -> str:
     return lines[0]
 
 
+_HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
 def test_a_run_still_being_written_is_not_resumed(copy):
-    live = subprocess.Popen(["sleep", "60"])
+    """Whoever holds the run folder's lock is writing it (the pid in .owner only names it)."""
+    staging = _as_killed(copy, os.getpid())
+    live = subprocess.Popen([sys.executable, "-c", _HOLD, str(staging)], stdout=subprocess.PIPE,
+                            text=True)
     try:
-        staging = _as_killed(copy, live.pid)
+        assert live.stdout is not None and live.stdout.readline().strip() == "held"
+        (staging / results.OWNER_FILE).write_text(str(live.pid))  # what an old harness wrote
         _refused(staging, "still being written by process", str(live.pid))
         _refused(copy, "still being written")  # out/<suite>/<run_id> names the staging folder
     finally:

@@ -252,7 +252,10 @@ def test_leftover_partial_folder_of_a_dead_run_is_reported(suite_dir):
     for folder, pid in ((killed, dead), (alive, str(os.getpid()))):
         folder.mkdir(parents=True)
         (folder / ".owner").write_text(pid)
+    lock = results.RunLock.take(alive)  # what a live run holds (its pid alone decides nothing)
     res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out", str(out), *FAST])
+    assert lock is not None
+    lock.release()
     assert res.exit_code == 0, res.output
     assert "warning:" in res.output and killed.name in res.output
     assert alive.name not in res.output  # a live run's staging folder is not a leftover
