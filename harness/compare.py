@@ -482,12 +482,14 @@ def render_csv(table: CompareTable) -> str:
 
 
 def render_json(table: CompareTable) -> str:
-    """Strict JSON (results.dumps): a NaN an older record stored reads null."""
+    """Strict JSON (results.dumps): a NaN an older record stored reads null; a control
+    character in a name as its JSON escape, so the text is safe to print and parses back to
+    the same name."""
     doc = {
         "alpha": table.alpha, "stats": table.settings.as_record(), "runs": table.runs,
         "comparisons": table.rows, "notes": table.notes,
     }
-    return results.dumps(doc)
+    return F.printable(results.dumps(doc), json=True)
 
 
 def render_html(table: CompareTable) -> str:

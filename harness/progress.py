@@ -55,18 +55,20 @@ class RichProgress:
     def __init__(self, bar: RichBar):
         self.bar = bar
 
+    # Text here names arms and quotes files: formatting.printable escapes it before layout.
     def stage(self, text: str) -> None:
-        self.bar.console.print(Text.assemble(("> ", "bold"), text), highlight=False,
-                               soft_wrap=True)
+        self.bar.console.print(Text.assemble(("> ", "bold"), F.printable(text)),
+                               highlight=False, soft_wrap=True)
 
     def warn(self, text: str) -> None:
-        self.bar.console.print(Text.assemble(("warning: ", "yellow"), text), highlight=False,
-                               soft_wrap=True)
+        self.bar.console.print(Text.assemble(("warning: ", "yellow"), F.printable(text)),
+                               highlight=False, soft_wrap=True)
 
     def task(self, description: str, total: int | None) -> Advance:
-        tid = self.bar.add_task(description, total=total, info="")
+        tid = self.bar.add_task(F.printable(description), total=total, info="")
 
         def advance(n: int, info: str | None = None) -> None:
+            info = info and F.printable(info)
             self.bar.update(tid, advance=n, **({"info": info} if info else {}))
             if info and not self.bar.console.is_terminal:
                 self._line(tid, info)
@@ -87,9 +89,11 @@ class RichProgress:
 @contextlib.contextmanager
 def console_progress(console: Console) -> Iterator[RichProgress]:
     quiet_libraries()
-    bar = RichBar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                  TextColumn("{task.fields[info]}"), console=console)
+    # Descriptions and numbers are plain text, never markup: they name arms from the suite.
+    bar = RichBar(TextColumn("{task.description}", markup=False), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), TextColumn("{task.fields[info]}", markup=False),
+                  console=console)
     with bar:
         yield RichProgress(bar)
 
