@@ -35,6 +35,8 @@ RICH_STYLES = {GOOD: "green", BAD: "red", NEUTRAL: ""}
 # clear-screen sequences; BEL ends a title), DEL, C1 controls (0x9b is a one-byte CSI) and the
 # bidirectional overrides that reorder what is shown. Newline and tab stay: they only lay out.
 CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def number(v: Any) -> float | None:
@@ -186,6 +188,19 @@ def printable(text: str, json: bool = False) -> str:
     if json:
         return CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return CONTROLS.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as written: text that would start a formula (``=``,
+    ``+``, ``-``, ``@``, tab, CR) gets a leading ``'``, as OWASP advises; numbers, and text
+    that is a number (``-0.12``), stay as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
 
 
 def md_cell(value: Any) -> str:

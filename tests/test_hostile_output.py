@@ -4,6 +4,7 @@ formula, and the terminal tables stay readable at 80 columns."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -24,6 +25,8 @@ REPO = Path(__file__).parent.parent
 # A window-title change (OSC, ended by BEL), a screen clear (CSI), a C1 CSI and rich markup.
 TITLE, CLEAR, C1 = "\x1b]0;pwned\x07", "\x1b[2J", "\x9b31m"
 HOSTILE_ARM = f"x{TITLE}{CLEAR}{C1}[/red][bold]"
+FORMULAS = ['=HYPERLINK("http://x","y")', "+1+2", "-2+3+cmd|' /C calc'!A0", "@SUM(1,2)",
+            "\tlead", "\rlead"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -137,6 +140,43 @@ def test_terminal_summary_neither_escapes_nor_reads_markup_from_an_arm_name(tmp_
     shown = _in_terminal(_PRINT_TABLES, str(run / "run.json"), columns=120)
     assert _raw_controls(_styles_stripped(shown)) == [], shown
     assert "[/red][bold]" in shown
+
+
+# ---------------------------------------------------------------- CSV formulas
+
+
+def test_compare_csv_neutralises_formula_cells_but_keeps_numbers(tmp_path: Path):
+    arms = {"baseline": (0.3, 2.5), **{name: (0.45, 1.8) for name in FORMULAS}}
+    run = make_run(tmp_path, arms=arms)
+    out = tmp_path / "table.csv"
+    res = _harness("compare", str(run), "--format", "csv", "--output", str(out))
+    assert res.returncode == 0, res.stderr.decode()
+    with out.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    shown_arms = {r["candidate_arm"] for r in rows}
+    assert shown_arms == {"'" + name for name in FORMULAS}
+    # a spreadsheet reads a cell as a formula when it starts with one of these
+    danger = [(k, v) for r in rows for k, v in r.items() if v[:1] in ("=", "+", "@", "\t", "\r")
+              or (v[:1] == "-" and not _is_number(v))]
+    assert danger == []
+    # numbers stay numbers: negative differences (lower loss) are not quoted
+    loss = [r for r in rows if r["metric"] == "loss"]
+    assert loss and all(float(r["abs_diff"]) < 0 and float(r["ci_low"]) < 0 for r in loss)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_csv_cell_quotes_text_that_starts_a_formula_only():
+    assert [F.csv_cell(v) for v in ("=1+2", "+x", "-x", "@x", "\tx", "\rx", "a=b", "")] == [
+        "'=1+2", "'+x", "'-x", "'@x", "'\tx", "'\rx", "a=b", ""]
+    assert [F.csv_cell(v) for v in (-0.12, "-0.12", "-1e-05", 3, True, None)] == [
+        -0.12, "-0.12", "-1e-05", 3, True, None]
 
 
 _PRINT_TABLES = ("import json, sys; from harness import cli; "
