@@ -10,7 +10,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.progress import Progress as RichBar
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from harness import arms as A
@@ -89,11 +90,17 @@ class RichProgress:
 @contextlib.contextmanager
 def console_progress(console: Console) -> Iterator[RichProgress]:
     quiet_libraries()
+    # Step and ETA keep their width on any terminal (80 columns included): the bar is short
+    # (12 columns) and the latest numbers wrap under themselves rather than push them away.
     # Descriptions and numbers are plain text, never markup: they name arms from the suite.
-    bar = RichBar(TextColumn("{task.description}", markup=False), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-                  TimeRemainingColumn(), TextColumn("{task.fields[info]}", markup=False),
-                  console=console)
+    fixed = {"table_column": Column(no_wrap=True)}
+    bar = RichBar(TextColumn("{task.description}", markup=False, **fixed),
+                  BarColumn(bar_width=12),
+                  MofNCompleteColumn(**fixed), TimeElapsedColumn(**fixed),
+                  TextColumn("ETA", **fixed), TimeRemainingColumn(**fixed),
+                  TextColumn("{task.fields[info]}", markup=False,
+                             table_column=Column(ratio=1)),
+                  console=console, expand=True)
     with bar:
         yield RichProgress(bar)
 
@@ -114,31 +121,38 @@ def quiet_libraries() -> None:
         datasets.utils.logging.set_verbosity_error()
 
 
-def summary_table(record: dict[str, Any]) -> Table:
-    """Zero-shot vs each adapter arm, one row per metric, with the paired CI when present."""
-    arms = A.others(record.get("arms", {}))
+def summary_table(record: dict[str, Any]) -> Group:
+    """Zero-shot vs each adapter arm, one table per arm and one row per metric, with the
+    paired CI when present: three arms side by side need 130 columns, one arm's table fits 80
+    with every CI on one line (only a long metric or arm name folds). A run without adapter
+    arms: the zero-shot numbers alone."""
     alpha = (record.get("stats") or {}).get("alpha", stats.DEFAULT_ALPHA)
-    table = Table(title=f"{record.get('suite')} / {record.get('run_id')}")
-    table.add_column("metric", no_wrap=True)
-    table.add_column(A.BASELINE_LABEL, justify="right", no_wrap=True)
-    for a in arms:
-        table.add_column(a, justify="right", no_wrap=True)
-        table.add_column(f"Δ [{F.ci_level(alpha)} CI]", justify="right")
+    arms = A.others(record.get("arms", {}))
+    return Group(*[_arm_table(record, a, alpha) for a in arms] or [_arm_table(record, None, alpha)])
+
+
+def _arm_table(record: dict[str, Any], arm: str | None, alpha: float) -> Table:
+    title = f"{record.get('suite')} / {record.get('run_id')}"
+    table = _narrow_table(title + (f": {arm} vs {A.BASELINE_LABEL}" if arm else ""))
+    _add_column(table, "metric")
+    _add_column(table, A.BASELINE_LABEL)
+    if arm is not None:
+        _add_column(table, arm)
         # the CI is per metric: the p beside it is too; Holm's decides significance
-        table.add_column("p", justify="right", no_wrap=True)
-        table.add_column("p (Holm)", justify="right", no_wrap=True)
-    comps = {(c["candidate"], c["metric"]): c for c in record.get("comparisons", [])}
+        for name in (f"Δ [{F.ci_level(alpha)} CI]", "p", "p (Holm)"):
+            _add_column(table, name, fixed=True)
+    comps = {c["metric"]: c for c in record.get("comparisons", []) if c.get("candidate") == arm}
     base = record.get("arms", {}).get(A.BASELINE, {}).get("metrics", {})
     for m in sorted((k for k in base if M.is_known(k)), key=M.sort_key):
         if base.get(m) is None:
             continue
         row = [m + (" ↓" if lower_is_better(m) else ""), _value(record, A.BASELINE, m)]
-        for a in arms:
-            delta = _delta(comps.get((a, m)), m, alpha)
-            if m in SYSTEM_KEYS and not measured.comparable(measured.of(record, a),
+        if arm is not None:
+            delta = _delta(comps.get(m), m, alpha)
+            if m in SYSTEM_KEYS and not measured.comparable(measured.of(record, arm),
                                                             measured.of(record, A.BASELINE)):
                 delta = F.DASH, F.DASH, F.DASH  # older records stored such differences
-            row += [_value(record, a, m), *delta]
+            row += [_value(record, arm, m), *delta]
         table.add_row(*row)
     return table
 
@@ -163,28 +177,47 @@ def _delta(c: dict[str, Any] | None, metric: str, alpha: float) -> tuple[Text | 
             F.p_value(c.get("p_value_holm"), alpha))
 
 
-def seed_table(record: dict[str, Any]) -> Table | None:
-    """Each recipe trained with several seeds against zero-shot (``seed_comparisons``): the
-    mean over seeds of each seed's difference and the interval that counts seed-to-seed and
-    item noise, the truth about the recipe where one seed's table tells about one adapter.
-    None when the run has no such rows."""
+def seed_table(record: dict[str, Any]) -> Group | None:
+    """Each recipe trained with several seeds against zero-shot (``seed_comparisons``), one
+    table per recipe: the mean over seeds of each seed's difference and the interval that
+    counts seed-to-seed and item noise, the truth about the recipe where one seed's table
+    tells about one adapter. None when the run has no such rows."""
     rows = [c for c in record.get("seed_comparisons") or [] if isinstance(c, dict)
             and M.is_known(str(c.get("metric")))]
     if not rows:
         return None
     alpha = (record.get("stats") or {}).get("alpha", stats.DEFAULT_ALPHA)
-    table = Table(title=f"Across training seeds: mean over seeds vs zero-shot, "
-                        f"{F.ci_level(alpha)} CI across seeds and items")
-    for name in ("recipe", "seeds", "metric", A.BASELINE_LABEL, "mean", "Δ [CI]", "seed SD",
-                 "sig."):
-        table.add_column(name, justify="left" if name in ("recipe", "metric") else "right",
-                         no_wrap=True)
-    for c in sorted(rows, key=lambda c: (str(c.get("recipe")), M.sort_key(str(c["metric"])))):
+    recipes = sorted({str(c.get("recipe")) for c in rows})
+    return Group(*[_seed_recipe_table([c for c in rows if str(c.get("recipe")) == r], r, alpha)
+                   for r in recipes])
+
+
+def _seed_recipe_table(rows: list[dict[str, Any]], recipe: str, alpha: float) -> Table:
+    seeds = rows[0].get("n_seeds", "?")
+    table = _narrow_table(
+        f"Across training seeds: {recipe} ({seeds} seeds), mean over seeds vs zero-shot, "
+        f"{F.ci_level(alpha)} CI across seeds and items")
+    for name in ("metric", A.BASELINE_LABEL, "mean", "Δ [CI]", "seed SD", "sig."):
+        _add_column(table, name, fixed=name in ("Δ [CI]", "sig."))
+    for c in sorted(rows, key=lambda c: M.sort_key(str(c["metric"]))):
         m = str(c["metric"])
         delta, _, _ = _delta(c, m, alpha)
-        table.add_row(str(c.get("recipe")), str(c.get("n_seeds", "")),
-                      m + (" ↓" if lower_is_better(m) else ""),
+        table.add_row(m + (" ↓" if lower_is_better(m) else ""),
                       F.metric(m, c.get("baseline_value")), F.metric(m, c.get("candidate_value")),
                       delta, F.metric(m, c.get("seed_sd")),
                       "yes" if c.get("significant") else "no")
     return table
+
+
+def _narrow_table(title: str) -> Table:
+    """A terminal table that reads at 80 columns: no borders, a rule under the header."""
+    return Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                 collapse_padding=True)
+
+
+def _add_column(table: Table, name: str, fixed: bool = False) -> None:
+    """The first column left-aligned, the rest right. ``fixed`` columns (a change with its CI,
+    p-values) never wrap; the others (names, values) fold on a narrow terminal rather than
+    end in "…"."""
+    table.add_column(name, justify="right" if table.columns else "left", no_wrap=fixed,
+                     overflow="fold")

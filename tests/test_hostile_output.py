@@ -179,8 +179,90 @@ def test_csv_cell_quotes_text_that_starts_a_formula_only():
         -0.12, "-0.12", "-1e-05", 3, True, None]
 
 
+# ---------------------------------------------------------------- 80 columns
+
+
 _PRINT_TABLES = ("import json, sys; from harness import cli; "
                  "cli._print_tables(json.load(open(sys.argv[1], encoding='utf-8')))")
+SWEEP = {"baseline": (0.30, 2.5), "lora_r8": (0.40, 2.0), "lora_r16": (0.45, 1.9),
+         "lora_r32": (0.50, 1.8)}
+
+
+def _with_comparisons(run: Path) -> Path:
+    """The record with every adapter arm compared with zero-shot, as a run stores it."""
+    from harness import stats
+
+    rec = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    by_arm: dict[str, list] = {}
+    for p in preds:
+        by_arm.setdefault(p["arm"], []).append(p)
+    metrics = {a: rec["arms"][a]["metrics"] for a in by_arm}
+    rec["comparisons"] = [
+        c for arm in by_arm if arm != "baseline"
+        for c in stats.compare_arms(by_arm["baseline"], by_arm[arm], metrics["baseline"],
+                                    metrics[arm], baseline="baseline", candidate=arm,
+                                    n_resamples=200)]
+    path = run / "with_comparisons.json"
+    path.write_text(json.dumps(rec), encoding="utf-8")
+    return path
+
+
+def test_summary_at_80_columns_shows_every_cell_and_each_ci_on_one_line(tmp_path: Path):
+    path = _with_comparisons(make_run(tmp_path, arms=SWEEP))
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    assert len(rec["comparisons"]) >= 3 * 6
+    shown = _styles_stripped(_in_terminal(_PRINT_TABLES, str(path), columns=80))
+    lines = shown.replace("\r\n", "\n").split("\n")
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in shown, shown
+    for c in rec["comparisons"]:
+        if c.get("ci_low") is None:
+            continue
+        ci = F.interval(c["ci_low"], c["ci_high"], lambda v, m=c["metric"]: F.metric(m, v, True))
+        delta = F.metric(c["metric"], c["abs_diff"], signed=True)
+        assert any(f"{delta} {ci}" in line for line in lines), (c["metric"], ci, shown)
+    for arm in SWEEP:
+        if arm != "baseline":
+            assert arm in shown
+
+
+def test_seed_table_at_80_columns_shows_every_cell_and_each_ci_on_one_line(tmp_path: Path):
+    rows = [{"recipe": r, "n_seeds": 3, "metric": m, "baseline_value": b, "candidate_value": c,
+             "abs_diff": c - b, "ci_low": (c - b) * 1.3, "ci_high": (c - b) * 0.7,
+             "seed_sd": 0.0123, "significant": True}
+            for r in ("lora", "lora_r16_lr0.0002")
+            for m, b, c in (("loss", 2.5, 1.9), ("perplexity", 12.18, 6.69),
+                            ("rougeL", 0.28, 0.43), ("general/perplexity", 15.2, 14.9))]
+    record = {"suite": "toy", "run_id": "r1", "arms": {}, "seed_comparisons": rows}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    shown = _styles_stripped(_in_terminal(_PRINT_TABLES, str(path), columns=80))
+    lines = shown.replace("\r\n", "\n").split("\n")
+    assert "…" not in shown and max(len(line) for line in lines) <= 80, shown
+    for c in rows:
+        m = c["metric"]
+        ci = F.interval(c["ci_low"], c["ci_high"], lambda v, m=m: F.metric(m, v, True))
+        assert any(f"{F.metric(m, c['abs_diff'], signed=True)} {ci}" in line for line in lines)
+
+
+def test_progress_line_keeps_step_and_eta_at_80_columns():
+    from rich.console import Console
+
+    from harness import progress
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=80, force_terminal=True, color_system=None)
+    with progress.console_progress(console) as prog:
+        advance = prog.task("train lora_r16_lr0.0002", 240)
+        advance(30)
+        advance(0, info="loss 1.234, eval loss 1.456, learning rate 0.0002")
+    last = buf.getvalue().replace("\r\n", "\n").split("\r")[-1]
+    last = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", last)
+    assert "30/240" in last, repr(last)
+    assert re.search(r"ETA (\d+:\d\d:\d\d|-:--:--)", last), repr(last)
+    assert "train lora_r16_lr0.0002" in last and "loss 1.234" in last, repr(last)
+
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_progress_description_is_not_markup(width: int):
