@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -128,10 +128,29 @@ def summary_table(record: dict[str, Any]) -> Group:
     arms: the zero-shot numbers alone."""
     alpha = (record.get("stats") or {}).get("alpha", stats.DEFAULT_ALPHA)
     arms = A.others(record.get("arms", {}))
-    return Group(*[_arm_table(record, a, alpha) for a in arms] or [_arm_table(record, None, alpha)])
+    return Group(*[Fitted(_arm_table(record, a, alpha), _arm_table(record, a, alpha, True))
+                   for a in arms] or [_arm_table(record, None, alpha)])
 
 
-def _arm_table(record: dict[str, Any], arm: str | None, alpha: float) -> Table:
+class Fitted:
+    """The first of ``tables`` whose every row fits the console on one line, else the last."""
+
+    def __init__(self, *tables: Table):
+        self.tables = tables
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        fits = [t for t in self.tables if measure(console, options, t) <= options.max_width]
+        yield (fits or self.tables[-1:])[0]
+
+
+def measure(console: Console, options: ConsoleOptions, table: Table) -> int:
+    return table.__rich_measure__(console, options).maximum
+
+
+def _arm_table(record: dict[str, Any], arm: str | None, alpha: float,
+               stacked: bool = False) -> Table:
+    """``stacked``: the CI under the change, 10 to 16 columns narrower (at 80 columns a
+    perplexity's "-369.5617 [-375.0735, -362.7676]" left 9 for the metric's name)."""
     title = f"{record.get('suite')} / {record.get('run_id')}"
     table = _narrow_table(title + (f": {arm} vs {A.BASELINE_LABEL}" if arm else ""))
     _add_column(table, "metric")
@@ -148,7 +167,7 @@ def _arm_table(record: dict[str, Any], arm: str | None, alpha: float) -> Table:
             continue
         row = [m + (" ↓" if lower_is_better(m) else ""), _value(record, A.BASELINE, m)]
         if arm is not None:
-            delta = _delta(comps.get(m), m, alpha)
+            delta = _delta(comps.get(m), m, alpha, "\n" if stacked else " ")
             if m in SYSTEM_KEYS and not measured.comparable(measured.of(record, arm),
                                                             measured.of(record, A.BASELINE)):
                 delta = F.DASH, F.DASH, F.DASH  # older records stored such differences
@@ -164,16 +183,17 @@ def _value(record: dict[str, Any], arm: str, metric: str) -> str:
     return f"{text} ({mark})" if mark and text != F.DASH else text
 
 
-def _delta(c: dict[str, Any] | None, metric: str, alpha: float) -> tuple[Text | str, str, str]:
-    """The change with its CI (green / red only when significantly better / worse), the
-    metric's own p and the Holm-adjusted p."""
+def _delta(c: dict[str, Any] | None, metric: str, alpha: float, sep: str = " "
+           ) -> tuple[Text | str, str, str]:
+    """The change with its CI after ``sep`` (green / red only when significantly better /
+    worse), the metric's own p and the Holm-adjusted p."""
     if not c or c.get("abs_diff") is None:
         return F.DASH, F.DASH, F.DASH
     text = F.metric(metric, c["abs_diff"], signed=True)
     ci = F.interval(c.get("ci_low"), c.get("ci_high"),
                     lambda v: F.metric(metric, v, signed=True), missing="")
     style = F.RICH_STYLES[F.tone(metric, c["abs_diff"], c.get("significant"))]
-    return (Text(f"{text} {ci}".rstrip(), style=style), F.p_value(c.get("p_value"), alpha),
+    return (Text(f"{text}{sep}{ci}".rstrip(), style=style), F.p_value(c.get("p_value"), alpha),
             F.p_value(c.get("p_value_holm"), alpha))
 
 
@@ -188,11 +208,13 @@ def seed_table(record: dict[str, Any]) -> Group | None:
         return None
     alpha = (record.get("stats") or {}).get("alpha", stats.DEFAULT_ALPHA)
     recipes = sorted({str(c.get("recipe")) for c in rows})
-    return Group(*[_seed_recipe_table([c for c in rows if str(c.get("recipe")) == r], r, alpha)
-                   for r in recipes])
+    by_recipe = {r: [c for c in rows if str(c.get("recipe")) == r] for r in recipes}
+    return Group(*[Fitted(_seed_recipe_table(rs, r, alpha), _seed_recipe_table(rs, r, alpha, True))
+                   for r, rs in by_recipe.items()])
 
 
-def _seed_recipe_table(rows: list[dict[str, Any]], recipe: str, alpha: float) -> Table:
+def _seed_recipe_table(rows: list[dict[str, Any]], recipe: str, alpha: float,
+                       stacked: bool = False) -> Table:
     seeds = rows[0].get("n_seeds", "?")
     table = _narrow_table(
         f"Across training seeds: {recipe} ({seeds} seeds), mean over seeds vs zero-shot, "
@@ -201,7 +223,7 @@ def _seed_recipe_table(rows: list[dict[str, Any]], recipe: str, alpha: float) ->
         _add_column(table, name, fixed=name in ("Δ [CI]", "sig."))
     for c in sorted(rows, key=lambda c: M.sort_key(str(c["metric"]))):
         m = str(c["metric"])
-        delta, _, _ = _delta(c, m, alpha)
+        delta, _, _ = _delta(c, m, alpha, "\n" if stacked else " ")
         table.add_row(m + (" ↓" if lower_is_better(m) else ""),
                       F.metric(m, c.get("baseline_value")), F.metric(m, c.get("candidate_value")),
                       delta, F.metric(m, c.get("seed_sd")),

@@ -425,7 +425,8 @@ def test_terminal_summary_labels_both_p_values_and_colours_by_direction(rich: Pa
             c.update(abs_diff=0.9, significant=True)  # a significant rise: worse
         if (c["candidate"], c["metric"]) == ("lora", "rouge2"):
             c.update(significant=False)
-    tables = {str(t.columns[2].header): t for t in progress.summary_table(rec).renderables}
+    tables = {str(t.columns[2].header): t
+              for t in (f.tables[0] for f in progress.summary_table(rec).renderables)}
     assert list(tables) == ["lora", "qlora"]  # one table per adapter arm
     headers = [str(c.header) for c in tables["lora"].columns]
     assert headers[2:6] == ["lora", "Δ [95% CI]", "p", "p (Holm)"]
