@@ -95,8 +95,8 @@ class _Console(Console):
         return super().render_str(_escaped(text), **kwargs)
 
     def _render_buffer(self, buffer: Iterable[Segment]) -> str:
-        # after layout: what a Text (a message, a progress line) still holds; control segments
-        # are rich's own cursor moves
+        # after layout: what a Text (a progress line) still holds; control segments are rich's
+        # own cursor moves
         return super()._render_buffer(
             s if s.control else Segment(_escaped(s.text), s.style) for s in buffer)
 
@@ -135,7 +135,8 @@ SetOpt = Annotated[
 def _say(label: str, style: str, message: str) -> None:
     """One stderr line per message line: a coloured label, then the message verbatim."""
     for line in message.splitlines() or [""]:
-        err.print(Text.assemble((label, style), " ", line), soft_wrap=True, highlight=False)
+        err.print(Text.assemble((label, style), " ", _escaped(line)), soft_wrap=True,
+                  highlight=False)
 
 
 def _error(message: str) -> None:

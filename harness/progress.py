@@ -139,11 +139,11 @@ class Fitted:
         self.tables = tables
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        fits = [t for t in self.tables if measure(console, options, t) <= options.max_width]
+        fits = [t for t in self.tables if _width(console, options, t) <= options.max_width]
         yield (fits or self.tables[-1:])[0]
 
 
-def measure(console: Console, options: ConsoleOptions, table: Table) -> int:
+def _width(console: Console, options: ConsoleOptions, table: Table) -> int:
     return table.__rich_measure__(console, options).maximum
 
 
