@@ -133,7 +133,8 @@ SetOpt = Annotated[
 
 
 def _say(label: str, style: str, message: str) -> None:
-    """One stderr line per message line: a coloured label, then the message verbatim."""
+    """One stderr line per message line: a coloured label, then the message as written (its
+    control characters escaped)."""
     for line in message.splitlines() or [""]:
         err.print(Text.assemble((label, style), " ", _escaped(line)), soft_wrap=True,
                   highlight=False)
