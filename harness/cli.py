@@ -13,12 +13,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.segment import Segment
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
@@ -79,9 +80,40 @@ app = typer.Typer(
     help="Benchmark and evaluate parameter-efficient fine-tuning: zero-shot vs adapter, "
     "on the same items, with paired significance.",
 )
+
+
+class _Console(Console):
+    """Every print goes through here, so no caller can forget: text reaches the terminal with
+    its control characters escaped (formatting.printable; names in records, data and suites
+    come from files), and never as rich markup or emoji codes (an arm named ``[/red]``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, emoji=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        # before layout, so a table sizes its columns for the escaped text
+        return super().render_str(_escaped(text), **kwargs)
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        # after layout: what a Text (a progress line) still holds; control segments are rich's
+        # own cursor moves
+        return super()._render_buffer(
+            s if s.control else Segment(_escaped(s.text), s.style) for s in buffer)
+
+
+def _escaped(text: str) -> str:
+    """formatting.printable, imported only for text that may need it: formatting pulls in
+    NumPy (0.2 s), which `harness --version` need not wait for."""
+    if text.replace("\n", "").replace("\t", "").isprintable():
+        return text
+    from harness import formatting
+
+    return formatting.printable(text)
+
+
 # Piped output (CI logs, `| tee`) would otherwise wrap the summary table at 80 columns.
-out = Console() if sys.stdout.isatty() else Console(width=120)
-err = Console(stderr=True)
+out = _Console() if sys.stdout.isatty() else _Console(width=120)
+err = _Console(stderr=True)
 
 AdapterOpt = Annotated[
     Optional[list[str]],
@@ -101,9 +133,11 @@ SetOpt = Annotated[
 
 
 def _say(label: str, style: str, message: str) -> None:
-    """One stderr line per message line: a coloured label, then the message verbatim."""
+    """One stderr line per message line: a coloured label, then the message as written (its
+    control characters escaped)."""
     for line in message.splitlines() or [""]:
-        err.print(Text.assemble((label, style), " ", line), soft_wrap=True, highlight=False)
+        err.print(Text.assemble((label, style), " ", _escaped(line)), soft_wrap=True,
+                  highlight=False)
 
 
 def _error(message: str) -> None:
@@ -583,6 +617,7 @@ def merge(
 
 def _emit(text: str, output: Path | None) -> None:
     if output is None:
+        text = _escaped(text)  # a table for the terminal: names from records escaped
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     try:

@@ -477,22 +477,30 @@ def _md_run(r: dict[str, Any]) -> str:
 
 
 def render_csv(table: CompareTable) -> str:
+    """One row per comparison, every cell through ``csv_cell``: an arm named ``=HYPERLINK(...)``
+    reads as text in a spreadsheet, not as a formula; numbers stay numbers."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    # Text quoted (OWASP's advice; also the only way the csv module quotes a CR, which a
+    # reader would take for the end of the row), numbers bare.
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n",
+                            quoting=csv.QUOTE_NONNUMERIC)
+    buf.write(",".join(CSV_FIELDS) + "\n")  # names that need no quotes
     for r in table.rows:
         row = results.finite(r)  # a NaN from an older record: empty, as a missing value
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in CSV_FIELDS})
+        writer.writerow({k: "" if row.get(k) is None else F.csv_cell(row.get(k))
+                         for k in CSV_FIELDS})
     return buf.getvalue()
 
 
 def render_json(table: CompareTable) -> str:
-    """Strict JSON (results.dumps): a NaN an older record stored reads null."""
+    """Strict JSON (results.dumps): a NaN an older record stored reads null; a control
+    character in a name as its JSON escape, so the text is safe to print and parses back to
+    the same name."""
     doc = {
         "alpha": table.alpha, "stats": table.settings.as_record(), "runs": table.runs,
         "comparisons": table.rows, "notes": table.notes,
     }
-    return results.dumps(doc)
+    return F.printable(results.dumps(doc), json=True)
 
 
 def render_html(table: CompareTable) -> str:

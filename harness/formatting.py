@@ -8,6 +8,7 @@ a number that is missing or not finite reads as an em dash. No torch, no numpy.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +31,12 @@ DEFAULT_ALPHA = 0.05  # stats.DEFAULT_ALPHA (formatting imports no NumPy)
 # The colour class of a change (CSS classes of the reports, keys of RICH_STYLES).
 GOOD, BAD, NEUTRAL = "good", "bad", ""
 RICH_STYLES = {GOOD: "green", BAD: "red", NEUTRAL: ""}
+# What a terminal obeys rather than shows: C0 controls (ESC starts colour, cursor, title and
+# clear-screen sequences; BEL ends a title), DEL, C1 controls (0x9b is a one-byte CSI) and the
+# bidirectional overrides that reorder what is shown. Newline and tab stay: they only lay out.
+CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def number(v: Any) -> float | None:
@@ -172,11 +179,36 @@ def cell(key: str, v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:,.4g}"
 
 
+def printable(text: str, json: bool = False) -> str:
+    """Text from a file (an arm, column or suite name, a message quoting one) as a terminal may
+    show it: every control character (``CONTROLS``) written as Python writes its escape,
+    ``\\x1b`` or ``\\u202e``, so a name cannot retitle the window, clear the screen or hide
+    itself. ``json``: as JSON's ``\\u001b`` instead, for JSON text, whose writer leaves such
+    characters only inside strings, where the escape reads back as the same character."""
+    if json:
+        return CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return CONTROLS.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as written: text that would start a formula (``=``,
+    ``+``, ``-``, ``@``, tab, CR) gets a leading ``'``, as OWASP advises; numbers, and text
+    that is a number (``-0.12``), stay as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
 def md_cell(value: Any) -> str:
-    """One GitHub-Markdown table cell: no row breaks, no column breaks, no raw HTML."""
-    text = "" if value is None else str(value)
+    """One GitHub-Markdown table cell: no row breaks, no column breaks, no raw HTML, no
+    control characters."""
+    text = printable(" ".join(("" if value is None else str(value)).split()))
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return " ".join(text.replace("|", "\\|").split())
+    return text.replace("|", "\\|")
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

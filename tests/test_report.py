@@ -425,20 +425,24 @@ def test_terminal_summary_labels_both_p_values_and_colours_by_direction(rich: Pa
             c.update(abs_diff=0.9, significant=True)  # a significant rise: worse
         if (c["candidate"], c["metric"]) == ("lora", "rouge2"):
             c.update(significant=False)
-    table = progress.summary_table(rec)
-    headers = [str(c.header) for c in table.columns]
+    tables = {str(t.columns[2].header): t
+              for t in (f.tables[0] for f in progress.summary_table(rec).renderables)}
+    assert list(tables) == ["lora", "qlora"]  # one table per adapter arm
+    headers = [str(c.header) for c in tables["lora"].columns]
     assert headers[2:6] == ["lora", "Δ [95% CI]", "p", "p (Holm)"]
-    metric_cells = [str(x) for x in table.columns[0]._cells]
 
-    def cell(col: int, metric: str) -> Any:
-        return table.columns[col]._cells[metric_cells.index(metric)]
+    def cell(arm: str, col: int, metric: str) -> Any:
+        metric_cells = [str(x) for x in tables[arm].columns[0]._cells]
+        return tables[arm].columns[col]._cells[metric_cells.index(metric)]
 
     comps = {(c["candidate"], c["metric"]): c for c in rec["comparisons"]}
-    assert str(cell(4, "rougeL")) == F.p_value(comps[("lora", "rougeL")]["p_value"])
-    assert str(cell(5, "rougeL")) == F.p_value(comps[("lora", "rougeL")]["p_value_holm"])
-    assert cell(3, "rougeL").style == "green" and cell(3, "perplexity ↓").style == "green"
-    assert cell(7, "perplexity ↓").style == "red"
-    assert cell(3, "rouge2").style == ""
+    assert str(cell("lora", 4, "rougeL")) == F.p_value(comps[("lora", "rougeL")]["p_value"])
+    assert str(cell("lora", 5, "rougeL")) == F.p_value(
+        comps[("lora", "rougeL")]["p_value_holm"])
+    assert cell("lora", 3, "rougeL").style == "green"
+    assert cell("lora", 3, "perplexity ↓").style == "green"
+    assert cell("qlora", 3, "perplexity ↓").style == "red"
+    assert cell("lora", 3, "rouge2").style == ""
 
 
 def test_forest_plot_clips_on_either_side_with_one_arrow_per_cut():
