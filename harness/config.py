@@ -307,8 +307,8 @@ class EvalSpec(_Strict):
 
 
 class StatsSpec(_Strict):
-    n_resamples: Annotated[int, Field(ge=100)] = stats.DEFAULT_RESAMPLES
-    seed: int = 0
+    n_resamples: Annotated[int, Field(ge=100, le=stats.MAX_RESAMPLES)] = stats.DEFAULT_RESAMPLES
+    seed: Annotated[int, Field(ge=0)] = 0  # numpy's SeedSequence takes no negative seed
     alpha: Annotated[float, Field(gt=0, lt=1)] = stats.DEFAULT_ALPHA
 
 

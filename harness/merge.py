@@ -57,8 +57,9 @@ class Shard:
             raise InputError(f"--shard {text!r}: expected I/N, this shard's 0-based index and "
                              "the number of shards, e.g. --shard 0/3")
         index, count = int(head), int(tail)
-        if count < 1:
-            raise InputError(f"--shard {text!r}: the number of shards N must be at least 1")
+        if not 1 <= count <= results.MAX_SHARDS:
+            raise InputError(f"--shard {text!r}: the number of shards N must be within 1 and "
+                             f"{results.MAX_SHARDS:,}")
         if index >= count:
             raise InputError(f"--shard {text!r}: the index I is 0-based, so it must be in "
                              f"0..{count - 1}")

@@ -19,7 +19,8 @@ run that succeeds drops the working files; a failed one keeps them, so it can be
 Refused (InputError, exit 2, one line): a run whose writer is alive, a finished run, another
 harness version, an edited suite file, changed data, a base model whose weights, config or
 tokenizer files changed (their sha256, run.json's ``model_fingerprint``), a kept arm whose
-metrics its journaled rows do not give back (metrics.check_rows).
+metrics its journaled rows do not give back (metrics.check_rows), a state of another format
+version or whose keys are not what ``STATE_SHAPE`` says (results.check_shape names the key).
 """
 
 from __future__ import annotations
@@ -54,6 +55,23 @@ AUTO_CHECKPOINTS = 10  # per training, when the suite sets no train.checkpoint_s
 
 class ResumeRefused(InputError):
     """A run that cannot (or must not) be resumed; the message says why, in one line."""
+
+
+# What `load` and the resumed pipeline read from a .state.json (results.check_shape: a key of
+# the wrong JSON type is refused naming it, as in a run.json): written by Journal.save.
+_STRING = results.Kind(("a string",))
+STATE_SHAPE = results.Obj({
+    "state_version": results.Kind(("an integer",)), "harness_version": _STRING,
+    "base_dir": _STRING, "config_sha256": _STRING,
+    "suite_file": results.Obj({"path": _STRING, "sha256": _STRING},
+                              required=("path", "sha256"), null=True),
+    "done": results.ListOf(_STRING),
+    "elapsed_s": results.Kind(("a number", "null"), lo=0),
+    "record": results.Obj({**results.RECORD_SHAPE.keys, MODEL_KEY: results.Obj(
+        {"content": results.Kind(("a string", "null")),
+         "files": results.Obj(each=_STRING, null=True)}, null=True)}),
+}, required=("state_version", "harness_version", "base_dir", "config_sha256", "done",
+             "record"))
 
 
 # ---------------------------------------------------------------- while a run is written
@@ -169,7 +187,7 @@ class Resumed:
         """Check the data still is what the run measured (``splits``: data.DataSplits,
         ``sets``: data.EvalSet), then own the folder (who we are in .owner; ``load`` took its
         lock) and tidy it for the arms still to run."""
-        _check_data(self.record.get("data", {}), splits.summary(),
+        _check_data(self.record.get("data") or {}, splits.summary(),
                     {s.name: s.fingerprint for s in sets}, self.staging)
         if self.from_final:
             try:
@@ -203,7 +221,7 @@ def _loaded(staging: Path, final: Path, from_final: bool, lock: results.RunLock)
     state = _read_state(where)
     _check_versions(state, where)
     suite = _suite_of(state, where)
-    done = [a for a in state.get("done", []) if a in state["record"].get("arms", {})]
+    done = [a for a in state["done"] if a in (state["record"].get("arms") or {})]
     _check_model(state["record"].get(MODEL_KEY), suite, where, bool(done))
     record = _kept(state["record"], set(done))
     rows = _kept_rows(where / PREDICTIONS_FILE, set(done))
@@ -271,16 +289,20 @@ def _read_state(folder: Path) -> dict[str, Any]:
         state = json.loads(where.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ResumeRefused(f"{where}: unreadable resume state ({e})") from e
-    needed = {"state_version", "harness_version", "base_dir", "config_sha256", "done"}
-    if not isinstance(state, dict) or not isinstance(state.get("record"), dict) \
-            or not needed <= set(state):
-        raise ResumeRefused(f"{where}: not a harness resume state")
+    if not isinstance(state, dict):
+        raise ResumeRefused(f"{where}: not a harness resume state (an object), got "
+                            f"{results.json_kind(state)}")
+    version = state.get("state_version")
+    if version != STATE_VERSION and "state_version" in state:  # another layout: not read on
+        raise ResumeRefused(f"{where}: its resume state format is version {version!r}; this "
+                            f"harness ({harness.__version__}) reads version {STATE_VERSION}; "
+                            "resume it with the harness that started it or run the suite again")
+    results.check_shape(state, STATE_SHAPE, where)
     return state
 
 
 def _check_versions(state: dict[str, Any], where: Path) -> None:
-    if state.get("state_version") != STATE_VERSION or \
-            state.get("harness_version") != harness.__version__:
+    if state.get("harness_version") != harness.__version__:
         raise ResumeRefused(f"{where}: started by harness {state.get('harness_version')}, this "
                             f"is harness {harness.__version__}; resume it with that version or "
                             "run the suite again")
@@ -354,7 +376,7 @@ def _check_data(recorded: dict[str, Any], now: dict[str, Any], sets: dict[str, s
                 where: Path) -> None:
     changed = [k for k in ("eval_fingerprint", "train_fingerprint")
                if recorded.get(k) != now.get(k)]
-    was = {n: s.get("fingerprint") for n, s in recorded.get("eval_sets", {}).items()}
+    was = {n: (s or {}).get("fingerprint") for n, s in (recorded.get("eval_sets") or {}).items()}
     changed += [f"eval_sets.{n}" for n in sorted(set(was) | set(sets)) if was.get(n) != sets.get(n)]
     if changed:
         raise ResumeRefused(f"{where}: the suite's data changed since the run started "
@@ -367,9 +389,9 @@ def _kept(record: dict[str, Any], done: set[str]) -> dict[str, Any]:
     # Their speed and memory were measured by the process that stopped: never compared with
     # the arms the resuming process measures (measured.comparable).
     rec["arms"] = {n: {**a, measured.KEY: measured.elsewhere(measured.of(record, n), "stopped")}
-                   for n, a in record.get("arms", {}).items() if n in done}
-    rec["training"] = {n: t for n, t in record.get("training", {}).items() if n in done}
-    rec["comparisons"] = [c for c in record.get("comparisons", []) if c.get("candidate") in done]
+                   for n, a in (record.get("arms") or {}).items() if n in done}
+    rec["training"] = {n: t for n, t in (record.get("training") or {}).items() if n in done}
+    rec["comparisons"] = [c for c in record.get("comparisons") or [] if c.get("candidate") in done]
     rec["seed_comparisons"] = []  # computed once every arm is in
     rec.update(status="running", error=None, finished_at=None, wall_time_s=None)
     return rec
