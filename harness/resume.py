@@ -174,7 +174,7 @@ class Resumed:
 
     def release(self) -> None:
         """Refused before the run started (``claim`` or earlier): another try may take it."""
-        _let_go(self.lock, self.final if self.from_final and self.final.is_dir() else None)
+        _let_go(self.lock, self.final if self.from_final and self.final.is_dir() else self.staging)
 
     @property
     def shard(self) -> Any:
@@ -212,7 +212,7 @@ def load(path: str | Path) -> Resumed:
     try:
         return _loaded(staging, final, from_final, lock)
     except BaseException:
-        _let_go(lock, final if from_final else None)
+        _let_go(lock, final if from_final else staging)
         raise
 
 
@@ -273,10 +273,10 @@ def _lock(folder: Path) -> results.RunLock:
     return lock
 
 
-def _let_go(lock: results.RunLock, final: Path | None) -> None:
-    """Refused: the folder as it was (a finalized run gets no owner file), its lock free."""
-    if final is not None:
-        (final / results.OWNER_FILE).unlink(missing_ok=True)
+def _let_go(lock: results.RunLock, folder: Path) -> None:
+    """Refused: the folder as it was, without the owner file ``_lock`` wrote, its lock free
+    (the lock alone says whether a writer is alive; a dead writer's .owner says nothing)."""
+    (folder / results.OWNER_FILE).unlink(missing_ok=True)
     lock.release()
 
 
