@@ -49,6 +49,36 @@ def _folder_name(v: str) -> str:
 
 FolderName = Annotated[str, AfterValidator(_folder_name)]
 
+# ---------------------------------------------------------------- numbers
+# Every count of a suite has a range, declared through the types below: lower bounds are each
+# key's own, upper bounds are shared limits far beyond any real run (the shipped suites train
+# at most 810 steps, in batches of at most 8, for at most 3 epochs) yet low enough that
+# nothing downstream overflows or runs for years. Without them `train.epochs = 1e300` passed
+# validate, `plan` printed a 301-digit step count and `run` trained until killed. Non-finite
+# floats are refused by `_Strict` (allow_inf_nan=False). `--set` and sweep values are checked
+# by the same types, since they are validated with the file.
+MAX_EPOCHS = 10_000
+MAX_STEPS = 10_000_000  # optimizer steps and every step count (warmup, logging, eval, save)
+MAX_BATCH = 65_536  # rows per batch, gradient accumulation, beams
+MAX_TOKENS = 1_048_576  # max_length, max_new_tokens: the longest contexts are ~1M tokens
+MAX_ROWS = 1_000_000_000  # train / validation / eval sizes
+MAX_RESAMPLES = 1_000_000  # 100x the default; 10**12 indexes would need 8 TB
+MAX_SEED = 2**32 - 1  # NumPy's seeding (transformers.set_seed) refuses more, and negatives
+MAX_RANK = 65_536  # LoRA rank, BERTScore layer
+
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+StepsOrZero = Annotated[int, Field(ge=0, le=MAX_STEPS)]
+Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+Rows = Annotated[int, Field(ge=1, le=MAX_ROWS)]
+Tokens = Annotated[int, Field(ge=8, le=MAX_TOKENS)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Rank = Annotated[int, Field(ge=1, le=MAX_RANK)]
+# Scales (learning rate, alpha, weight decay, gradient norm, temperature) are only finite: a
+# huge one diverges the adapter, and that arm is recorded failed, nothing hangs.
+Scale = Annotated[float, Field(ge=0)]
+PositiveScale = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
 
 def _gate_rule(v: str) -> str:
     from harness.gate import parse_rule  # lazy: gate imports stats and formatting
@@ -130,11 +160,11 @@ class DataSpec(_Strict):
     system_prompt: Optional[str] = None
     conversations_field: Optional[NonEmpty] = None
 
-    train_size: Union[Annotated[int, Field(ge=1)], Literal["all"], None] = None
-    validation_size: Annotated[int, Field(ge=0)] = 0
-    eval_size: Union[Annotated[int, Field(ge=1)], Literal["all"], None] = None
-    seed: int = 0
-    max_length: Annotated[int, Field(ge=8)] = 512
+    train_size: Union[Rows, Literal["all"], None] = None
+    validation_size: Annotated[int, Field(ge=0, le=MAX_ROWS)] = 0
+    eval_size: Union[Rows, Literal["all"], None] = None
+    seed: Seed = 0
+    max_length: Tokens = 512
     truncation_side: Literal["left", "right"] = "left"
     drop_longer: Flag = False
     dedupe: Flag = False
@@ -155,45 +185,45 @@ class DataSpec(_Strict):
 class TrainSpec(_Strict):
     """LoRA recipe and the Trainer knobs the seed reports name. QLoRA = this + 4-bit model."""
 
-    r: Annotated[int, Field(ge=1)] = 8
-    alpha: Annotated[float, Field(gt=0)] = 16
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    r: Rank = 8
+    alpha: PositiveScale = 16
+    dropout: Fraction = 0.05
     target_modules: Union[list[str], Literal["all-linear"]] = ["q_proj", "v_proj"]
     bias: Literal["none", "all", "lora_only"] = "none"
 
-    learning_rate: Annotated[float, Field(gt=0)] = 2e-4
-    epochs: Annotated[float, Field(gt=0)] = 1.0
-    max_steps: Optional[Annotated[int, Field(ge=1)]] = None
-    batch_size: Annotated[int, Field(ge=1)] = 8
-    eval_batch_size: Optional[Annotated[int, Field(ge=1)]] = None
-    gradient_accumulation_steps: Annotated[int, Field(ge=1)] = 1
+    learning_rate: PositiveScale = 2e-4
+    epochs: Annotated[float, Field(gt=0, le=MAX_EPOCHS)] = 1.0
+    max_steps: Optional[Steps] = None
+    batch_size: Batch = 8
+    eval_batch_size: Optional[Batch] = None
+    gradient_accumulation_steps: Batch = 1
     scheduler: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
         "constant_with_warmup", "inverse_sqrt",
     ] = "linear"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    warmup_ratio: Fraction = 0.0
+    warmup_steps: StepsOrZero = 0
     optimizer: Literal[
         "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit",
         "paged_adamw_8bit", "paged_adamw_32bit",
     ] = "adamw_torch"
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+    weight_decay: Scale = 0.0
+    max_grad_norm: Scale = 1.0
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    seed: int = 0
+    seed: Seed = 0
     # Train the recipe once per seed (arms <arm>@s<seed>); the report then compares the recipe
     # with its baseline across seeds (seedstats), beside each seed's paired results.
-    seeds: Optional[Annotated[list[int], Field(min_length=1)]] = None
-    logging_steps: Annotated[int, Field(ge=1)] = 10
+    seeds: Optional[Annotated[list[Seed], Field(min_length=1)]] = None
+    logging_steps: Steps = 10
     eval_strategy: Literal["no", "epoch", "steps"] = "epoch"
-    eval_steps: Optional[Annotated[int, Field(ge=1)]] = None
+    eval_steps: Optional[Steps] = None
     save_strategy: Literal["no", "epoch", "steps"] = "no"
-    save_steps: Optional[Annotated[int, Field(ge=1)]] = None
-    save_total_limit: Optional[Annotated[int, Field(ge=1)]] = None
+    save_steps: Optional[Steps] = None
+    save_total_limit: Optional[Steps] = None
     # With save_strategy = "no": a scratch checkpoint every this many optimizer steps, only so
     # `harness resume` can continue a killed run; the newest alone is kept, and it is deleted
     # when training ends. Unset: ~10% of the steps (a multiple of logging_steps); 0: none.
-    checkpoint_steps: Optional[Annotated[int, Field(ge=0)]] = None
+    checkpoint_steps: Optional[StepsOrZero] = None
     load_best_model_at_end: Flag = False
     gradient_checkpointing: Flag = False
     group_by_length: Flag = True
@@ -237,9 +267,9 @@ class EvalSetSpec(_Strict):
     response_template: str
     chat_template: Flag = False
     system_prompt: Optional[str] = None
-    eval_size: Union[Annotated[int, Field(ge=1)], Literal["all"]] = "all"
-    seed: int = 0
-    max_length: Annotated[int, Field(ge=8)] = 512
+    eval_size: Union[Rows, Literal["all"]] = "all"
+    seed: Seed = 0
+    max_length: Tokens = 512
     truncation_side: Literal["left", "right"] = "right"
     metrics: list[MetricName] = ["loss", "perplexity"]
     # A forgetting check: the report leads with what fine-tuning cost on this set.
@@ -269,19 +299,19 @@ class EvalSetSpec(_Strict):
 
 class EvalSpec(_Strict):
     metrics: list[MetricName] = ["loss", "perplexity", "rouge"]
-    max_new_tokens: Annotated[int, Field(ge=1)] = 64
-    batch_size: Annotated[int, Field(ge=1)] = 8
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = 64
+    batch_size: Batch = 8
     # Generation rows per batch; unset: the larger of batch_size and 32. A decode step reads
     # every weight once whatever the batch, so rows are nearly free: on 2 CPU cores, batches of
     # 32 generated 1.75x the tokens/s of batches of 8, with the same text. Out-of-memory halves
     # a batch instead of failing.
-    generate_batch_size: Annotated[int, Field(ge=1)] | None = None
+    generate_batch_size: Batch | None = None
     do_sample: Flag = False
-    temperature: Annotated[float, Field(gt=0)] = 1.0
+    temperature: PositiveScale = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    num_beams: Annotated[int, Field(ge=1)] = 1
+    num_beams: Batch = 1
     rouge_stemmer: Flag = True
-    seed: int = 0
+    seed: Seed = 0
     # Extra prompt templates evaluated zero-shot on the base model, each as an arm
     # `baseline@<name>` compared with the suite's own template (the phi-2 XSum report had five).
     baseline_templates: dict[FolderName, str] = {}
@@ -295,7 +325,7 @@ class EvalSpec(_Strict):
     sets: dict[FolderName, EvalSetSpec] = {}
     # BERTScore's model: a local folder or a hub id (default roberta-large, downloaded once).
     bertscore_model: Optional[NonEmpty] = None
-    bertscore_layers: Optional[Annotated[int, Field(ge=1)]] = None
+    bertscore_layers: Optional[Rank] = None
 
     @property
     def generate(self) -> bool:
@@ -307,8 +337,8 @@ class EvalSpec(_Strict):
 
 
 class StatsSpec(_Strict):
-    n_resamples: Annotated[int, Field(ge=100)] = stats.DEFAULT_RESAMPLES
-    seed: int = 0
+    n_resamples: Annotated[int, Field(ge=100, le=MAX_RESAMPLES)] = stats.DEFAULT_RESAMPLES
+    seed: Seed = 0
     alpha: Annotated[float, Field(gt=0, lt=1)] = stats.DEFAULT_ALPHA
 
 
