@@ -13,6 +13,7 @@ import difflib
 import json
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -426,13 +427,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from e
-    origins: dict[str, str] = {}  # dotted key -> the --set argument that set it
-    problems = []
-    for item in overrides:
-        try:
-            origins[apply_override(raw, item)] = item
-        except ConfigError as e:
-            problems.append(str(e))
+    problems: list[str] = []
+    origins = _apply_overrides(raw, overrides, problems)
     for item in adapters:
         try:
             add_adapter(raw, item)
@@ -445,6 +441,24 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     if problems:
         raise ConfigError("\n".join(problems))
     return suite
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str],
+                     problems: list[str]) -> dict[str, str]:
+    """Apply each ``--set`` to ``raw``; its problems are appended to ``problems``. Returns
+    dotted key -> the ``--set`` that wrote it (the last one of a key: its value is the one
+    validated) or created it (a table: the first)."""
+    origins: dict[str, str] = {}
+    for item in overrides:
+        try:
+            *tables, key = apply_override(raw, item)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        origins[key] = item
+        for table in tables:
+            origins.setdefault(table, item)
+    return origins
 
 
 def _read_text(path: Path) -> str:
@@ -486,16 +500,19 @@ def validate_suite(raw: dict[str, Any], *, path: Path, text: str = "",
         raise ConfigError("\n".join(lines)) from e
 
 
-def apply_override(raw: dict[str, Any], item: str) -> str:
+def apply_override(raw: dict[str, Any], item: str) -> list[str]:
     """``a.b.c=value``: value parsed as a TOML literal, else kept as a plain string. Returns
-    the dotted key."""
+    the dotted keys it wrote: each table it created on the way (``a``, ``a.b`` when the file
+    has neither), then the key itself, so an error about any of them names this ``--set``."""
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
         raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-    node = raw
+    node, created = raw, []
     *parents, leaf = key.split(".")
-    for part in parents:
+    for depth, part in enumerate(parents, 1):
+        if part not in node:
+            created.append(".".join(parents[:depth]))
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"--set {item!r}: {part} is not a table")
@@ -503,7 +520,7 @@ def apply_override(raw: dict[str, Any], item: str) -> str:
     for other in _SOURCE_SWITCH.get(".".join(parents), {}).get(leaf, ()):
         node.pop(other, None)
     node[leaf] = _from_cwd(key, parse_value(value.strip()))
-    return key
+    return [*created, key]
 
 
 def add_adapter(raw: dict[str, Any], item: str) -> None:
@@ -629,7 +646,8 @@ def _where(issue: _Issue, path: Path, text: str, origins: dict[str, str]) -> str
 
 
 def _override_for(issue: _Issue, origins: dict[str, str]) -> str | None:
-    """The --set behind an error: the key itself or a table it replaced; for a check across
+    """The --set behind an error: the key itself, or a table it replaced or created (an
+    unknown key at any depth under one); for a check across
     the keys of a table, a --set of a key inside it that the message names. The longest
     matching key wins."""
     dotted = ".".join(issue.loc)
