@@ -647,9 +647,8 @@ def _where(issue: _Issue, path: Path, text: str, origins: dict[str, str]) -> str
 
 def _override_for(issue: _Issue, origins: dict[str, str]) -> str | None:
     """The --set behind an error: the key itself, or a table it replaced or created (an
-    unknown key at any depth under one); for a check across
-    the keys of a table, a --set of a key inside it that the message names. The longest
-    matching key wins."""
+    unknown key at any depth under one); for a check across the keys of a table, a --set of
+    a key inside it that the message names. The longest matching key wins."""
     dotted = ".".join(issue.loc)
     if not dotted:
         return None
