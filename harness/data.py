@@ -8,8 +8,10 @@ a suite never change when train_size changes, and never overlap training data:
     two pools:    eval pool  = [ eval | validation ]     train pool = [ train ...... ]
 
 A size the data cannot fill is an error, not silently fewer items; "all" asks for every row.
-Errors about one row name its file and physical line (JSONL, CSV) or its row number, and a
-value a template would render as "None" is refused: missing data must not be scored.
+Every row is rendered, used or not, and every bad row is listed at once (up to MAX_LISTED),
+each with its file and physical line (JSONL, CSV) or its row number: a value a template would
+render as "None" (missing data must not be scored), a malformed conversation, an `id` that
+repeats one of the file eval items come from (arms are paired item by item on ids).
 """
 
 from __future__ import annotations
@@ -76,7 +78,12 @@ def load_splits(suite: Suite) -> DataSplits:
     try:
         return _load_splits(suite)
     except DataError as e:  # keeps the subclass: plan tells DatasetUnavailable apart
-        raise type(e)(f"suite {suite.name!r}: {e}") from e
+        raise type(e)(_each_line(f"suite {suite.name!r}: ", str(e))) from e
+
+
+def _each_line(prefix: str, text: str) -> str:
+    """``prefix`` before every line: each bad row is its own line of the error."""
+    return "\n".join(prefix + line for line in text.splitlines())
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ def load_eval_set(suite: Suite, name: str) -> EvalSet:
         splits = _load_splits(reader)
     except DataError as e:  # the keys are eval.sets.NAME.*, not data.*
         text = _SET_KEY.sub(f"eval.sets.{name}.", str(e)).replace(".train_split", ".split")
-        raise type(e)(f"suite {suite.name!r}: {text}") from e
+        raise type(e)(_each_line(f"suite {suite.name!r}: ", text)) from e
     source = spec.dataset or str(suite.resolve(spec.path or ""))
     return EvalSet(name, splits.eval, splits.eval_fingerprint, source)
 
@@ -125,14 +132,14 @@ def _load_splits(suite: Suite) -> DataSplits:
         if pool is not None:
             _check_fields(spec, pool)
     held = eval_pool or train_pool  # where eval and validation items come from
+    train_all, held_all = _render_all(spec, train_pool, held)
     # With cleaning on, train_size counts examples after it (the TinyLlama QLoRA coding
     # report's 1,080 are clean ones):
     # take the whole pool here and cut after dedupe (below) or drop_longer (when encoding).
     sel = _select(spec, train_pool, held, training, cut_train=not (spec.dedupe or spec.drop_longer))
-    render = _renderer(spec)
-    eval_ex = [render(held, i) for i in sel.eval]
-    val_ex = [render(held, i) for i in sel.validation]
-    train_ex = [render(train_pool, i) for i in sel.train]
+    eval_ex = [held_all[i] for i in sel.eval]
+    val_ex = [held_all[i] for i in sel.validation]
+    train_ex = [train_all[i] for i in sel.train]
     dropped: dict[str, int] = {}
     if spec.dedupe:
         train_ex, dropped["duplicates"] = dedupe(train_ex, against=eval_ex + val_ex)
@@ -433,6 +440,63 @@ def _eval_count(spec: DataSpec, pool: _Pool, two_pools: bool) -> int:
     return spec.eval_size
 
 
+# ---------------------------------------------------------------- every row, every problem
+
+
+MAX_LISTED = 10  # bad rows listed one per line; the rest are counted on one more line
+
+
+class _BadRow(DataError):
+    """A problem of one row's data (not of a template): collected, so all are listed."""
+
+
+def _render_all(spec: DataSpec, train_pool: _Pool, held: _Pool,
+                ) -> tuple[list[Example], list[Example]]:
+    """Every row of the train pool and of the held pool (the same pool for one file) rendered,
+    or one DataError listing every bad row of both in file order, and every id the held pool
+    repeats. A template that raises is the template's problem: raised at its first row."""
+    render = _renderer(spec)
+    problems: list[tuple[int, int, str]] = []  # (pool, row, message): the sort order
+    pools = [train_pool] if held is train_pool else [train_pool, held]
+    rendered = [_render_rows(render, pool, n, problems) for n, pool in enumerate(pools)]
+    problems += [(len(pools) - 1, i, msg) for i, msg in _repeated_ids(held)]
+    if problems:
+        raise DataError(_listing([msg for *_, msg in sorted(problems)]))
+    return rendered[0], rendered[-1]
+
+
+def _render_rows(render: Any, pool: _Pool, n: int,
+                 problems: list[tuple[int, int, str]]) -> list[Example]:
+    examples = []
+    for i in range(len(pool.rows)):
+        try:
+            examples.append(render(pool, i))
+        except _BadRow as e:
+            problems.append((n, i, str(e)))
+    return examples
+
+
+def _repeated_ids(pool: _Pool) -> list[tuple[int, str]]:
+    """(row, message) of each row whose id an earlier row of ``pool`` has: the pairing of
+    arms, per id, would mix two items."""
+    first: dict[str, int] = {}
+    out = []
+    for i, row in enumerate(pool.rows):
+        ex_id = _id(row, i)
+        j = first.setdefault(ex_id, i)
+        if j != i:
+            where = f"line {pool.lines[j]}" if pool.lines else f"row {j + 1}"
+            out.append((i, f"{pool.key}: {pool.at(i)}: id {ex_id!r} repeats the id of {where}; "
+                           "eval items are paired across arms by id, so ids must be unique"))
+    return out
+
+
+def _listing(messages: list[str]) -> str:
+    shown = messages[:MAX_LISTED]
+    more = len(messages) - len(shown)
+    return "\n".join(shown + ([f"and {more} more bad rows"] if more else []))
+
+
 # ---------------------------------------------------------------- templates
 
 
@@ -502,7 +566,7 @@ def _render(t: _Template, ctx: dict[str, Any], spec: DataSpec, pool: _Pool, i: i
     except _Missing:
         cols = ", ".join(repr(spec.fields.get(v, v)) for v in _culprits(t, ctx))
         what = f"column {cols}" if cols else "a variable"
-        raise DataError(f"{pool.key}: {pool.at(i)}: item {_id(pool.rows[i], i)} has no value "
+        raise _BadRow(f"{pool.key}: {pool.at(i)}: item {_id(pool.rows[i], i)} has no value "
                         f"for {what} (absent or null), which data.{t.key} renders") from None
     except Exception as e:  # noqa: BLE001 - a template is user code; whatever it raises
         problem = one_line(e) if isinstance(e, TemplateError) else f"{type(e).__name__}: {e}"
@@ -529,15 +593,15 @@ def _culprits(t: _Template, ctx: dict[str, Any]) -> list[str]:
 def _split_conversation(turns: Any, where: str):
     """ShareGPT/OpenAI turns -> (earlier turns as (role, text), last assistant reply)."""
     if not isinstance(turns, list) or not turns:
-        raise DataError(f"{where}: conversation is not a non-empty list")
+        raise _BadRow(f"{where}: conversation is not a non-empty list")
     pairs = []
     for t in turns:
         turn = t if isinstance(t, dict) else {}
         role = _ROLES.get(str(turn.get("role", turn.get("from", ""))).lower())
         text = turn.get("content", turn.get("value"))
         if role is None or text is None:
-            raise DataError(f"{where}: turn without role/content: {t}")
+            raise _BadRow(f"{where}: turn without role/content: {t}")
         pairs.append((role, str(text)))
     if pairs[-1][0] != "assistant":
-        raise DataError(f"{where}: conversation does not end with an assistant turn")
+        raise _BadRow(f"{where}: conversation does not end with an assistant turn")
     return tuple(pairs[:-1]), pairs[-1][1]
