@@ -8,10 +8,11 @@ a suite never change when train_size changes, and never overlap training data:
     two pools:    eval pool  = [ eval | validation ]     train pool = [ train ...... ]
 
 A size the data cannot fill is an error, not silently fewer items; "all" asks for every row.
-Every row is rendered, used or not, and every bad row is listed at once (up to MAX_LISTED),
-each with its file and physical line (JSONL, CSV) or its row number: a value a template would
-render as "None" (missing data must not be scored), a malformed conversation, an `id` that
-repeats one of the file eval items come from (arms are paired item by item on ids).
+Every bad row is listed at once (up to MAX_LISTED), each with its file and physical line
+(JSONL, CSV) or its row number: a row the suite uses with a value a template would render as
+"None" (missing data must not be scored) or a malformed conversation, and any row whose `id`
+repeats an earlier one of the pool eval items come from (arms are paired item by item on ids).
+Only the rows used are rendered: a suite may take 2,000 of a hub dataset's 204,000.
 """
 
 from __future__ import annotations
@@ -132,14 +133,11 @@ def _load_splits(suite: Suite) -> DataSplits:
         if pool is not None:
             _check_fields(spec, pool)
     held = eval_pool or train_pool  # where eval and validation items come from
-    train_all, held_all = _render_all(spec, train_pool, held)
     # With cleaning on, train_size counts examples after it (the TinyLlama QLoRA coding
     # report's 1,080 are clean ones):
     # take the whole pool here and cut after dedupe (below) or drop_longer (when encoding).
     sel = _select(spec, train_pool, held, training, cut_train=not (spec.dedupe or spec.drop_longer))
-    eval_ex = [held_all[i] for i in sel.eval]
-    val_ex = [held_all[i] for i in sel.validation]
-    train_ex = [train_all[i] for i in sel.train]
+    eval_ex, val_ex, train_ex = _render_selected(spec, train_pool, held, sel)
     dropped: dict[str, int] = {}
     if spec.dedupe:
         train_ex, dropped["duplicates"] = dedupe(train_ex, against=eval_ex + val_ex)
@@ -450,29 +448,29 @@ class _BadRow(DataError):
     """A problem of one row's data (not of a template): collected, so all are listed."""
 
 
-def _render_all(spec: DataSpec, train_pool: _Pool, held: _Pool,
-                ) -> tuple[list[Example], list[Example]]:
-    """Every row of the train pool and of the held pool (the same pool for one file) rendered,
-    or one DataError listing every bad row of both in file order, and every id the held pool
-    repeats. A template that raises is the template's problem: raised at its first row."""
+def _render_selected(spec: DataSpec, train_pool: _Pool, held: _Pool, sel: _Selection,
+                     ) -> tuple[list[Example], list[Example], list[Example]]:
+    """The eval, validation and train examples, or one DataError listing, in file order, every
+    bad row among them and every id the held pool repeats. A template that raises is the
+    template's problem, not a row's: raised at its first row."""
     render = _renderer(spec)
-    problems: list[tuple[int, int, str]] = []  # (pool, row, message): the sort order
-    pools = [train_pool] if held is train_pool else [train_pool, held]
-    rendered = [_render_rows(render, pool, n, problems) for n, pool in enumerate(pools)]
-    problems += [(len(pools) - 1, i, msg) for i, msg in _repeated_ids(held)]
+    problems: list[tuple[str, int, str]] = []  # (pool key, row, message): the sort order
+    picks = [(held, sel.eval), (held, sel.validation), (train_pool, sel.train)]
+    out = [_render_rows(render, pool, rows, problems) for pool, rows in picks]
+    problems += [(held.key, i, msg) for i, msg in _repeated_ids(held)]
     if problems:
         raise DataError(_listing([msg for *_, msg in sorted(problems)]))
-    return rendered[0], rendered[-1]
+    return out[0], out[1], out[2]
 
 
-def _render_rows(render: Any, pool: _Pool, n: int,
-                 problems: list[tuple[int, int, str]]) -> list[Example]:
+def _render_rows(render: Any, pool: _Pool, rows: list[int],
+                 problems: list[tuple[str, int, str]]) -> list[Example]:
     examples = []
-    for i in range(len(pool.rows)):
+    for i in rows:
         try:
             examples.append(render(pool, i))
         except _BadRow as e:
-            problems.append((n, i, str(e)))
+            problems.append((pool.key, i, str(e)))
     return examples
 
 
