@@ -490,13 +490,16 @@ _SOURCE_SWITCH = {
 
 
 def validate_suite(raw: dict[str, Any], *, path: Path, text: str = "",
-                   origins: dict[str, str] | None = None) -> Suite:
+                   origins: dict[str, str] | None = None, in_file: bool = True) -> Suite:
     """``raw`` as a Suite, or a ConfigError with one line per problem. ``text`` (the file) gives
-    line numbers; ``origins`` maps dotted keys to the ``--set`` arguments that set them."""
+    line numbers; ``origins`` maps dotted keys to the ``--set`` arguments that set them.
+    ``in_file=False``: a suite rebuilt in memory (a sweep cell), whose errors name the key
+    alone, not a file that did not write it."""
     try:
         return Suite.model_validate({**raw, "base_dir": path.parent})
     except ValidationError as e:
-        lines = [_error_line(issue, path, text, origins or {}) for issue in _issues(e)]
+        lines = [_error_line(issue, path if in_file else None, text, origins or {})
+                 for issue in _issues(e)]
         raise ConfigError("\n".join(lines)) from e
 
 
@@ -565,7 +568,7 @@ def with_overrides(suite: Suite, overrides: dict[str, Any]) -> Suite:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return validate_suite(raw, path=suite.base_dir / f"{suite.name}.toml")
+    return validate_suite(raw, path=suite.base_dir / f"{suite.name}.toml", in_file=False)
 
 
 def uses_hub(suite: Suite) -> bool:
@@ -633,14 +636,17 @@ def _merge(items: list[tuple[tuple[str, ...], dict[str, Any]]]) -> _Issue:
     return _Issue(loc, "union", prefix + " or ".join(msgs), whole.get("input"))
 
 
-def _error_line(issue: _Issue, path: Path, text: str, origins: dict[str, str]) -> str:
-    return f"{_where(issue, path, text, origins)}: {_describe(issue)}"
+def _error_line(issue: _Issue, path: Path | None, text: str, origins: dict[str, str]) -> str:
+    where = _where(issue, path, text, origins)
+    return f"{where}: {_describe(issue)}" if where else _describe(issue)
 
 
-def _where(issue: _Issue, path: Path, text: str, origins: dict[str, str]) -> str:
+def _where(issue: _Issue, path: Path | None, text: str, origins: dict[str, str]) -> str:
     item = _override_for(issue, origins)
     if item is not None:
         return f"--set {item}"
+    if path is None:
+        return ""
     line = _line_of(text, list(issue.loc))
     return f"{path}:{line}" if line else f"{path}"
 

@@ -119,11 +119,17 @@ def test_every_count_of_a_suite_has_an_upper_bound():
 
 
 def test_sweep_grid_value_is_bounded_too(suite_dir):
-    p = suite_dir / "tiny.toml"
-    p.write_text(p.read_text() + '\n[sweep]\ngrid = { "train.max_steps" = [2, 1e15] }\n')
+    """Refused naming the cell and key, not a file `<suite name>.toml` that does not exist."""
+    p = suite_dir / "grid.toml"
+    text = (suite_dir / "tiny.toml").read_text()
+    p.write_text(text + '\n[sweep]\ngrid = { "train.max_steps" = [2, 1e15] }\n')
     res = invoke("validate", p)
     assert res.exit_code == 2, res.output
-    assert "train.max_steps" in res.output and "less than or equal to" in res.output
+    (line,) = error_lines(res.output)
+    assert line.endswith("sweep cell 'max_steps1000000000000000.0': train.max_steps: Input "
+                         f"should be less than or equal to {config.MAX_STEPS} "
+                         "(got 1000000000000000.0)"), line
+    assert "tiny.toml" not in res.output
 
 
 # ---------------------------------------------------------------- bad rows, all at once
