@@ -565,7 +565,7 @@ def _render(t: _Template, ctx: dict[str, Any], spec: DataSpec, pool: _Pool, i: i
         cols = ", ".join(repr(spec.fields.get(v, v)) for v in _culprits(t, ctx))
         what = f"column {cols}" if cols else "a variable"
         raise _BadRow(f"{pool.key}: {pool.at(i)}: item {_id(pool.rows[i], i)} has no value "
-                        f"for {what} (absent or null), which data.{t.key} renders") from None
+                      f"for {what} (absent or null), which data.{t.key} renders") from None
     except Exception as e:  # noqa: BLE001 - a template is user code; whatever it raises
         problem = one_line(e) if isinstance(e, TemplateError) else f"{type(e).__name__}: {e}"
         raise DataError(f"data.{t.key}: cannot render item {_id(pool.rows[i], i)} "
