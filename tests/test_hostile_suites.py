@@ -132,6 +132,17 @@ def test_sweep_grid_value_is_bounded_too(suite_dir):
     assert "tiny.toml" not in res.output
 
 
+def test_gate_rule_limit_that_overflows_to_inf_refused(suite_dir):
+    """400 digits parse as float inf: a rule that could never fail passed validate."""
+    rule = "loss:+" + "9" * 400
+    p = suite_dir / "tiny.toml"
+    p.write_text(p.read_text() + f'\n[gate]\nrules = ["{rule}"]\n')
+    res = invoke("validate", p)
+    assert res.exit_code == 2, res.output
+    (line,) = error_lines(res.output)
+    assert "gate.rules" in line and "not a finite number" in line, line
+
+
 # ---------------------------------------------------------------- bad rows, all at once
 
 
