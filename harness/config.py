@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Sequence
@@ -66,6 +67,7 @@ MAX_ROWS = 1_000_000_000  # train / validation / eval sizes
 MAX_RESAMPLES = 1_000_000  # 100x the default; 10**12 indexes would need 8 TB
 MAX_SEED = 2**32 - 1  # NumPy's seeding (transformers.set_seed) refuses more, and negatives
 MAX_RANK = 65_536  # LoRA rank, BERTScore layer
+MAX_ARMS = 1_000  # trained arms (sweep cells x seeds): a 10-key grid of 10 values is 10**10
 
 Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
 StepsOrZero = Annotated[int, Field(ge=0, le=MAX_STEPS)]
@@ -214,7 +216,7 @@ class TrainSpec(_Strict):
     seed: Seed = 0
     # Train the recipe once per seed (arms <arm>@s<seed>); the report then compares the recipe
     # with its baseline across seeds (seedstats), beside each seed's paired results.
-    seeds: Optional[Annotated[list[Seed], Field(min_length=1)]] = None
+    seeds: Optional[Annotated[list[Seed], Field(min_length=1, max_length=MAX_ARMS)]] = None
     logging_steps: Steps = 10
     eval_strategy: Literal["no", "epoch", "steps"] = "epoch"
     eval_steps: Optional[Steps] = None
@@ -358,6 +360,12 @@ class SweepSpec(_Strict):
     cells: list[SweepCell] = []
     grid: dict[str, list[Any]] = {}
 
+    @property
+    def n_cells(self) -> int:
+        """Counted, not listed: a grid of 10 keys x 10 values would be 10**10 cells."""
+        grid = math.prod(len(v) for v in self.grid.values()) if self.grid else 0
+        return len(self.cells) + grid
+
 
 class AdapterSpec(_Strict):
     """An adapter that already exists (a PEFT folder or a hub id), evaluated as its own arm."""
@@ -397,12 +405,21 @@ class Suite(_Strict):
             raise ValueError("train.load_best_model_at_end needs data.validation_size > 0")
         if t and t.precision == "fp16" and self.model.device == "cpu":
             raise ValueError("train.precision = 'fp16' needs a GPU; use fp32 or bf16 on a CPU")
+        if t and self.n_trained_arms > MAX_ARMS:
+            raise ValueError(f"sweep: {self.n_trained_arms:,} trained arms (cells x train.seeds), "
+                             f"at most {MAX_ARMS:,}")
         names = [a.name for a in self.adapters]
         clash = sorted({n for n in names if names.count(n) > 1 or n in arms.RESERVED})
         if clash:
             reserved = " or ".join(map(repr, sorted(arms.RESERVED)))
             raise ValueError(f"adapters: arm names must be unique and not {reserved}: {clash}")
         return self
+
+    @property
+    def n_trained_arms(self) -> int:
+        """Sweep cells (or the one recipe) x train.seeds, before a cell sets its own seeds."""
+        seeds = len(self.train.seeds or [0]) if self.train else 0
+        return (self.sweep.n_cells if self.sweep else 1) * seeds
 
     def resolve(self, p: str) -> Path:
         """A path from the suite, relative to the suite file's folder."""

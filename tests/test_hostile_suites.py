@@ -132,6 +132,24 @@ def test_sweep_grid_value_is_bounded_too(suite_dir):
     assert "tiny.toml" not in res.output
 
 
+def _inline_table(grid: dict[str, list[int]]) -> str:
+    return "{ " + ", ".join(f"{json.dumps(k)} = {v}" for k, v in grid.items()) + " }"
+
+
+def test_sweep_of_too_many_arms_refused_before_it_is_expanded(suite_dir):
+    """A grid's cells are counted, not listed: 10 keys of 10 values would be 10**10 suites."""
+    p = suite_dir / "tiny.toml"
+    grid = {"train.r": list(range(1, 51)), "train.alpha": list(range(1, 11))}  # 500 cells
+    p.write_text(p.read_text() + f"\n[sweep]\ngrid = {_inline_table(grid)}\n")
+    res = invoke("validate", p, "--set", "train.seeds=[1, 2, 3]")
+    assert res.exit_code == 2, res.output
+    (line,) = error_lines(res.output)
+    assert "sweep: 1,500 trained arms (cells x train.seeds), at most 1,000" in line, line
+    res = invoke("validate", p, "--set", "train.seeds=[1, 2]")
+    assert res.exit_code == 0, res.output  # 1,000: the limit itself
+    assert "1000 adapter arm(s)" in res.output
+
+
 def test_gate_rule_limit_that_overflows_to_inf_refused(suite_dir):
     """400 digits parse as float inf: a rule that could never fail passed validate."""
     rule = "loss:+" + "9" * 400
