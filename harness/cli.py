@@ -386,7 +386,7 @@ def _validate_one(path: Path, suite: Any) -> int:
     try:
         info = pipeline.preflight(suite, offline_ok=True)
     except HarnessError as e:
-        _error(f"{path}: {e}" if str(path) not in str(e) else str(e))
+        _error("\n".join(ln if str(path) in ln else f"{path}: {ln}" for ln in str(e).splitlines()))
         return e.exit_code
     for w in info.warnings:
         _warning(f"{path}: {w}")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -48,6 +50,36 @@ def _folder_name(v: str) -> str:
 
 
 FolderName = Annotated[str, AfterValidator(_folder_name)]
+
+# ---------------------------------------------------------------- numbers
+# Every count of a suite has a range, declared through the types below: lower bounds are each
+# key's own, upper bounds are shared limits far beyond any real run (the shipped suites train
+# at most 810 steps, in batches of at most 8, for at most 3 epochs) yet low enough that
+# nothing downstream overflows or runs for years. Without them `train.epochs = 1e300` passed
+# validate, `plan` printed a 301-digit step count and `run` trained until killed. Non-finite
+# floats are refused by `_Strict` (allow_inf_nan=False). `--set` and sweep values are checked
+# by the same types, since they are validated with the file.
+MAX_EPOCHS = 10_000
+MAX_STEPS = 10_000_000  # optimizer steps and every step count (warmup, logging, eval, save)
+MAX_BATCH = 65_536  # rows per batch, gradient accumulation, beams
+MAX_TOKENS = 1_048_576  # max_length, max_new_tokens: the longest contexts are ~1M tokens
+MAX_ROWS = 1_000_000_000  # train / validation / eval sizes
+MAX_SEED = 2**32 - 1  # NumPy's seeding (transformers.set_seed) refuses more, and negatives
+MAX_RANK = 65_536  # LoRA rank, BERTScore layer
+MAX_ARMS = 1_000  # trained arms (sweep cells x seeds): a 10-key grid of 10 values is 10**10
+
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+StepsOrZero = Annotated[int, Field(ge=0, le=MAX_STEPS)]
+Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+Rows = Annotated[int, Field(ge=1, le=MAX_ROWS)]
+Tokens = Annotated[int, Field(ge=8, le=MAX_TOKENS)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Rank = Annotated[int, Field(ge=1, le=MAX_RANK)]
+# Scales (learning rate, alpha, weight decay, gradient norm, temperature) are only finite: a
+# huge one diverges the adapter, and that arm is recorded failed, nothing hangs.
+Scale = Annotated[float, Field(ge=0)]
+PositiveScale = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 
 def _gate_rule(v: str) -> str:
@@ -130,11 +162,11 @@ class DataSpec(_Strict):
     system_prompt: Optional[str] = None
     conversations_field: Optional[NonEmpty] = None
 
-    train_size: Union[Annotated[int, Field(ge=1)], Literal["all"], None] = None
-    validation_size: Annotated[int, Field(ge=0)] = 0
-    eval_size: Union[Annotated[int, Field(ge=1)], Literal["all"], None] = None
-    seed: int = 0
-    max_length: Annotated[int, Field(ge=8)] = 512
+    train_size: Union[Rows, Literal["all"], None] = None
+    validation_size: Annotated[int, Field(ge=0, le=MAX_ROWS)] = 0
+    eval_size: Union[Rows, Literal["all"], None] = None
+    seed: Seed = 0
+    max_length: Tokens = 512
     truncation_side: Literal["left", "right"] = "left"
     drop_longer: Flag = False
     dedupe: Flag = False
@@ -155,45 +187,45 @@ class DataSpec(_Strict):
 class TrainSpec(_Strict):
     """LoRA recipe and the Trainer knobs the seed reports name. QLoRA = this + 4-bit model."""
 
-    r: Annotated[int, Field(ge=1)] = 8
-    alpha: Annotated[float, Field(gt=0)] = 16
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    r: Rank = 8
+    alpha: PositiveScale = 16
+    dropout: Fraction = 0.05
     target_modules: Union[list[str], Literal["all-linear"]] = ["q_proj", "v_proj"]
     bias: Literal["none", "all", "lora_only"] = "none"
 
-    learning_rate: Annotated[float, Field(gt=0)] = 2e-4
-    epochs: Annotated[float, Field(gt=0)] = 1.0
-    max_steps: Optional[Annotated[int, Field(ge=1)]] = None
-    batch_size: Annotated[int, Field(ge=1)] = 8
-    eval_batch_size: Optional[Annotated[int, Field(ge=1)]] = None
-    gradient_accumulation_steps: Annotated[int, Field(ge=1)] = 1
+    learning_rate: PositiveScale = 2e-4
+    epochs: Annotated[float, Field(gt=0, le=MAX_EPOCHS)] = 1.0
+    max_steps: Optional[Steps] = None
+    batch_size: Batch = 8
+    eval_batch_size: Optional[Batch] = None
+    gradient_accumulation_steps: Batch = 1
     scheduler: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
         "constant_with_warmup", "inverse_sqrt",
     ] = "linear"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    warmup_ratio: Fraction = 0.0
+    warmup_steps: StepsOrZero = 0
     optimizer: Literal[
         "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit",
         "paged_adamw_8bit", "paged_adamw_32bit",
     ] = "adamw_torch"
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+    weight_decay: Scale = 0.0
+    max_grad_norm: Scale = 1.0
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    seed: int = 0
+    seed: Seed = 0
     # Train the recipe once per seed (arms <arm>@s<seed>); the report then compares the recipe
     # with its baseline across seeds (seedstats), beside each seed's paired results.
-    seeds: Optional[Annotated[list[int], Field(min_length=1)]] = None
-    logging_steps: Annotated[int, Field(ge=1)] = 10
+    seeds: Optional[Annotated[list[Seed], Field(min_length=1, max_length=MAX_ARMS)]] = None
+    logging_steps: Steps = 10
     eval_strategy: Literal["no", "epoch", "steps"] = "epoch"
-    eval_steps: Optional[Annotated[int, Field(ge=1)]] = None
+    eval_steps: Optional[Steps] = None
     save_strategy: Literal["no", "epoch", "steps"] = "no"
-    save_steps: Optional[Annotated[int, Field(ge=1)]] = None
-    save_total_limit: Optional[Annotated[int, Field(ge=1)]] = None
+    save_steps: Optional[Steps] = None
+    save_total_limit: Optional[Steps] = None
     # With save_strategy = "no": a scratch checkpoint every this many optimizer steps, only so
     # `harness resume` can continue a killed run; the newest alone is kept, and it is deleted
     # when training ends. Unset: ~10% of the steps (a multiple of logging_steps); 0: none.
-    checkpoint_steps: Optional[Annotated[int, Field(ge=0)]] = None
+    checkpoint_steps: Optional[StepsOrZero] = None
     load_best_model_at_end: Flag = False
     gradient_checkpointing: Flag = False
     group_by_length: Flag = True
@@ -237,9 +269,9 @@ class EvalSetSpec(_Strict):
     response_template: str
     chat_template: Flag = False
     system_prompt: Optional[str] = None
-    eval_size: Union[Annotated[int, Field(ge=1)], Literal["all"]] = "all"
-    seed: int = 0
-    max_length: Annotated[int, Field(ge=8)] = 512
+    eval_size: Union[Rows, Literal["all"]] = "all"
+    seed: Seed = 0
+    max_length: Tokens = 512
     truncation_side: Literal["left", "right"] = "right"
     metrics: list[MetricName] = ["loss", "perplexity"]
     # A forgetting check: the report leads with what fine-tuning cost on this set.
@@ -269,19 +301,19 @@ class EvalSetSpec(_Strict):
 
 class EvalSpec(_Strict):
     metrics: list[MetricName] = ["loss", "perplexity", "rouge"]
-    max_new_tokens: Annotated[int, Field(ge=1)] = 64
-    batch_size: Annotated[int, Field(ge=1)] = 8
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = 64
+    batch_size: Batch = 8
     # Generation rows per batch; unset: the larger of batch_size and 32. A decode step reads
     # every weight once whatever the batch, so rows are nearly free: on 2 CPU cores, batches of
     # 32 generated 1.75x the tokens/s of batches of 8, with the same text. Out-of-memory halves
     # a batch instead of failing.
-    generate_batch_size: Annotated[int, Field(ge=1)] | None = None
+    generate_batch_size: Batch | None = None
     do_sample: Flag = False
-    temperature: Annotated[float, Field(gt=0)] = 1.0
+    temperature: PositiveScale = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    num_beams: Annotated[int, Field(ge=1)] = 1
+    num_beams: Batch = 1
     rouge_stemmer: Flag = True
-    seed: int = 0
+    seed: Seed = 0
     # Extra prompt templates evaluated zero-shot on the base model, each as an arm
     # `baseline@<name>` compared with the suite's own template (the phi-2 XSum report had five).
     baseline_templates: dict[FolderName, str] = {}
@@ -295,7 +327,7 @@ class EvalSpec(_Strict):
     sets: dict[FolderName, EvalSetSpec] = {}
     # BERTScore's model: a local folder or a hub id (default roberta-large, downloaded once).
     bertscore_model: Optional[NonEmpty] = None
-    bertscore_layers: Optional[Annotated[int, Field(ge=1)]] = None
+    bertscore_layers: Optional[Rank] = None
 
     @property
     def generate(self) -> bool:
@@ -308,7 +340,7 @@ class EvalSpec(_Strict):
 
 class StatsSpec(_Strict):
     n_resamples: Annotated[int, Field(ge=100, le=stats.MAX_RESAMPLES)] = stats.DEFAULT_RESAMPLES
-    seed: Annotated[int, Field(ge=0)] = 0  # numpy's SeedSequence takes no negative seed
+    seed: Seed = 0
     alpha: Annotated[float, Field(gt=0, lt=1)] = stats.DEFAULT_ALPHA
 
 
@@ -326,6 +358,12 @@ class SweepSpec(_Strict):
 
     cells: list[SweepCell] = []
     grid: dict[str, list[Any]] = {}
+
+    @property
+    def n_cells(self) -> int:
+        """Counted, not listed: a grid of 10 keys x 10 values would be 10**10 cells."""
+        grid = math.prod(len(v) for v in self.grid.values()) if self.grid else 0
+        return len(self.cells) + grid
 
 
 class AdapterSpec(_Strict):
@@ -366,12 +404,21 @@ class Suite(_Strict):
             raise ValueError("train.load_best_model_at_end needs data.validation_size > 0")
         if t and t.precision == "fp16" and self.model.device == "cpu":
             raise ValueError("train.precision = 'fp16' needs a GPU; use fp32 or bf16 on a CPU")
+        if t and self.n_trained_arms > MAX_ARMS:
+            raise ValueError(f"sweep: {self.n_trained_arms:,} trained arms (cells x train.seeds), "
+                             f"at most {MAX_ARMS:,}")
         names = [a.name for a in self.adapters]
         clash = sorted({n for n in names if names.count(n) > 1 or n in arms.RESERVED})
         if clash:
             reserved = " or ".join(map(repr, sorted(arms.RESERVED)))
             raise ValueError(f"adapters: arm names must be unique and not {reserved}: {clash}")
         return self
+
+    @property
+    def n_trained_arms(self) -> int:
+        """Sweep cells (or the one recipe) x train.seeds, before a cell sets its own seeds."""
+        seeds = len(self.train.seeds or [0]) if self.train else 0
+        return (self.sweep.n_cells if self.sweep else 1) * seeds
 
     def resolve(self, p: str) -> Path:
         """A path from the suite, relative to the suite file's folder."""
@@ -396,13 +443,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from e
-    origins: dict[str, str] = {}  # dotted key -> the --set argument that set it
-    problems = []
-    for item in overrides:
-        try:
-            origins[apply_override(raw, item)] = item
-        except ConfigError as e:
-            problems.append(str(e))
+    problems: list[str] = []
+    origins = _apply_overrides(raw, overrides, problems)
     for item in adapters:
         try:
             add_adapter(raw, item)
@@ -415,6 +457,24 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     if problems:
         raise ConfigError("\n".join(problems))
     return suite
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str],
+                     problems: list[str]) -> dict[str, str]:
+    """Apply each ``--set`` to ``raw``; its problems are appended to ``problems``. Returns
+    dotted key -> the ``--set`` that wrote it (the last one of a key: its value is the one
+    validated) or created it (a table: the first)."""
+    origins: dict[str, str] = {}
+    for item in overrides:
+        try:
+            *tables, key = apply_override(raw, item)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        origins[key] = item
+        for table in tables:
+            origins.setdefault(table, item)
+    return origins
 
 
 def _read_text(path: Path) -> str:
@@ -446,26 +506,32 @@ _SOURCE_SWITCH = {
 
 
 def validate_suite(raw: dict[str, Any], *, path: Path, text: str = "",
-                   origins: dict[str, str] | None = None) -> Suite:
+                   origins: dict[str, str] | None = None, in_file: bool = True) -> Suite:
     """``raw`` as a Suite, or a ConfigError with one line per problem. ``text`` (the file) gives
-    line numbers; ``origins`` maps dotted keys to the ``--set`` arguments that set them."""
+    line numbers; ``origins`` maps dotted keys to the ``--set`` arguments that set them.
+    ``in_file=False``: a suite rebuilt in memory (a sweep cell), whose errors name the key
+    alone, not a file that did not write it."""
     try:
         return Suite.model_validate({**raw, "base_dir": path.parent})
     except ValidationError as e:
-        lines = [_error_line(issue, path, text, origins or {}) for issue in _issues(e)]
+        lines = [_error_line(issue, path if in_file else None, text, origins or {})
+                 for issue in _issues(e)]
         raise ConfigError("\n".join(lines)) from e
 
 
-def apply_override(raw: dict[str, Any], item: str) -> str:
+def apply_override(raw: dict[str, Any], item: str) -> list[str]:
     """``a.b.c=value``: value parsed as a TOML literal, else kept as a plain string. Returns
-    the dotted key."""
+    the dotted keys it wrote: each table it created on the way (``a``, ``a.b`` when the file
+    has neither), then the key itself, so an error about any of them names this ``--set``."""
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
         raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-    node = raw
+    node, created = raw, []
     *parents, leaf = key.split(".")
-    for part in parents:
+    for depth, part in enumerate(parents, 1):
+        if part not in node:
+            created.append(".".join(parents[:depth]))
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"--set {item!r}: {part} is not a table")
@@ -473,7 +539,7 @@ def apply_override(raw: dict[str, Any], item: str) -> str:
     for other in _SOURCE_SWITCH.get(".".join(parents), {}).get(leaf, ()):
         node.pop(other, None)
     node[leaf] = _from_cwd(key, parse_value(value.strip()))
-    return key
+    return [*created, key]
 
 
 def add_adapter(raw: dict[str, Any], item: str) -> None:
@@ -518,7 +584,7 @@ def with_overrides(suite: Suite, overrides: dict[str, Any]) -> Suite:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return validate_suite(raw, path=suite.base_dir / f"{suite.name}.toml")
+    return validate_suite(raw, path=suite.base_dir / f"{suite.name}.toml", in_file=False)
 
 
 def uses_hub(suite: Suite) -> bool:
@@ -586,22 +652,25 @@ def _merge(items: list[tuple[tuple[str, ...], dict[str, Any]]]) -> _Issue:
     return _Issue(loc, "union", prefix + " or ".join(msgs), whole.get("input"))
 
 
-def _error_line(issue: _Issue, path: Path, text: str, origins: dict[str, str]) -> str:
-    return f"{_where(issue, path, text, origins)}: {_describe(issue)}"
+def _error_line(issue: _Issue, path: Path | None, text: str, origins: dict[str, str]) -> str:
+    where = _where(issue, path, text, origins)
+    return f"{where}: {_describe(issue)}" if where else _describe(issue)
 
 
-def _where(issue: _Issue, path: Path, text: str, origins: dict[str, str]) -> str:
+def _where(issue: _Issue, path: Path | None, text: str, origins: dict[str, str]) -> str:
     item = _override_for(issue, origins)
     if item is not None:
         return f"--set {item}"
+    if path is None:
+        return ""
     line = _line_of(text, list(issue.loc))
     return f"{path}:{line}" if line else f"{path}"
 
 
 def _override_for(issue: _Issue, origins: dict[str, str]) -> str | None:
-    """The --set behind an error: the key itself or a table it replaced; for a check across
-    the keys of a table, a --set of a key inside it that the message names. The longest
-    matching key wins."""
+    """The --set behind an error: the key itself, or a table it replaced or created (an
+    unknown key at any depth under one); for a check across the keys of a table, a --set of
+    a key inside it that the message names. The longest matching key wins."""
     dotted = ".".join(issue.loc)
     if not dotted:
         return None

@@ -8,8 +8,11 @@ a suite never change when train_size changes, and never overlap training data:
     two pools:    eval pool  = [ eval | validation ]     train pool = [ train ...... ]
 
 A size the data cannot fill is an error, not silently fewer items; "all" asks for every row.
-Errors about one row name its file and physical line (JSONL, CSV) or its row number, and a
-value a template would render as "None" is refused: missing data must not be scored.
+Every bad row is listed at once (up to MAX_LISTED), each with its file and physical line
+(JSONL, CSV) or its row number: a row the suite uses with a value a template would render as
+"None" (missing data must not be scored) or a malformed conversation, and any row whose `id`
+repeats an earlier one of the pool eval items come from (arms are paired item by item on ids).
+Only the rows used are rendered: a suite may take 2,000 of a hub dataset's 204,000.
 """
 
 from __future__ import annotations
@@ -76,7 +79,12 @@ def load_splits(suite: Suite) -> DataSplits:
     try:
         return _load_splits(suite)
     except DataError as e:  # keeps the subclass: plan tells DatasetUnavailable apart
-        raise type(e)(f"suite {suite.name!r}: {e}") from e
+        raise type(e)(_each_line(f"suite {suite.name!r}: ", str(e))) from e
+
+
+def _each_line(prefix: str, text: str) -> str:
+    """``prefix`` before every line: each bad row is its own line of the error."""
+    return "\n".join(prefix + line for line in text.splitlines())
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,7 @@ def load_eval_set(suite: Suite, name: str) -> EvalSet:
         splits = _load_splits(reader)
     except DataError as e:  # the keys are eval.sets.NAME.*, not data.*
         text = _SET_KEY.sub(f"eval.sets.{name}.", str(e)).replace(".train_split", ".split")
-        raise type(e)(f"suite {suite.name!r}: {text}") from e
+        raise type(e)(_each_line(f"suite {suite.name!r}: ", text)) from e
     source = spec.dataset or str(suite.resolve(spec.path or ""))
     return EvalSet(name, splits.eval, splits.eval_fingerprint, source)
 
@@ -129,10 +137,7 @@ def _load_splits(suite: Suite) -> DataSplits:
     # report's 1,080 are clean ones):
     # take the whole pool here and cut after dedupe (below) or drop_longer (when encoding).
     sel = _select(spec, train_pool, held, training, cut_train=not (spec.dedupe or spec.drop_longer))
-    render = _renderer(spec)
-    eval_ex = [render(held, i) for i in sel.eval]
-    val_ex = [render(held, i) for i in sel.validation]
-    train_ex = [render(train_pool, i) for i in sel.train]
+    eval_ex, val_ex, train_ex = _render_selected(spec, train_pool, held, sel)
     dropped: dict[str, int] = {}
     if spec.dedupe:
         train_ex, dropped["duplicates"] = dedupe(train_ex, against=eval_ex + val_ex)
@@ -433,6 +438,63 @@ def _eval_count(spec: DataSpec, pool: _Pool, two_pools: bool) -> int:
     return spec.eval_size
 
 
+# ---------------------------------------------------------------- every row, every problem
+
+
+MAX_LISTED = 10  # bad rows listed one per line; the rest are counted on one more line
+
+
+class _BadRow(DataError):
+    """A problem of one row's data (not of a template): collected, so all are listed."""
+
+
+def _render_selected(spec: DataSpec, train_pool: _Pool, held: _Pool, sel: _Selection,
+                     ) -> tuple[list[Example], list[Example], list[Example]]:
+    """The eval, validation and train examples, or one DataError listing, in file order, every
+    bad row among them and every id the held pool repeats. A template that raises is the
+    template's problem, not a row's: raised at its first row."""
+    render = _renderer(spec)
+    problems: list[tuple[str, int, str]] = []  # (pool key, row, message): the sort order
+    picks = [(held, sel.eval), (held, sel.validation), (train_pool, sel.train)]
+    out = [_render_rows(render, pool, rows, problems) for pool, rows in picks]
+    problems += [(held.key, i, msg) for i, msg in _repeated_ids(held)]
+    if problems:
+        raise DataError(_listing([msg for *_, msg in sorted(problems)]))
+    return out[0], out[1], out[2]
+
+
+def _render_rows(render: Any, pool: _Pool, rows: list[int],
+                 problems: list[tuple[str, int, str]]) -> list[Example]:
+    examples = []
+    for i in rows:
+        try:
+            examples.append(render(pool, i))
+        except _BadRow as e:
+            problems.append((pool.key, i, str(e)))
+    return examples
+
+
+def _repeated_ids(pool: _Pool) -> list[tuple[int, str]]:
+    """(row, message) of each row whose id an earlier row of ``pool`` has: the pairing of
+    arms, per id, would mix two items."""
+    first: dict[str, int] = {}
+    out = []
+    for i, row in enumerate(pool.rows):
+        ex_id = _id(row, i)
+        j = first.setdefault(ex_id, i)
+        if j != i:
+            where = f"line {pool.lines[j]}" if pool.lines else f"row {j + 1}"
+            out.append((i, f"{pool.key}: {pool.at(i)}: id {ex_id!r} repeats the id of {where}; "
+                           "eval items are paired across arms by id, so ids must be unique"))
+    return out
+
+
+def _listing(messages: list[str]) -> str:
+    shown = messages[:MAX_LISTED]
+    more = len(messages) - len(shown)
+    return "\n".join(shown + ([f"and {more} more bad rows"] if more else []))
+
+
 # ---------------------------------------------------------------- templates
 
 
@@ -502,8 +564,8 @@ def _render(t: _Template, ctx: dict[str, Any], spec: DataSpec, pool: _Pool, i: i
     except _Missing:
         cols = ", ".join(repr(spec.fields.get(v, v)) for v in _culprits(t, ctx))
         what = f"column {cols}" if cols else "a variable"
-        raise DataError(f"{pool.key}: {pool.at(i)}: item {_id(pool.rows[i], i)} has no value "
-                        f"for {what} (absent or null), which data.{t.key} renders") from None
+        raise _BadRow(f"{pool.key}: {pool.at(i)}: item {_id(pool.rows[i], i)} has no value "
+                      f"for {what} (absent or null), which data.{t.key} renders") from None
     except Exception as e:  # noqa: BLE001 - a template is user code; whatever it raises
         problem = one_line(e) if isinstance(e, TemplateError) else f"{type(e).__name__}: {e}"
         raise DataError(f"data.{t.key}: cannot render item {_id(pool.rows[i], i)} "
@@ -529,15 +591,15 @@ def _culprits(t: _Template, ctx: dict[str, Any]) -> list[str]:
 def _split_conversation(turns: Any, where: str):
     """ShareGPT/OpenAI turns -> (earlier turns as (role, text), last assistant reply)."""
     if not isinstance(turns, list) or not turns:
-        raise DataError(f"{where}: conversation is not a non-empty list")
+        raise _BadRow(f"{where}: conversation is not a non-empty list")
     pairs = []
     for t in turns:
         turn = t if isinstance(t, dict) else {}
         role = _ROLES.get(str(turn.get("role", turn.get("from", ""))).lower())
         text = turn.get("content", turn.get("value"))
         if role is None or text is None:
-            raise DataError(f"{where}: turn without role/content: {t}")
+            raise _BadRow(f"{where}: turn without role/content: {t}")
         pairs.append((role, str(text)))
     if pairs[-1][0] != "assistant":
-        raise DataError(f"{where}: conversation does not end with an assistant turn")
+        raise _BadRow(f"{where}: conversation does not end with an assistant turn")
     return tuple(pairs[:-1]), pairs[-1][1]

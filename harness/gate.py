@@ -199,6 +199,9 @@ def parse_rule(text: str, *, source: str = "cli") -> Rule:
         raise InputError(f"bad gate rule {text!r} (from {where}): ':sig' needs per-item values "
                          f"and {metric} has one number per arm")
     num = float(m["num"])
+    if not math.isfinite(num):  # 400 digits parse as inf: a rule that could never fail
+        raise InputError(f"bad gate rule {text!r} (from {where}): the limit is not a finite "
+                         "number")
     return Rule(text.strip(), metric, num / 100 if m["pct"] else num, bool(m["pct"]),
                 SIG in flags, source, VS_ZERO_SHOT in flags)
 
