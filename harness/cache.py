@@ -26,6 +26,10 @@ from harness.modeling import ModelSource, cache_dir
 
 log = logging.getLogger(__name__)
 
+# Bumped when what an entry holds changes for the same key: 2 keeps only the metrics a set asks
+# for (1 added perplexity to every set), so an older entry is not served as today's numbers.
+ENTRY_VERSION = 2
+
 
 def baseline_key_fields(suite: Suite, source: ModelSource, device: str,
                         eval_fingerprint: str, variant: str | None = None,
@@ -42,7 +46,7 @@ def baseline_key_fields(suite: Suite, source: ModelSource, device: str,
     m, d = suite.model, suite.data
     v = versions()
     fields: dict[str, Any] = {
-        "model": source.label, "content": content, "revision": m.revision,
+        "entry": ENTRY_VERSION, "model": source.label, "content": content, "revision": m.revision,
         "tokenizer": m.tokenizer, "dtype": m.dtype, "attn": m.attn_implementation,
         "quantization": m.quantization.model_dump() if m.quantization else None,
         "eval_fingerprint": eval_fingerprint, "variant": variant,

@@ -100,3 +100,25 @@ def test_split_on_oom_backs_off_to_smaller_batches():
 
     with pytest.raises(torch.OutOfMemoryError):
         scoring.split_on_oom(always, [1, 2])
+
+
+def test_an_entry_written_under_the_previous_entry_format_is_not_served(suite_dir, tmp_path,
+                                                                        monkeypatch):
+    """An entry of the format before sets kept only the metrics they ask for (its arm held a
+    perplexity the suite did not ask for) is keyed without `entry`: a run misses it."""
+    import json
+
+    from harness import cache
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    run(suite_dir, "--set", "eval.metrics=['loss', 'rouge']")
+    (path,) = (tmp_path / "baselines").iterdir()
+    entry = json.loads(path.read_text("utf-8"))
+    old_fields = {k: v for k, v in entry["key_fields"].items() if k != "entry"}
+    entry["key_fields"] = old_fields
+    entry["arm"]["metrics"]["perplexity"] = 99.0  # what the old format added unasked
+    path.unlink()
+    (tmp_path / "baselines" / f"{cache.key_of(old_fields)}.json").write_text(json.dumps(entry))
+    again = run(suite_dir, "--set", "eval.metrics=['loss', 'rouge']")
+    assert "cached" not in again.record["arms"]["baseline"]
+    assert "perplexity" not in again.record["arms"]["baseline"]["metrics"]
