@@ -63,7 +63,7 @@ def inspect(suite: Suite, spec: AdapterSpec, shape: ModelShape | None) -> Existi
     """What the adapter is, from its config alone; AdapterError naming the problem."""
     where = f"adapters.{spec.name}"
     local = suite.resolve(spec.path)
-    if local.exists() or spec.path.startswith((".", "/", "~")):
+    if not suite.on_hub(spec):
         source, cfg_path, commit = str(local), local / CONFIG_FILE, None
     else:
         source = spec.path

@@ -1,6 +1,6 @@
 """Hostile adapter folders: an `adapter_config.json` with values of the wrong JSON type, a
-safetensors file whose header cannot be read, and a config peft refuses or cannot lay on the
-model. `validate`, `plan` and `run` refuse each with exit 2 and
+safetensors file whose header cannot be read, a config peft refuses or cannot lay on the model,
+and a hub adapter without a network. `validate`, `plan` and `run` refuse each with exit 2 and
 one line naming the file (and the key) before a weight loads; nothing is written."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from harness import modeling
 from harness.cli import app
 
 from .test_adapters import _peft_adapter, eval_only
@@ -154,3 +155,40 @@ def test_rank_of_the_file_against_the_config_still_refused(suite_dir, good, tmp_
     bad = _copy(good, tmp_path, lambda c: {**c, "r": 16})
     _peft_cannot_load(tiny_model_dir, bad)
     _refused(suite_dir, bad, "tensors do not fit", "(4, 32) in the adapter, (16, 32) in the model")
+
+
+# ---------------------------------------------------------------- a hub adapter, no network
+
+
+@pytest.mark.parametrize("cmd, code", [("validate", 0), ("plan", 0), ("run", 2)])
+def test_hub_adapter_without_network_goes_offline_at_once(suite_dir, monkeypatch, cmd, code):
+    """No HF_HUB_OFFLINE and no route to the hub: the one probe `validate` makes for hub models
+    and datasets runs for a hub adapter too (once), and the download is asked offline, where
+    huggingface_hub gives up at once instead of ~35-48 s of retries."""
+    import huggingface_hub
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    probes, asked = [], []
+    monkeypatch.setattr(modeling, "hub_reachable", lambda *a, **k: probes.append(1) or False)
+
+    def download(repo_id, filename, **kw):
+        asked.append(__import__("os").environ.get("HF_HUB_OFFLINE"))
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not in the local cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    out = suite_dir / "results"
+    args = [cmd, str(eval_only(suite_dir)), "--adapter", "hub=someone/no-such-adapter"]
+    res = runner.invoke(app, args + (["--out", str(out)] if cmd == "run" else []))
+    assert res.exit_code == code, res.output
+    assert probes == [1], "one probe of the hub per command"
+    assert asked and set(asked) == {"1"}, "the hub adapter is fetched in offline mode"
+    assert "cannot be reached" in res.output and "someone/no-such-adapter" in res.output
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_local_suite_without_hub_adapter_makes_no_probe(suite_dir, good, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(modeling, "hub_reachable", lambda *a, **k: pytest.fail("probed"))
+    res = runner.invoke(app, ["validate", str(eval_only(suite_dir)), "--adapter", f"ok={good}"])
+    assert res.exit_code == 0, res.output
