@@ -3,10 +3,13 @@
 suite's one base model.
 
 Preflight reads only ``adapter_config.json`` and the safetensors header (no weights): the
-folder or hub id exists, the config parses, peft knows its ``peft_type``, its target modules
-exist in the model's meta-device shapes, and the weights file holds exactly the tensors peft
-would make for that config on that model, in their shapes. A ``base_model_name_or_path``
-other than the suite's model is a warning.
+folder or hub id exists, the config parses, peft knows its ``peft_type``, every value has the
+JSON type peft's config class declares and the class accepts it, the header is readable, its
+target modules exist in the model's meta-device shapes, peft can wrap that model with it, and
+the weights file holds exactly the tensors peft would make for that config on that model, in
+their shapes. Every problem is an AdapterError (exit 2) naming the file and the key or tensor;
+``read_config`` and ``stored_shapes`` are the one reader of each file. A
+``base_model_name_or_path`` other than the suite's model is a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import abc as collections_abc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,21 +63,34 @@ def inspect(suite: Suite, spec: AdapterSpec, shape: ModelShape | None) -> Existi
     """What the adapter is, from its config alone; AdapterError naming the problem."""
     where = f"adapters.{spec.name}"
     local = suite.resolve(spec.path)
-    if local.exists() or spec.path.startswith((".", "/", "~")):
+    if not suite.on_hub(spec):
         source, cfg_path, commit = str(local), local / CONFIG_FILE, None
     else:
         source = spec.path
         cfg_path, commit = _hub_config(spec, where)
-    cfg = _read_config(cfg_path, where)
-    _check_type(cfg, where)
+    cfg = read_config(cfg_path, where)
+    stored_shapes(cfg_path.parent, where)  # a corrupt header fails even without the model
     if shape is not None:
         _check_targets(cfg, shape, where)
-        check_weights(cfg_path.parent, shape, where)
+        check_weights(cfg_path.parent, cfg, shape, where)
     warnings = _base_warning(suite, cfg, where)
     return ExistingAdapter(spec.name, source, spec.revision, commit, cfg, warnings)
 
 
-def _read_config(path: Path, where: str) -> dict[str, Any]:
+def read_config(path: Path, where: str) -> dict[str, Any]:
+    """The one reader of an ``adapter_config.json``: a JSON object whose ``peft_type`` this
+    peft knows, whose every value has the type peft's config class declares for its key, and
+    that the class itself accepts (its own range checks, such as ``r`` > 0). Anything else is
+    an AdapterError naming the file and the key, before a model or a weight is touched."""
+    cfg = _read_json(path, where)
+    what = f"{where}: {path}"
+    _check_type(cfg, what)
+    _check_fields(cfg, what)
+    peft_config(cfg, what)
+    return cfg
+
+
+def _read_json(path: Path, where: str) -> dict[str, Any]:
     if not path.parent.is_dir():
         raise AdapterError(f"{where}: no such adapter folder: {path.parent}")
     if not path.is_file():
@@ -104,14 +121,121 @@ class AdapterUnavailable(AdapterError):
     """A hub adapter that cannot be reached here (validate lists it as unchecked)."""
 
 
-def _check_type(cfg: dict[str, Any], where: str) -> None:
+def _check_type(cfg: dict[str, Any], what: str) -> None:
     from peft import PEFT_TYPE_TO_CONFIG_MAPPING
 
     kind = cfg.get("peft_type")
-    if kind not in PEFT_TYPE_TO_CONFIG_MAPPING:
-        known = ", ".join(sorted(str(k) for k in PEFT_TYPE_TO_CONFIG_MAPPING))
-        raise AdapterError(f"{where}: peft_type {kind!r} is not one this peft can load "
+    if not isinstance(kind, str) or kind not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        known = ", ".join(sorted(str(getattr(k, "value", k)) for k in PEFT_TYPE_TO_CONFIG_MAPPING))
+        raise AdapterError(f"{what}: peft_type {kind!r} is not one this peft can load "
                            f"(it loads: {known})")
+
+
+def _check_fields(cfg: dict[str, Any], what: str) -> None:
+    """Each value against the type peft's config dataclass declares for its key: peft itself
+    checks none of them (``"r": "8"`` fails at the first comparison, mid-run). Keys this peft
+    does not declare are left to it (it drops them with a warning)."""
+    import typing
+
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    try:
+        hints = typing.get_type_hints(PEFT_TYPE_TO_CONFIG_MAPPING[cfg["peft_type"]])
+    except Exception:  # noqa: BLE001 - an annotation this Python cannot resolve: peft decides
+        return
+    for key, value in cfg.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise AdapterError(f"{what}: {key} must be {_describe(hints[key])}, got "
+                               f"{_shown(value)}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for ``hint`` (a JSON list for a tuple, an object for a
+    nested config dataclass, a string for an enum); a form not handled here passes."""
+    import dataclasses
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is typing.Literal:  # peft widens some ("pissa_niter_[number of iters]"): the type
+        return any(_fits(value, type(a)) for a in args)
+    if origin is not None or hint in (list, tuple, dict):
+        return _fits_container(value, origin or hint, args)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return isinstance(value, dict)
+    return _fits_scalar(value, hint)
+
+
+def _fits_container(value: Any, kind: Any, args: tuple[Any, ...]) -> bool:
+    if kind is dict:
+        return isinstance(value, dict) and (len(args) < 2 or all(_fits(v, args[1])
+                                                                 for v in value.values()))
+    if kind in (list, tuple, collections_abc.Sequence):
+        items = [a for a in args if a is not Ellipsis]
+        return isinstance(value, list) and all(any(_fits(v, a) for a in items) or not items
+                                               for v in value)
+    return True
+
+
+# JSON types a declared scalar accepts: 0.0 is written 0, and peft declares int where it
+# takes any number (harness's own adapters write `"lora_alpha": 16.0`; an `r` of 8.0 is left
+# to peft's wrap, which refuses it); true is an int in Python, not here.
+_SCALARS: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int, float), float: (int, float),
+                                         str: (str,), type(None): (type(None),)}
+
+
+def _fits_scalar(value: Any, hint: Any) -> bool:
+    import enum
+
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return isinstance(value, str) or value in {m.value for m in hint}
+    kinds = _SCALARS.get(hint)
+    if kinds is None:
+        return True
+    return isinstance(value, kinds) and (hint is bool or not isinstance(value, bool))
+
+
+_JSON_NAMES = {bool: "true or false", int: "a number", float: "a number", str: "a string",
+               list: "a list", tuple: "a list", dict: "an object", type(None): "null"}
+
+
+def _describe(hint: Any) -> str:
+    """``Optional[list[str]]`` -> "a list of strings or null": the JSON a key takes."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return " or ".join(dict.fromkeys(_describe(type(a)) for a in args))
+    if origin in (list, tuple) and args and args[0] in _JSON_NAMES:
+        return f"a list of {_JSON_NAMES[args[0]].split()[-1]}s"
+    if origin is not None and origin not in (list, tuple, dict):  # a union
+        return " or ".join(dict.fromkeys(_describe(a) for a in args))
+    base = origin or hint
+    return _JSON_NAMES.get(base, "a string" if isinstance(base, type) and issubclass(
+        base, str) else "an object")
+
+
+def _shown(value: Any) -> str:
+    """A config value as the file writes it, cut to one short line."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def peft_config(cfg: dict[str, Any], what: str) -> Any:
+    """The config as peft's own class builds it (as ``PeftConfig.from_pretrained`` does), its
+    refusals (``r`` <= 0, ``lora_alpha`` with ``use_rslora`` ...) as AdapterError."""
+    import warnings
+
+    from peft import PeftConfig
+
+    try:
+        with warnings.catch_warnings():  # keys of a newer peft: dropped, as the load will
+            warnings.simplefilter("ignore")
+            return PeftConfig.from_peft_type(**PeftConfig.check_kwargs(**cfg))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise AdapterError(f"{what}: peft refuses it: {one_line(e)}") from e
 
 
 def _check_targets(cfg: dict[str, Any], shape: ModelShape, where: str) -> None:
@@ -161,31 +285,38 @@ def stored_params(folder: Path | None) -> int | None:
     return sum(math.prod(s) for s in stored.values())
 
 
-def stored_shapes(folder: Path | None) -> Shapes | None:
+def stored_shapes(folder: Path | None, where: str = "adapter") -> Shapes | None:
     """Tensor name -> shape in the adapter's safetensors file, from its header alone; None for
-    .bin or no file (a hub adapter not in the local cache)."""
-    from safetensors import safe_open
+    .bin or no file (a hub adapter not in the local cache). A file safetensors cannot read (a
+    header that is not JSON, a length past the end, tensors past the end) is an AdapterError."""
+    from safetensors import SafetensorError, safe_open
 
     f = folder / WEIGHT_FILES[0] if folder else None
     if f is None or not f.is_file():
         return None
-    with safe_open(str(f), framework="pt") as st:  # reads the header; slices stay lazy
-        return {key: tuple(st.get_slice(key).get_shape()) for key in st.keys()}
+    try:
+        with safe_open(str(f), framework="pt") as st:  # reads the header; slices stay lazy
+            return {key: tuple(st.get_slice(key).get_shape()) for key in st.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{where}: {f} is not a readable safetensors file: "
+                           f"{one_line(e)}") from e
 
 
-def check_weights(folder: Path, shape: ModelShape, where: str) -> None:
+def check_weights(folder: Path, cfg: dict[str, Any], shape: ModelShape, where: str) -> None:
     """The weights file's header against what peft makes of it on this model (peft's own
     key mapping, run on a meta-device copy): a tensor the adapter needs but the file lacks
     would be evaluated as its fresh initialisation (for LoRA: no change at all), one the
     model has no place for is dropped, and a shape of another model fails deep inside
-    PyTorch. Skipped when the header cannot be read here (.bin, uncached hub weights) or
-    peft cannot wrap a model without weights: the load itself is checked then."""
-    stored = stored_shapes(folder)
-    mapped = _as_loaded(folder, stored, shape) if stored is not None else None
+    PyTorch. A config peft cannot apply to the model fails here as it would fail the load.
+    Skipped when the header is not here (.bin, uncached hub weights) or peft cannot map the
+    keys without weights: the load itself is checked then."""
+    stored = stored_shapes(folder, where)
+    what = f"{where}: {folder / WEIGHT_FILES[0]}"
+    mapped = _as_loaded(folder, cfg, stored, shape, where) if stored is not None else None
     if stored is None or mapped is None:
         return
     given, model = mapped
-    _check_names(f"{where}: {folder / WEIGHT_FILES[0]}", stored, given, model, shape)
+    _check_names(what, stored, given, model, shape)
     wrong = [k for k in given if k in model and given[k] != model[k]]
     if wrong:
         k = wrong[0]
@@ -261,28 +392,24 @@ def _unplaced(stored: Shapes, model: Shapes) -> str:
     return next((k for k in stored if k not in names), next(iter(stored)))
 
 
-def _as_loaded(folder: Path, stored: Shapes, shape: ModelShape) -> tuple[Shapes, Shapes] | None:
+def _as_loaded(folder: Path, cfg: dict[str, Any], stored: Shapes, shape: ModelShape,
+               where: str) -> tuple[Shapes, Shapes] | None:
     """(the file's tensors under the names peft loads them to, the wrapped model's tensors),
     name -> shape: peft wraps a copy of the meta-device model (resized to the adapter's own
     tokenizer, as the run does) and maps the keys; the load itself is caught before any
-    tensor is copied. None when peft cannot do that without real weights (an init that
-    reads them, such as PiSSA)."""
+    tensor is copied. None when peft cannot map them without real weights."""
     import warnings
 
     import torch
-    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
 
-    if shape.meta is None:
+    config = _meta_config(peft_config(cfg, where))
+    if shape.meta is None or config.is_prompt_learning:  # its encoder loads outside the dict
         return None
-    given: Shapes = {}
+    model, given = _wrapped(shape, folder, config, f"{where}: {folder / CONFIG_FILE}"), {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cfg = PeftConfig.from_pretrained(str(folder))
-            if cfg.is_prompt_learning:  # its prompt encoder loads outside load_state_dict
-                return None
-            model = get_peft_model(_meta_copy(shape, folder), cfg, adapter_name=_META_ADAPTER,
-                                   low_cpu_mem_usage=True)
             model.load_state_dict = lambda sd, **_: given.update(
                 {k: tuple(v.shape) for k, v in sd.items()})
             set_peft_model_state_dict(model, {k: torch.empty(v, device="meta")
@@ -290,6 +417,33 @@ def _as_loaded(folder: Path, stored: Shapes, shape: ModelShape) -> tuple[Shapes,
     except Exception:  # noqa: BLE001 - our check's limit, not the adapter's fault
         return None
     return given, {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _meta_config(config: Any) -> Any:
+    """Inits that read the base weights (PiSSA, OLoRA, LoftQ, EVA, CorDA: a string in
+    ``init_lora_weights``) cannot run on the meta device; the file's tensors replace any init,
+    and their shapes are the same."""
+    if isinstance(getattr(config, "init_lora_weights", None), str):
+        config.init_lora_weights = False
+    return config
+
+
+def _wrapped(shape: ModelShape, folder: Path, config: Any, what: str) -> Any:
+    """peft's wrap of a meta copy of the model. What peft refuses here (a target that is no
+    layer it can adapt, ``layers_to_transform`` past the last layer, no target at all) it
+    refuses in the run too, after the baseline's evaluation."""
+    import warnings
+
+    from peft import get_peft_model
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return get_peft_model(_meta_copy(shape, folder), config,
+                                  adapter_name=_META_ADAPTER, low_cpu_mem_usage=True)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise AdapterError(f"{what}: peft cannot apply it to {shape.architecture}: "
+                           f"{one_line(e)}") from e
 
 
 def _meta_copy(shape: ModelShape, folder: Path) -> Any:

@@ -216,6 +216,7 @@ def run(
         _fail(e)
     if eval_only:
         s = s.model_copy(update={"train": None, "sweep": None})
+    _offline_without_network(s)
     if _other_rank(s):
         raise typer.Exit(_worker(s, part))
     try:
@@ -373,8 +374,7 @@ def validate(
         except HarnessError as e:
             _error(str(e))
             failed = max(failed, e.exit_code)
-    if any(config.uses_hub(s) for _, s in loaded):
-        _offline_without_network()
+    _offline_without_network(*(s for _, s in loaded))
     for path, s in loaded:
         failed = max(failed, _validate_one(path, s))
     raise typer.Exit(failed)
@@ -396,17 +396,20 @@ def _validate_one(path: Path, suite: Any) -> int:
     return 0
 
 
-def _offline_without_network() -> None:
+def _offline_without_network(*suites: Any) -> None:
     """With no route to the hub, huggingface_hub and datasets retry for minutes before they
-    fail; offline mode makes them read the local cache and give up at once. Set before either
-    is imported (they read the variable at import)."""
-    if _truthy(os.environ.get("HF_HUB_OFFLINE")):
+    fail (35-48 s for one hub adapter); offline mode makes them read the local cache and give
+    up at once. Asked once per command, only of suites that use the hub (`validate`, `plan`,
+    `run`), and set before either library is imported (they read the variable at import)."""
+    from harness import config
+
+    if _truthy(os.environ.get("HF_HUB_OFFLINE")) or not any(map(config.uses_hub, suites)):
         return
     from harness.modeling import hub_reachable
 
     if not hub_reachable():
         os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-        _warning("the Hugging Face Hub cannot be reached: checking offline, from the local "
+        _warning("the Hugging Face Hub cannot be reached: working offline, from the local "
                  "cache only")
 
 
@@ -435,6 +438,7 @@ def plan(
 
     try:
         s = config.load_suite(suite, set_ or [], adapter or [])
+        _offline_without_network(s)
         _print(planning.render_plan(planning.make_plan(s)))
     except HarnessError as e:
         _fail(e)

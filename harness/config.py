@@ -425,6 +425,11 @@ class Suite(_Strict):
         path = Path(p).expanduser()
         return path if path.is_absolute() else self.base_dir / path
 
+    def on_hub(self, adapter: AdapterSpec) -> bool:
+        """An existing adapter named by a hub id: neither a folder here nor written as a path."""
+        return not (self.resolve(adapter.path).exists()
+                    or adapter.path.startswith((".", "/", "~")))
+
 
 # ---------------------------------------------------------------- loading
 
@@ -588,11 +593,12 @@ def with_overrides(suite: Suite, overrides: dict[str, Any]) -> Suite:
 
 
 def uses_hub(suite: Suite) -> bool:
-    """Whether checking the suite may need the Hugging Face Hub (a dataset or a model that is
-    not a local path or a packaged GGUF)."""
+    """Whether checking the suite may need the Hugging Face Hub (a dataset, a model that is
+    not a local path or a packaged GGUF, or an existing adapter named by a hub id)."""
     m = suite.model
     local = m.package is not None or suite.resolve(m.name_or_path or ".").exists()
-    return suite.data.dataset is not None or not local
+    return (suite.data.dataset is not None or not local
+            or any(suite.on_hub(a) for a in suite.adapters))
 
 
 def dump(suite: Suite) -> dict[str, Any]:

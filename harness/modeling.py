@@ -166,10 +166,13 @@ def _digest(named: dict[str, str]) -> str:
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """A TCP connection to the hub's endpoint within ``timeout_s`` (no request is sent)."""
+    """A TCP connection to the hub's endpoint within ``timeout_s`` (no request is sent).
+    Behind a proxy the probe proves nothing (the libraries go through it): reachable."""
     import socket
     from urllib.parse import urlparse
 
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
         with socket.create_connection((url.hostname or "huggingface.co", url.port or 443),
