@@ -346,7 +346,7 @@ def test_piped_run_prints_training_steps_and_keeps_library_warnings_in_a_log(sui
 def test_max_new_tokens_beyond_the_context_is_capped_and_said(suite_dir):
     out = suite_dir / "results"
     res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out", str(out),
-                              "--set", "train.max_steps=2", "--set", "eval.max_new_tokens=1e9"])
+                              "--set", "train.max_steps=2", "--set", "eval.max_new_tokens=1000000"])
     assert res.exit_code == 0, res.output
     assert "context of 512 tokens" in res.output and "generating at most" in res.output
     (run,) = (out / "tiny").iterdir()
