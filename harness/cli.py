@@ -207,7 +207,7 @@ def run(
     ```
     """
     from harness import config, pipeline, progress
-    from harness.merge import Shard
+    from harness.shard import Shard
 
     try:
         part = Shard.parse(shard) if shard is not None else None

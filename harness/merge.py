@@ -31,48 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import arms, formatting, measured, pipeline, results, stats
+from harness import arms, formatting, measured, pairing, report, results, stats
 from harness import metrics as M
 from harness.errors import InputError, RunFailed
 from harness.results import LoadedRun
+from harness.shard import Shard
 
 SHARD_KEY = "shard"
 MERGED_KEY = "merged_from"
 _TRAIN_OUTPUTS = (results.ADAPTERS_DIR, results.TENSORBOARD_DIR)  # <dir>/<arm>/ per trained arm
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` (0-based) of ``count``: it takes the adapter arms i with i % count ==
-    index."""
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """``"1/3"`` -> Shard(1, 3); InputError naming ``--shard`` otherwise."""
-        head, sep, tail = text.strip().partition("/")
-        if not (sep and head.strip().isdigit() and tail.strip().isdigit()):
-            raise InputError(f"--shard {text!r}: expected I/N, this shard's 0-based index and "
-                             "the number of shards, e.g. --shard 0/3")
-        index, count = int(head), int(tail)
-        if not 1 <= count <= results.MAX_SHARDS:
-            raise InputError(f"--shard {text!r}: the number of shards N must be within 1 and "
-                             f"{results.MAX_SHARDS:,}")
-        if index >= count:
-            raise InputError(f"--shard {text!r}: the index I is 0-based, so it must be in "
-                             f"0..{count - 1}")
-        return cls(index, count)
-
-    def takes(self, i: int) -> bool:
-        return i % self.count == self.index
-
-    def as_record(self, trained: Sequence[str]) -> dict[str, Any]:
-        return {"index": self.index, "count": self.count, "arms": list(trained)}
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
 
 
 # ---------------------------------------------------------------- merge
@@ -98,7 +65,7 @@ class _Merged:
     copies: list[tuple[Path, str]]  # (a shard's folder, its path in the merged run)
 
 
-def merge_runs(runs: Sequence[LoadedRun], out_dir: Path) -> pipeline.RunOutcome:
+def merge_runs(runs: Sequence[LoadedRun], out_dir: Path) -> results.RunOutcome:
     """Check that ``runs`` are the shards 0..N-1 of one sweep, join them and write the merged
     run into ``out_dir/<suite>/<run_id>/``; nothing is written when a check fails."""
     parts = _check(runs)
@@ -240,7 +207,7 @@ def _join(parts: list[_Part]) -> _Merged:
                        if a in (owner[a].run.record.get("training") or {})}
     predictions = [r for a in owner for r in rows[id(owner[a])].get(a, [])]
     rec["comparisons"], rec["seed_comparisons"] = _comparisons(rec, predictions)
-    rec["status"] = pipeline._overall_status(rec)
+    rec["status"] = pairing.overall_status(rec)
     failed = [a["error"] for a in rec["arms"].values() if a.get("error")]
     rec["error"] = failed[0] if rec["status"] == "failed" and failed else None
     rec.update(_provenance(parts))
@@ -284,8 +251,8 @@ def _comparisons(rec: dict[str, Any], predictions: list[dict[str, Any]]
     rows: list[dict[str, Any]] = []
     for name in arms.others(rec["arms"]):
         if rec["arms"][name].get("status") != "failed":
-            rows += pipeline.arm_comparisons(rec, predictions, name, settings)
-    return rows, pipeline.seed_comparisons(rec, predictions, settings)
+            rows += pairing.arm_comparisons(rec, predictions, name, settings)
+    return rows, pairing.seed_comparisons(rec, predictions, settings)
 
 
 def _provenance(parts: list[_Part]) -> dict[str, Any]:
@@ -317,7 +284,7 @@ def _copies(trained: list[str], owner: dict[str, _Part]) -> list[tuple[Path, str
 # ---------------------------------------------------------------- write
 
 
-def _write(m: _Merged, out_dir: Path) -> pipeline.RunOutcome:
+def _write(m: _Merged, out_dir: Path) -> results.RunOutcome:
     """Staged like a run (results.create_run_dir) and moved into place complete, run.json
     last; a failed write removes the staging folder: the shards still hold everything."""
     rd = results.create_run_dir(out_dir, m.record["suite"])
@@ -327,9 +294,9 @@ def _write(m: _Merged, out_dir: Path) -> pipeline.RunOutcome:
             shutil.copytree(src, rd.path / rel)
         rd.write_jsonl(results.TRAIN_LOG_FILE, m.train_log)
         rd.write_jsonl(results.PREDICTIONS_FILE, m.predictions)
-        pipeline._render_reports(rd.path, m.record)
+        report.render_into(rd.path, m.record)
         rd.write_json(results.RUN_FILE, m.record)
-        return pipeline.RunOutcome(path=rd.finalize(), record=m.record)
+        return results.RunOutcome(path=rd.finalize(), record=m.record)
     except OSError as e:
         shutil.rmtree(rd.path, ignore_errors=True)
         raise RunFailed(f"{rd.final}: the merged run could not be written "

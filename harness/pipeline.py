@@ -33,10 +33,11 @@ from harness import (
     logs,
     measured,
     modeling,
+    pairing,
+    report,
     results,
     resume,
     scoring,
-    seedstats,
     shapes,
     stats,
     sweep,
@@ -57,13 +58,7 @@ from harness.evaluation import ArmEval
 from harness.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
-    from harness.merge import Shard
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    path: Path
-    record: dict[str, Any]
+    from harness.shard import Shard
 
 
 @dataclass(frozen=True)
@@ -192,7 +187,7 @@ class _Run:
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
               shard: Shard | None = None, *, source: Path | None = None,
-              resumed: resume.Resumed | None = None) -> RunOutcome:
+              resumed: resume.Resumed | None = None) -> results.RunOutcome:
     """``shard`` (``--shard I/N``): only that shard's adapter arms; see harness/merge.py.
     ``source``: the suite file (`harness resume` refuses it once edited). ``resumed``
     (resume.load): a killed run to continue in its own folder, its measured arms kept."""
@@ -216,7 +211,7 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
     try:
         with logs.library_output_to(run.dir.path / logs.LOG_FILE):
             _execute(run, checked)
-        run.record["status"] = _overall_status(run.record)
+        run.record["status"] = pairing.overall_status(run.record)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - any crash becomes a record
         run.record["status"] = "failed"
         run.record["error"] = _error(e, run.stage)
@@ -643,27 +638,8 @@ def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
 def _compare(run: _Run, name: str) -> None:
     if run.record["arms"][name].get("status") == "failed":  # a NaN loss: nothing to pair
         return
-    run.record["comparisons"] += arm_comparisons(run.record, run.predictions, name,
+    run.record["comparisons"] += pairing.arm_comparisons(run.record, run.predictions, name,
                                                  _settings(run.suite))
-
-
-def arm_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]], name: str,
-                    settings: stats.StatsSettings) -> list[dict[str, Any]]:
-    """Arm ``name`` of ``record`` against its baseline, paired over ``predictions`` (a run's,
-    or a merge's: harness/merge.py). Speed and memory are compared only when both arms were
-    measured by the same live process (measured.comparable): not a cached baseline, not an
-    arm a killed run measured before `harness resume`, not another shard's."""
-    base = record["arms"][arms.BASELINE]["metrics"]
-    cand = record["arms"][name]["metrics"]
-    where = measured.of(record, arms.BASELINE), measured.of(record, name)
-    metrics = sorted((k for k, v in base.items() if v is not None and cand.get(k) is not None
-                      and measured.keep(k, *where)), key=M.sort_key)
-    return stats.compare_arms(
-        [r for r in predictions if r["arm"] == arms.BASELINE],
-        [r for r in predictions if r["arm"] == name],
-        base, cand, baseline=arms.BASELINE, candidate=name, metrics=metrics,
-        n_resamples=settings.n_resamples, seed=settings.seed, alpha=settings.alpha,
-    )
 
 
 def _settings(suite: Suite) -> stats.StatsSettings:
@@ -671,30 +647,8 @@ def _settings(suite: Suite) -> stats.StatsSettings:
 
 
 def _compare_seeds(run: _Run) -> None:
-    run.record["seed_comparisons"] += seed_comparisons(run.record, run.predictions,
+    run.record["seed_comparisons"] += pairing.seed_comparisons(run.record, run.predictions,
                                                        _settings(run.suite))
-
-
-def seed_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]],
-                     settings: stats.StatsSettings) -> list[dict[str, Any]]:
-    """Each recipe trained with several seeds (``lora@s0``, ...) against the baseline across
-    its seeds: is the gain bigger than the noise of training itself (seedstats)?"""
-    recipes: dict[str, list[str]] = {}
-    for name, arm in record["arms"].items():
-        recipe, seed = arms.recipe_of(name)
-        if seed is not None and arm.get("status") == "success":
-            recipes.setdefault(recipe, []).append(name)
-    base = record["arms"][arms.BASELINE]["metrics"]
-    rows: list[dict[str, Any]] = []
-    for recipe, names in recipes.items():
-        rows += seedstats.compare_recipe(
-            [r for r in predictions if r["arm"] == arms.BASELINE],
-            {n: [r for r in predictions if r["arm"] == n] for n in names},
-            base, {n: record["arms"][n]["metrics"] for n in names},
-            baseline=arms.BASELINE, recipe=recipe,
-            metrics=sorted((k for k in base if M.is_per_item(k)), key=M.sort_key),
-            settings=settings)
-    return rows
 
 
 # ---------------------------------------------------------------- record
@@ -737,17 +691,6 @@ def _warn(run: _Run, text: str) -> None:
     run.progress.warn(text)
 
 
-def _overall_status(record: dict[str, Any]) -> str:
-    """Failed when the zero-shot arm failed (a NaN baseline: nothing can be compared with
-    it) or every adapter arm did; one failed sweep cell among good ones fails only itself."""
-    if record["arms"].get(arms.BASELINE, {}).get("status") == "failed":
-        return "failed"
-    others = [record["arms"][n] for n in arms.others(record["arms"])]
-    if others and all(a.get("status") == "failed" for a in others):
-        return "failed"
-    return "success"
-
-
 def _error(e: BaseException, stage: str) -> dict[str, Any]:
     tb = traceback.format_exception(type(e), e, e.__traceback__)
     return {"type": type(e).__name__, "message": str(e) or type(e).__name__, "stage": stage,
@@ -760,7 +703,7 @@ _INCOMPLETE = {"type": "IncompleteWrite", "stage": "write",
                "message": "the run's files were not all written (crash or full disk)"}
 
 
-def _save(run: _Run) -> RunOutcome:
+def _save(run: _Run) -> results.RunOutcome:
     now = time.time()
     rec = run.record
     rec["finished_at"] = _iso(now)
@@ -771,26 +714,13 @@ def _save(run: _Run) -> RunOutcome:
     try:
         run.dir.write_json(results.RUN_FILE, {**rec, "status": "failed", "error": _INCOMPLETE})
         run.dir.write_jsonl(results.PREDICTIONS_FILE, run.predictions)
-        _render_reports(run.dir.path, rec)
+        report.render_into(run.dir.path, rec)
         run.dir.write_json(results.RUN_FILE, rec)
     except OSError as e:
         _save_failed_write(run, e)
     if rec["status"] == "success":
         run.journal.close()  # a failed run keeps its working files: `harness resume` reads them
-    return RunOutcome(path=run.dir.finalize(), record=rec)
-
-
-def _render_reports(path: Path, record: dict[str, Any]) -> None:
-    """Reports are a view of the record: a template bug must not lose a finished run (it
-    becomes a warning); a write that fails (OSError) fails the run like any other file."""
-    from harness import report
-
-    try:
-        report.write_reports(results.LoadedRun(path=path, record=record))
-    except OSError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        record.setdefault("warnings", []).append(f"report not rendered: {e}")
+    return results.RunOutcome(path=run.dir.finalize(), record=rec)
 
 
 def _save_failed_write(run: _Run, e: OSError) -> None:

@@ -828,3 +828,14 @@ def _keep_extremes(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any
         return rows
     head = limit // 2
     return rows[:head] + rows[len(rows) - (limit - head):]
+
+
+def render_into(path: Path, record: dict[str, Any]) -> None:
+    """Reports are a view of the record: a template bug must not lose a finished run (it
+    becomes a warning); a write that fails (OSError) fails the run like any other file."""
+    try:
+        write_reports(LoadedRun(path=path, record=record))
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        record.setdefault("warnings", []).append(f"report not rendered: {e}")

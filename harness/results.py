@@ -578,3 +578,11 @@ def _dotted(key: str, sub: str) -> str:
 
 def _first(problems: Iterable[str | None]) -> str | None:
     return next((p for p in problems if p is not None), None)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run or merge: its final folder and the record written there."""
+
+    path: Path
+    record: dict[str, Any]

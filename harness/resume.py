@@ -178,7 +178,7 @@ class Resumed:
 
     @property
     def shard(self) -> Any:
-        from harness.merge import Shard
+        from harness.shard import Shard
 
         s = self.record.get("shard")
         return Shard(int(s["index"]), int(s["count"])) if s else None

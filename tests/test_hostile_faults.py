@@ -139,13 +139,13 @@ def test_merge_out_that_is_a_file_is_one_line_and_nothing_written(tmp_path):
 
 SLOW_REPORTS = """
 import sys, time
-from harness import pipeline
-render = pipeline._render_reports
+from harness import report
+render = report.render_into
 def slow(*a, **k):
     print("rendering", flush=True)
     time.sleep(60)
     return render(*a, **k)
-pipeline._render_reports = slow
+report.render_into = slow
 from harness.cli import main
 sys.argv = ["harness", *sys.argv[1:]]
 main()

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from harness import pipeline
 from harness.cli import app
 from harness.errors import InputError
-from harness.merge import Shard
 from harness.metrics import SYSTEM_KEYS
 from harness.results import load_run
+from harness.shard import Shard
 
 from .test_sweep import write_suite
 
