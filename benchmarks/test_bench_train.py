@@ -57,7 +57,8 @@ def plain_trainer(model: Any, suite: Any, out: Path, dataset: list, collator: An
 
 
 def max_length_dataset(tokenizer: Any, splits: Any, suite: Any, n: int) -> list[dict]:
-    """Seed 001: full text tokenized to max_length with padding, labels = input_ids."""
+    """The TinyLlama LoRA report's setup: full text tokenized to max_length with padding,
+    labels = input_ids."""
     from harness import encoding
 
     rows = []

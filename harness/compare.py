@@ -373,7 +373,8 @@ def _run_summary(run: LoadedRun, labels: dict[int, str]) -> dict[str, Any]:
 
 
 def _rel(row: dict[str, Any]) -> str:
-    """Seed 004 style: ↓17.3% for 1.1774 -> 0.9736, then whether that is better or worse."""
+    """As the Llama-3.2-1B FineTome report wrote it: ↓17.3% for 1.1774 -> 0.9736, then whether
+    that is better or worse."""
     rel = row["rel_gain"]
     if rel is None:
         return F.DASH

@@ -15,9 +15,9 @@ from typing import Any
 from harness import metrics as M
 
 DASH = "—"
-# Decimal places per metric: scores in 0..1 need 4 to show seed-003-sized gains (+0.0007);
-# loss and perplexity get as many; BLEU and chrF (sacrebleu's 0-100 scale) 2, as sacrebleu
-# prints them; throughput in tokens/s needs one.
+# Decimal places per metric: scores in 0..1 need 4 to show gains the size of the phi-2 XSum
+# report's ROUGE-2 (+0.0007); loss and perplexity get as many; BLEU and chrF (sacrebleu's
+# 0-100 scale) 2, as sacrebleu prints them; throughput in tokens/s needs one.
 DECIMALS = {"loss": 4, "perplexity": 4, "exact_match": 4, "bertscore": 4, "bleu": 2, "chrf": 2,
             "eval_tokens_per_s": 1, "gen_tokens_per_s": 1, **{k: 4 for k in M.ROUGE_KEYS}}
 # Float keys holding a share in 0..1, shown as percentages (e.g. the lengths' share_truncated).

@@ -74,7 +74,8 @@ def test_markdown_numbers_match_hand_computation(run: Path):
 
 
 def test_seed_004_improvement_column(tmp_path: Path):
-    """Seed 004's sweep: improvement = (baseline - x) / baseline on loss, shown as ↓17.3%."""
+    """The Llama-3.2-1B FineTome report's sweep: improvement = (baseline - x) / baseline on
+    loss, shown as ↓17.3%."""
     losses = {"baseline": 1.1774, "exp2": 0.9736, "exp4": 0.9068, "exp9": 0.8916}
     path = make_run(tmp_path, n=20, arms={a: (0.3, 2.0) for a in losses})
 

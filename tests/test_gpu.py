@@ -82,7 +82,8 @@ def test_qlora_loads_nf4_weights_on_the_gpu(small_model_dir, tmp_path):
 
 @needs_bnb
 def test_qlora_seed_recipe_runs_on_cuda(small_model_dir, tmp_path):
-    """Seed 002 unchanged but for size: fp16 weights, nf4, fp16 mixed precision on the GPU."""
+    """The TinyLlama coding report's QLoRA unchanged but for size: fp16 weights, nf4, fp16
+    mixed precision on the GPU."""
     path = run_seed("tinyllama_qlora_code", small_model_dir, tmp_path,
                     "model.dtype=float16", "model.quantization.compute_dtype=float16",
                     "train.max_steps=2")
@@ -96,7 +97,8 @@ def test_qlora_seed_recipe_runs_on_cuda(small_model_dir, tmp_path):
 
 
 def test_lora_seed_recipe_runs_on_cuda(small_model_dir, tmp_path):
-    """Seed 000: fp16 mixed precision and paged_adamw_32bit (bitsandbytes) on the GPU."""
+    """The LLaMA2 LoRA report's setup: fp16 mixed precision and paged_adamw_32bit
+    (bitsandbytes) on the GPU."""
     if importlib.util.find_spec("bitsandbytes") is None:
         pytest.skip("paged_adamw_32bit needs bitsandbytes")
     path = run_seed("llama2_alpaca_lora", small_model_dir, tmp_path)
