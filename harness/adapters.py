@@ -69,10 +69,10 @@ def inspect(suite: Suite, spec: AdapterSpec, shape: ModelShape | None) -> Existi
         source = spec.path
         cfg_path, commit = _hub_config(spec, where)
     cfg = read_config(cfg_path, where)
-    stored_shapes(cfg_path.parent, where)  # a corrupt header fails even without the model
+    stored = stored_shapes(cfg_path.parent, where)  # a corrupt header fails even without the model
     if shape is not None:
         _check_targets(cfg, shape, where)
-        check_weights(cfg_path.parent, cfg, shape, where)
+        _check_weights(cfg_path.parent, cfg, stored, shape, where)
     warnings = _base_warning(suite, cfg, where)
     return ExistingAdapter(spec.name, source, spec.revision, commit, cfg, warnings)
 
@@ -302,15 +302,15 @@ def stored_shapes(folder: Path | None, where: str = "adapter") -> Shapes | None:
                            f"{one_line(e)}") from e
 
 
-def check_weights(folder: Path, cfg: dict[str, Any], shape: ModelShape, where: str) -> None:
+def _check_weights(folder: Path, cfg: dict[str, Any], stored: Shapes | None, shape: ModelShape,
+                   where: str) -> None:
     """The weights file's header against what peft makes of it on this model (peft's own
     key mapping, run on a meta-device copy): a tensor the adapter needs but the file lacks
     would be evaluated as its fresh initialisation (for LoRA: no change at all), one the
     model has no place for is dropped, and a shape of another model fails deep inside
     PyTorch. A config peft cannot apply to the model fails here as it would fail the load.
     Skipped when the header is not here (.bin, uncached hub weights) or peft cannot map the
-    keys without weights: the load itself is checked then."""
-    stored = stored_shapes(folder, where)
+    keys without weights: the load itself is checked then. ``stored``: stored_shapes."""
     what = f"{where}: {folder / WEIGHT_FILES[0]}"
     mapped = _as_loaded(folder, cfg, stored, shape, where) if stored is not None else None
     if stored is None or mapped is None:
