@@ -168,11 +168,11 @@ def claim_folder(folder: Path) -> RunLock | None:
     """Lock ``folder`` and write who holds it into its owner file; None when it is held."""
     lock = RunLock.take(folder)
     if lock is not None:
-        write_owner(folder)
+        _write_owner(folder)
     return lock
 
 
-def write_owner(folder: Path) -> None:
+def _write_owner(folder: Path) -> None:
     atomic_write_text(folder / OWNER_FILE, json.dumps(_owner_info()))
 
 

@@ -185,8 +185,9 @@ class Resumed:
 
     def claim(self, splits: Any, sets: Sequence[Any] = ()) -> results.RunDir:
         """Check the data still is what the run measured (``splits``: data.DataSplits,
-        ``sets``: data.EvalSet), then own the folder (who we are in .owner; ``load`` took its
-        lock) and tidy it for the arms still to run."""
+        ``sets``: data.EvalSet), then own the folder (``load`` took its lock and wrote
+        who we are in .owner, which a finalized run's rename moves along) and tidy it for the
+        arms still to run."""
         _check_data(self.record.get("data") or {}, splits.summary(),
                     {s.name: s.fingerprint for s in sets}, self.staging)
         if self.from_final:
@@ -195,7 +196,6 @@ class Resumed:
             except OSError as e:
                 raise ResumeRefused(f"{self.final}: cannot take the run over ({e.strerror}); "
                                     "is another `harness resume` on it?") from e
-        results.write_owner(self.staging)
         run_dir = results.RunDir(final=self.final, path=self.staging, lock=self.lock)
         self.journal.dir = run_dir
         self.record.setdefault("resumes", []).append(
@@ -262,14 +262,13 @@ def _lock(folder: Path) -> results.RunLock:
     """The run's lock: whoever holds it is writing the run (a run, or another resume), alive
     by definition, since the kernel drops a flock with its process."""
     try:
-        lock = results.RunLock.take(folder)
+        lock = results.claim_folder(folder)  # .owner names us in another resume's message
     except FileNotFoundError:
         raise ResumeRefused(f"{folder}: moved away while being resumed; is another "
                             "`harness resume` on it?") from None
     if lock is None:
         raise ResumeRefused(f"{folder}: the run is still being written by "
                             f"{results.describe_owner(folder)}; wait for it or stop it first")
-    results.write_owner(folder)  # who holds it, for the message another resume gives
     return lock
 
 
