@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from harness import metrics as M
+from harness import stats
 
 DASH = "—"
 # Decimal places per metric: scores in 0..1 need 4 to show gains the size of the phi-2 XSum
@@ -27,7 +28,6 @@ P_FLOOR = 0.001
 # Three decimals, more only where three would read as alpha or across it (0.0496 at alpha 0.05
 # is not "0.050"); 8 resolve any permutation p of up to 10^7 resamples.
 P_DECIMALS, P_MAX_DECIMALS = 3, 8
-DEFAULT_ALPHA = 0.05  # stats.DEFAULT_ALPHA (formatting imports no NumPy)
 # The colour class of a change (CSS classes of the reports, keys of RICH_STYLES).
 GOOD, BAD, NEUTRAL = "good", "bad", ""
 RICH_STYLES = {GOOD: "green", BAD: "red", NEUTRAL: ""}
@@ -85,7 +85,7 @@ def percent(v: Any, signed: bool = True, digits: int = 1) -> str:
     return DASH if x is None else format(100 * x, f"{'+' if signed else ''}.{digits}f") + "%"
 
 
-def p_value(v: Any, alpha: float = DEFAULT_ALPHA) -> str:
+def p_value(v: Any, alpha: float = stats.DEFAULT_ALPHA) -> str:
     """``<0.001`` below ``P_FLOOR`` (below alpha when alpha is smaller), else three decimals
     (``0.042``), or as many more as it takes for the text to decide at ``alpha`` as the number
     does: 0.0496 reads ``0.0496``, never ``0.050``."""
