@@ -89,13 +89,11 @@ def _check(runs: Sequence[LoadedRun]) -> list[_Part]:
 def _check_rows(p: _Part) -> None:
     """The merged record keeps each shard's point numbers and recomputes the intervals from
     its rows: the two must be one computation (metrics.check_rows), not an edited run.json."""
-    for name, arm in (p.run.record.get("arms") or {}).items():
-        stored = arm.get("metrics") if isinstance(arm, Mapping) else None
-        d = M.check_rows(name, stored or {}, p.run.items(name))
-        if d is not None:
-            raise InputError(f"{p.run.path / results.RUN_FILE} ({p}): "
-                             f"{formatting.disagreement(d)}: its run.json contradicts its "
-                             f"{results.PREDICTIONS_FILE}; rerun that shard")
+    d = M.check_arms(p.run.record.get("arms") or {}, p.run.predictions)
+    if d is not None:
+        raise InputError(f"{p.run.path / results.RUN_FILE} ({p}): "
+                         f"{formatting.disagreement(d)}: its run.json contradicts its "
+                         f"{results.PREDICTIONS_FILE}; rerun that shard")
 
 
 def _part(run: LoadedRun) -> _Part:

@@ -159,6 +159,18 @@ def check_rows(arm: str, stored: Mapping[str, Any], rows: Sequence[Mapping[str, 
     return None
 
 
+def check_arms(arms: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+               ) -> Disagreement | None:
+    """``check_rows`` for every arm of a record (``arms``: run.json's, ``rows``: every arm's
+    prediction rows): the first disagreement, or None."""
+    for name, arm in arms.items():
+        stored = arm.get("metrics") if isinstance(arm, Mapping) else None
+        d = check_rows(name, stored or {}, [r for r in rows if r.get("arm") == name])
+        if d is not None:
+            return d
+    return None
+
+
 def _same(stored: Any, again: float) -> bool:
     if isinstance(stored, bool) or not isinstance(stored, int | float):
         return False

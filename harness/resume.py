@@ -363,12 +363,10 @@ def _what_changed(was: dict[str, str], now: modeling.Identity) -> str:
 def _check_rows(record: dict[str, Any], rows: list[dict[str, Any]], state: Path) -> None:
     """A kept arm's metrics are its journaled rows' (metrics.check_rows): the resumed record
     carries them on, so a damaged or edited state must not."""
-    for name, arm in record["arms"].items():
-        stored = arm.get("metrics") if isinstance(arm, dict) else None
-        d = M.check_rows(name, stored or {}, [r for r in rows if r.get("arm") == name])
-        if d is not None:
-            raise ResumeRefused(f"{state}: {formatting.disagreement(d)}: the state contradicts "
-                                f"its {PREDICTIONS_FILE}; run the suite again")
+    d = M.check_arms(record["arms"], rows)
+    if d is not None:
+        raise ResumeRefused(f"{state}: {formatting.disagreement(d)}: the state contradicts "
+                            f"its {PREDICTIONS_FILE}; run the suite again")
 
 
 def _check_data(recorded: dict[str, Any], now: dict[str, Any], sets: dict[str, str],
