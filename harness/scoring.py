@@ -312,8 +312,7 @@ MEMORY_KINDS = {
             "process's anonymous resident memory during this arm's evaluation over its start "
             "(sampled every 10 ms; glibc's free heap released first, its mmap threshold fixed "
             "at 128 KiB for evals, each training in a thread and malloc arena of its own), so "
-            "what earlier phases such as training left "
-            "resident is not counted"),
+            "what earlier phases such as training left resident is not counted"),
 }
 _RSS_INTERVAL_S = 0.01  # a decode step of a 135M model takes ~30 ms on 2 cores
 
