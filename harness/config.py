@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     AfterValidator,
@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from harness import arms, stats
+from harness import metrics as M
 from harness.errors import ConfigError, InputError
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -249,9 +250,10 @@ class TrainSpec(_Strict):
 # ---------------------------------------------------------------- [eval], [stats], [gate]
 
 
-MetricName = Literal["loss", "perplexity", "rouge", "exact_match", "chrf", "bleu", "bertscore"]
-# Metrics that score generated text (need max_new_tokens generation); "rouge" is all four.
-GENERATION_METRICS = frozenset({"rouge", "exact_match", "chrf", "bleu", "bertscore"})
+if TYPE_CHECKING:
+    MetricName = str
+else:  # the metric table's choices, in its order: pydantic accepts these and names them
+    MetricName = Literal[M.CHOICES]
 
 
 class EvalSetSpec(_Strict):
@@ -285,7 +287,7 @@ class EvalSetSpec(_Strict):
 
     @property
     def generate(self) -> bool:
-        return bool(GENERATION_METRICS & set(self.metrics))
+        return bool(M.GENERATION_CHOICES & set(self.metrics))
 
     def as_data(self) -> DataSpec:
         """The [data] table that reads this set: one pool, every row (or eval_size) eval."""
@@ -331,7 +333,7 @@ class EvalSpec(_Strict):
 
     @property
     def generate(self) -> bool:
-        return bool(GENERATION_METRICS & set(self.metrics))
+        return bool(M.GENERATION_CHOICES & set(self.metrics))
 
     @property
     def gen_batch_size(self) -> int:

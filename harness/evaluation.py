@@ -16,7 +16,7 @@ from typing import Any
 
 from harness import distributed, scoring, textmetrics
 from harness import metrics as M
-from harness.config import GENERATION_METRICS, EvalSpec
+from harness.config import EvalSpec
 from harness.data import Example
 from harness.encoding import Encoded
 
@@ -35,7 +35,7 @@ class Target:
 
     @property
     def generate(self) -> bool:
-        return bool(GENERATION_METRICS & set(self.metrics))
+        return bool(M.GENERATION_CHOICES & set(self.metrics))
 
 
 @dataclass(frozen=True)

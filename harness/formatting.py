@@ -16,11 +16,6 @@ from harness import metrics as M
 from harness import stats
 
 DASH = "—"
-# Decimal places per metric: scores in 0..1 need 4 to show gains the size of the phi-2 XSum
-# report's ROUGE-2 (+0.0007); loss and perplexity get as many; BLEU and chrF (sacrebleu's
-# 0-100 scale) 2, as sacrebleu prints them; throughput in tokens/s needs one.
-DECIMALS = {"loss": 4, "perplexity": 4, "exact_match": 4, "bertscore": 4, "bleu": 2, "chrf": 2,
-            "eval_tokens_per_s": 1, "gen_tokens_per_s": 1, **{k: 4 for k in M.ROUGE_KEYS}}
 # Float keys holding a share in 0..1, shown as percentages (e.g. the lengths' share_truncated).
 SHARE_WORDS = ("share", "frac", "efficiency", "pct", "truncated")
 # Smaller p-values read "<0.001": further digits describe the resample count, not the model.
@@ -51,7 +46,8 @@ def number(v: Any) -> float | None:
 
 def metric(name: str, v: Any, signed: bool = False) -> str:
     """A metric value (or a difference of two, ``signed``) by the metric's name: memory in
-    binary units, the known scores to fixed decimals, anything else to 4 significant digits.
+    binary units, the known scores to their table's decimals (metrics.DECIMALS), anything else
+    to 4 significant digits.
     An extra eval set's ``X/rougeL`` reads like ``rougeL``."""
     x = number(v)
     if x is None:
@@ -60,8 +56,8 @@ def metric(name: str, v: Any, signed: bool = False) -> str:
     if key.endswith("_bytes"):
         return ("+" if signed and x > 0 else "-" if x < 0 else "") + byte_size(abs(x))
     sign = "+" if signed else ""
-    if key in DECIMALS:
-        return format(x, f"{sign},.{DECIMALS[key]}f")
+    if key in M.DECIMALS:
+        return format(x, f"{sign},.{M.DECIMALS[key]}f")
     return format(x, f"{sign}.4g")
 
 
@@ -172,7 +168,7 @@ def cell(key: str, v: Any) -> str:
         return ", ".join(str(x) for x in v)
     if not isinstance(v, int | float):
         return str(v)
-    if key in DECIMALS or key.endswith("_bytes"):
+    if key in M.DECIMALS or key.endswith("_bytes"):
         return metric(key, v)
     if isinstance(v, float) and 0 <= v <= 1 and any(w in key for w in SHARE_WORDS):
         return percent(v, signed=False)

@@ -1,4 +1,6 @@
-"""Metric names, their direction and how they aggregate over eval items. No torch.
+"""The metric table: every metric harness reports is one ``Metric`` entry in ``TABLE``, and
+the suite's metric choices, the scorers, the statistics, the number formats and the report's
+labels all read it. No torch, and no scorer library (textmetrics imports those).
 
 Every quality metric is a function of *sums* of per-item columns (its sufficient statistics),
 so the paired bootstrap and the permutation test recompute it from resampled sums, never by
@@ -15,26 +17,12 @@ suite's own eval set keeps the bare names.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
-
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-CORPUS_KEYS = ("loss", "perplexity")
-# Generation metrics beyond ROUGE; config names them as they are, "rouge" stands for all four.
-TEXT_KEYS = ("exact_match", "chrf", "bleu", "bertscore")
-GENERATION_KEYS = ROUGE_KEYS + TEXT_KEYS
-# One number per arm, no per-item values: compared as point differences only.
-SYSTEM_KEYS = ("eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes")
-QUALITY_KEYS = CORPUS_KEYS + GENERATION_KEYS
-ALL_KEYS = QUALITY_KEYS + SYSTEM_KEYS
-
-LOWER_IS_BETTER = frozenset({"loss", "perplexity", "peak_memory_bytes"})
-# Throughput and memory depend on the machine: comparable only on the same device.
-DEVICE_BOUND = frozenset(SYSTEM_KEYS)
-# Means of a per-item score: the permutation test flips the sign of per-item differences.
-MEAN_KEYS = frozenset(ROUGE_KEYS + ("exact_match", "bertscore"))
 
 BLEU_ORDER = 4  # sacrebleu's default max n-gram order
 CHRF_ORDER = 6  # sacrebleu's default character n-gram order (word order 0: chrF, not chrF++)
@@ -45,6 +33,108 @@ BLEU_COLUMNS = ("bleu_sys_len", "bleu_ref_len",
 CHRF_COLUMNS = tuple(f"chrf_{kind}{n}" for n in range(1, CHRF_ORDER + 1)
                      for kind in ("hyp", "ref", "match"))
 LOSS_COLUMNS = ("nll_sum", "n_tokens")
+
+Sums = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: everything harness knows about it. Adding a metric is one entry in ``TABLE``
+    plus, for a generated-text metric, its scorer in ``textmetrics.SCORERS`` under ``choice``."""
+
+    key: str  # its name in an arm's metrics, a comparison row and a gate rule
+    label: str  # how the report names it
+    # The suite's name for it in ``eval.metrics`` ("rouge" selects all four ROUGE keys); None:
+    # measured on every arm, not chosen (throughput, memory).
+    choice: str | None
+    # The per-item columns (predictions.jsonl) whose sums determine it; () for a metric with one
+    # number per arm and no per-item values (throughput, memory).
+    columns: tuple[str, ...] = ()
+    # The metric from its columns' sums over a (re)sample of n items: (sums, n) -> value.
+    value_from_sums: Callable[[Sums, int], np.ndarray] | None = field(default=None, repr=False)
+    item_mean: bool = False  # the mean of a per-item score: the permutation test flips signs
+    lower_is_better: bool = False
+    generated: bool = False  # scored on generated text: textmetrics.SCORERS[choice]
+    device_bound: bool = False  # depends on the machine: comparable only on the same device
+    decimals: int | None = None  # printed decimal places; None: formatting's own default
+
+    @property
+    def per_item(self) -> bool:
+        """Whether a paired, item-level statistic exists for it."""
+        return bool(self.columns)
+
+
+def _mean_of(column: str, sums: Sums, n: int) -> np.ndarray:
+    return np.asarray(sums[column]) / n
+
+
+def _mean_loss(sums: Sums, n: int) -> np.ndarray:
+    """Token-weighted: ``sum nll / sum tokens``, never a mean of per-item ratios."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(sums["nll_sum"]) / np.asarray(sums["n_tokens"])
+
+
+def _perplexity(sums: Sums, n: int) -> np.ndarray:
+    return np.exp(_mean_loss(sums, n))
+
+
+def _bleu(sums: Sums, n: int) -> np.ndarray:
+    return bleu_from_sums(sums)
+
+
+def _chrf(sums: Sums, n: int) -> np.ndarray:
+    return chrf_from_sums(sums)
+
+
+def _item_score(key: str, label: str, choice: str) -> Metric:
+    """A generated-text metric that is the mean of a per-item score in 0..1: 4 decimals show
+    gains the size of the phi-2 XSum report's ROUGE-2 (+0.0007)."""
+    return Metric(key, label, choice, (key,), partial(_mean_of, key), item_mean=True,
+                  generated=True, decimals=4)
+
+
+def _throughput(key: str, label: str) -> Metric:
+    """Tokens per second: one number per arm; one decimal."""
+    return Metric(key, label, None, device_bound=True, decimals=1)
+
+
+# In the order every table, report and comparison lists metrics (``sort_key``).
+TABLE: tuple[Metric, ...] = (
+    Metric("loss", "Loss", "loss", LOSS_COLUMNS, _mean_loss, lower_is_better=True, decimals=4),
+    Metric("perplexity", "Perplexity", "perplexity", LOSS_COLUMNS, _perplexity,
+           lower_is_better=True, decimals=4),
+    _item_score("rouge1", "ROUGE-1", "rouge"),
+    _item_score("rouge2", "ROUGE-2", "rouge"),
+    _item_score("rougeL", "ROUGE-L", "rouge"),
+    _item_score("rougeLsum", "ROUGE-Lsum", "rouge"),
+    _item_score("exact_match", "Exact match", "exact_match"),
+    # sacrebleu's corpus scores from summed n-gram counts, on its 0-100 scale: 2 decimals, as
+    # sacrebleu prints them.
+    Metric("chrf", "chrF", "chrf", CHRF_COLUMNS, _chrf, generated=True, decimals=2),
+    Metric("bleu", "BLEU", "bleu", BLEU_COLUMNS, _bleu, generated=True, decimals=2),
+    _item_score("bertscore", "BERTScore F1", "bertscore"),
+    _throughput("eval_tokens_per_s", "Eval tokens/s"),
+    _throughput("gen_tokens_per_s", "Gen tokens/s"),
+    # Printed in binary units (formatting.byte_size), hence no decimals.
+    Metric("peak_memory_bytes", "Peak memory", None, lower_is_better=True, device_bound=True),
+)
+BY_KEY = {m.key: m for m in TABLE}
+
+ALL_KEYS = tuple(BY_KEY)
+QUALITY_KEYS = tuple(m.key for m in TABLE if m.per_item)
+# One number per arm, no per-item values: compared as point differences only.
+SYSTEM_KEYS = tuple(m.key for m in TABLE if not m.per_item)
+# Scored by the teacher-forced pass, no generation needed.
+CORPUS_KEYS = tuple(m.key for m in TABLE if m.per_item and not m.generated)
+ROUGE_KEYS = tuple(m.key for m in TABLE if m.choice == "rouge")
+LOWER_IS_BETTER = frozenset(m.key for m in TABLE if m.lower_is_better)
+DEVICE_BOUND = frozenset(m.key for m in TABLE if m.device_bound)
+MEAN_KEYS = frozenset(m.key for m in TABLE if m.item_mean)
+# The suite's ``eval.metrics`` choices, in table order, and those that need generated text.
+CHOICES = tuple(dict.fromkeys(m.choice for m in TABLE if m.choice))
+GENERATION_CHOICES = frozenset(m.choice for m in TABLE if m.choice and m.generated)
+DECIMALS = {m.key: m.decimals for m in TABLE if m.decimals is not None}
+LABELS = {m.key: m.label for m in TABLE}
 SET_SEP = "/"
 
 
@@ -94,28 +184,23 @@ def is_per_item(metric: str) -> bool:
 def columns(metric: str) -> tuple[str, ...]:
     """The per-item columns whose sums determine the metric."""
     name = base(metric)
-    if name in CORPUS_KEYS:
-        return LOSS_COLUMNS
-    if name == "bleu":
-        return BLEU_COLUMNS
-    if name == "chrf":
-        return CHRF_COLUMNS
-    return (name,)
+    entry = BY_KEY.get(name)
+    return entry.columns if entry and entry.columns else (name,)
 
 
 def from_sums(metric: str, sums: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     """The metric from column sums over a (re)sample of n items; arrays broadcast over
     resamples (each sum has the same shape, e.g. (n_resamples,))."""
-    name = base(metric)
-    if name in MEAN_KEYS:
-        return np.asarray(sums[name]) / n
-    if name == "bleu":
-        return bleu_from_sums(sums)
-    if name == "chrf":
-        return chrf_from_sums(sums)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        loss = np.asarray(sums["nll_sum"]) / np.asarray(sums["n_tokens"])
-    return np.exp(loss) if name == "perplexity" else loss
+    value = BY_KEY[base(metric)].value_from_sums
+    if value is None:
+        raise KeyError(f"{metric} has no per-item columns")
+    return value(sums, n)
+
+
+def keys_of(choices: Iterable[str]) -> list[str]:
+    """The metric keys the suite's ``eval.metrics`` choices produce, in the choices' order:
+    ``["loss", "rouge"]`` -> loss, rouge1, rouge2, rougeL, rougeLsum."""
+    return [m.key for c in choices for m in TABLE if m.choice == c]
 
 
 def from_rows(metric: str, rows: Sequence[Mapping[str, Any]]) -> float:

@@ -39,12 +39,6 @@ REPORT_FILES = ("report.html", "report.md")  # what write_reports writes, in thi
 HTML_TEMPLATE, MD_TEMPLATE, JS_FILE = "report.html.j2", "report.md.j2", "_report.js"
 MAX_EXAMPLES = 200  # the browser stays fast; the largest gains and regressions are kept
 
-LABELS = {
-    "loss": "Loss", "perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
-    "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum", "eval_tokens_per_s": "Eval tokens/s",
-    "gen_tokens_per_s": "Gen tokens/s", "peak_memory_bytes": "Peak memory",
-    "exact_match": "Exact match", "chrf": "chrF", "bleu": "BLEU", "bertscore": "BERTScore F1",
-}
 CARD_METRICS = ("rougeL", "rouge1", "perplexity", "loss")
 # The CI is per metric, so the p beside it ("p") is the metric's own; the Holm-adjusted p,
 # which decides significance, has its own label.
@@ -131,7 +125,7 @@ def _dict(v: Any) -> dict[str, Any]:
 
 def label(metric: str) -> str:
     eval_set, name = M.split(metric)
-    text = LABELS.get(name, name)
+    text = M.LABELS.get(name, name)
     return f"{text} ({eval_set})" if eval_set else text
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from harness import metrics as M
@@ -94,32 +95,42 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], model: str 
     return [{"bertscore": x} for x in f1]
 
 
+@dataclass(frozen=True)
+class ScoreOptions:
+    """The suite's scorer settings (eval.rouge_stemmer, eval.bertscore_model / _layers)."""
+
+    stemmer: bool = True
+    bertscore_model: str | None = None
+    bertscore_layers: int | None = None
+
+
+Scorer = Callable[[Sequence[str], Sequence[str], ScoreOptions], list[Row]]
+# The per-item scorer of each generated-text metric choice (metrics.TABLE's ``choice``), in
+# the order their columns join a predictions.jsonl row.
+SCORERS: dict[str, Scorer] = {
+    "rouge": lambda p, r, o: rouge(p, r, o.stemmer),
+    "exact_match": lambda p, r, o: exact_match(p, r),
+    "bleu": lambda p, r, o: bleu(p, r),
+    "chrf": lambda p, r, o: chrf(p, r),
+    "bertscore": lambda p, r, o: bertscore(p, r, o.bertscore_model, o.bertscore_layers),
+}
+
+
 def score(names: Sequence[str], predictions: Sequence[str], references: Sequence[str], *,
           stemmer: bool = True, bertscore_model: str | None = None,
           bertscore_layers: int | None = None) -> list[Row]:
     """The per-item rows of every generation metric named (config names: rouge, exact_match,
     bleu, chrf, bertscore), merged per item."""
+    options = ScoreOptions(stemmer, bertscore_model, bertscore_layers)
     rows: list[Row] = [{} for _ in predictions]
-    parts = []
-    if "rouge" in names:
-        parts.append(rouge(predictions, references, stemmer))
-    if "exact_match" in names:
-        parts.append(exact_match(predictions, references))
-    if "bleu" in names:
-        parts.append(bleu(predictions, references))
-    if "chrf" in names:
-        parts.append(chrf(predictions, references))
-    if "bertscore" in names:
-        parts.append(bertscore(predictions, references, bertscore_model, bertscore_layers))
-    for part in parts:
-        for row, extra in zip(rows, part, strict=True):
+    for name, scorer in SCORERS.items():
+        if name not in names:
+            continue
+        for row, extra in zip(rows, scorer(predictions, references, options), strict=True):
             row.update(extra)
     return rows
 
 
 def keys(names: Sequence[str]) -> list[str]:
     """The metric keys (arm metrics) the config's generation metric names produce."""
-    out: list[str] = []
-    for n in names:
-        out.extend(M.ROUGE_KEYS if n == "rouge" else (n,) if n in M.TEXT_KEYS else ())
-    return out
+    return [k for k in M.keys_of(names) if M.BY_KEY[k].generated]

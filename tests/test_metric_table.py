@@ -1,0 +1,96 @@
+"""The metric table (metrics.TABLE) is the one place a metric's facts live: the suite's
+choices, the scorers, the statistics' columns, the number formats and the report's labels all
+follow it, so adding a metric is one entry plus its scorer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import config, formatting, report, textmetrics
+from harness import metrics as M
+from harness.errors import ConfigError
+
+from .test_config import MINIMAL, write
+
+GENERATED = [m for m in M.TABLE if m.generated]
+
+
+def test_the_table_keeps_the_metrics_and_their_order():
+    """Tables, reports and comparisons list metrics in this order (metrics.sort_key)."""
+    assert M.ALL_KEYS == ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum",
+                          "exact_match", "chrf", "bleu", "bertscore", "eval_tokens_per_s",
+                          "gen_tokens_per_s", "peak_memory_bytes")
+    assert len(set(M.ALL_KEYS)) == len(M.TABLE)
+
+
+def test_suite_choices_are_the_tables():
+    """config accepts exactly the table's choices, in its order (pydantic's error lists them)."""
+    choices = list(dict.fromkeys(m.choice for m in M.TABLE if m.choice is not None))
+    assert list(typing.get_args(config.MetricName)) == choices == list(M.CHOICES)
+    assert M.GENERATION_CHOICES == {m.choice for m in GENERATED}
+
+
+def test_scorers_are_the_generated_choices():
+    assert set(textmetrics.SCORERS) == {m.choice for m in GENERATED}
+    assert textmetrics.keys(list(M.CHOICES)) == [m.key for m in GENERATED]
+    assert textmetrics.keys(["bleu", "rouge"]) == ["bleu", "rouge1", "rouge2", "rougeL",
+                                                   "rougeLsum"]  # the suite's order
+
+
+@pytest.mark.parametrize("entry", M.TABLE, ids=lambda m: m.key)
+def test_formats_and_labels_follow_the_table(entry: M.Metric):
+    x = 1234.56789
+    want = (f"{x:,.{entry.decimals}f}" if entry.decimals is not None
+            else formatting.byte_size(x))  # memory: binary units
+    assert formatting.metric(entry.key, x) == want
+    assert formatting.metric(f"general/{entry.key}", x) == want
+    assert report.label(entry.key) == entry.label
+    assert report.label(f"general/{entry.key}") == f"{entry.label} (general)"
+
+
+@pytest.mark.parametrize("entry", M.TABLE, ids=lambda m: m.key)
+def test_statistics_follow_the_table(entry: M.Metric):
+    assert M.lower_is_better(entry.key) is entry.lower_is_better
+    assert M.is_per_item(entry.key) is bool(entry.columns)
+    assert (entry.key in M.SYSTEM_KEYS) is (not entry.columns)
+    assert (entry.key in M.DEVICE_BOUND) is entry.device_bound
+    assert (entry.key in M.MEAN_KEYS) is entry.item_mean
+    if entry.columns:
+        assert M.columns(f"x/{entry.key}") == entry.columns
+
+
+@pytest.mark.parametrize("entry", [m for m in M.TABLE if m.item_mean], ids=lambda m: m.key)
+def test_a_mean_metric_is_the_mean_of_its_column(entry: M.Metric):
+    rows = [{entry.key: v} for v in (0.25, 0.5, 1.0)]
+    assert M.from_rows(entry.key, rows) == pytest.approx(float(np.mean([0.25, 0.5, 1.0])))
+
+
+@pytest.mark.parametrize("choice", M.CHOICES)
+def test_a_suite_accepts_each_choice(tmp_path: Path, choice: str):
+    text = MINIMAL + f'\n[eval]\nmetrics = ["{choice}"]\n'
+    suite = config.load_suite(write(tmp_path, text))
+    assert suite.eval.metrics == [choice]
+    assert suite.eval.generate is (choice in M.GENERATION_CHOICES)
+
+
+def test_a_suite_rejects_a_name_outside_the_table(tmp_path: Path):
+    with pytest.raises(ConfigError) as e:
+        config.load_suite(write(tmp_path, MINIMAL + '\n[eval]\nmetrics = ["rougeL"]\n'))
+    assert "eval.metrics" in str(e.value) and "'bertscore'" in str(e.value)
+
+
+def test_the_table_imports_no_scorer_library():
+    """``import harness.metrics`` stays light: sacrebleu and rouge-score load with their
+    scorers (textmetrics), torch never."""
+    code = ("import sys, harness.metrics; "
+            "print(sorted(m for m in ('sacrebleu', 'rouge_score', 'torch', 'bert_score') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
