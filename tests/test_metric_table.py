@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import config, formatting, report, textmetrics
+from harness import config, formatting, report_data, textmetrics
 from harness import metrics as M
 from harness.errors import ConfigError
 
@@ -50,8 +50,8 @@ def test_formats_and_labels_follow_the_table(entry: M.Metric):
             else formatting.byte_size(x))  # memory: binary units
     assert formatting.metric(entry.key, x) == want
     assert formatting.metric(f"general/{entry.key}", x) == want
-    assert report.label(entry.key) == entry.label
-    assert report.label(f"general/{entry.key}") == f"{entry.label} (general)"
+    assert report_data.label(entry.key) == entry.label
+    assert report_data.label(f"general/{entry.key}") == f"{entry.label} (general)"
 
 
 @pytest.mark.parametrize("entry", M.TABLE, ids=lambda m: m.key)

@@ -16,6 +16,7 @@ from harness import config, plots, report, stats, templating
 from harness import formatting as F
 from harness.cli import app
 from harness.errors import HarnessError
+from harness.report_examples import MAX_EXAMPLES
 from harness.results import PREDICTIONS_FILE, RUN_FILE, TRAIN_LOG_FILE, load_run
 
 from .factories import make_run
@@ -195,10 +196,10 @@ def test_examples_sorted_by_rouge_gain(rich: Path):
 
 
 def test_examples_are_capped_keeping_gains_and_regressions(tmp_path: Path):
-    html = report.render_html(load_run(make_run(tmp_path, n=report.MAX_EXAMPLES + 30)))
+    html = report.render_html(load_run(make_run(tmp_path, n=MAX_EXAMPLES + 30)))
     gains = [float(g) for g in re.findall(r'<tr data-id="[^"]+" data-g0="([^"]*)"', html)]
-    assert len(gains) == report.MAX_EXAMPLES
-    assert f"Showing {report.MAX_EXAMPLES} of {report.MAX_EXAMPLES + 30} items" in html
+    assert len(gains) == MAX_EXAMPLES
+    assert f"Showing {MAX_EXAMPLES} of {MAX_EXAMPLES + 30} items" in html
     assert gains[0] > 0 > gains[-1]
 
 
