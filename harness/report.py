@@ -2,8 +2,9 @@
 
 Reads the record and its JSONL files only, never torch, so ``harness report`` runs in a plain CI
 job on records made on a GPU box. Python turns the record into display-ready strings (numbers
-through ``harness.formatting``, the "is higher better?" logic here); the Jinja templates in
-``templates/`` (rendered by ``harness.templating``) only lay them out. The HTML is one
+through ``harness.formatting``, the "is higher better?" logic here and in the ``report_*``
+modules: the headline, the side tables, the charts, the example browser); the Jinja templates
+in ``templates/`` (rendered by ``harness.templating``) only lay them out. The HTML is one
 self-contained file: inline CSS, inline SVG plots, a few lines of inline JS, and a
 Content-Security-Policy that forbids every fetch.
 
@@ -24,19 +25,25 @@ from markupsafe import Markup
 from harness import formatting as F
 from harness import templating
 from harness.formatting import DASH
-from harness.report_data import _ci_label, _Data, _dict, _memory_kind, _read
-from harness.report_examples import _examples
+from harness.report_data import ReportData, as_dict, ci_label, memory_kind, read_data
+from harness.report_examples import example_browser
 from harness.report_headline import (
-    _cards,
-    _entries,
-    _forgetting,
-    _forgetting_sets,
-    _headline,
-    _leaderboard,
-    _seeds,
+    contenders,
+    forgetting_rows,
+    forgetting_sets,
+    headline_cards,
+    headline_tables,
+    leaderboard,
+    seed_rows,
 )
-from harness.report_plots import _plots
-from harness.report_tables import _arm_table, _config_rows, _existing, _lengths, _training
+from harness.report_plots import charts
+from harness.report_tables import (
+    arm_table,
+    config_rows,
+    existing_table,
+    length_table,
+    training_table,
+)
 from harness.results import LoadedRun, atomic_write_text
 
 REPORT_FILES = ("report.html", "report.md")  # what write_reports writes, in this order
@@ -57,39 +64,40 @@ def write_reports(run: LoadedRun) -> list[Path]:
 
 
 def render_html(run: LoadedRun) -> str:
-    data = _read(run)
+    data = read_data(run)
     script = templating.read(JS_FILE)
     # The CSP admits exactly this script by its hash: injected markup could not run code even
     # if escaping ever failed, and nothing can be fetched from anywhere.
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     return templating.render(
-        HTML_TEMPLATE, **_context(run, data), plots=_plots(data), examples=_examples(data),
+        HTML_TEMPLATE, **_context(run, data), plots=charts(data), examples=example_browser(data),
         script=Markup(script), script_hash=digest)
 
 
 def render_markdown(run: LoadedRun) -> str:
-    return templating.render(MD_TEMPLATE, **_context(run, _read(run)))
+    return templating.render(MD_TEMPLATE, **_context(run, read_data(run)))
 
 
 # ------------------------------------------------------------------ context shared by both
 
 
-def _context(run: LoadedRun, d: _Data) -> dict[str, Any]:
-    rec, headline = d.record, _headline(d)
-    entries = _entries(d, headline)
+def _context(run: LoadedRun, d: ReportData) -> dict[str, Any]:
+    rec, headline = d.record, headline_tables(d)
+    entries = contenders(d, headline)
     return {
         "suite": run.suite, "run_id": run.run_id, "status": str(rec.get("status", "unknown")),
         "error": _error(rec), "warnings": d.warnings, "summary": _summary(rec, d),
-        "versions": _versions(_dict(rec.get("env"))), "headline": headline,
-        "cards": _cards(entries, _forgetting_sets(d)), "leaderboard": _leaderboard(d, entries),
-        "p_label": P_HOLM_LABEL, "ci_label": _ci_label(d.alpha),
-        "alpha": d.alpha, "arm_table": _arm_table(d), "training": _training(d),
-        "existing": _existing(d), "forgetting": _forgetting(d), "seeds": _seeds(d),
-        "lengths": _lengths(_dict(_dict(rec.get("data")).get("lengths"))),
-        "config": _config_rows(_dict(rec.get("config"))),
+        "versions": _versions(as_dict(rec.get("env"))), "headline": headline,
+        "cards": headline_cards(entries, forgetting_sets(d)),
+        "leaderboard": leaderboard(d, entries),
+        "p_label": P_HOLM_LABEL, "ci_label": ci_label(d.alpha),
+        "alpha": d.alpha, "arm_table": arm_table(d), "training": training_table(d),
+        "existing": existing_table(d), "forgetting": forgetting_rows(d), "seeds": seed_rows(d),
+        "lengths": length_table(as_dict(as_dict(rec.get("data")).get("lengths"))),
+        "config": config_rows(as_dict(rec.get("config"))),
         "config_json": json.dumps(rec.get("config"), indent=2, ensure_ascii=False, default=str),
-        "stats": _stats_line(_dict(rec.get("stats"))),
-        "harness_version": str(_dict(rec.get("env")).get("harness_version", "")),
+        "stats": _stats_line(as_dict(rec.get("stats"))),
+        "harness_version": str(as_dict(rec.get("env")).get("harness_version", "")),
     }
 
 
@@ -97,26 +105,27 @@ def _error(rec: dict[str, Any]) -> dict[str, str] | None:
     err = rec.get("error")
     if not err and rec.get("status") != "failed":
         return None
-    err = _dict(err) or {"message": str(err or "the run failed without an error message")}
+    err = as_dict(err) or {"message": str(err or "the run failed without an error message")}
     return {k: str(err.get(k) or "") for k in ("type", "message", "stage")}
 
 
-def _summary(rec: dict[str, Any], d: _Data) -> list[tuple[str, str]]:
-    env, data = _dict(rec.get("env")), _dict(rec.get("data"))
+def _summary(rec: dict[str, Any], d: ReportData) -> list[tuple[str, str]]:
+    env, data = as_dict(rec.get("env")), as_dict(rec.get("data"))
     return [("Model", _model(rec, d)), ("Device", str(env.get("device", DASH))),
-            ("Peak memory measured as", _memory_kind(env) or DASH),
+            ("Peak memory measured as", memory_kind(env) or DASH),
             ("Train examples", F.count(data.get("n_train"))),
             ("Eval examples", F.count(data.get("n_eval"))),
             ("Eval fingerprint", str(data.get("eval_fingerprint", DASH))),
-            ("Git commit", _git(_dict(env.get("git")))),
+            ("Git commit", _git(as_dict(env.get("git")))),
             ("Started", str(rec.get("started_at") or DASH)),
             ("Finished", str(rec.get("finished_at") or DASH)),
             ("Wall time", F.seconds(rec.get("wall_time_s")))]
 
 
-def _model(rec: dict[str, Any], d: _Data) -> str:
-    name = _dict(_dict(rec.get("config")).get("model")).get("name_or_path")
-    models = [str(_dict(a).get("model")) for a in d.arm_records.values() if _dict(a).get("model")]
+def _model(rec: dict[str, Any], d: ReportData) -> str:
+    name = as_dict(as_dict(rec.get("config")).get("model")).get("name_or_path")
+    models = [str(as_dict(a).get("model")) for a in d.arm_records.values()
+              if as_dict(a).get("model")]
     return str(name or (models[0] if models else DASH))
 
 

@@ -18,7 +18,7 @@ from harness.stats import DEFAULT_ALPHA
 
 
 @dataclass
-class _Data:
+class ReportData:
     """Everything the report reads, gathered once; unreadable files become warnings."""
 
     record: dict[str, Any]
@@ -30,19 +30,19 @@ class _Data:
 
     @property
     def arm_records(self) -> dict[str, Any]:
-        return _dict(self.record.get("arms"))
+        return as_dict(self.record.get("arms"))
 
 
-def _read(run: LoadedRun) -> _Data:
+def read_data(run: LoadedRun) -> ReportData:
     warnings: list[str] = []
     preds = _tolerant(lambda: run.predictions, warnings)
     log = _tolerant(run.train_log, warnings)
     record = run.record
-    arms = _arm_names(list(_dict(record.get("arms"))), preds, log)
+    arms = _arm_names(list(as_dict(record.get("arms"))), preds, log)
     items = {a: [p for p in preds if p.get("arm") == a] for a in arms}
-    alpha = F.number(_dict(record.get("stats")).get("alpha")) or DEFAULT_ALPHA
+    alpha = F.number(as_dict(record.get("stats")).get("alpha")) or DEFAULT_ALPHA
     warnings += [str(w) for w in record.get("warnings") or [] if w]  # the pipeline's own
-    return _Data(record, arms, items, log, alpha, warnings)
+    return ReportData(record, arms, items, log, alpha, warnings)
 
 
 def _tolerant(read: Callable[[], list[dict[str, Any]]], warnings: list[str]) -> list[dict]:
@@ -60,7 +60,8 @@ def _arm_names(record_arms: list[str], preds: list[dict], log: list[dict]) -> li
     return A.baseline_first(dict.fromkeys(a for a in seen if isinstance(a, str)))
 
 
-def _dict(v: Any) -> dict[str, Any]:
+def as_dict(v: Any) -> dict[str, Any]:
+    """A record's mapping, or {} where the record holds anything else (or nothing)."""
     return v if isinstance(v, dict) else {}
 
 
@@ -68,19 +69,22 @@ def _dict(v: Any) -> dict[str, Any]:
 
 
 def label(metric: str) -> str:
+    """The metric's label from the metric table, its eval set in brackets: ``ROUGE-L (xsum)``."""
     eval_set, name = M.split(metric)
     text = M.LABELS.get(name, name)
     return f"{text} ({eval_set})" if eval_set else text
 
 
-def _ci_label(alpha: float) -> str:
+def ci_label(alpha: float) -> str:
+    """``95% CI`` at alpha 0.05."""
     return f"{F.ci_level(alpha)} CI"
 
 
-def _col(key: str) -> dict[str, Any]:
+def metric_column(key: str) -> dict[str, Any]:
+    """A table's column header for a metric: its key, label and direction."""
     return {"key": key, "label": label(key), "lower": lower_is_better(key)}
 
 
-def _memory_kind(env: dict[str, Any]) -> str:
+def memory_kind(env: dict[str, Any]) -> str:
     """What peak_memory_bytes counts: the record's own description (older records: its kind)."""
     return str(env.get("memory_description") or env.get("memory_kind") or "").replace("_", " ")

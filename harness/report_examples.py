@@ -7,24 +7,13 @@ from typing import Any
 
 from harness import arms as A
 from harness import formatting as F
-from harness.report_data import _Data
+from harness.report_data import ReportData
 
 MAX_EXAMPLES = 200  # the browser stays fast; the largest gains and regressions are kept
-
-
-def _item_tone(metric: str, diff: float | None) -> str:
-    """One item's change in the example browser: no test exists for a single item, so its
-    colour says only better / worse in the metric's direction (the browser's legend says so)."""
-    return F.tone(metric, diff, True)
-
-
-# ------------------------------------------------------------------ per-example browser
-
-
 MAIN_SET = "main"  # how the browser names the suite's own eval set beside the extra ones
 
 
-def _examples(d: _Data) -> dict[str, Any] | None:
+def example_browser(d: ReportData) -> dict[str, Any] | None:
     """Items joined across arms by (eval set, id): two sets may share ids. Within each set the
     largest gains of the first adapter come first (ROUGE-L, else the drop in loss)."""
     if not any(d.items.values()):
@@ -101,6 +90,12 @@ def _output(arm: str, row: dict[str, Any] | None, base: dict[str, Any]) -> dict[
             "d_rouge": d_rouge, "d_rouge_text": F.metric("rougeL", d_rouge, True),
             "d_loss": d_loss, "d_loss_text": F.metric("loss", d_loss, True),
             "tone": _item_tone("rougeL", d_rouge), "loss_tone": _item_tone("loss", d_loss)}
+
+
+def _item_tone(metric: str, diff: float | None) -> str:
+    """One item's change in the example browser: no test exists for a single item, so its
+    colour says only better / worse in the metric's direction (the browser's legend says so)."""
+    return F.tone(metric, diff, True)
 
 
 def _keep_extremes(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:

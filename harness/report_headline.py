@@ -14,7 +14,7 @@ from harness import measured
 from harness import metrics as M
 from harness.formatting import DASH
 from harness.metrics import lower_is_better
-from harness.report_data import _col, _Data, _dict, label
+from harness.report_data import ReportData, as_dict, label, metric_column
 
 CARD_METRICS = ("rougeL", "rouge1", "perplexity", "loss")
 
@@ -22,7 +22,7 @@ CARD_METRICS = ("rougeL", "rouge1", "perplexity", "loss")
 # ------------------------------------------------------------------ headline
 
 
-def _headline(d: _Data) -> list[dict[str, Any]]:
+def headline_tables(d: ReportData) -> list[dict[str, Any]]:
     """One table per (candidate, baseline) pair, metrics in the canonical order."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in _comparable_rows(d.record):
@@ -31,23 +31,23 @@ def _headline(d: _Data) -> list[dict[str, Any]]:
             groups.setdefault(key, []).append(c)
     return [{"candidate": cand, "baseline": base,
              "baseline_label": A.label(base),
-             "rows": [_headline_row(c, d.alpha) for c in _by_metric(cs)]}
+             "rows": [_headline_row(c, d.alpha) for c in by_metric(cs)]}
             for (cand, base), cs in groups.items()]
 
 
-def _by_metric(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def by_metric(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     known = [c for c in rows if M.is_known(str(c["metric"]))]
     return (sorted(known, key=lambda c: M.sort_key(str(c["metric"])))
             + [c for c in rows if not M.is_known(str(c["metric"]))])
 
 
-def _forgetting(d: _Data) -> list[dict[str, Any]]:
+def forgetting_rows(d: ReportData) -> list[dict[str, Any]]:
     """What fine-tuning cost on each set marked ``forgetting``: its perplexity (else loss)
     per adapter arm against the zero-shot baseline, with the paired CI."""
-    sets = _dict(_dict(d.record.get("data")).get("eval_sets"))
+    sets = as_dict(as_dict(d.record.get("data")).get("eval_sets"))
     out = []
     for name, spec in sets.items():
-        if not _dict(spec).get("forgetting"):
+        if not as_dict(spec).get("forgetting"):
             continue
         rows = {(c.get("candidate"), c.get("metric")): c
                 for c in d.record.get("comparisons") or []
@@ -56,12 +56,12 @@ def _forgetting(d: _Data) -> list[dict[str, Any]]:
             c = (rows.get((arm, M.keyed(name, "perplexity")))
                  or rows.get((arm, M.keyed(name, "loss"))))
             if c is not None:
-                out.append({"set": name, "arm": arm, "n_items": _dict(spec).get("n_items"),
+                out.append({"set": name, "arm": arm, "n_items": as_dict(spec).get("n_items"),
                             **_headline_row(c, d.alpha), "metric": label(M.base(c["metric"]))})
     return out
 
 
-def _seeds(d: _Data) -> list[dict[str, Any]]:
+def seed_rows(d: ReportData) -> list[dict[str, Any]]:
     """Recipes trained with several seeds against the baseline (seedstats rows)."""
     rows = [c for c in d.record.get("seed_comparisons") or [] if isinstance(c, dict)]
     return [{"recipe": c.get("recipe"), "n_seeds": c.get("n_seeds"),
@@ -69,12 +69,12 @@ def _seeds(d: _Data) -> list[dict[str, Any]]:
              **_headline_row({**c, "p_value": None}, d.alpha),
              "sig": bool(c.get("significant")),
              "tone": F.tone(str(c["metric"]), c.get("abs_diff"), bool(c.get("significant")))}
-            for c in _by_metric(rows)]
+            for c in by_metric(rows)]
 
 
 def _headline_row(c: dict[str, Any], alpha: float) -> dict[str, Any]:
     m = str(c["metric"])
-    diff, sig = F.number(c.get("abs_diff")), _significant(c, alpha)
+    diff, sig = F.number(c.get("abs_diff")), significant(c, alpha)
     return {
         "metric": label(m), "key": m, "lower": lower_is_better(m),
         "baseline": F.metric(m, c.get("baseline_value")),
@@ -93,7 +93,7 @@ def _p(c: dict[str, Any]) -> float | None:
     return holm if holm is not None else F.number(c.get("p_value"))
 
 
-def _significant(c: dict[str, Any], alpha: float) -> bool | None:
+def significant(c: dict[str, Any], alpha: float) -> bool | None:
     """The record's verdict, else p (Holm when present) <= alpha; None for point-only rows
     (throughput, memory), which stats marks ``significant: false`` without any test."""
     p = _p(c)
@@ -114,11 +114,11 @@ class _Entry:
     seeds: int = 0
 
 
-def _entries(d: _Data, headline: list[dict[str, Any]]) -> list[_Entry]:
+def contenders(d: ReportData, headline: list[dict[str, Any]]) -> list[_Entry]:
     """Arms compared with the zero-shot baseline, in arm order; a recipe's seed arms give way
     to one entry for the recipe where the record has its across-seeds rows."""
     recipes: dict[str, list[dict[str, Any]]] = {}
-    for r in _seeds(d):
+    for r in seed_rows(d):
         recipes.setdefault(str(r["recipe"]), []).append(r)
     out: dict[str, _Entry] = {}
     for g in headline:
@@ -150,9 +150,9 @@ def _main_metrics(entries: list[_Entry]) -> list[str]:
     return [k for k in CARD_METRICS if any(k in e.rows for e in entries)]
 
 
-def _forgetting_sets(d: _Data) -> list[str]:
-    sets = _dict(_dict(d.record.get("data")).get("eval_sets"))
-    return [name for name, spec in sets.items() if _dict(spec).get("forgetting")]
+def forgetting_sets(d: ReportData) -> list[str]:
+    sets = as_dict(as_dict(d.record.get("data")).get("eval_sets"))
+    return [name for name, spec in sets.items() if as_dict(spec).get("forgetting")]
 
 
 def _forgetting_metric(entries: list[_Entry], eval_set: str) -> str | None:
@@ -161,7 +161,7 @@ def _forgetting_metric(entries: list[_Entry], eval_set: str) -> str | None:
     return next((k for k in keys if any(k in e.rows for e in entries)), None)
 
 
-def _cards(entries: list[_Entry], forgetting: list[str]) -> list[dict[str, Any]]:
+def headline_cards(entries: list[_Entry], forgetting: list[str]) -> list[dict[str, Any]]:
     """Each main metric of the arm (or seeded recipe) best at it, then what the leading arm
     (best at the first main metric) cost on each forgetting set: red when significantly
     worse."""
@@ -216,16 +216,16 @@ def _forgetting_card(e: _Entry, key: str, eval_set: str) -> dict[str, Any]:
             "alert": card["tone"] == "bad" and card["sig"] is True}
 
 
-def _leaderboard(d: _Data, entries: list[_Entry]) -> dict[str, Any] | None:
+def leaderboard(d: ReportData, entries: list[_Entry]) -> dict[str, Any] | None:
     """Several arms (a sweep, several adapters or recipes): arms x main metrics and each
     forgetting set, each cell its value, change and CI; ranked by the first main metric."""
     if len(entries) < 2:
         return None
-    forgetting = [_forgetting_metric(entries, s) for s in _forgetting_sets(d)]
+    forgetting = [_forgetting_metric(entries, s) for s in forgetting_sets(d)]
     keys = _main_metrics(entries) + [k for k in forgetting if k]
     ranked = sorted(entries, key=lambda e: _rank(e, keys[0])) if keys else entries
     best = {k: _best_entry(entries, k) for k in keys}
-    return {"columns": [_col(k) for k in keys],
+    return {"columns": [metric_column(k) for k in keys],
             "rows": [{"arm": e.name, "label": e.label,
                       "cells": [_board_cell(e.rows.get(k), best[k] is e) for k in keys]}
                      for e in ranked]}

@@ -11,20 +11,20 @@ from harness import formatting as F
 from harness import measured, plots
 from harness import metrics as M
 from harness.metrics import ROUGE_KEYS, lower_is_better
-from harness.report_data import _ci_label, _Data, _dict, _memory_kind, label
-from harness.report_headline import _by_metric, _headline, _significant
+from harness.report_data import ReportData, as_dict, ci_label, label, memory_kind
+from harness.report_headline import by_metric, headline_tables, significant
 
 # ------------------------------------------------------------------ plots (HTML only)
 
 
-def _plots(d: _Data) -> list[dict[str, Any]]:
+def charts(d: ReportData) -> list[dict[str, Any]]:
     colors = plots.arm_colors(d.arms)
-    charts = [_loss_plot(d, colors), _rouge_plot(d, colors), _gain_plot(d, colors),
-              _system_plot(d, colors), _memory_plot(d, colors)]
-    return [c for c in charts if c and c["svg"] is not None]
+    drawn = [_loss_plot(d, colors), _rouge_plot(d, colors), _gain_plot(d, colors),
+             _system_plot(d, colors), _memory_plot(d, colors)]
+    return [c for c in drawn if c and c["svg"] is not None]
 
 
-def _loss_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
+def _loss_plot(d: ReportData, colors: dict[str, str]) -> dict[str, Any]:
     series = []
     for arm in d.arms:
         rows = [r for r in d.train_log
@@ -40,7 +40,7 @@ def _loss_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
             "caption": "Solid: training loss; dashed with dots: eval loss, per adapter arm."}
 
 
-def _rouge_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
+def _rouge_plot(d: ReportData, colors: dict[str, str]) -> dict[str, Any]:
     keys = [k for k in ROUGE_KEYS if any(k in _arm_metrics(d, a) for a in d.arms)]
     z = statistics.NormalDist().inv_cdf(1 - d.alpha / 2)
     bars = [plots.Bars(a, colors[a], [F.number(_arm_metrics(d, a).get(k)) for k in keys],
@@ -49,12 +49,12 @@ def _rouge_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
     svg = plots.bar_chart([label(k) for k in keys], bars, title="ROUGE by arm",
                           y_label="F-measure", value_fmt=lambda v: f"{v:.3f}") if keys else None
     return {"title": "ROUGE by arm", "svg": svg, "wide": False,
-            "caption": f"Whiskers: {_ci_label(d.alpha)} of the mean over items "
+            "caption": f"Whiskers: {ci_label(d.alpha)} of the mean over items "
                        "(normal approximation)."}
 
 
-def _arm_metrics(d: _Data, arm: str) -> dict[str, Any]:
-    return _dict(_dict(d.arm_records.get(arm)).get("metrics"))
+def _arm_metrics(d: ReportData, arm: str) -> dict[str, Any]:
+    return as_dict(as_dict(d.arm_records.get(arm)).get("metrics"))
 
 
 def _mean_ci(items: list[dict[str, Any]], key: str, centre: float | None,
@@ -66,11 +66,11 @@ def _mean_ci(items: list[dict[str, Any]], key: str, centre: float | None,
     return centre - half, centre + half
 
 
-def _gain_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
+def _gain_plot(d: ReportData, colors: dict[str, str]) -> dict[str, Any]:
     """Relative improvement with its CI, signed so that right is always better."""
     rows = []
-    for g in _headline(d):
-        for c in _by_metric([c for c in d.record.get("comparisons") or []
+    for g in headline_tables(d):
+        for c in by_metric([c for c in d.record.get("comparisons") or []
                              if isinstance(c, dict) and c.get("candidate") == g["candidate"]
                              and c.get("baseline", A.BASELINE) == g["baseline"]]):
             row = _gain_interval(c, g["candidate"], colors, d.alpha)
@@ -79,7 +79,7 @@ def _gain_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
                                x_label="relative improvement over baseline, %  (right = better)",
                                value_fmt=lambda v: F.percent(v / 100))
     return {"title": "Relative improvement", "svg": svg, "wide": False,
-            "caption": f"Bars: {_ci_label(d.alpha)}; dot green / red: significantly better / "
+            "caption": f"Bars: {ci_label(d.alpha)}; dot green / red: significantly better / "
                        f"worse at α = {d.alpha:g} (Holm), hollow: not significant. "
                        "Lower-is-better metrics are sign-flipped; a metric whose baseline is 0 "
                        "has no relative gain and is left out. A value far beyond the others is "
@@ -97,12 +97,12 @@ def _gain_interval(c: dict[str, Any], arm: str, colors: dict[str, str],
     sign = -100.0 if lower_is_better(m) else 100.0
     ends = sorted((sign * lo, sign * hi)) if lo is not None and hi is not None else (None, None)
     name = f"{arm} · {label(m)}"
-    sig = _significant(c, alpha)
+    sig = significant(c, alpha)
     return plots.Interval(name, sign * rel, ends[0], ends[1], colors.get(arm, plots.PALETTE[0]),
                           strong=bool(sig), tone=F.tone(m, c.get("abs_diff"), sig))
 
 
-def _system_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
+def _system_plot(d: ReportData, colors: dict[str, str]) -> dict[str, Any]:
     keys = ("eval_tokens_per_s", "gen_tokens_per_s")
     bars = [_system_bars(d, a, colors, [F.number(_arm_metrics(d, a).get(k)) for k in keys])
             for a in d.arms]
@@ -113,7 +113,7 @@ def _system_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
                        + _marked_caption(d)}
 
 
-def _system_bars(d: _Data, arm: str, colors: dict[str, str], values: list[float | None]
+def _system_bars(d: ReportData, arm: str, colors: dict[str, str], values: list[float | None]
                  ) -> plots.Bars:
     """An arm's speed or memory bars; hollow and labelled when not comparable with the
     baseline's (measured.mark_of)."""
@@ -122,18 +122,18 @@ def _system_bars(d: _Data, arm: str, colors: dict[str, str], values: list[float 
     return plots.Bars(name, colors[arm], values, marked=bool(mark))
 
 
-def _marked_caption(d: _Data) -> str:
+def _marked_caption(d: ReportData) -> str:
     if not any(measured.mark_of(d.record, a) for a in d.arms):
         return ""
     return (" Hollow, dashed bars: measured by another process (cached, or before a resume):"
             " not comparable with the others.")
 
 
-def _memory_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:
+def _memory_plot(d: ReportData, colors: dict[str, str]) -> dict[str, Any]:
     gib = [F.number(_arm_metrics(d, a).get("peak_memory_bytes")) for a in d.arms]
     bars = [_system_bars(d, a, colors, [None if v is None else v / 2**30])
             for a, v in zip(d.arms, gib, strict=True)]
-    kind = _memory_kind(_dict(d.record.get("env")))
+    kind = memory_kind(as_dict(d.record.get("env")))
     svg = plots.bar_chart(["Peak memory"], bars, title="Peak memory by arm", y_label="GiB",
                           value_fmt=lambda v: f"{v:.2f}")
     return {"title": "Peak memory", "svg": svg, "wide": False,

@@ -11,23 +11,23 @@ from harness import formatting as F
 from harness import measured
 from harness import metrics as M
 from harness.metrics import SYSTEM_KEYS, lower_is_better
-from harness.report_data import _col, _Data, _dict
+from harness.report_data import ReportData, as_dict, metric_column
 
 # ------------------------------------------------------------------ tables
 
 
-def _arm_table(d: _Data) -> dict[str, Any]:
+def arm_table(d: ReportData) -> dict[str, Any]:
     """Every arm's metrics side by side (arms as rows: sweeps have many), best in bold."""
-    metrics_by_arm = {a: _dict(_dict(d.arm_records.get(a)).get("metrics")) for a in d.arms}
+    metrics_by_arm = {a: as_dict(as_dict(d.arm_records.get(a)).get("metrics")) for a in d.arms}
     keys = _ordered({k for m in metrics_by_arm.values() for k in m})
     marks = {a: measured.mark_of(d.record, a) for a in d.arms}
     best = {k: _best([F.number(m.get(k)) for a, m in metrics_by_arm.items()
                       if not (marks[a] and k in SYSTEM_KEYS)], k) for k in keys}
-    rows = [{"arm": a, "status": str(_dict(d.arm_records.get(a)).get("status", "not run")),
+    rows = [{"arm": a, "status": str(as_dict(d.arm_records.get(a)).get("status", "not run")),
              "cells": [_arm_cell(k, m.get(k), best[k], marks[a]) for k in keys]}
             for a, m in metrics_by_arm.items()]
     show_status = any(r["status"] != "success" for r in rows)
-    return {"columns": [_col(k) for k in keys], "rows": rows, "show_status": show_status}
+    return {"columns": [metric_column(k) for k in keys], "rows": rows, "show_status": show_status}
 
 
 def _arm_cell(key: str, v: Any, best: float | None, mark: str | None) -> dict[str, Any]:
@@ -79,11 +79,11 @@ def _cell_of(key: str) -> Callable[[Any], str]:
     return lambda v: F.cell(key, v)
 
 
-def _training(d: _Data) -> dict[str, Any] | None:
+def training_table(d: ReportData) -> dict[str, Any] | None:
     """One column per adapter arm. Rows: the train-config knobs that differ between arms (a
     sweep's cells) first, then what training measured, known rows in order and formatted;
     rows that are null in every arm are skipped."""
-    raw = {a: _dict(v) for a, v in _dict(d.record.get("training")).items()}
+    raw = {a: as_dict(v) for a, v in as_dict(d.record.get("training")).items()}
     if not raw:
         return None
     varying = _varying(raw)
@@ -108,9 +108,9 @@ EXISTING_ROWS = (("path", "From"), ("revision", "Revision"), ("commit", "Commit"
                  ("sha256", "Weights sha256"))
 
 
-def _existing(d: _Data) -> dict[str, Any] | None:
+def existing_table(d: ReportData) -> dict[str, Any] | None:
     """Where each existing adapter came from (the arms harness did not train)."""
-    origins = {a: _dict(_dict(d.arm_records.get(a)).get("origin")) for a in d.arms}
+    origins = {a: as_dict(as_dict(d.arm_records.get(a)).get("origin")) for a in d.arms}
     origins = {a: o for a, o in origins.items() if o}
     if not origins:
         return None
@@ -122,7 +122,7 @@ def _existing(d: _Data) -> dict[str, Any] | None:
 
 def _varying(training: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per arm, the train-config entries (dotted keys) whose values differ across arms."""
-    flat = {a: dict(F.flatten(_dict(t.get("config")))) for a, t in training.items()}
+    flat = {a: dict(F.flatten(as_dict(t.get("config")))) for a, t in training.items()}
     keys = {k for f in flat.values() for k in f}
     varying = {k for k in keys if len({json.dumps(f.get(k), default=str)
                                        for f in flat.values()}) > 1}
@@ -138,12 +138,12 @@ def _scalar(v: Any) -> bool:
     return isinstance(v, str | int | float | bool) or v is None
 
 
-def _lengths(lengths: dict[str, Any]) -> dict[str, Any] | None:
+def length_table(lengths: dict[str, Any]) -> dict[str, Any] | None:
     """Length statistics per split (``{split: {stat: x}}``) or per split and field
     (``{split: {field: {stat: x}}}``); shares are shown as percentages."""
     rows: list[tuple[str, dict[str, Any]]] = []
     for split, v in lengths.items():
-        v = _dict(v)
+        v = as_dict(v)
         nested = {f: s for f, s in v.items() if isinstance(s, dict)}
         rows += [(f"{split} · {f}", s) for f, s in nested.items()]
         flat = {k: x for k, x in v.items() if _scalar(x)}
@@ -156,8 +156,8 @@ def _lengths(lengths: dict[str, Any]) -> dict[str, Any] | None:
                      for name, s in rows]}
 
 
-def _config_rows(config: dict[str, Any]) -> list[dict[str, Any]]:
+def config_rows(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The model and training sub-configs flattened to dotted keys."""
     sections = [("Model", config.get("model")), ("Training / adapter", config.get("train"))]
-    return [{"title": t, "rows": [(k, F.raw(v)) for k, v in F.flatten(_dict(s))]}
-            for t, s in sections if _dict(s)]
+    return [{"title": t, "rows": [(k, F.raw(v)) for k, v in F.flatten(as_dict(s))]}
+            for t, s in sections if as_dict(s)]
