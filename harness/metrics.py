@@ -135,7 +135,8 @@ CHOICES = tuple(dict.fromkeys(m.choice for m in TABLE if m.choice))
 GENERATION_CHOICES = frozenset(m.choice for m in TABLE if m.choice and m.generated)
 DECIMALS = {m.key: m.decimals for m in TABLE if m.decimals is not None}
 LABELS = {m.key: m.label for m in TABLE}
-SET_SEP = "/"
+
+SET_SEP = "/"  # <set>/<metric>: a metric of an extra eval set
 
 
 def split(key: str) -> tuple[str | None, str]:
