@@ -246,10 +246,10 @@ def _outcome(outcome: Any) -> None:
 
 def _print_tables(record: dict[str, Any]) -> None:
     """The summary table, then the across-seeds table of a run with ``train.seeds``."""
-    from harness import progress
+    from harness.cli import summary
 
-    out.print(progress.summary_table(record))
-    seeds = progress.seed_table(record)
+    out.print(summary.summary_table(record))
+    seeds = summary.seed_table(record)
     if seeds is not None:
         out.print(seeds)
 
@@ -657,6 +657,3 @@ def main() -> None:
     quiet_openmp()  # before anything imports torch: OpenMP reads it once, at load
     app()
 
-
-if __name__ == "__main__":
-    main()
