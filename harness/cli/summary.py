@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich import box
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -14,7 +14,16 @@ from harness import arms as A
 from harness import formatting as F
 from harness import measured, stats
 from harness import metrics as M
+from harness.cli.console import out
 from harness.metrics import SYSTEM_KEYS, lower_is_better
+
+
+def print_tables(record: dict[str, Any]) -> None:
+    """The summary table, then the across-seeds table of a run with ``train.seeds``."""
+    out.print(summary_table(record))
+    seeds = seed_table(record)
+    if seeds is not None:
+        out.print(seeds)
 
 
 def summary_table(record: dict[str, Any]) -> Group:
@@ -24,8 +33,9 @@ def summary_table(record: dict[str, Any]) -> Group:
     arms: the zero-shot numbers alone."""
     alpha = (record.get("stats") or {}).get("alpha", stats.DEFAULT_ALPHA)
     arms = A.others(record.get("arms", {}))
-    return Group(*[Fitted(_arm_table(record, a, alpha), _arm_table(record, a, alpha, True))
-                   for a in arms] or [_arm_table(record, None, alpha)])
+    tables: list[RenderableType] = [
+        Fitted(_arm_table(record, a, alpha), _arm_table(record, a, alpha, True)) for a in arms]
+    return Group(*tables or [_arm_table(record, None, alpha)])
 
 
 class Fitted:
