@@ -73,7 +73,7 @@ def test_markdown_numbers_match_hand_computation(run: Path):
     assert "Holm" in text and "2,000 resamples" in text
 
 
-def test_seed_004_improvement_column(tmp_path: Path):
+def test_llama32_finetome_improvement_column(tmp_path: Path):
     """The Llama-3.2-1B FineTome report's sweep: improvement = (baseline - x) / baseline on
     loss, shown as ↓17.3%."""
     losses = {"baseline": 1.1774, "exp2": 0.9736, "exp4": 0.9068, "exp9": 0.8916}
