@@ -5,7 +5,7 @@ Same model object, same prompts (the default suite's chat prompts), same `max_ne
 suite's 32), greedy, stop at EOS (`<|im_end|>`). harness runs with its defaults: length-sorted,
 left-padded batches of `eval.gen_batch_size` (32 unless the suite says otherwise); the loop
 calls `generate` once per prompt (no padding at all); lm-eval runs `generate_until`
-(until=[eos], max_gen_toks=32) twice: at batch 8 (what its docs and the seeds' scripts pass)
+(until=[eos], max_gen_toks=32) twice: at batch 8 (what its docs and the reports' scripts pass)
 and at harness's batch, so the table separates what batching buys from the rest. Ratios are
 wall-time ratios over the same items; tokens/s counts generated tokens up to and including EOS
 (README's `gen_tokens_per_s`), the harness's count for all.

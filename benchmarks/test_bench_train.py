@@ -26,7 +26,8 @@ import pytest
 
 TARGET_VS_MAX_LENGTH = 1.3
 TARGET_VS_DYNAMIC = 1.0
-SEED_001_MAX_LENGTH = 512
+# the TinyLlama LoRA report's padding length
+TINYLLAMA_LORA_MAX_LENGTH = 512
 
 pytestmark = pytest.mark.benchmark(group="train", warmup=False)
 
@@ -64,7 +65,7 @@ def max_length_dataset(tokenizer: Any, splits: Any, suite: Any, n: int) -> list[
     rows = []
     for ex in splits.train[:n]:
         text = encoding.prompt_text(ex, tokenizer, suite.data) + ex.response + tokenizer.eos_token
-        enc = tokenizer(text, max_length=SEED_001_MAX_LENGTH, padding="max_length",
+        enc = tokenizer(text, max_length=TINYLLAMA_LORA_MAX_LENGTH, padding="max_length",
                         truncation=True, add_special_tokens=False)
         rows.append({**enc, "labels": list(enc["input_ids"])})
     return rows
@@ -113,7 +114,7 @@ def test_train_vs_hf_trainer(benchmark: Any, smollm2_dir: str, splits: Any, toke
     vs_max, vs_dyn = timer.ratio("max_length", "harness"), timer.ratio("dynamic", "harness")
     record(steps=steps, batch=batch, items=n, real_tokens=real_tokens, rounds=sizes["rounds"],
            harness_padding_efficiency=s["padding_efficiency"],
-           max_length_padding_efficiency=round(real_tokens / (n * SEED_001_MAX_LENGTH), 4),
+           max_length_padding_efficiency=round(real_tokens / (n * TINYLLAMA_LORA_MAX_LENGTH), 4),
            harness_tokens_per_s=round(real_tokens / timer.mean("harness"), 1),
            dynamic_tokens_per_s=round(real_tokens / timer.mean("dynamic"), 1),
            max_length_tokens_per_s=round(real_tokens / timer.mean("max_length"), 1),

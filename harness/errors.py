@@ -1,4 +1,4 @@
-"""Exceptions raised by library code; only cli.py turns them into messages and exit codes."""
+"""Exceptions raised by library code; only harness.cli turns them into messages and exit codes."""
 
 
 def one_line(e: BaseException) -> str:

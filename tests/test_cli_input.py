@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness import __version__, cli
-from harness.cli import app
+from harness.cli import app, running
 
 from .test_bad_input import edit
 
@@ -241,7 +241,7 @@ def test_a_signal_during_run_saves_a_failed_record_and_exits_1(suite_dir, sig):
 
 def test_signal_handlers_are_restored_after_a_run(suite_dir):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with cli._stop_on_signals():
+    with running.stop_on_signals():
         assert signal.getsignal(signal.SIGTERM) not in before
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 

@@ -73,7 +73,7 @@ def test_markdown_numbers_match_hand_computation(run: Path):
     assert "Holm" in text and "2,000 resamples" in text
 
 
-def test_seed_004_improvement_column(tmp_path: Path):
+def test_llama32_finetome_improvement_column(tmp_path: Path):
     """The Llama-3.2-1B FineTome report's sweep: improvement = (baseline - x) / baseline on
     loss, shown as ↓17.3%."""
     losses = {"baseline": 1.1774, "exp2": 0.9736, "exp4": 0.9068, "exp9": 0.8916}
@@ -267,8 +267,9 @@ def test_template_arms_are_compared_within_a_run_but_not_across(tmp_path: Path):
 def test_cli_spells_compare_formats_and_default_alpha_as_compare_does():
     """The CLI lists them itself (importing compare would pull NumPy into every command)."""
     from harness import cli, compare, stats
+    from harness.cli import reading
 
-    assert cli.COMPARE_FORMATS == compare.FORMATS
+    assert reading.COMPARE_FORMATS == compare.FORMATS
     help_text = CliRunner().invoke(cli.app, ["compare", "--help"]).output
     assert f"[default: {stats.DEFAULT_ALPHA:g}]" in help_text
 

@@ -12,7 +12,7 @@ from harness.errors import DataError
 
 from .conftest import ASSETS
 
-SEED001_PROMPT = """### Instruction:
+TINYLLAMA_ALPACA_PROMPT = """### Instruction:
 {{ instruction }}
 
 {% if input %}### Input:
@@ -23,7 +23,7 @@ SEED001_PROMPT = """### Instruction:
 
 
 def suite(tmp_path: Path, extra: str = "", **data_keys) -> config.Suite:
-    keys = {"path": "instruct.jsonl", "prompt_template": SEED001_PROMPT,
+    keys = {"path": "instruct.jsonl", "prompt_template": TINYLLAMA_ALPACA_PROMPT,
             "response_template": "{{ output }}", "eval_size": 10, **data_keys}
     body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items() if v is not None)
     text = f'name = "d"\n[model]\nname_or_path = "org/m"\n[data]\n{body}\n{extra}'
@@ -33,7 +33,7 @@ def suite(tmp_path: Path, extra: str = "", **data_keys) -> config.Suite:
     return config.load_suite(tmp_path / "s.toml")
 
 
-def test_seed001_template_drops_empty_input(tmp_path):
+def test_tinyllama_alpaca_template_drops_empty_input(tmp_path):
     splits = data.load_splits(suite(tmp_path))
     every = splits.eval + splits.train
     with_input = [e for e in every if "### Input:" in e.prompt]

@@ -1,9 +1,9 @@
-"""On a CUDA GPU: QLoRA really loads 4-bit weights, and the QLoRA / LoRA seed recipes run end to
+"""On a CUDA GPU: QLoRA really loads 4-bit weights, and the QLoRA / LoRA report recipes run end to
 end with CUDA peak memory. Skipped without CUDA (CI has none); run with `pytest -m gpu`.
 
 The model is a small Llama built from config (hidden 256, 4 layers, ~3.3M parameters) so that
 every projection is large enough for bitsandbytes' 4-bit blocks (64 values) and the run takes
-seconds, with the seeds' own precision (fp16 weights, nf4, fp16 mixed precision) unchanged.
+seconds, with the reports' own precision (fp16 weights, nf4, fp16 mixed precision) unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from harness import config, modeling  # noqa: E402
 from harness.results import load_run  # noqa: E402
 
 from .conftest import ASSETS, build_tokenizer  # noqa: E402
-from .test_suites import run_seed  # noqa: E402
+from .test_suites import run_report_suite  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -81,10 +81,10 @@ def test_qlora_loads_nf4_weights_on_the_gpu(small_model_dir, tmp_path):
 
 
 @needs_bnb
-def test_qlora_seed_recipe_runs_on_cuda(small_model_dir, tmp_path):
+def test_tinyllama_qlora_code_recipe_runs_on_cuda(small_model_dir, tmp_path):
     """The TinyLlama coding report's QLoRA unchanged but for size: fp16 weights, nf4, fp16
     mixed precision on the GPU."""
-    path = run_seed("tinyllama_qlora_code", small_model_dir, tmp_path,
+    path = run_report_suite("tinyllama_qlora_code", small_model_dir, tmp_path,
                     "model.dtype=float16", "model.quantization.compute_dtype=float16",
                     "train.max_steps=2")
     rec = load_run(path).record
@@ -96,12 +96,12 @@ def test_qlora_seed_recipe_runs_on_cuda(small_model_dir, tmp_path):
         assert m["peak_memory_bytes"] > 0 and m["loss"] > 0
 
 
-def test_lora_seed_recipe_runs_on_cuda(small_model_dir, tmp_path):
+def test_llama2_alpaca_lora_recipe_runs_on_cuda(small_model_dir, tmp_path):
     """The LLaMA2 LoRA report's setup: fp16 mixed precision and paged_adamw_32bit
     (bitsandbytes) on the GPU."""
     if importlib.util.find_spec("bitsandbytes") is None:
         pytest.skip("paged_adamw_32bit needs bitsandbytes")
-    path = run_seed("llama2_alpaca_lora", small_model_dir, tmp_path)
+    path = run_report_suite("llama2_alpaca_lora", small_model_dir, tmp_path)
     rec = load_run(path).record
     assert rec["status"] == "success", rec["error"]
     assert rec["env"]["device"] == "cuda"

@@ -133,7 +133,7 @@ def test_validate_prints_no_escape_sequence_from_a_data_column(suite_dir: Path):
 
 
 def test_terminal_summary_neither_escapes_nor_reads_markup_from_an_arm_name(tmp_path: Path):
-    """`harness run` / `merge` print the summary through cli._print_tables: on a terminal an
+    """`harness run` / `merge` print the summary through cli.summary.print_tables: on a terminal an
     arm named ``[/red]...`` must not be rich markup (a MarkupError traceback) nor style the
     table, and its escape sequences must not reach the terminal."""
     run = make_run(tmp_path, arms={"baseline": (0.3, 2.5), HOSTILE_ARM: (0.45, 1.8)})
@@ -182,8 +182,8 @@ def test_csv_cell_quotes_text_that_starts_a_formula_only():
 # ---------------------------------------------------------------- 80 columns
 
 
-_PRINT_TABLES = ("import json, sys; from harness import cli; "
-                 "cli._print_tables(json.load(open(sys.argv[1], encoding='utf-8')))")
+_PRINT_TABLES = ("import json, sys; from harness.cli import summary; "
+                 "summary.print_tables(json.load(open(sys.argv[1], encoding='utf-8')))")
 SWEEP = {"baseline": (0.30, 2.5), "lora_r8": (0.40, 2.0), "lora_r16": (0.45, 1.9),
          "lora_r32": (0.50, 1.8)}
 

@@ -143,7 +143,7 @@ def spec(**kw) -> TrainSpec:
     return TrainSpec(**kw)
 
 
-def test_seed003_steps():
+def test_phi2_xsum_steps():
     """2,000 train / (2 x 8) = 125 steps per epoch, 3 epochs = 375, 100 warmup steps."""
     s = plan.schedule(spec(batch_size=2, gradient_accumulation_steps=8, epochs=3,
                            warmup_steps=100), 2000)
@@ -151,7 +151,7 @@ def test_seed003_steps():
         125, 375, 100, 16)
 
 
-def test_seed000_steps_and_warmup_ratio():
+def test_llama2_alpaca_lora_steps_and_warmup_ratio():
     s = plan.schedule(spec(batch_size=2, gradient_accumulation_steps=8, epochs=8,
                            warmup_ratio=0.03), 1024)
     assert (s.steps_per_epoch, s.total_steps, s.warmup_steps) == (64, 512, 16)  # ceil(15.36)
@@ -261,7 +261,7 @@ def test_packaged_gguf_reads_the_gguf_config(tmp_path):
     assert p.shape.total_params == 134_515_008  # SmolLM2-135M, tied embeddings counted once
 
 
-# ---------------------------------------------------------------- the seed suites, real shapes
+# ---------------------------------------------------------------- the report suites, real shapes
 
 
 def phi2_dir(d: Path) -> Path:
@@ -274,7 +274,7 @@ def phi2_dir(d: Path) -> Path:
         tie_word_embeddings=False))
 
 
-def test_cli_plan_seed003(tmp_path):
+def test_cli_plan_phi2_xsum(tmp_path):
     d = phi2_dir(tmp_path / "phi-2")
     res = runner.invoke(app, ["plan", str(REPO / "suites" / "phi2_xsum.toml"),
                               "--set", f"model.name_or_path={d}"])
@@ -282,14 +282,14 @@ def test_cli_plan_seed003(tmp_path):
     out = " ".join(res.output.split())
     assert "parameters 2,779,683,840" in out  # phi-2's 2.78 B
     # r 16 on 32 blocks: q, k, v, dense 16 x (2560 + 2560); fc1, fc2 16 x (2560 + 10240)
-    # = 32 * (4 * 16 * 5120 + 2 * 16 * 12800); the seed claimed ~4.2M / 0.16%
+    # = 32 * (4 * 16 * 5120 + 2 * 16 * 12800); the phi-2 XSum report claimed ~4.2M / 0.16%
     assert "trainable 23,592,960 = 0.842%" in out
     assert "steps/epoch 125" in out and "total steps 375" in out and "warmup 100" in out
     assert "2 x 8 accumulation = 16" in out and "16 GB class (T4" in out
     assert "unknown: dataset EdinburghNLP/xsum" in out
 
 
-def test_seed_suites_against_published_counts(tmp_path):
+def test_report_suites_against_published_counts(tmp_path):
     """Counts peft / Unsloth print for these models, from their config numbers."""
     from transformers import LlamaConfig
 

@@ -418,7 +418,7 @@ def test_a_forest_plot_without_outliers_is_not_clipped(rich: Path):
 
 
 def test_terminal_summary_labels_both_p_values_and_colours_by_direction(rich: Path):
-    from harness import progress
+    from harness.cli import summary
 
     rec = json.loads((rich / RUN_FILE).read_text())
     for c in rec["comparisons"]:
@@ -427,7 +427,7 @@ def test_terminal_summary_labels_both_p_values_and_colours_by_direction(rich: Pa
         if (c["candidate"], c["metric"]) == ("lora", "rouge2"):
             c.update(significant=False)
     tables = {str(t.columns[2].header): t
-              for t in (f.tables[0] for f in progress.summary_table(rec).renderables)}
+              for t in (f.tables[0] for f in summary.summary_table(rec).renderables)}
     assert list(tables) == ["lora", "qlora"]  # one table per adapter arm
     headers = [str(c.header) for c in tables["lora"].columns]
     assert headers[2:6] == ["lora", "Δ [95% CI]", "p", "p (Holm)"]

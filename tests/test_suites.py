@@ -1,10 +1,11 @@
-"""Every shipped suite validates, and every seed suite's recipe runs end to end offline.
+"""Every shipped suite validates, and every report suite's recipe runs end to end offline.
 
-The seed suites name hub models and datasets (a user with a GPU and a network runs them
-unchanged). Here each recipe runs on the tiny local Llama and a tiny local file with the seed's
-columns, swapped in through `--set` exactly as suites/README.md tells a user to; everything
-else (precision, optimizer, schedule, eval/save strategy, QLoRA, templates, sweep) is the
-seed's own. Only sizes shrink, and targets that the tiny Llama lacks are mapped onto its names.
+The report suites (each reproduces a published training report: suites/README.md) name hub
+models and datasets (a user with a GPU and a network runs them unchanged). Here each recipe
+runs on the tiny local Llama and a tiny local file with the report's columns, swapped in
+through `--set` exactly as suites/README.md tells a user to; everything else (precision,
+optimizer, schedule, eval/save strategy, QLoRA, templates, sweep) is the report's own. Only
+sizes shrink, and targets that the tiny Llama lacks are mapped onto its names.
 """
 
 from __future__ import annotations
@@ -59,14 +60,14 @@ def test_default_suite_validates_through_cli():
     assert "40 eval items" in res.output
 
 
-# ---------------------------------------------------------------- the seeds' own numbers
+# ---------------------------------------------------------------- the reports' own numbers
 
 
 def _suite(stem: str) -> config.Suite:
     return config.load_suite(REPO / "suites" / f"{stem}.toml")
 
 
-def test_seed003_settings_are_the_reports():
+def test_phi2_xsum_settings_are_the_reports():
     s = _suite("phi2_xsum")
     t, d, q = s.train, s.data, s.model.quantization
     assert (d.train_size, d.validation_size, d.eval_size, d.max_length) == (2000, 500, 100, 1126)
@@ -77,10 +78,10 @@ def test_seed003_settings_are_the_reports():
     assert t.target_modules == ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
     assert d.prompt_template == ("Article: {{ article }}\n\n"
                                  "Summarize the above article in one sentence.\nSummary: ")
-    assert len(s.eval.baseline_templates) == 4  # + the suite's own = the seed's five
+    assert len(s.eval.baseline_templates) == 4  # + the suite's own = the report's five
 
 
-SEED004_TABLE = {  # experiment: (steps, lr, rank), copied from the seed report's table
+FINETOME_EXPERIMENTS = {  # experiment: (steps, lr, rank): the FineTome report's table
     "exp1_baseline_60steps": (60, 2e-4, 16),
     "exp2_medium_300steps": (300, 2e-4, 16),
     "exp3_full_500steps": (500, 2e-4, 16),
@@ -93,10 +94,10 @@ SEED004_TABLE = {  # experiment: (steps, lr, rank), copied from the seed report'
 }
 
 
-def test_seed004_cells_are_the_nine_experiments():
+def test_llama32_finetome_cells_are_the_reports_nine_experiments():
     arms = sweep.expand(_suite("llama32_finetome_sweep"))
     got = {n: (c.train.max_steps, c.train.learning_rate, c.train.r) for n, c in arms}
-    assert list(got) == list(SEED004_TABLE) and got == SEED004_TABLE
+    assert list(got) == list(FINETOME_EXPERIMENTS) and got == FINETOME_EXPERIMENTS
 
 
 # ---------------------------------------------------------------- recipes, end to end
@@ -104,8 +105,8 @@ def test_seed004_cells_are_the_nine_experiments():
 TINY_LLAMA_TARGETS = "['q_proj','k_proj','v_proj','o_proj','up_proj','down_proj']"
 COMMON = ["data.train_size=4", "data.eval_size=4", "train.max_steps=2",
           "eval.max_new_tokens=4", "stats.n_resamples=200"]
-# Per seed: the tiny file with the seed's columns, and what else must shrink. 4 train items
-# with the seed's batch x accumulation make 1-2 optimizer steps per epoch, so per-epoch and
+# Per suite: the tiny file with the report's columns, and what else must shrink. 4 train items
+# with the report's batch x accumulation make 1-2 optimizer steps per epoch, so per-epoch and
 # per-step evaluation, checkpointing and load-best all happen within the 2 steps.
 # QLoRA suites keep 4-bit nf4 and fp16 mixed precision but load / compute in fp32: a CPU has no
 # fast fp16 matmul, and fp16 4-bit dequantisation made the phi-2 XSum suite's run 42 s
@@ -127,7 +128,7 @@ TINY = {
 }
 
 
-def run_seed(stem: str, model_dir: Path, out: Path, *extra: str) -> Path:
+def run_report_suite(stem: str, model_dir: Path, out: Path, *extra: str) -> Path:
     sets = [f"model.name_or_path={model_dir}", *COMMON, *TINY[stem], *extra]
     args = ["run", str(REPO / "suites" / f"{stem}.toml"), "--out", str(out)]
     res = runner.invoke(app, args + [a for s in sets for a in ("--set", s)])
@@ -149,8 +150,8 @@ def check_trained(path: Path, arms: list[str]) -> dict:
     return rec
 
 
-def test_seed000_recipe_runs(tiny_model_dir, tmp_path):
-    path = run_seed("llama2_alpaca_lora", tiny_model_dir, tmp_path)
+def test_llama2_alpaca_lora_recipe_runs(tiny_model_dir, tmp_path):
+    path = run_report_suite("llama2_alpaca_lora", tiny_model_dir, tmp_path)
     rec = check_trained(path, ["lora"])
     t = rec["config"]["train"]
     assert (t["optimizer"], t["precision"], t["scheduler"]) == ("paged_adamw_32bit", "fp16",
@@ -161,8 +162,8 @@ def test_seed000_recipe_runs(tiny_model_dir, tmp_path):
     assert any((path / "tensorboard" / "lora").rglob("events.out.tfevents.*"))
 
 
-def test_seed001_recipe_runs(tiny_model_dir, tmp_path):
-    path = run_seed("tinyllama_alpaca_lora", tiny_model_dir, tmp_path)
+def test_tinyllama_alpaca_lora_recipe_runs(tiny_model_dir, tmp_path):
+    path = run_report_suite("tinyllama_alpaca_lora", tiny_model_dir, tmp_path)
     rec = check_trained(path, ["lora"])
     assert rec["config"]["train"]["precision"] == "fp32"
     prompts = [r["prompt"] for r in load_run(path).items("baseline")]
@@ -171,18 +172,18 @@ def test_seed001_recipe_runs(tiny_model_dir, tmp_path):
     assert 0 < len(with_input) < len(prompts) or len(prompts) < 4  # empty inputs dropped
 
 
-def test_seed002_qlora_recipe_runs(qlora_model_dir, tmp_path):
+def test_tinyllama_qlora_code_recipe_runs(qlora_model_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
-    path = run_seed("tinyllama_qlora_code", qlora_model_dir, tmp_path)
+    path = run_report_suite("tinyllama_qlora_code", qlora_model_dir, tmp_path)
     rec = check_trained(path, ["lora"])
     assert rec["config"]["model"]["quantization"]["bits"] == 4
     assert "duplicates" in rec["data"]["dropped"]  # dedupe = true ran
     assert "dropped_too_long" in rec["data"]["lengths"]["train"]  # drop_longer = true ran
 
 
-def test_seed003_qlora_xsum_recipe_runs(qlora_model_dir, tmp_path):
+def test_phi2_xsum_qlora_recipe_runs(qlora_model_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
-    path = run_seed("phi2_xsum", qlora_model_dir, tmp_path)
+    path = run_report_suite("phi2_xsum", qlora_model_dir, tmp_path)
     rec = check_trained(path, ["lora"])
     templates = {f"baseline@{n}" for n in ("simple", "instruct", "chat", "qa")}
     assert templates | {"baseline", "lora"} == set(rec["arms"])
@@ -193,13 +194,13 @@ def test_seed003_qlora_xsum_recipe_runs(qlora_model_dir, tmp_path):
     assert rec["training"]["lora"]["best_checkpoint"] is not None  # load_best_model_at_end
 
 
-def test_seed004_sweep_recipe_runs(tiny_model_dir, tmp_path):
+def test_llama32_finetome_sweep_recipe_runs(tiny_model_dir, tmp_path):
     """Three of the nine cells (one per knob), each cut to 2 steps, keep their lr and rank."""
     raw = tomllib.loads((REPO / "suites" / "llama32_finetome_sweep.toml").read_text())
     keep = ("exp1_baseline_60steps", "exp7_lora_r8", "exp9_optimal_combination")
     cells = [{"name": c["name"], "set": {**c["set"], "train.max_steps": 2}}
              for c in raw["sweep"]["cells"] if c["name"] in keep]
-    path = run_seed("llama32_finetome_sweep", tiny_model_dir, tmp_path,
+    path = run_report_suite("llama32_finetome_sweep", tiny_model_dir, tmp_path,
                     f"sweep.cells={_toml_value(cells)}")
     rec = check_trained(path, list(keep))
     ranks = {a: rec["training"][a]["config"]["r"] for a in keep}
