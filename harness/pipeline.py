@@ -32,12 +32,12 @@ from harness import (
     evaluation,
     logs,
     measured,
+    memory,
     modeling,
     pairing,
     report,
     results,
     resume,
-    scoring,
     shapes,
     stats,
     sweep,
@@ -253,7 +253,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
     path = modeling.ensure_converted(src)
     device = modeling.pick_device(suite.model)
     if device == "cpu":  # every eval phase allocates alike, after a training or not
-        scoring.steady_allocator()
+        memory.steady_allocator()
     run.record["env"] = environment.describe(device, suite.base_dir)
     identity = modeling.model_identity(suite.model, src, suite.base_dir)
     run.record[resume.MODEL_KEY] = identity.as_record()  # `harness resume` compares it
@@ -556,8 +556,8 @@ def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc
             resume_from=cut.path if cut is not None else None,
         )
 
-    # on a CPU, training's heap must not become the next eval's (scoring.in_training_arena)
-    return scoring.in_training_arena(fit) if device == "cpu" else fit()
+    # on a CPU, training's heap must not become the next eval's (memory.in_training_arena)
+    return memory.in_training_arena(fit) if device == "cpu" else fit()
 
 
 def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]) -> None:
