@@ -384,7 +384,7 @@ def _validate_one(path: Path, suite: Any) -> int:
     from harness import preflight
 
     try:
-        info = preflight.preflight(suite, offline_ok=True)
+        info = preflight.check(suite, offline_ok=True)
     except HarnessError as e:
         _error("\n".join(ln if str(path) in ln else f"{path}: {ln}" for ln in str(e).splitlines()))
         return e.exit_code

@@ -85,7 +85,7 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
     (resume.load): a killed run to continue in its own folder, its measured arms kept."""
     try:
         results.check_writable(Path(out_dir) / suite.name)  # before anything is computed
-        checked = preflight._sharded(preflight.preflight(suite), shard)
+        checked = preflight.sharded(preflight.check(suite), shard)
         run = _start(suite, out_dir, checked, progress or NullProgress(), source, resumed)
     except BaseException:
         if resumed is not None:  # refused before it started: another try may take it

@@ -42,7 +42,7 @@ class Preflight:
         return f"model {self.source.label}; {items}; {len(self.arms)} adapter arm(s){extra}"
 
 
-def preflight(suite: Suite, offline_ok: bool = False) -> Preflight:
+def check(suite: Suite, offline_ok: bool = False) -> Preflight:
     """Everything that can be checked without loading weights; raises InputError subclasses.
     ``offline_ok`` (validate): a hub dataset or model config that cannot be reached is listed
     in ``unchecked`` instead of failing, and everything else is still checked."""
@@ -66,7 +66,7 @@ def preflight(suite: Suite, offline_ok: bool = False) -> Preflight:
     return Preflight(source, splits, cells, variants, warnings, unchecked, existing, sets)
 
 
-def _sharded(checked: Preflight, shard: Shard | None) -> Preflight:
+def sharded(checked: Preflight, shard: Shard | None) -> Preflight:
     """Shard I/N of a sweep trains the adapter arms I, I+N, I+2N, ... of ``sweep.expand`` and
     evaluates the existing adapters in shard 0 only; every shard evaluates the zero-shot arms
     (the cache makes that free where shards share it), so each one is a complete run."""

@@ -101,10 +101,10 @@ def test_existing_adapters_run_in_shard_zero_only():
     checked = preflight.Preflight(source=None, splits=None,  # type: ignore[arg-type]
                                  arms=[(f"c{i}", None) for i in range(5)],  # type: ignore[misc]
                                  existing=["mine"])  # type: ignore[list-item]
-    picks = [preflight._sharded(checked, Shard(i, 2)) for i in range(2)]
+    picks = [preflight.sharded(checked, Shard(i, 2)) for i in range(2)]
     assert [[n for n, _ in p.arms] for p in picks] == [["c0", "c2", "c4"], ["c1", "c3"]]
     assert [p.existing for p in picks] == [["mine"], []]
-    assert preflight._sharded(checked, None) is checked
+    assert preflight.sharded(checked, None) is checked
 
 
 # ---------------------------------------------------------------- merge
