@@ -430,10 +430,10 @@ def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc
     is saved from the returned model), and TensorBoard's events in the run. A checkpoint
     already there was left by a killed run of this arm: training continues from it."""
     enc_train, enc_val = enc
-    steps = _expected_steps(spec, len(enc_train))
+    steps = train._expected_steps(spec, len(enc_train))
     run.progress.stage(f"training {name}: {len(enc_train)} examples, {steps} optimizer steps")
     advance = run.progress.task(f"train {name}", steps)
-    cut = resume.newest_checkpoint(checkpoints)
+    cut = train.newest_checkpoint(checkpoints)
     if cut is not None:
         run.progress.stage(f"{name}: continuing from the checkpoint at step {cut.step}")
         advance(cut.step)
@@ -444,7 +444,7 @@ def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc
             tensorboard_dir=run.dir.path / results.TENSORBOARD_DIR / name,
             log_row=lambda row: _log_step(run, row, advance),
             on_step=lambda: advance(1),
-            checkpoint_steps=resume.checkpoint_steps(spec, steps),
+            checkpoint_steps=train.checkpoint_steps(spec, steps),
             resume_from=cut.path if cut is not None else None,
         )
 
@@ -472,12 +472,6 @@ def _log_step(run: _Run, row: dict[str, Any], advance) -> None:
              if isinstance(row.get(k), (int, float))]
     if shown:
         advance(0, info=", ".join(shown))
-
-
-def _expected_steps(spec, n_train: int) -> int | None:
-    from harness import plan
-
-    return plan.schedule(spec, n_train).total_steps
 
 
 def _record_arm(run: _Run, name: str, result: ArmEval, **entry: Any) -> dict[str, Any]:

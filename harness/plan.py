@@ -18,12 +18,11 @@ printed as not planned, with the reason.
 
 from __future__ import annotations
 
-import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness import adapters, arms, data, modeling, sweep
+from harness import adapters, arms, data, modeling, sweep, train
 from harness.config import ModelSpec, Suite, TrainSpec
 from harness.errors import DatasetUnavailable, ModelUnavailable
 from harness.shapes import Layer, ModelShape, lora_targets, model_shape
@@ -60,21 +59,6 @@ class DataCounts:
 
 
 @dataclass(frozen=True)
-class Schedule:
-    n_train: int | None
-    batch_size: int
-    accumulation: int
-    epochs: float
-    steps_per_epoch: int | None
-    total_steps: int | None
-    warmup_steps: int | None
-
-    @property
-    def effective_batch(self) -> int:
-        return self.batch_size * self.accumulation
-
-
-@dataclass(frozen=True)
 class Memory:
     """Bytes. ``activations`` is None when the config lacks the sizes to estimate it."""
 
@@ -100,7 +84,7 @@ class CellPlan:
     lora_params: int | None  # sum of r * (in + out) over the wrapped layers
     bias_params: int | None  # base biases made trainable by train.bias
     unmatched_targets: tuple[str, ...]
-    schedule: Schedule
+    schedule: train.Schedule
     memory: Memory | None
 
     @property
@@ -194,13 +178,13 @@ def cell_plan(name: str, cell: Suite, shape: ModelShape | None, n_train: int | N
     if shape is None:  # no config here: the schedule only
         return CellPlan(name=name, train=spec, lora_layers=None, lora_params=None,
                         bias_params=None, unmatched_targets=(),
-                        schedule=schedule(spec, n_train), memory=None)
+                        schedule=train.schedule(spec, n_train), memory=None)
     matched, unmatched = lora_targets(shape, spec.target_modules)
     lora = sum(spec.r * (layer.in_features + layer.out_features) for layer in matched)
     bias = _trainable_bias(shape, matched, spec.bias)
     return CellPlan(
         name=name, train=spec, lora_layers=len(matched), lora_params=lora, bias_params=bias,
-        unmatched_targets=unmatched, schedule=schedule(spec, n_train),
+        unmatched_targets=unmatched, schedule=train.schedule(spec, n_train),
         memory=train_memory(shape, cell, lora + bias),
     )
 
@@ -231,33 +215,6 @@ def data_counts(suite: Suite) -> DataCounts:
         notes.append(f"train items over {spec.max_length:,} tokens not yet dropped")
     return DataCounts(len(s.train), len(s.validation), len(s.eval), known=True,
                       note="; ".join(notes))
-
-
-def schedule(spec: TrainSpec, n_train: int | None) -> Schedule:
-    per_epoch = steps_per_epoch(n_train, spec.batch_size, spec.gradient_accumulation_steps)
-    total = spec.max_steps or (math.ceil(spec.epochs * per_epoch) if per_epoch else None)
-    return Schedule(n_train=n_train, batch_size=spec.batch_size,
-                    accumulation=spec.gradient_accumulation_steps, epochs=spec.epochs,
-                    steps_per_epoch=per_epoch, total_steps=total,
-                    warmup_steps=warmup_steps(spec, total))
-
-
-def steps_per_epoch(n_train: int | None, batch_size: int, accumulation: int) -> int | None:
-    """transformers 5 Trainer: batches = ceil(n / batch); a trailing partial accumulation
-    group still makes an optimizer step, so ceil(batches / accumulation), at least 1."""
-    if not n_train:
-        return None
-    batches = math.ceil(n_train / batch_size)
-    return max(1, math.ceil(batches / accumulation))  # 2,000 ex / 2 / 8 -> 125
-
-
-def warmup_steps(spec: TrainSpec, total: int | None) -> int | None:
-    """TrainingArguments.get_warmup_steps: an explicit count wins, else ceil(ratio * total)."""
-    if spec.warmup_steps:
-        return spec.warmup_steps
-    if total is None:
-        return None
-    return math.ceil(total * spec.warmup_ratio)  # 0.03 * 512 -> 16
 
 
 # ---------------------------------------------------------------- memory
@@ -529,13 +486,13 @@ def _pct(c: CellPlan, plan: Plan) -> str:
     return f"{100 * c.trainable_share(plan.shape.total_params):.3g}%"
 
 
-def _per_epoch_why(sc: Schedule) -> str:
+def _per_epoch_why(sc: train.Schedule) -> str:
     if sc.steps_per_epoch is None:
         return " (number of train examples unknown)"
     return (f" = ceil(ceil({sc.n_train:,} / {sc.batch_size}) / {sc.accumulation})")
 
 
-def _total_why(t: TrainSpec, sc: Schedule) -> str:
+def _total_why(t: TrainSpec, sc: train.Schedule) -> str:
     if t.max_steps:
         return " (train.max_steps)"
     return f" = ceil({t.epochs:g} epochs x {_n(sc.steps_per_epoch)})"
