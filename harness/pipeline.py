@@ -430,7 +430,7 @@ def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc
     is saved from the returned model), and TensorBoard's events in the run. A checkpoint
     already there was left by a killed run of this arm: training continues from it."""
     enc_train, enc_val = enc
-    steps = train._expected_steps(spec, len(enc_train))
+    steps = train.schedule(spec, len(enc_train)).total_steps
     run.progress.stage(f"training {name}: {len(enc_train)} examples, {steps} optimizer steps")
     advance = run.progress.task(f"train {name}", steps)
     cut = train.newest_checkpoint(checkpoints)

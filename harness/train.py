@@ -3,8 +3,11 @@
 Ours: the TrainSpec -> TrainingArguments mapping, the dataset of pre-tokenized items (dynamic
 padding through DataCollatorForSeq2Seq: labels padded with -100, prompt tokens already -100),
 the callback that hands every logged train/eval loss to the caller (which writes
-train_log.jsonl), and token accounting (real tokens vs computed tokens = padding efficiency).
-Training computes; the caller owns every folder it writes into and saves the adapter.
+train_log.jsonl), token accounting (real tokens vs computed tokens = padding efficiency), the
+step arithmetic the Trainer will follow (`schedule`: `harness plan` shows it, the progress
+bar counts it) and the checkpoint policy (`checkpoint_steps`, `newest_checkpoint`: what
+`harness resume` continues from). Training computes; the caller owns every folder it writes
+into and saves the adapter.
 """
 
 from __future__ import annotations
@@ -349,6 +352,9 @@ def _summary(trainer: Any, out: Any, spec: TrainSpec, tally: Any) -> dict[str, A
 
 @dataclass(frozen=True)
 class Schedule:
+    """The optimizer steps a training of ``n_train`` items makes, as the Trainer counts them
+    (None where the item count is not known yet: `harness plan` before the data loads)."""
+
     n_train: int | None
     batch_size: int
     accumulation: int
@@ -387,10 +393,6 @@ def warmup_steps(spec: TrainSpec, total: int | None) -> int | None:
     if total is None:
         return None
     return math.ceil(total * spec.warmup_ratio)  # 0.03 * 512 -> 16
-
-
-def _expected_steps(spec, n_train: int) -> int | None:
-    return schedule(spec, n_train).total_steps
 
 
 # ---------------------------------------------------------------- checkpoints
