@@ -23,15 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cachedir import cache_dir
 from harness.config import ModelSpec, Quantization, Suite, TrainSpec
 from harness.errors import ModelSourceError
 from harness.hashes import file_sha256
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
 
 @dataclass(frozen=True)
