@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import (
-    adapters,
+    adapterload,
     arms,
     cache,
     config,
@@ -156,7 +156,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
     tok = modeling.load_tokenizer(suite.model, path)
     enc_eval, enc_val, enc_train = _encode(run, checked.loaded_splits, tok)
     run.eval_spec = _fit_generation(run, modeling.context_length(suite.model, path), enc_eval)
-    base = _Lazy(lambda: modeling.load_model(suite.model, path, device))
+    base = modeling.LazyModel(lambda: modeling.load_model(suite.model, path, device))
     run.stage = f"eval:{arms.BASELINE}"
     if arms.BASELINE not in run.done:  # run.done: arms a resumed run had measured already
         _zero_shot(run, arms.BASELINE, suite, base, tok, enc_eval, checked.loaded_splits,
@@ -194,24 +194,7 @@ def _fit_generation(run: _Run, context: int | None, items) -> config.EvalSpec:
     return spec.model_copy(update={"max_new_tokens": cap})
 
 
-class _Lazy:
-    """The base model, loaded only if a zero-shot arm is not in the cache or an existing
-    adapter is to be evaluated on it."""
-
-    def __init__(self, load):
-        self._load, self._model = load, None
-
-    def get(self):
-        if self._model is None:
-            self._model = self._load()
-        return self._model
-
-    def reset(self) -> None:
-        """Forget a model whose weights were written into: the next get() loads anew."""
-        self._model = None
-
-
-def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, splits,
+def _zero_shot(run: _Run, name: str, suite: Suite, base: modeling.LazyModel, tok: Any, enc, splits,
                device: str, checked: Preflight) -> None:
     with_sets = name == arms.BASELINE  # a template variant of [data] only: the sets are
     # the base model's own zero-shot rows already
@@ -307,38 +290,27 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
         _arm_failed(run.record["arms"][name], e, run.stage)
 
 
-def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eval,
-                   where: tuple[str, str]) -> None:
+def _existing_arms(run: _Run, checked: Preflight, base: modeling.LazyModel, tok: Any,
+                   enc_eval, where: tuple[str, str]) -> None:
     """Every existing adapter on the one zero-shot base: the first wraps it (peft), the others
-    are loaded beside it and switched to, so the base's weights load once for all of them.
-    An adapter saved with its own tokenizer is scored with it; one that resized the
-    embeddings (added tokens) gets its own resized copy of the base, so the shared base and
-    the baseline stay unchanged. An adapter whose file also held base weights that differ
+    are loaded beside it and switched to, so the base's weights load once for all of them
+    (harness/adapterload.py). An adapter whose file also held base weights that differ
     from the suite's model is scored with them (as peft loads it alone) and leaves a freshly
     loaded base to the arms after it: no arm's numbers depend on the arms before it."""
     path, device = where
-    shared = _SharedBase(base)
+    shared = adapterload.SharedBase(base, run.suite.model.label, lambda text: _warn(run, text))
     for ad in checked.existing:
         if ad.name in run.done:
             continue
         run.stage = f"eval:{ad.name}"
         try:
-            folder = modeling.adapter_folder(ad.source, ad.revision)
-            own_tok = modeling.adapter_tokenizer(folder)
-            arm_tok = own_tok or tok
+            model, own_tok, folder = adapterload.load(ad, shared, run.suite.model, path, device)
             items = (encoding.encode_all(checked.loaded_splits.eval, own_tok, run.suite.data)[0]
                      if own_tok is not None else enc_eval)
-            if own_tok is not None and len(own_tok) != modeling.vocab_rows(base.get()):
-                resized = modeling.load_model(run.suite.model, path, device)
-                resized.resize_token_embeddings(len(own_tok))
-                model = modeling.switch_adapter(resized, ad.source, ad.name, ad.revision,
-                                                ad.peft_type)
-            else:
-                model = shared.load(run, ad)
-            evaluated = _eval_arm(run, ad.name, model, arm_tok, items, checked.loaded_splits.eval,
-                                  device)
+            evaluated = _eval_arm(run, ad.name, model, own_tok or tok, items,
+                                  checked.loaded_splits.eval, device)
             _record_arm(run, ad.name, evaluated, adapter=ad.source, source=arms.EXISTING,
-                        origin=_origin(ad, model, folder))
+                        origin=adapterload.origin(ad, model, folder))
             _compare(run, ad.name)
             _done(run, ad.name)
         except Exception as e:  # noqa: BLE001 - one broken adapter must not stop the others
@@ -346,64 +318,6 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
                 "model": run.suite.model.label, "adapter": ad.source, "source": arms.EXISTING,
                 "metrics": {}})
             _arm_failed(arm, e, run.stage)
-
-
-class _SharedBase:
-    """The one base the existing adapters are loaded onto, kept what the suite's model is for
-    each of them. Two ways an arm can write into it: a file that carries base weights (peft
-    loads `lm_head.base_layer.weight` into the base), and unloading for another peft type
-    (a modules_to_save module comes back as the adapter's copy). Either way the next arm
-    gets a freshly loaded base."""
-
-    def __init__(self, base: _Lazy) -> None:
-        self.base, self.model = base, None
-        self.pristine: modeling.BaseWeights | None = None
-
-    def load(self, run: _Run, ad: adapters.ExistingAdapter) -> Any:
-        if self.pristine is None:
-            self.pristine = modeling.BaseWeights(self.base.get())
-        try:
-            model = modeling.switch_adapter(self._ready(ad.peft_type), ad.source, ad.name,
-                                            ad.revision, ad.peft_type)
-        except Exception:  # peft may have injected the failed adapter into the base's modules
-            self._forget()
-            raise
-        self.model = model
-        changed = self.pristine.changed(model)
-        if changed:  # the next arm must not see these weights
-            self._forget()
-            _warn(run, f"adapters.{ad.name}: its weights file also holds base-model weights "
-                       f"that differ from {run.suite.model.label} ({_first(changed)}); it is "
-                       "evaluated with them, as peft loads it alone, and the arms after it "
-                       "get a freshly loaded base")
-        return model
-
-    def _ready(self, peft_type: str) -> Any:
-        if self.model is None:
-            return self.base.get()
-        assert self.pristine is not None
-        model = modeling.unload_other_type(self.model, peft_type)
-        if model is not self.model and self.pristine.changed(model):
-            self._forget()
-            return self.base.get()
-        return model
-
-    def _forget(self) -> None:
-        self.model = None
-        self.base.reset()
-
-
-def _first(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
-
-
-def _origin(ad: adapters.ExistingAdapter, model: Any, folder: Path | None) -> dict[str, Any]:
-    """Where an existing arm came from, enough to find the very same weights again."""
-    return {"path": ad.source, "revision": ad.revision, "commit": ad.commit,
-            "peft_type": ad.peft_type, "r": ad.rank, "target_modules": ad.target_modules,
-            "base_model": ad.config.get("base_model_name_or_path"),
-            "params": modeling.adapter_params(model, ad.name),
-            "sha256": adapters.weights_sha256(folder) if folder else None}
 
 
 def _for_eval(model: Any, cell: Suite) -> tuple[Any, bool]:

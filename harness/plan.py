@@ -151,7 +151,7 @@ def _existing(suite: Suite, shape: ModelShape | None, missing: list[str]):
             missing.append(f"adapter type, rank and parameters: {e}")
             yield spec.name, spec.path, "unknown", None, None
             continue
-        params = adapters.stored_params(modeling.adapter_folder(a.source, a.revision))
+        params = adapters.stored_params(adapters.adapter_folder(a.source, a.revision))
         yield a.name, a.source, a.peft_type, a.rank, params
 
 
