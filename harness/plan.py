@@ -26,6 +26,7 @@ from harness import adapters, arms, data, modeling, sweep, train
 from harness.config import ModelSpec, Suite, TrainSpec
 from harness.errors import DatasetUnavailable, ModelUnavailable
 from harness.shapes import Layer, ModelShape, lora_targets, model_shape
+from harness.train import Schedule
 
 GIB = 1024**3
 CONTEXT_BYTES = GIB  # CUDA context + cuBLAS workspace + allocator slack: typically 0.5-1 GiB
@@ -84,7 +85,7 @@ class CellPlan:
     lora_params: int | None  # sum of r * (in + out) over the wrapped layers
     bias_params: int | None  # base biases made trainable by train.bias
     unmatched_targets: tuple[str, ...]
-    schedule: train.Schedule
+    schedule: Schedule
     memory: Memory | None
 
     @property
@@ -486,13 +487,13 @@ def _pct(c: CellPlan, plan: Plan) -> str:
     return f"{100 * c.trainable_share(plan.shape.total_params):.3g}%"
 
 
-def _per_epoch_why(sc: train.Schedule) -> str:
+def _per_epoch_why(sc: Schedule) -> str:
     if sc.steps_per_epoch is None:
         return " (number of train examples unknown)"
     return (f" = ceil(ceil({sc.n_train:,} / {sc.batch_size}) / {sc.accumulation})")
 
 
-def _total_why(t: TrainSpec, sc: train.Schedule) -> str:
+def _total_why(t: TrainSpec, sc: Schedule) -> str:
     if t.max_steps:
         return " (train.max_steps)"
     return f" = ceil({t.epochs:g} epochs x {_n(sc.steps_per_epoch)})"
