@@ -1,5 +1,5 @@
-"""Base models: resolve the source, convert packaged GGUF once, load, attach a LoRA to train
-(existing adapters are loaded in harness/adapterload.py).
+"""Base models: resolve the source, convert packaged GGUF once, identify, load (adapters, a
+LoRA to train or existing ones, go onto them in harness/adapterload.py).
 
 Sources (one per suite):
 - ``name_or_path``: a hub id or a local directory (``gguf_file`` optionally names a GGUF in it);
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cachedir import cache_dir
-from harness.config import ModelSpec, Quantization, Suite, TrainSpec
+from harness.config import ModelSpec, Suite
 from harness.errors import ModelSourceError
 from harness.hashes import file_sha256
 
@@ -368,71 +368,12 @@ def bnb_config(spec: ModelSpec):
     )
 
 
-def lora_config(train: TrainSpec):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=train.r,
-        lora_alpha=train.alpha,
-        lora_dropout=train.dropout,
-        target_modules=train.target_modules,
-        bias=train.bias,
-        task_type="CAUSAL_LM",
-    )
-
-
-def name_base(model, base: str) -> None:
-    """What the adapter's ``adapter_config.json`` will say it was trained on: the base as the
-    suite named it (``ModelSource.label``: a hub id, a local path, ``package:file``). peft
-    would write the folder the weights loaded from, which for a packaged GGUF is the converted
-    copy in this machine's model cache: meaningless anywhere else."""
-    for cfg in model.peft_config.values():
-        cfg.base_model_name_or_path = base
-
-
 def same_conversion(path: str, source: ModelSource) -> bool:
     """Whether ``path`` is a converted copy of ``source`` in some machine's model cache
     (``<cache>/models/<key>``): what adapters saved by older harness versions name."""
     p = Path(path)
     return source.cache_key is not None and p.name == source.cache_key and \
         p.parent.name == "models"
-
-
-def attach_lora(model, train: TrainSpec, quant: Quantization | None = None):
-    """Wrap for training; a model loaded with ``quant`` (QLoRA) is frozen first (fp16 compute:
-    peft's k-bit preparation)."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import set_seed
-
-    # LoRA's A matrices are drawn from torch's global generator when the adapter is attached,
-    # before the Trainer seeds anything: unseeded, the adapter depended on what ran earlier in
-    # the process (a cached baseline or a computed one gave losses 0.0374 vs 0.0402).
-    set_seed(train.seed)
-    if quant and quant.compute_dtype == "float16":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=train.gradient_checkpointing
-        )
-    else:
-        if quant:
-            _freeze_without_upcast(model)
-        if train.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
-    try:
-        return get_peft_model(model, lora_config(train))
-    except ValueError as e:
-        raise ModelSourceError(f"train.target_modules: {e}") from e
-
-
-def _freeze_without_upcast(model) -> None:
-    """peft's k-bit preparation casts every frozen non-4-bit weight (norms, embeddings, LM head)
-    to fp32. With fp16 compute that keeps activations inside fp16's range; with bf16 or fp32
-    compute it buys nothing (the values stay what they were) and makes every norm output fp32:
-    on a TinyLlama-shaped model at 8 x 512 tokens that took QLoRA's peak from below LoRA's to
-    15.1 GiB against LoRA's 13.2 GiB. So those weights stay in the load dtype; they are frozen
-    all the same."""
-    for param in model.parameters():
-        param.requires_grad = False
 
 
 def count_params(model) -> tuple[int, int]:

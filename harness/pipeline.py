@@ -266,12 +266,12 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
         # this arm's eval resumes from the last one (0 steps left) instead of retraining.
         with run.dir.scratch(name) as checkpoints:
             run.stage = f"train:{name}"
-            model = modeling.attach_lora(modeling.load_model(cell.model, path, device),
+            model = adapterload.attach_lora(modeling.load_model(cell.model, path, device),
                                          cell.train, cell.model.quantization)
             trainable, total = modeling.count_params(model)
             result = _fit(run, name, cell.train, model, tok, (enc_train, enc_val), device,
                           checkpoints)
-            modeling.name_base(result.model, run.base_name)
+            adapterload.name_base(result.model, run.base_name)
             adapter, size = run.dir.save_adapter(name, result.model)
             run.record["training"][name] = {**result.summary, "trainable_params": trainable,
                                             "total_params": total, "adapter_bytes": size,
