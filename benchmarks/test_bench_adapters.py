@@ -49,7 +49,7 @@ def test_adapters_on_one_base_vs_lm_eval_per_adapter(benchmark: Any, smollm2_dir
     pytest.importorskip("lm_eval", reason="pip install -e '.[bench]' (lm-eval>=0.4.8)")
     from lm_eval.models.huggingface import HFLM
 
-    from harness import modeling, scoring
+    from harness import adapterload, modeling, scoring
 
     paths = _make_adapters(smollm2_dir, tmp_path)
     batch, pad = sizes["batch"], tokenizer.pad_token_id
@@ -62,7 +62,7 @@ def test_adapters_on_one_base_vs_lm_eval_per_adapter(benchmark: Any, smollm2_dir
         start = time.perf_counter()
         model = modeling.load_model(suite.model, smollm2_dir, "cpu")
         for p in paths:
-            model = modeling.switch_adapter(model, str(p), p.name, None, "LORA")
+            model = adapterload.switch_adapter(model, str(p), p.name, None, "LORA")
             losses, _ = scoring.teacher_forced(model, eval_items, batch, pad)
             ours_nll[p.name] = [x.nll_sum for x in losses]
         timer.add("harness", time.perf_counter() - start)

@@ -130,7 +130,7 @@ def synthetic_items(n: int) -> list[Any]:
 
 def train_once(model_dir: Path, quantized: bool, checkpointing: bool,
                work: Path) -> dict[str, Any]:
-    from harness import modeling, train
+    from harness import adapterload, modeling, train
 
     suite = gpu_suite(model_dir, quantized, checkpointing)
     tok = modeling.load_tokenizer(suite.model, str(model_dir))
@@ -140,7 +140,7 @@ def train_once(model_dir: Path, quantized: bool, checkpointing: bool,
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    model = modeling.attach_lora(modeling.load_model(suite.model, str(model_dir), "cuda"),
+    model = adapterload.attach_lora(modeling.load_model(suite.model, str(model_dir), "cuda"),
                                  suite.train, suite.model.quantization)
     lora_params, _ = modeling.count_params(model)
     torch.cuda.synchronize()

@@ -35,10 +35,10 @@ pytestmark = pytest.mark.benchmark(group="train", warmup=False)
 def fresh_lora_model(suite: Any, path: str) -> Any:
     import torch
 
-    from harness import modeling
+    from harness import adapterload, modeling
 
     torch.manual_seed(suite.train.seed)  # same LoRA initialisation for every contender
-    model = modeling.attach_lora(modeling.load_model(suite.model, path, "cpu"), suite.train,
+    model = adapterload.attach_lora(modeling.load_model(suite.model, path, "cpu"), suite.train,
                                  suite.model.quantization)
     model.train()
     return model

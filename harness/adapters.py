@@ -372,8 +372,13 @@ _SHOWN = 3
 
 
 def first_keys(keys: list[str], adapter: str = _META_ADAPTER) -> str:
-    more = f", ... {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
-    return "first: " + ", ".join(_strip(k, adapter) for k in keys[:_SHOWN]) + more
+    return "first: " + shown_names([_strip(k, adapter) for k in keys])
+
+
+def shown_names(names: list[str]) -> str:
+    """The first few names and how many more: "a, b, c, ... 5 more"."""
+    more = f", ... {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return ", ".join(names[:_SHOWN]) + more
 
 
 def _strip(key: str, adapter: str = _META_ADAPTER) -> str:
@@ -449,8 +454,6 @@ def _wrapped(shape: ModelShape, folder: Path, config: Any, what: str) -> Any:
 def _meta_copy(shape: ModelShape, folder: Path) -> Any:
     import copy
 
-    from harness.modeling import adapter_tokenizer
-
     model = copy.deepcopy(shape.meta)
     tok = adapter_tokenizer(folder)
     if tok is not None and len(tok) != model.get_input_embeddings().weight.shape[0]:
@@ -465,3 +468,27 @@ def weights_sha256(folder: Path) -> str | None:
         if f.is_file():
             return hashes.sha256_of(f)
     return None
+
+
+def adapter_tokenizer(folder: Path | None):
+    """The tokenizer saved with an adapter (added tokens, a chat template), or None."""
+    if folder is None or not any((folder / f).is_file()
+                                 for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    from harness.modeling import with_pad_token
+
+    return with_pad_token(AutoTokenizer.from_pretrained(str(folder)))
+
+
+def adapter_folder(source: str, revision: str | None) -> Path | None:
+    """The local folder holding the adapter's files (a hub adapter: its cached snapshot)."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: no hash rather than a failed arm
+        return None

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import results
+from harness.cachedir import cache_dir
 from harness.config import Suite
 from harness.env import versions
-from harness.modeling import ModelSource, cache_dir
+from harness.modeling import ModelSource
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ def git_state(where: Path) -> dict[str, Any]:
 def describe(device: str, where: Path) -> dict[str, Any]:
     import torch
 
-    from harness.scoring import MEMORY_KINDS
+    from harness.memory import MEMORY_KINDS
 
     memory_kind, memory_description = MEMORY_KINDS["cuda" if device == "cuda" else "cpu"]
 

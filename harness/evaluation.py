@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness import distributed, scoring, textmetrics
+from harness import distributed, memory, scoring, textmetrics
 from harness import metrics as M
 from harness.config import EvalSpec
 from harness.data import Example
@@ -52,12 +52,12 @@ def evaluate(model: Any, tok: Any, targets: Sequence[Target], spec: EvalSpec, *,
     model.eval()
     rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
-    with scoring.PeakMemory(device, model) as memory:
+    with memory.PeakMemory(device, model) as peak:
         for t in targets:
             t_rows, t_metrics = _score(model, tok, t, spec, arm, task)
             rows += t_rows
             metrics.update(t_metrics)
-    metrics["peak_memory_bytes"] = max(distributed.all_values(memory.bytes))  # busiest rank
+    metrics["peak_memory_bytes"] = max(distributed.all_values(peak.bytes))  # busiest rank
     return ArmEval(tuple(rows), metrics)
 
 

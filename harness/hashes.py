@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import results
+from harness.cachedir import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ def sha256_of(path: Path) -> str:
 
 
 def _store_path() -> Path:
-    from harness.modeling import cache_dir  # modeling keys models by these hashes
-
     return cache_dir() / STORE_FILE
 
 

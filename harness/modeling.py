@@ -1,4 +1,5 @@
-"""Base models and adapters: resolve the source, convert packaged GGUF once, load, attach LoRA.
+"""Base models: resolve the source, convert packaged GGUF once, identify, load (adapters, a
+LoRA to train or existing ones, go onto them in harness/adapterload.py).
 
 Sources (one per suite):
 - ``name_or_path``: a hub id or a local directory (``gguf_file`` optionally names a GGUF in it);
@@ -23,15 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import ModelSpec, Quantization, Suite, TrainSpec
+from harness.cachedir import cache_dir
+from harness.config import ModelSpec, Suite
 from harness.errors import ModelSourceError
 from harness.hashes import file_sha256
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
 
 @dataclass(frozen=True)
@@ -301,10 +299,10 @@ def load_tokenizer(spec: ModelSpec, path: str):
     tok = AutoTokenizer.from_pretrained(spec.tokenizer or path,
                                         trust_remote_code=spec.trust_remote_code,
                                         revision=spec.revision)
-    return _with_pad(tok)
+    return with_pad_token(tok)
 
 
-def _with_pad(tok):
+def with_pad_token(tok):
     if tok.pad_token is None:  # llama-style tokenizers ship none; padding is masked anyway
         tok.pad_token = tok.eos_token
     return tok
@@ -331,6 +329,23 @@ def load_model(spec: ModelSpec, path: str, device: str):
     return model
 
 
+class LazyModel:
+    """The base model, loaded only if a zero-shot arm is not in the cache or an existing
+    adapter is to be evaluated on it."""
+
+    def __init__(self, load):
+        self._load, self._model = load, None
+
+    def get(self):
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    def reset(self) -> None:
+        """Forget a model whose weights were written into: the next get() loads anew."""
+        self._model = None
+
+
 def _device_index(device: str) -> Any:
     if device == "cpu":
         return "cpu"
@@ -353,221 +368,12 @@ def bnb_config(spec: ModelSpec):
     )
 
 
-def lora_config(train: TrainSpec):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=train.r,
-        lora_alpha=train.alpha,
-        lora_dropout=train.dropout,
-        target_modules=train.target_modules,
-        bias=train.bias,
-        task_type="CAUSAL_LM",
-    )
-
-
-def name_base(model, base: str) -> None:
-    """What the adapter's ``adapter_config.json`` will say it was trained on: the base as the
-    suite named it (``ModelSource.label``: a hub id, a local path, ``package:file``). peft
-    would write the folder the weights loaded from, which for a packaged GGUF is the converted
-    copy in this machine's model cache: meaningless anywhere else."""
-    for cfg in model.peft_config.values():
-        cfg.base_model_name_or_path = base
-
-
 def same_conversion(path: str, source: ModelSource) -> bool:
     """Whether ``path`` is a converted copy of ``source`` in some machine's model cache
     (``<cache>/models/<key>``): what adapters saved by older harness versions name."""
     p = Path(path)
     return source.cache_key is not None and p.name == source.cache_key and \
         p.parent.name == "models"
-
-
-def attach_lora(model, train: TrainSpec, quant: Quantization | None = None):
-    """Wrap for training; a model loaded with ``quant`` (QLoRA) is frozen first (fp16 compute:
-    peft's k-bit preparation)."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import set_seed
-
-    # LoRA's A matrices are drawn from torch's global generator when the adapter is attached,
-    # before the Trainer seeds anything: unseeded, the adapter depended on what ran earlier in
-    # the process (a cached baseline or a computed one gave losses 0.0374 vs 0.0402).
-    set_seed(train.seed)
-    if quant and quant.compute_dtype == "float16":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=train.gradient_checkpointing
-        )
-    else:
-        if quant:
-            _freeze_without_upcast(model)
-        if train.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
-    try:
-        return get_peft_model(model, lora_config(train))
-    except ValueError as e:
-        raise ModelSourceError(f"train.target_modules: {e}") from e
-
-
-def _freeze_without_upcast(model) -> None:
-    """peft's k-bit preparation casts every frozen non-4-bit weight (norms, embeddings, LM head)
-    to fp32. With fp16 compute that keeps activations inside fp16's range; with bf16 or fp32
-    compute it buys nothing (the values stay what they were) and makes every norm output fp32:
-    on a TinyLlama-shaped model at 8 x 512 tokens that took QLoRA's peak from below LoRA's to
-    15.1 GiB against LoRA's 13.2 GiB. So those weights stay in the load dtype; they are frozen
-    all the same."""
-    for param in model.parameters():
-        param.requires_grad = False
-
-
-def switch_adapter(model, source: str, name: str, revision: str | None, peft_type: str):
-    """``model`` (the base, or a PeftModel around it) with adapter ``name`` active. Adapters
-    of one peft type load beside each other; peft cannot hold two types at once (LoRA and
-    IA3), so a new type first unloads the others, which gives back the untouched base
-    modules. Either way the base's weights are never reloaded. A file whose tensors did not
-    all land in the adapter, or that holds tensors the model has no place for, raises
-    AdapterError: its arm would otherwise be scored with freshly initialised weights."""
-    from peft import PeftModel
-
-    kw = {"revision": revision} if revision else {}
-    model = unload_other_type(model, peft_type)
-    if not isinstance(model, PeftModel):
-        model = _wrap(model, source, name, kw)
-    _check_loaded(model.load_adapter(source, adapter_name=name, **kw), name,
-                  model.peft_config[name].is_prompt_learning)
-    model.set_adapter(name)
-    model.eval()
-    return model
-
-
-def unload_other_type(model, peft_type: str):
-    """``model`` ready for an adapter of ``peft_type``: a PeftModel of another type unloaded.
-    Unloading hands back the base modules, except that a modules_to_save module comes back
-    as the active adapter's copy (peft keeps it), so callers that need the untouched base
-    check it (BaseWeights)."""
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        current = str(model.peft_config[model.active_adapter].peft_type.value)
-        if current != peft_type:
-            return model.unload()
-    return model
-
-
-def _wrap(model, source: str, name: str, kw: dict[str, Any]):
-    """What PeftModel.from_pretrained builds before it loads the weights (whose load result
-    it only warns about; load_adapter returns it)."""
-    from peft import PeftConfig, PeftModel
-    from peft.auto import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
-
-    cfg = PeftConfig.from_pretrained(source, **kw)
-    cfg.inference_mode = True
-    cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(cfg.task_type, PeftModel)
-    return cls(model, cfg, name)
-
-
-def _check_loaded(result, name: str, prompt_learning: bool) -> None:
-    """peft's load result: adapter tensors the file lacked (load_adapter keeps only those in
-    missing_keys) and file tensors that landed nowhere (a prompt-learning adapter's
-    `prompt_embeddings` load outside the model's state dict, so are not among them)."""
-    from harness.adapters import AdapterError, first_keys, wrapper_copy
-
-    extra = [] if prompt_learning else [k for k in result.unexpected_keys
-                                        if not wrapper_copy(k)]
-    for what, keys in (("lacks", result.missing_keys), ("holds", extra)):
-        if keys:
-            which = ("of the adapter's tensors" if what == "lacks"
-                     else "tensors the model has no place for")
-            raise AdapterError(f"adapters.{name}: its weights file {what} {len(keys)} {which} "
-                               f"({first_keys(keys, name)})")
-
-
-class BaseWeights:
-    """What the shared base's parameters hold, to tell whether loading an adapter wrote into
-    them: an adapter file may carry base weights (``lm_head.base_layer.weight``, which peft
-    saves with a LoRA on an embedding or the head), and peft loads them into the base that
-    every later arm shares. Names are the bare base's (the model under peft's wrapper,
-    ``.base_layer``, ``.original_module`` taken out), so adapter tensors are never compared.
-
-    Every in-place write bumps a tensor's version counter, and a replaced tensor is another
-    object, so only parameters marked touched are hashed again (hashing all of SmolLM2-135M
-    takes ~0.5 s on 2 CPU cores; a check that touched nothing, microseconds)."""
-
-    def __init__(self, model) -> None:
-        params = dict(_bare_params(model))
-        self.digests = {n: _param_digest(p) for n, p in params.items()}
-        self.marks = {n: _mark(p) for n, p in params.items()}
-
-    def changed(self, model) -> list[str]:
-        """Base parameters whose content is no longer what it was (a missing one counts)."""
-        params = dict(_bare_params(model))
-        out = []
-        for n, digest in self.digests.items():
-            p = params.get(n)
-            if p is not None and _mark(p) == self.marks[n]:
-                continue
-            if p is None or _param_digest(p) != digest:
-                out.append(n)
-            else:  # written back with the same values (or a fresh load): same content
-                self.marks[n] = _mark(p)
-        return out
-
-
-def _bare_params(model):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's
-    for name, p in inner.named_parameters():
-        for wrapper in (".base_layer.", ".original_module."):
-            while wrapper in name:
-                name = name.replace(wrapper, ".")
-        yield name, p
-
-
-def _mark(p) -> tuple[int, int, int]:
-    return id(p), p.data_ptr(), p._version
-
-
-def _param_digest(p) -> str:
-    """CPU: sha1 of the bytes (exact). An accelerator: float32 sum and norm on the device
-    (copying 14 GB of a 7B model to the host to hash it would cost more than the eval)."""
-    import torch
-
-    t = p.detach()
-    if t.device.type == "cpu":
-        return hashlib.sha1(t.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
-    x = t if t.is_floating_point() else t.float()  # 4-bit weights: packed uint8
-    return f"{float(x.sum(dtype=torch.float32))}:{float(torch.linalg.vector_norm(x.float()))}"
-
-
-def adapter_tokenizer(folder: Path | None):
-    """The tokenizer saved with an adapter (added tokens, a chat template), or None."""
-    if folder is None or not any((folder / f).is_file()
-                                 for f in ("tokenizer.json", "tokenizer_config.json")):
-        return None
-    from transformers import AutoTokenizer
-
-    return _with_pad(AutoTokenizer.from_pretrained(str(folder)))
-
-
-def vocab_rows(model) -> int:
-    return int(model.get_input_embeddings().weight.shape[0])
-
-
-def adapter_params(model, name: str) -> int:
-    """Parameters of adapter ``name`` inside a PeftModel (its layers' names carry the name)."""
-    return sum(p.numel() for n, p in model.named_parameters() if f".{name}." in n
-               or n.endswith(f".{name}"))
-
-
-def adapter_folder(source: str, revision: str | None) -> Path | None:
-    """The local folder holding the adapter's files (a hub adapter: its cached snapshot)."""
-    if Path(source).is_dir():
-        return Path(source)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(source, revision=revision, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached: no hash rather than a failed arm
-        return None
 
 
 def count_params(model) -> tuple[int, int]:

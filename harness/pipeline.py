@@ -13,7 +13,6 @@ on with `harness resume`, skipping the arms in ``run.done``.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 import traceback
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import (
-    adapters,
+    adapterload,
     arms,
     cache,
     config,
@@ -32,15 +31,14 @@ from harness import (
     evaluation,
     logs,
     measured,
+    memory,
     modeling,
     pairing,
+    preflight,
     report,
     results,
     resume,
-    scoring,
-    shapes,
     stats,
-    sweep,
     templating,
     train,
 )
@@ -48,122 +46,16 @@ from harness import env as environment
 from harness import metrics as M
 from harness.config import Suite
 from harness.errors import (
-    DatasetUnavailable,
     InputError,
-    ModelUnavailable,
     RunFailed,
     RunInterrupted,
 )
 from harness.evaluation import ArmEval
+from harness.preflight import Preflight
 from harness.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
     from harness.shard import Shard
-
-
-@dataclass(frozen=True)
-class Preflight:
-    source: modeling.ModelSource
-    splits: data.DataSplits | None  # None: a hub dataset that could not be reached (validate)
-    arms: list[tuple[str, Suite]]
-    variants: list[tuple[str, Suite, data.DataSplits]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # suspicious but runnable
-    unchecked: list[str] = field(default_factory=list)  # what needs a network it has not got
-    existing: list[adapters.ExistingAdapter] = field(default_factory=list)
-    sets: list[data.EvalSet] = field(default_factory=list)  # [eval.sets.*]
-
-    @property
-    def loaded_splits(self) -> data.DataSplits:
-        """The splits a run uses (only validate, with offline_ok, goes on without them)."""
-        assert self.splits is not None, "preflight without offline_ok loads the data"
-        return self.splits
-
-    def __str__(self) -> str:
-        s = self.splits
-        items = (f"{len(s.train)} train / {len(s.validation)} validation / {len(s.eval)} eval "
-                 "items" if s else "data not checked")
-        extra = f", {len(self.existing)} existing adapter(s)" if self.existing else ""
-        return f"model {self.source.label}; {items}; {len(self.arms)} adapter arm(s){extra}"
-
-
-def preflight(suite: Suite, offline_ok: bool = False) -> Preflight:
-    """Everything that can be checked without loading weights; raises InputError subclasses.
-    ``offline_ok`` (validate): a hub dataset or model config that cannot be reached is listed
-    in ``unchecked`` instead of failing, and everything else is still checked."""
-    source = modeling.resolve_source(suite)
-    unchecked: list[str] = []
-    splits = _unless_unreachable(lambda: data.load_splits(suite), offline_ok, unchecked)
-    cells = sweep.expand(suite)
-    _check_arm_names(suite, cells)
-    shape = None
-    if cells or suite.adapters:
-        shape = _unless_unreachable(lambda: shapes.model_shape(suite.model, source), offline_ok,
-                                    unchecked)
-    if shape is not None:
-        _check_targets(shape, cells)
-    existing = [a for a in (_unless_unreachable(lambda s=spec: adapters.inspect(suite, s, shape),
-                                                offline_ok, unchecked)
-                            for spec in suite.adapters) if a is not None]
-    variants = _variants(suite, splits) if splits else []
-    sets = _unless_unreachable(lambda: data.load_eval_sets(suite), offline_ok, unchecked) or []
-    warnings = _suite_warnings(suite) + [w for a in existing for w in a.warnings]
-    return Preflight(source, splits, cells, variants, warnings, unchecked, existing, sets)
-
-
-def _sharded(checked: Preflight, shard: Shard | None) -> Preflight:
-    """Shard I/N of a sweep trains the adapter arms I, I+N, I+2N, ... of ``sweep.expand`` and
-    evaluates the existing adapters in shard 0 only; every shard evaluates the zero-shot arms
-    (the cache makes that free where shards share it), so each one is a complete run."""
-    if shard is None:
-        return checked
-    return dataclasses.replace(
-        checked, arms=[arm for i, arm in enumerate(checked.arms) if shard.takes(i)],
-        existing=checked.existing if shard.index == 0 else [])
-
-
-def _check_arm_names(suite: Suite, cells: list[tuple[str, Suite]]) -> None:
-    clash = sorted({a.name for a in suite.adapters} & {name for name, _ in cells})
-    if clash:
-        raise InputError(f"adapters: {clash} also name trained arms; give the existing "
-                         "adapters other names")
-
-
-def _unless_unreachable(check, offline_ok: bool, unchecked: list[str]):
-    try:
-        return check()
-    except (DatasetUnavailable, ModelUnavailable, adapters.AdapterUnavailable) as e:
-        if not offline_ok:
-            raise
-        unchecked.append(str(e))
-        return None
-
-
-def _check_targets(shape: shapes.ModelShape, cells: list[tuple[str, Suite]]) -> None:
-    """LoRA target modules against the model's real layer names (meta device, no weights),
-    so a typo fails before the baseline is evaluated, not after."""
-    for _, cell in cells:
-        assert cell.train is not None
-        shapes.lora_targets(shape, cell.train.target_modules)
-
-
-def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, data.DataSplits]]:
-    """The suite once per extra baseline template, on the same eval items."""
-    out = []
-    for name, template in suite.eval.baseline_templates.items():
-        variant = config.with_overrides(suite, {"data.prompt_template": template})
-        vsplits = data.load_splits(variant)
-        assert [e.id for e in vsplits.eval] == [e.id for e in splits.eval]  # same seed, same rows
-        out.append((arms.variant(name), variant, vsplits))
-    return out
-
-
-def _suite_warnings(suite: Suite) -> list[str]:
-    t, d = suite.train, suite.data
-    out = []
-    if t and t.eval_strategy != "no" and d.validation_size == 0:
-        out.append(f"train.eval_strategy = {t.eval_strategy!r} but data.validation_size = 0: "
-                   "training will log no eval loss (set data.validation_size to hold some out)")
-    return out
 
 
 @dataclass
@@ -193,7 +85,7 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
     (resume.load): a killed run to continue in its own folder, its measured arms kept."""
     try:
         results.check_writable(Path(out_dir) / suite.name)  # before anything is computed
-        checked = _sharded(preflight(suite), shard)
+        checked = preflight.sharded(preflight.check(suite), shard)
         run = _start(suite, out_dir, checked, progress or NullProgress(), source, resumed)
     except BaseException:
         if resumed is not None:  # refused before it started: another try may take it
@@ -253,7 +145,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
     path = modeling.ensure_converted(src)
     device = modeling.pick_device(suite.model)
     if device == "cpu":  # every eval phase allocates alike, after a training or not
-        scoring.steady_allocator()
+        memory.steady_allocator()
     run.record["env"] = environment.describe(device, suite.base_dir)
     identity = modeling.model_identity(suite.model, src, suite.base_dir)
     run.record[resume.MODEL_KEY] = identity.as_record()  # `harness resume` compares it
@@ -264,7 +156,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
     tok = modeling.load_tokenizer(suite.model, path)
     enc_eval, enc_val, enc_train = _encode(run, checked.loaded_splits, tok)
     run.eval_spec = _fit_generation(run, modeling.context_length(suite.model, path), enc_eval)
-    base = _Lazy(lambda: modeling.load_model(suite.model, path, device))
+    base = modeling.LazyModel(lambda: modeling.load_model(suite.model, path, device))
     run.stage = f"eval:{arms.BASELINE}"
     if arms.BASELINE not in run.done:  # run.done: arms a resumed run had measured already
         _zero_shot(run, arms.BASELINE, suite, base, tok, enc_eval, checked.loaded_splits,
@@ -302,24 +194,7 @@ def _fit_generation(run: _Run, context: int | None, items) -> config.EvalSpec:
     return spec.model_copy(update={"max_new_tokens": cap})
 
 
-class _Lazy:
-    """The base model, loaded only if a zero-shot arm is not in the cache or an existing
-    adapter is to be evaluated on it."""
-
-    def __init__(self, load):
-        self._load, self._model = load, None
-
-    def get(self):
-        if self._model is None:
-            self._model = self._load()
-        return self._model
-
-    def reset(self) -> None:
-        """Forget a model whose weights were written into: the next get() loads anew."""
-        self._model = None
-
-
-def _zero_shot(run: _Run, name: str, suite: Suite, base: _Lazy, tok: Any, enc, splits,
+def _zero_shot(run: _Run, name: str, suite: Suite, base: modeling.LazyModel, tok: Any, enc, splits,
                device: str, checked: Preflight) -> None:
     with_sets = name == arms.BASELINE  # a template variant of [data] only: the sets are
     # the base model's own zero-shot rows already
@@ -391,12 +266,12 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
         # this arm's eval resumes from the last one (0 steps left) instead of retraining.
         with run.dir.scratch(name) as checkpoints:
             run.stage = f"train:{name}"
-            model = modeling.attach_lora(modeling.load_model(cell.model, path, device),
+            model = adapterload.attach_lora(modeling.load_model(cell.model, path, device),
                                          cell.train, cell.model.quantization)
             trainable, total = modeling.count_params(model)
             result = _fit(run, name, cell.train, model, tok, (enc_train, enc_val), device,
                           checkpoints)
-            modeling.name_base(result.model, run.base_name)
+            adapterload.name_base(result.model, run.base_name)
             adapter, size = run.dir.save_adapter(name, result.model)
             run.record["training"][name] = {**result.summary, "trainable_params": trainable,
                                             "total_params": total, "adapter_bytes": size,
@@ -415,38 +290,27 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
         _arm_failed(run.record["arms"][name], e, run.stage)
 
 
-def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eval,
-                   where: tuple[str, str]) -> None:
+def _existing_arms(run: _Run, checked: Preflight, base: modeling.LazyModel, tok: Any,
+                   enc_eval, where: tuple[str, str]) -> None:
     """Every existing adapter on the one zero-shot base: the first wraps it (peft), the others
-    are loaded beside it and switched to, so the base's weights load once for all of them.
-    An adapter saved with its own tokenizer is scored with it; one that resized the
-    embeddings (added tokens) gets its own resized copy of the base, so the shared base and
-    the baseline stay unchanged. An adapter whose file also held base weights that differ
+    are loaded beside it and switched to, so the base's weights load once for all of them
+    (harness/adapterload.py). An adapter whose file also held base weights that differ
     from the suite's model is scored with them (as peft loads it alone) and leaves a freshly
     loaded base to the arms after it: no arm's numbers depend on the arms before it."""
     path, device = where
-    shared = _SharedBase(base)
+    shared = adapterload.SharedBase(base, run.suite.model.label, lambda text: _warn(run, text))
     for ad in checked.existing:
         if ad.name in run.done:
             continue
         run.stage = f"eval:{ad.name}"
         try:
-            folder = modeling.adapter_folder(ad.source, ad.revision)
-            own_tok = modeling.adapter_tokenizer(folder)
-            arm_tok = own_tok or tok
+            model, own_tok, folder = adapterload.load(ad, shared, run.suite.model, path, device)
             items = (encoding.encode_all(checked.loaded_splits.eval, own_tok, run.suite.data)[0]
                      if own_tok is not None else enc_eval)
-            if own_tok is not None and len(own_tok) != modeling.vocab_rows(base.get()):
-                resized = modeling.load_model(run.suite.model, path, device)
-                resized.resize_token_embeddings(len(own_tok))
-                model = modeling.switch_adapter(resized, ad.source, ad.name, ad.revision,
-                                                ad.peft_type)
-            else:
-                model = shared.load(run, ad)
-            evaluated = _eval_arm(run, ad.name, model, arm_tok, items, checked.loaded_splits.eval,
-                                  device)
+            evaluated = _eval_arm(run, ad.name, model, own_tok or tok, items,
+                                  checked.loaded_splits.eval, device)
             _record_arm(run, ad.name, evaluated, adapter=ad.source, source=arms.EXISTING,
-                        origin=_origin(ad, model, folder))
+                        origin=adapterload.origin(ad, model, folder))
             _compare(run, ad.name)
             _done(run, ad.name)
         except Exception as e:  # noqa: BLE001 - one broken adapter must not stop the others
@@ -454,64 +318,6 @@ def _existing_arms(run: _Run, checked: Preflight, base: _Lazy, tok: Any, enc_eva
                 "model": run.suite.model.label, "adapter": ad.source, "source": arms.EXISTING,
                 "metrics": {}})
             _arm_failed(arm, e, run.stage)
-
-
-class _SharedBase:
-    """The one base the existing adapters are loaded onto, kept what the suite's model is for
-    each of them. Two ways an arm can write into it: a file that carries base weights (peft
-    loads `lm_head.base_layer.weight` into the base), and unloading for another peft type
-    (a modules_to_save module comes back as the adapter's copy). Either way the next arm
-    gets a freshly loaded base."""
-
-    def __init__(self, base: _Lazy) -> None:
-        self.base, self.model = base, None
-        self.pristine: modeling.BaseWeights | None = None
-
-    def load(self, run: _Run, ad: adapters.ExistingAdapter) -> Any:
-        if self.pristine is None:
-            self.pristine = modeling.BaseWeights(self.base.get())
-        try:
-            model = modeling.switch_adapter(self._ready(ad.peft_type), ad.source, ad.name,
-                                            ad.revision, ad.peft_type)
-        except Exception:  # peft may have injected the failed adapter into the base's modules
-            self._forget()
-            raise
-        self.model = model
-        changed = self.pristine.changed(model)
-        if changed:  # the next arm must not see these weights
-            self._forget()
-            _warn(run, f"adapters.{ad.name}: its weights file also holds base-model weights "
-                       f"that differ from {run.suite.model.label} ({_first(changed)}); it is "
-                       "evaluated with them, as peft loads it alone, and the arms after it "
-                       "get a freshly loaded base")
-        return model
-
-    def _ready(self, peft_type: str) -> Any:
-        if self.model is None:
-            return self.base.get()
-        assert self.pristine is not None
-        model = modeling.unload_other_type(self.model, peft_type)
-        if model is not self.model and self.pristine.changed(model):
-            self._forget()
-            return self.base.get()
-        return model
-
-    def _forget(self) -> None:
-        self.model = None
-        self.base.reset()
-
-
-def _first(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
-
-
-def _origin(ad: adapters.ExistingAdapter, model: Any, folder: Path | None) -> dict[str, Any]:
-    """Where an existing arm came from, enough to find the very same weights again."""
-    return {"path": ad.source, "revision": ad.revision, "commit": ad.commit,
-            "peft_type": ad.peft_type, "r": ad.rank, "target_modules": ad.target_modules,
-            "base_model": ad.config.get("base_model_name_or_path"),
-            "params": modeling.adapter_params(model, ad.name),
-            "sha256": adapters.weights_sha256(folder) if folder else None}
 
 
 def _for_eval(model: Any, cell: Suite) -> tuple[Any, bool]:
@@ -538,10 +344,10 @@ def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc
     is saved from the returned model), and TensorBoard's events in the run. A checkpoint
     already there was left by a killed run of this arm: training continues from it."""
     enc_train, enc_val = enc
-    steps = _expected_steps(spec, len(enc_train))
+    steps = train.schedule(spec, len(enc_train)).total_steps
     run.progress.stage(f"training {name}: {len(enc_train)} examples, {steps} optimizer steps")
     advance = run.progress.task(f"train {name}", steps)
-    cut = resume.newest_checkpoint(checkpoints)
+    cut = train.newest_checkpoint(checkpoints)
     if cut is not None:
         run.progress.stage(f"{name}: continuing from the checkpoint at step {cut.step}")
         advance(cut.step)
@@ -552,12 +358,12 @@ def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc
             tensorboard_dir=run.dir.path / results.TENSORBOARD_DIR / name,
             log_row=lambda row: _log_step(run, row, advance),
             on_step=lambda: advance(1),
-            checkpoint_steps=resume.checkpoint_steps(spec, steps),
+            checkpoint_steps=train.checkpoint_steps(spec, steps),
             resume_from=cut.path if cut is not None else None,
         )
 
-    # on a CPU, training's heap must not become the next eval's (scoring.in_training_arena)
-    return scoring.in_training_arena(fit) if device == "cpu" else fit()
+    # on a CPU, training's heap must not become the next eval's (memory.in_training_arena)
+    return memory.in_training_arena(fit) if device == "cpu" else fit()
 
 
 def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]) -> None:
@@ -580,12 +386,6 @@ def _log_step(run: _Run, row: dict[str, Any], advance) -> None:
              if isinstance(row.get(k), (int, float))]
     if shown:
         advance(0, info=", ".join(shown))
-
-
-def _expected_steps(spec, n_train: int) -> int | None:
-    from harness import plan
-
-    return plan.schedule(spec, n_train).total_steps
 
 
 def _record_arm(run: _Run, name: str, result: ArmEval, **entry: Any) -> dict[str, Any]:

@@ -18,15 +18,15 @@ printed as not planned, with the reason.
 
 from __future__ import annotations
 
-import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness import adapters, arms, data, modeling, sweep
+from harness import adapters, arms, data, modeling, sweep, train
 from harness.config import ModelSpec, Suite, TrainSpec
 from harness.errors import DatasetUnavailable, ModelUnavailable
 from harness.shapes import Layer, ModelShape, lora_targets, model_shape
+from harness.train import Schedule
 
 GIB = 1024**3
 CONTEXT_BYTES = GIB  # CUDA context + cuBLAS workspace + allocator slack: typically 0.5-1 GiB
@@ -57,21 +57,6 @@ class DataCounts:
     eval: int | None
     known: bool  # False: the dataset could not be loaded; sizes are the suite's
     note: str = ""
-
-
-@dataclass(frozen=True)
-class Schedule:
-    n_train: int | None
-    batch_size: int
-    accumulation: int
-    epochs: float
-    steps_per_epoch: int | None
-    total_steps: int | None
-    warmup_steps: int | None
-
-    @property
-    def effective_batch(self) -> int:
-        return self.batch_size * self.accumulation
 
 
 @dataclass(frozen=True)
@@ -167,7 +152,7 @@ def _existing(suite: Suite, shape: ModelShape | None, missing: list[str]):
             missing.append(f"adapter type, rank and parameters: {e}")
             yield spec.name, spec.path, "unknown", None, None
             continue
-        params = adapters.stored_params(modeling.adapter_folder(a.source, a.revision))
+        params = adapters.stored_params(adapters.adapter_folder(a.source, a.revision))
         yield a.name, a.source, a.peft_type, a.rank, params
 
 
@@ -194,13 +179,13 @@ def cell_plan(name: str, cell: Suite, shape: ModelShape | None, n_train: int | N
     if shape is None:  # no config here: the schedule only
         return CellPlan(name=name, train=spec, lora_layers=None, lora_params=None,
                         bias_params=None, unmatched_targets=(),
-                        schedule=schedule(spec, n_train), memory=None)
+                        schedule=train.schedule(spec, n_train), memory=None)
     matched, unmatched = lora_targets(shape, spec.target_modules)
     lora = sum(spec.r * (layer.in_features + layer.out_features) for layer in matched)
     bias = _trainable_bias(shape, matched, spec.bias)
     return CellPlan(
         name=name, train=spec, lora_layers=len(matched), lora_params=lora, bias_params=bias,
-        unmatched_targets=unmatched, schedule=schedule(spec, n_train),
+        unmatched_targets=unmatched, schedule=train.schedule(spec, n_train),
         memory=train_memory(shape, cell, lora + bias),
     )
 
@@ -231,33 +216,6 @@ def data_counts(suite: Suite) -> DataCounts:
         notes.append(f"train items over {spec.max_length:,} tokens not yet dropped")
     return DataCounts(len(s.train), len(s.validation), len(s.eval), known=True,
                       note="; ".join(notes))
-
-
-def schedule(spec: TrainSpec, n_train: int | None) -> Schedule:
-    per_epoch = steps_per_epoch(n_train, spec.batch_size, spec.gradient_accumulation_steps)
-    total = spec.max_steps or (math.ceil(spec.epochs * per_epoch) if per_epoch else None)
-    return Schedule(n_train=n_train, batch_size=spec.batch_size,
-                    accumulation=spec.gradient_accumulation_steps, epochs=spec.epochs,
-                    steps_per_epoch=per_epoch, total_steps=total,
-                    warmup_steps=warmup_steps(spec, total))
-
-
-def steps_per_epoch(n_train: int | None, batch_size: int, accumulation: int) -> int | None:
-    """transformers 5 Trainer: batches = ceil(n / batch); a trailing partial accumulation
-    group still makes an optimizer step, so ceil(batches / accumulation), at least 1."""
-    if not n_train:
-        return None
-    batches = math.ceil(n_train / batch_size)
-    return max(1, math.ceil(batches / accumulation))  # 2,000 ex / 2 / 8 -> 125
-
-
-def warmup_steps(spec: TrainSpec, total: int | None) -> int | None:
-    """TrainingArguments.get_warmup_steps: an explicit count wins, else ceil(ratio * total)."""
-    if spec.warmup_steps:
-        return spec.warmup_steps
-    if total is None:
-        return None
-    return math.ceil(total * spec.warmup_ratio)  # 0.03 * 512 -> 16
 
 
 # ---------------------------------------------------------------- memory

@@ -27,30 +27,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import ValidationError
 
 import harness
-from harness import config, distributed, formatting, measured, modeling, results
+from harness import config, formatting, measured, modeling, results, train
 from harness import metrics as M
-from harness.config import Suite, TrainSpec
+from harness.config import Suite
 from harness.errors import InputError
 
 STATE_FILE = ".state.json"
 MODEL_KEY = "model_fingerprint"  # run.json: modeling.Identity.as_record()
 PREDICTIONS_FILE = ".predictions.partial.jsonl"
 STATE_VERSION = 1
-CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's folder names: checkpoint-<global step>
-TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint with it is whole
-AUTO_CHECKPOINTS = 10  # per training, when the suite sets no train.checkpoint_steps
 
 
 class ResumeRefused(InputError):
@@ -119,40 +115,6 @@ def config_sha256(dumped: dict[str, Any]) -> str:
 def _file_ref(path: Path) -> dict[str, str]:
     path = Path(path).resolve()
     return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-class Checkpoint(NamedTuple):
-    path: Path
-    step: int
-
-
-def newest_checkpoint(folder: Path) -> Checkpoint | None:
-    """The newest complete Trainer checkpoint in ``folder`` (a kill during a save leaves a
-    ``checkpoint-N`` without its trainer_state.json: not resumable)."""
-    found = [Checkpoint(p, int(p.name[len(CHECKPOINT_PREFIX):]))
-             for p in folder.glob(f"{CHECKPOINT_PREFIX}*")
-             if p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / TRAINER_STATE).is_file()]
-    return max(found, key=lambda c: c.step, default=None)
-
-
-def checkpoint_steps(spec: TrainSpec, total_steps: int | None) -> int | None:
-    """How often a training saves a checkpoint that is only there for resuming (None: never).
-    ``train.checkpoint_steps`` if set (0: never), else every ~10% of the steps rounded up to a
-    multiple of ``logging_steps``: the Trainer's logged loss averages the steps since the last
-    log, a window a resume must not cut (then the resumed train_log equals the uninterrupted
-    one). 500 steps, logging every 10 -> a checkpoint every 50. None under torchrun /
-    accelerate: a resume runs as one process, and every rank would save its own."""
-    if distributed.active():
-        return None
-    if spec.checkpoint_steps is not None:
-        return spec.checkpoint_steps or None
-    if not total_steps:
-        return None
-    windows = math.ceil(total_steps / AUTO_CHECKPOINTS / spec.logging_steps)
-    return spec.logging_steps * max(1, windows)
 
 
 # ---------------------------------------------------------------- resuming
@@ -422,7 +384,7 @@ def _tidy(staging: Path, done: set[str]) -> dict[str, int]:
                               results.jsonl(_kept_rows(staging / PREDICTIONS_FILE, done)))
     steps: dict[str, int] = {}
     for folder in sorted((staging / results.SCRATCH_DIR).glob("*")):
-        newest = newest_checkpoint(folder) if folder.name not in done else None
+        newest = train.newest_checkpoint(folder) if folder.name not in done else None
         for p in folder.iterdir():
             if newest is not None and p == newest.path:
                 continue

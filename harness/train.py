@@ -3,18 +3,22 @@
 Ours: the TrainSpec -> TrainingArguments mapping, the dataset of pre-tokenized items (dynamic
 padding through DataCollatorForSeq2Seq: labels padded with -100, prompt tokens already -100),
 the callback that hands every logged train/eval loss to the caller (which writes
-train_log.jsonl), and token accounting (real tokens vs computed tokens = padding efficiency).
-Training computes; the caller owns every folder it writes into and saves the adapter.
+train_log.jsonl), token accounting (real tokens vs computed tokens = padding efficiency), the
+step arithmetic the Trainer will follow (`schedule`: `harness plan` shows it, the progress
+bar counts it) and the checkpoint policy (`checkpoint_steps`, `newest_checkpoint`: what
+`harness resume` continues from). Training computes; the caller owns every folder it writes
+into and saves the adapter.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from harness import distributed
 from harness.config import TrainSpec
@@ -22,6 +26,9 @@ from harness.encoding import Encoded
 from harness.errors import one_line
 
 LogRow = Callable[[dict[str, Any]], None]
+CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's folder names: checkpoint-<global step>
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint with it is whole
+AUTO_CHECKPOINTS = 10  # per training, when the suite sets no train.checkpoint_steps
 
 
 @dataclass(frozen=True)
@@ -338,3 +345,85 @@ def _summary(trainer: Any, out: Any, spec: TrainSpec, tally: Any) -> dict[str, A
         **({"resumed_from_step": int(before["step"])} if before["step"] else {}),
         **({"checkpoint_error": trainer.checkpoint_error} if trainer.checkpoint_error else {}),
     }
+
+
+# ---------------------------------------------------------------- steps
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The optimizer steps a training of ``n_train`` items makes, as the Trainer counts them
+    (None where the item count is not known yet: `harness plan` before the data loads)."""
+
+    n_train: int | None
+    batch_size: int
+    accumulation: int
+    epochs: float
+    steps_per_epoch: int | None
+    total_steps: int | None
+    warmup_steps: int | None
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.accumulation
+
+
+def schedule(spec: TrainSpec, n_train: int | None) -> Schedule:
+    per_epoch = steps_per_epoch(n_train, spec.batch_size, spec.gradient_accumulation_steps)
+    total = spec.max_steps or (math.ceil(spec.epochs * per_epoch) if per_epoch else None)
+    return Schedule(n_train=n_train, batch_size=spec.batch_size,
+                    accumulation=spec.gradient_accumulation_steps, epochs=spec.epochs,
+                    steps_per_epoch=per_epoch, total_steps=total,
+                    warmup_steps=warmup_steps(spec, total))
+
+
+def steps_per_epoch(n_train: int | None, batch_size: int, accumulation: int) -> int | None:
+    """transformers 5 Trainer: batches = ceil(n / batch); a trailing partial accumulation
+    group still makes an optimizer step, so ceil(batches / accumulation), at least 1."""
+    if not n_train:
+        return None
+    batches = math.ceil(n_train / batch_size)
+    return max(1, math.ceil(batches / accumulation))  # 2,000 ex / 2 / 8 -> 125
+
+
+def warmup_steps(spec: TrainSpec, total: int | None) -> int | None:
+    """TrainingArguments.get_warmup_steps: an explicit count wins, else ceil(ratio * total)."""
+    if spec.warmup_steps:
+        return spec.warmup_steps
+    if total is None:
+        return None
+    return math.ceil(total * spec.warmup_ratio)  # 0.03 * 512 -> 16
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class Checkpoint(NamedTuple):
+    path: Path
+    step: int
+
+
+def newest_checkpoint(folder: Path) -> Checkpoint | None:
+    """The newest complete Trainer checkpoint in ``folder`` (a kill during a save leaves a
+    ``checkpoint-N`` without its trainer_state.json: not resumable)."""
+    found = [Checkpoint(p, int(p.name[len(CHECKPOINT_PREFIX):]))
+             for p in folder.glob(f"{CHECKPOINT_PREFIX}*")
+             if p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / TRAINER_STATE).is_file()]
+    return max(found, key=lambda c: c.step, default=None)
+
+
+def checkpoint_steps(spec: TrainSpec, total_steps: int | None) -> int | None:
+    """How often a training saves a checkpoint that is only there for resuming (None: never).
+    ``train.checkpoint_steps`` if set (0: never), else every ~10% of the steps rounded up to a
+    multiple of ``logging_steps``: the Trainer's logged loss averages the steps since the last
+    log, a window a resume must not cut (then the resumed train_log equals the uninterrupted
+    one). 500 steps, logging every 10 -> a checkpoint every 50. None under torchrun /
+    accelerate: a resume runs as one process, and every rank would save its own."""
+    if distributed.active():
+        return None
+    if spec.checkpoint_steps is not None:
+        return spec.checkpoint_steps or None
+    if not total_steps:
+        return None
+    windows = math.ceil(total_steps / AUTO_CHECKPOINTS / spec.logging_steps)
+    return spec.logging_steps * max(1, windows)

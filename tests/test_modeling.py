@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import config, modeling
+from harness import adapterload, config, modeling
 
 from .conftest import ASSETS
 
@@ -38,7 +38,7 @@ gradient_checkpointing = {str(checkpointing).lower()}
 def _attach(tmp_path: Path, model_dir: Path, compute: str, checkpointing: bool = False):
     suite = _qlora_suite(tmp_path, model_dir, compute, checkpointing)
     base = modeling.load_model(suite.model, str(model_dir), "cpu")
-    return modeling.attach_lora(base, suite.train, suite.model.quantization)
+    return adapterload.attach_lora(base, suite.train, suite.model.quantization)
 
 
 def _dtypes(model, part: str) -> set:

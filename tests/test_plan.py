@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, plan
+from harness import config, plan, train
 from harness.cli import app
 from harness.config import TrainSpec
 from harness.errors import ConfigError
@@ -145,25 +145,25 @@ def spec(**kw) -> TrainSpec:
 
 def test_phi2_xsum_steps():
     """2,000 train / (2 x 8) = 125 steps per epoch, 3 epochs = 375, 100 warmup steps."""
-    s = plan.schedule(spec(batch_size=2, gradient_accumulation_steps=8, epochs=3,
+    s = train.schedule(spec(batch_size=2, gradient_accumulation_steps=8, epochs=3,
                            warmup_steps=100), 2000)
     assert (s.steps_per_epoch, s.total_steps, s.warmup_steps, s.effective_batch) == (
         125, 375, 100, 16)
 
 
 def test_llama2_alpaca_lora_steps_and_warmup_ratio():
-    s = plan.schedule(spec(batch_size=2, gradient_accumulation_steps=8, epochs=8,
+    s = train.schedule(spec(batch_size=2, gradient_accumulation_steps=8, epochs=8,
                            warmup_ratio=0.03), 1024)
     assert (s.steps_per_epoch, s.total_steps, s.warmup_steps) == (64, 512, 16)  # ceil(15.36)
 
 
 def test_partial_accumulation_still_steps_and_max_steps_wins():
     # 100 / 8 = 13 batches; 13 / 4 = 3 full accumulations + 1 partial that still steps.
-    s = plan.schedule(spec(batch_size=8, gradient_accumulation_steps=4, epochs=1.5), 100)
+    s = train.schedule(spec(batch_size=8, gradient_accumulation_steps=4, epochs=1.5), 100)
     assert (s.steps_per_epoch, s.total_steps) == (4, 6)
-    s = plan.schedule(spec(batch_size=8, max_steps=60, warmup_ratio=0.1), 100)
+    s = train.schedule(spec(batch_size=8, max_steps=60, warmup_ratio=0.1), 100)
     assert (s.total_steps, s.warmup_steps) == (60, 6)
-    s = plan.schedule(spec(batch_size=8, epochs=2), None)  # data unknown
+    s = train.schedule(spec(batch_size=8, epochs=2), None)  # data unknown
     assert (s.steps_per_epoch, s.total_steps, s.warmup_steps) == (None, None, None)
 
 
@@ -182,7 +182,7 @@ def test_steps_agree_with_the_trainer(tmp_path, tiny_model_dir, n, batch, accum,
         pytest.skip("this transformers computes steps elsewhere")
     values = trainer.set_initial_training_values(args, trainer.get_train_dataloader())
     per_epoch, max_steps = values[1], values[-1]
-    ours = plan.schedule(spec(batch_size=batch, gradient_accumulation_steps=accum,
+    ours = train.schedule(spec(batch_size=batch, gradient_accumulation_steps=accum,
                               epochs=epochs, warmup_ratio=0.1), n)
     assert (ours.steps_per_epoch, ours.total_steps) == (per_epoch, max_steps)
     assert ours.warmup_steps == args.get_warmup_steps(max_steps)

@@ -94,7 +94,7 @@ def _wait_for_a_cut(parent: Path, proc: subprocess.Popen, timeout: float = 300) 
         assert proc.poll() is None, ("the run ended before it could be killed",
                                      proc.communicate())
         for staging in parent.glob(".*.partial") if parent.is_dir() else []:
-            cut = resume.newest_checkpoint(staging / results.SCRATCH_DIR / "lora")
+            cut = train.newest_checkpoint(staging / results.SCRATCH_DIR / "lora")
             log = staging / results.TRAIN_LOG_FILE
             steps = [json.loads(x)["step"] for x in log.read_text().splitlines()[:-1]] \
                 if cut and log.is_file() else []  # the last line may be half written
@@ -116,7 +116,7 @@ def test_kill_9_during_training_then_resume_equals_an_uninterrupted_run(tmp_path
     staging = _wait_for_a_cut(out / "tiny", proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    cut = resume.newest_checkpoint(staging / results.SCRATCH_DIR / "lora")
+    cut = train.newest_checkpoint(staging / results.SCRATCH_DIR / "lora")
     assert cut is not None and (staging / resume.STATE_FILE).is_file()
 
     res = run_cli("resume", staging)
@@ -158,7 +158,7 @@ def test_an_interrupted_run_resumes_from_its_failed_directory(tmp_path, tiny_mod
     assert res.exit_code == 1 and "interrupted by SIGTERM" in res.output
     failed = _only_run(tmp_path / "out" / "tiny")
     assert results.load_run(failed).record["status"] == "failed"
-    assert resume.newest_checkpoint(failed / results.SCRATCH_DIR / "lora").step == 100
+    assert train.newest_checkpoint(failed / results.SCRATCH_DIR / "lora").step == 100
 
     monkeypatch.setattr(pipeline, "_eval_arm", real)
     res = run_cli("resume", failed)
@@ -317,22 +317,22 @@ def test_a_stopped_eval_only_run_resumes_after_a_dead_writer(copy):
 
 def test_resume_checkpoints_every_tenth_of_the_steps_on_logging_boundaries():
     spec = TrainSpec(logging_steps=10)
-    assert resume.checkpoint_steps(spec, 500) == 50
-    assert resume.checkpoint_steps(spec, 1234) == 130  # 123.4 -> the next multiple of 10
-    assert resume.checkpoint_steps(spec, 7) == 10  # at least one logging window
-    assert resume.checkpoint_steps(spec, None) is None
-    assert resume.checkpoint_steps(TrainSpec(checkpoint_steps=0), 500) is None
-    assert resume.checkpoint_steps(TrainSpec(checkpoint_steps=7), 500) == 7
+    assert train.checkpoint_steps(spec, 500) == 50
+    assert train.checkpoint_steps(spec, 1234) == 130  # 123.4 -> the next multiple of 10
+    assert train.checkpoint_steps(spec, 7) == 10  # at least one logging window
+    assert train.checkpoint_steps(spec, None) is None
+    assert train.checkpoint_steps(TrainSpec(checkpoint_steps=0), 500) is None
+    assert train.checkpoint_steps(TrainSpec(checkpoint_steps=7), 500) == 7
 
 
 def test_a_checkpoint_cut_short_by_a_kill_is_not_resumed_from(tmp_path):
     for step, whole in ((12, True), (24, True), (36, False), (5, True)):
         (tmp_path / f"checkpoint-{step}").mkdir()
         if whole:
-            (tmp_path / f"checkpoint-{step}" / resume.TRAINER_STATE).write_text("{}")
+            (tmp_path / f"checkpoint-{step}" / train.TRAINER_STATE).write_text("{}")
     (tmp_path / "checkpoint-x").mkdir()
-    assert resume.newest_checkpoint(tmp_path) == (tmp_path / "checkpoint-24", 24)
-    assert resume.newest_checkpoint(tmp_path / "missing") is None
+    assert train.newest_checkpoint(tmp_path) == (tmp_path / "checkpoint-24", 24)
+    assert train.newest_checkpoint(tmp_path / "missing") is None
 
 
 def test_resume_checkpoints_do_not_change_the_trainer_arguments_that_compute(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import scoring, textmetrics
+from harness import memory, scoring, textmetrics
 from harness.config import DataSpec, EvalSpec
 from harness.data import Example
 from harness.encoding import encode
@@ -189,28 +189,26 @@ def test_peak_memory_cpu_is_the_phase_own_growth_plus_the_weights():
     import numpy as np
 
     held = np.ones(128 * 2**20 // 8)  # resident before the phase: not the phase's
-    with scoring.PeakMemory("cpu") as busy:
+    with memory.PeakMemory("cpu") as busy:
         block = np.ones(256 * 2**20 // 8)  # 256 MiB, touched
         time.sleep(0.1)
         del block
-    with scoring.PeakMemory("cpu") as idle:
+    with memory.PeakMemory("cpu") as idle:
         time.sleep(0.05)
     assert 200 * 2**20 <= busy.bytes < 300 * 2**20  # the sampler saw the allocation only
     assert 0 <= idle.bytes < 32 * 2**20  # a later phase inherits neither it nor `held`
     del held
     model = torch.nn.Linear(256, 1024)  # 1024 x 256 + 1024 float32 = 1,052,672 bytes
-    with scoring.PeakMemory("cpu", model) as weights:
+    with memory.PeakMemory("cpu", model) as weights:
         time.sleep(0.02)
     assert 1_052_672 <= weights.bytes < 1_052_672 + 32 * 2**20
 
 
 def test_cpu_training_runs_in_a_thread_of_its_own_and_hands_back_its_result_or_error():
-    """The trained arm's eval must not reuse training's malloc arena (scoring.in_training_arena):
+    """The trained arm's eval must not reuse training's malloc arena (memory.in_training_arena):
     the work runs outside the calling thread, its value and its exception come back as they
     were, and the eval threshold is in force again afterwards."""
     import threading
-
-    from harness import scoring
 
     seen = {}
 
@@ -218,14 +216,14 @@ def test_cpu_training_runs_in_a_thread_of_its_own_and_hands_back_its_result_or_e
         seen["thread"] = threading.current_thread()
         return 42
 
-    assert scoring.in_training_arena(work) == 42
+    assert memory.in_training_arena(work) == 42
     assert seen["thread"] is not threading.current_thread()
 
     def fails():
         raise ValueError("diverged")
 
     with pytest.raises(ValueError, match="diverged"):
-        scoring.in_training_arena(fails)
+        memory.in_training_arena(fails)
 
 
 def test_a_signal_during_threaded_training_stops_the_training_thread_too():
@@ -237,7 +235,7 @@ def test_a_signal_during_threaded_training_stops_the_training_thread_too():
 
     code = (
         "import os, signal, threading, time\n"
-        "from harness import scoring\n"
+        "from harness import memory\n"
         "def work():\n"
         "    try:\n"
         "        while True: time.sleep(0.001)\n"
@@ -245,7 +243,7 @@ def test_a_signal_during_threaded_training_stops_the_training_thread_too():
         "        print('training unwound', flush=True); raise\n"
         "threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
         "try:\n"
-        "    scoring.in_training_arena(work)\n"
+        "    memory.in_training_arena(work)\n"
         "except KeyboardInterrupt:\n"
         "    print('main interrupted', [t.name for t in threading.enumerate()], flush=True)\n"
     )

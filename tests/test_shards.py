@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import pipeline
+from harness import preflight
 from harness.cli import app
 from harness.errors import InputError
 from harness.metrics import SYSTEM_KEYS
@@ -98,13 +98,13 @@ def test_shard_parse():
 
 
 def test_existing_adapters_run_in_shard_zero_only():
-    checked = pipeline.Preflight(source=None, splits=None,  # type: ignore[arg-type]
+    checked = preflight.Preflight(source=None, splits=None,  # type: ignore[arg-type]
                                  arms=[(f"c{i}", None) for i in range(5)],  # type: ignore[misc]
                                  existing=["mine"])  # type: ignore[list-item]
-    picks = [pipeline._sharded(checked, Shard(i, 2)) for i in range(2)]
+    picks = [preflight.sharded(checked, Shard(i, 2)) for i in range(2)]
     assert [[n for n, _ in p.arms] for p in picks] == [["c0", "c2", "c4"], ["c1", "c3"]]
     assert [p.existing for p in picks] == [["mine"], []]
-    assert pipeline._sharded(checked, None) is checked
+    assert preflight.sharded(checked, None) is checked
 
 
 # ---------------------------------------------------------------- merge

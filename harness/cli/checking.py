@@ -44,10 +44,10 @@ def validate_command(
 
 
 def _validate_one(path: Path, suite: Any) -> int:
-    from harness import pipeline
+    from harness import preflight
 
     try:
-        info = pipeline.preflight(suite, offline_ok=True)
+        info = preflight.check(suite, offline_ok=True)
     except HarnessError as e:
         error("\n".join(ln if str(path) in ln else f"{path}: {ln}" for ln in str(e).splitlines()))
         return e.exit_code
