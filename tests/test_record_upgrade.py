@@ -1,0 +1,102 @@
+"""A record written by an earlier harness still loads, reports, compares and gates.
+
+``assets/records/v1/<run_id>/`` is a real run directory of schema version 1, written by
+`harness run` on the tiny test model (6 eval items with ROUGE, a 2-step LoRA arm, an extra
+loss-only eval set ``general`` with ``forgetting = true``, 200 resamples). Only what no reader
+uses was left out: the adapter's weights and ``harness.log``; the folder the suite was run from
+reads ``/home/user/record-v1`` everywhere. Its ``report.md`` and ``report.html`` are the ones
+that harness rendered: re-rendering the record must give them back byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.results import PREDICTIONS_FILE, RUN_FILE, load_run
+
+from .conftest import ASSETS
+
+V1 = next((ASSETS / "records" / "v1").iterdir())
+REPORTS = ("report.md", "report.html")
+
+
+@pytest.fixture(autouse=True)
+def no_step_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+@pytest.fixture()
+def v1(tmp_path: Path) -> Path:
+    """A copy of the fixture: readers may write into a run directory (its reports)."""
+    return Path(shutil.copytree(V1, tmp_path / V1.name))
+
+
+def stored(path: Path = V1) -> dict[str, Any]:
+    """run.json as the json module reads it, strictly (no NaN / Infinity)."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads((path / RUN_FILE).read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def test_the_fixture_is_a_version_1_record_with_arms_comparisons_and_rouge():
+    rec = stored()
+    assert rec["schema_version"] == 1 and rec["status"] == "success"
+    assert list(rec["arms"]) == ["baseline", "lora"]
+    assert {c["candidate"] for c in rec["comparisons"]} == {"lora"}
+    rows = [json.loads(line) for line in (V1 / PREDICTIONS_FILE).read_text().splitlines()]
+    assert len(rows) == 2 * (6 + 4)  # two arms x (6 own items + 4 of the extra set)
+    assert all("rougeL" in r for r in rows if r["set"] is None)
+
+
+def test_load_run_keeps_every_arm_comparison_and_row():
+    run = load_run(V1)
+    rec = stored()
+    assert run.run_id == V1.name and run.suite == "record-v1"
+    for name, arm in rec["arms"].items():
+        assert run.record["arms"][name]["metrics"] == arm["metrics"]
+        assert run.record["arms"][name]["status"] == arm["status"]
+    assert run.record["comparisons"] == rec["comparisons"]
+    assert len(run.items("lora")) == 10 and len(run.items("baseline")) == 10
+
+
+def test_report_renders_the_reports_that_harness_wrote(v1: Path):
+    for name in REPORTS:
+        (v1 / name).unlink()
+    res = CliRunner().invoke(app, ["report", str(v1)])
+    assert res.exit_code == 0, res.output
+    for name in REPORTS:
+        assert (v1 / name).read_bytes() == (V1 / name).read_bytes(), name
+
+
+def test_compare_gives_the_recorded_numbers(v1: Path):
+    res = CliRunner().invoke(app, ["compare", str(v1), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = {(r["candidate"], r["metric"]): r for r in json.loads(res.stdout)["comparisons"]}
+    rec = stored()
+    for c in rec["comparisons"]:  # recomputed from predictions.jsonl: the same numbers
+        got = rows[(c["candidate"], c["metric"])]
+        for key in ("baseline_value", "candidate_value", "ci_low", "ci_high", "p_value"):
+            assert got[key] == pytest.approx(c[key], rel=1e-12, abs=1e-12), (c["metric"], key)
+    assert rows[("lora", "loss")]["candidate_value"] == rec["arms"]["lora"]["metrics"]["loss"]
+
+
+def test_gate_against_itself_and_its_own_zero_shot_arm(v1: Path):
+    res = CliRunner().invoke(app, ["gate", str(v1), "--baseline", str(V1),
+                                   "--rule", "perplexity:+2%", "--rule", "loss:+0.05"])
+    assert res.exit_code == 0, res.output
+    assert "327.1482" in res.output  # lora's perplexity, both sides
+    res = CliRunner().invoke(app, ["gate", str(v1), "--rule",
+                                   "general/perplexity:+5%:vs-zero-shot"])
+    assert res.exit_code == 0, res.output
+    metrics = stored()["arms"]
+    base, lora = (metrics[a]["metrics"]["general/perplexity"] for a in ("baseline", "lora"))
+    assert f"{base:.4f}" in res.output and f"{lora:.4f}" in res.output
+    assert f"{(lora - base) / base:+.2%}" in res.output
