@@ -486,7 +486,7 @@ def _readable_runs(args: list[str]) -> list[Any]:
     harness) is a warning and is skipped, as pytest-benchmark skips a corrupt saved run; with
     none left, or a lone run, it is the error."""
     from harness.errors import RecordError
-    from harness.results import load_run
+    from harness.record import load_run
 
     loaded, bad = [], []
     for arg in args:
@@ -528,7 +528,7 @@ def gate(
     ```
     """
     from harness import gate as gating
-    from harness.results import load_run
+    from harness.record import load_run
 
     try:
         cand = load_run(candidate)
@@ -565,7 +565,8 @@ def report(run_: Annotated[str, typer.Argument(metavar="RUN", help="Run director
     ```
     """
     from harness import report as reporting
-    from harness.results import check_writable, load_run
+    from harness.record import load_run
+    from harness.results import check_writable
 
     try:
         loaded = load_run(run_)
@@ -601,7 +602,7 @@ def merge(
     ```
     """
     from harness import merge as merging
-    from harness.results import load_run
+    from harness.record import load_run
 
     try:
         with _stop_on_signals():  # the staged merge is removed, not left to look resumable

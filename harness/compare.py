@@ -1,4 +1,4 @@
-"""Relative-gain tables over arms and runs. Reads records only (results.load_run); no torch.
+"""Relative-gain tables over arms and runs. Reads records only (record.load_run); no torch.
 
 Which comparisons are made:
 
@@ -41,7 +41,7 @@ from harness import formatting as F
 from harness import measured, results, stats
 from harness import metrics as M
 from harness.errors import InputError
-from harness.results import LoadedRun
+from harness.record import LoadedRun
 
 FORMATS = ("md", "csv", "json", "html")  # also the choices of `harness compare --format`
 PAIRED, UNPAIRED, NO_ITEMS, STORED = (

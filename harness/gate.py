@@ -45,7 +45,7 @@ from harness import formatting as F
 from harness import measured, stats
 from harness import metrics as M
 from harness.errors import InputError, RecordError
-from harness.results import LoadedRun
+from harness.record import LoadedRun
 
 RULE_RE = re.compile(
     r"^(?P<metric>(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z_][A-Za-z0-9_]*):(?P<sign>[+-]?)(?P<num>\d+(?:\.\d*)?|\.\d+)"

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import arms, formatting, measured, pairing, report, results, stats
+from harness import arms, formatting, measured, pairing, record, report, results, stats
 from harness import metrics as M
 from harness.errors import InputError, RunFailed
-from harness.results import LoadedRun
+from harness.record import LoadedRun
 from harness.shard import Shard
 
 SHARD_KEY = "shard"
@@ -65,7 +65,7 @@ class _Merged:
     copies: list[tuple[Path, str]]  # (a shard's folder, its path in the merged run)
 
 
-def merge_runs(runs: Sequence[LoadedRun], out_dir: Path) -> results.RunOutcome:
+def merge_runs(runs: Sequence[LoadedRun], out_dir: Path) -> record.RunOutcome:
     """Check that ``runs`` are the shards 0..N-1 of one sweep, join them and write the merged
     run into ``out_dir/<suite>/<run_id>/``; nothing is written when a check fails."""
     parts = _check(runs)
@@ -282,7 +282,7 @@ def _copies(trained: list[str], owner: dict[str, _Part]) -> list[tuple[Path, str
 # ---------------------------------------------------------------- write
 
 
-def _write(m: _Merged, out_dir: Path) -> results.RunOutcome:
+def _write(m: _Merged, out_dir: Path) -> record.RunOutcome:
     """Staged like a run (results.create_run_dir) and moved into place complete, run.json
     last; a failed write removes the staging folder: the shards still hold everything."""
     rd = results.create_run_dir(out_dir, m.record["suite"])
@@ -294,7 +294,7 @@ def _write(m: _Merged, out_dir: Path) -> results.RunOutcome:
         rd.write_jsonl(results.PREDICTIONS_FILE, m.predictions)
         report.render_into(rd.path, m.record)
         rd.write_json(results.RUN_FILE, m.record)
-        return results.RunOutcome(path=rd.finalize(), record=m.record)
+        return record.RunOutcome(path=rd.finalize(), record=m.record)
     except OSError as e:
         shutil.rmtree(rd.path, ignore_errors=True)
         raise RunFailed(f"{rd.final}: the merged run could not be written "

@@ -34,6 +34,7 @@ from harness import (
     measured,
     modeling,
     pairing,
+    record,
     report,
     results,
     resume,
@@ -187,7 +188,7 @@ class _Run:
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
               shard: Shard | None = None, *, source: Path | None = None,
-              resumed: resume.Resumed | None = None) -> results.RunOutcome:
+              resumed: resume.Resumed | None = None) -> record.RunOutcome:
     """``shard`` (``--shard I/N``): only that shard's adapter arms; see harness/merge.py.
     ``source``: the suite file (`harness resume` refuses it once edited). ``resumed``
     (resume.load): a killed run to continue in its own folder, its measured arms kept."""
@@ -657,7 +658,7 @@ def _compare_seeds(run: _Run) -> None:
 def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
     s = run.suite
     return {
-        "schema_version": results.SCHEMA_VERSION,
+        "schema_version": record.SCHEMA_VERSION,
         "suite": s.name,
         "run_id": run.dir.final.name,
         "status": "running",
@@ -703,7 +704,7 @@ _INCOMPLETE = {"type": "IncompleteWrite", "stage": "write",
                "message": "the run's files were not all written (crash or full disk)"}
 
 
-def _save(run: _Run) -> results.RunOutcome:
+def _save(run: _Run) -> record.RunOutcome:
     now = time.time()
     rec = run.record
     rec["finished_at"] = _iso(now)
@@ -720,7 +721,7 @@ def _save(run: _Run) -> results.RunOutcome:
         _save_failed_write(run, e)
     if rec["status"] == "success":
         run.journal.close()  # a failed run keeps its working files: `harness resume` reads them
-    return results.RunOutcome(path=run.dir.finalize(), record=rec)
+    return record.RunOutcome(path=run.dir.finalize(), record=rec)
 
 
 def _save_failed_write(run: _Run, e: OSError) -> None:

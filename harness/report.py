@@ -32,7 +32,8 @@ from harness import metrics as M
 from harness.errors import RecordError
 from harness.formatting import DASH
 from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
-from harness.results import LoadedRun, atomic_write_text
+from harness.record import LoadedRun
+from harness.results import atomic_write_text
 from harness.stats import DEFAULT_ALPHA
 
 REPORT_FILES = ("report.html", "report.md")  # what write_reports writes, in this order

@@ -15,6 +15,7 @@ import numpy as np
 
 from harness import results
 from harness.metrics import ROUGE_KEYS
+from harness.record import COMPARISON_KEYS, RUN_KEYS, SCHEMA_VERSION, load_run
 
 
 def make_items(n: int, *, seed: int, rouge_mean: float, nll_mean: float) -> list[dict[str, Any]]:
@@ -103,7 +104,7 @@ def make_run(
                      "learning_rate": 1e-4} for s in range(1, 11)]
             log += [{"arm": arm, "step": 10, "epoch": 1.0, "eval_loss": nll_mean}]
     record = {
-        "schema_version": results.SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "suite": suite,
         "run_id": run.final.name,
         "status": status,
@@ -135,9 +136,9 @@ def make_run(
 
 def validate_run_dir(path: Path) -> dict[str, Any]:
     """Assert a run directory follows README's run-directory contract; returns the record."""
-    loaded = results.load_run(path)
+    loaded = load_run(path)
     rec = loaded.record
-    missing = [k for k in results.RUN_KEYS if k not in rec]
+    missing = [k for k in RUN_KEYS if k not in rec]
     assert not missing, f"run.json lacks {missing}"
     assert rec["status"] in ("success", "failed")
     assert {"eval_fingerprint", "n_train", "n_eval"} <= set(rec["data"])
@@ -145,7 +146,7 @@ def validate_run_dir(path: Path) -> dict[str, Any]:
     for name, arm in rec["arms"].items():
         assert {"model", "adapter", "metrics"} <= set(arm), name
     for c in rec["comparisons"]:
-        assert set(results.COMPARISON_KEYS) <= set(c), c
+        assert set(COMPARISON_KEYS) <= set(c), c
     row_keys = {"arm", "id", "prompt", "reference", "prediction", "loss", "n_tokens"}
     for p in loaded.predictions:
         # the suite's own rows always carry ROUGE (null without generation); an extra eval

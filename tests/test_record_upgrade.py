@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.results import PREDICTIONS_FILE, RUN_FILE, load_run
+from harness.record import load_run
+from harness.results import PREDICTIONS_FILE, RUN_FILE
 
 from .conftest import ASSETS
 

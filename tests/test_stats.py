@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness import results, stats
+from harness import stats
 from harness.errors import InputError, RecordError
 from harness.metrics import ALL_KEYS, ROUGE_KEYS
+from harness.record import COMPARISON_KEYS
 
 from .factories import arm_metrics, make_items
 
@@ -187,7 +188,7 @@ def test_rows_follow_the_comparison_contract_and_are_json_safe():
     extra = {"rel_ci_low", "rel_ci_high", "p_value_holm", "significant", "lower_is_better",
              "paired", "n_items", "test"}
     for r in rows.values():
-        assert set(results.COMPARISON_KEYS) | extra <= set(r)
+        assert set(COMPARISON_KEYS) | extra <= set(r)
         assert r["abs_diff"] == pytest.approx(r["candidate_value"] - r["baseline_value"])
         assert r["rel_gain"] == pytest.approx(r["abs_diff"] / r["baseline_value"])
     json.dumps(list(rows.values()), allow_nan=False)
