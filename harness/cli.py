@@ -233,12 +233,14 @@ def run(
 
 def _outcome(outcome: Any) -> None:
     """The summary table and the run directory; exit 1 when the run or an arm failed."""
+    from harness.record import Status
+
     _print_tables(outcome.record)
     _print(f"run directory: {outcome.path}")
-    if outcome.record["status"] != "success":
+    if outcome.record["status"] != Status.SUCCESS:
         _error("run failed: " + outcome.record["error"]["message"])
         raise typer.Exit(1)
-    failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == "failed"]
+    failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == Status.FAILED]
     if failed:
         _error(f"{len(failed)} arm(s) failed: {', '.join(failed)} (see run.json)")
         raise typer.Exit(1)
@@ -313,13 +315,14 @@ def _worker(suite: Any, shard: Any = None) -> int:
     import tempfile
 
     from harness import pipeline
+    from harness.record import Status
 
     with tempfile.TemporaryDirectory(prefix="harness-rank-") as tmp:
         try:
             outcome = pipeline.run_suite(suite, Path(tmp), shard=shard)  # rank 0's arms
         except (HarnessError, KeyboardInterrupt):
             return 1
-    return 0 if outcome.record["status"] == "success" else 1
+    return 0 if outcome.record["status"] == Status.SUCCESS else 1
 
 
 @contextlib.contextmanager
@@ -602,7 +605,7 @@ def merge(
     ```
     """
     from harness import merge as merging
-    from harness.record import load_run
+    from harness.record import Status, load_run
 
     try:
         with _stop_on_signals():  # the staged merge is removed, not left to look resumable
@@ -614,7 +617,7 @@ def merge(
         raise typer.Exit(1) from None
     _print_tables(outcome.record)
     _print(f"run directory: {outcome.path}")
-    failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == "failed"]
+    failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == Status.FAILED]
     if failed:
         _error(f"{len(failed)} arm(s) failed: {', '.join(failed)} (see run.json)")
         raise typer.Exit(1)

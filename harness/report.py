@@ -32,7 +32,7 @@ from harness import metrics as M
 from harness.errors import RecordError
 from harness.formatting import DASH
 from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
-from harness.record import LoadedRun
+from harness.record import LoadedRun, Status
 from harness.results import atomic_write_text
 from harness.stats import DEFAULT_ALPHA
 
@@ -160,7 +160,7 @@ def _context(run: LoadedRun, d: _Data) -> dict[str, Any]:
 
 def _error(rec: dict[str, Any]) -> dict[str, str] | None:
     err = rec.get("error")
-    if not err and rec.get("status") != "failed":
+    if not err and rec.get("status") != Status.FAILED:
         return None
     err = _dict(err) or {"message": str(err or "the run failed without an error message")}
     return {k: str(err.get(k) or "") for k in ("type", "message", "stage")}
@@ -457,7 +457,7 @@ def _arm_table(d: _Data) -> dict[str, Any]:
     rows = [{"arm": a, "status": str(_dict(d.arm_records.get(a)).get("status", "not run")),
              "cells": [_arm_cell(k, m.get(k), best[k], marks[a]) for k in keys]}
             for a, m in metrics_by_arm.items()]
-    show_status = any(r["status"] != "success" for r in rows)
+    show_status = any(r["status"] != Status.SUCCESS for r in rows)
     return {"columns": [_col(k) for k in keys], "rows": rows, "show_status": show_status}
 
 
@@ -723,8 +723,9 @@ def _marked_caption(d: _Data) -> str:
 
 
 def _memory_kind(env: dict[str, Any]) -> str:
-    """What peak_memory_bytes counts: the record's own description (older records: its kind)."""
-    return str(env.get("memory_description") or env.get("memory_kind") or "").replace("_", " ")
+    """What peak_memory_bytes counts, in the record's own words (record.upgrade words it for
+    records older than the description)."""
+    return str(env.get("memory_description") or "")
 
 
 def _memory_plot(d: _Data, colors: dict[str, str]) -> dict[str, Any]:

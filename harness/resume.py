@@ -43,6 +43,7 @@ from harness import config, distributed, formatting, measured, modeling, record,
 from harness import metrics as M
 from harness.config import Suite, TrainSpec
 from harness.errors import InputError
+from harness.record import Status
 
 STATE_FILE = ".state.json"
 MODEL_KEY = "model_fingerprint"  # run.json: modeling.Identity.as_record()
@@ -250,7 +251,7 @@ def _locate(p: Path) -> tuple[Path, Path, bool, results.RunLock]:
         return staging, final, False, _lock(staging)
     if (final / results.RUN_FILE).is_file():
         lock = _lock(final)
-        if record.load_run(final).record.get("status") == "success":
+        if record.load_run(final).record.get("status") == Status.SUCCESS:
             lock.release()
             raise ResumeRefused(f"{final}: the run finished (status success); nothing to resume")
         return staging, final, True, lock
@@ -390,7 +391,7 @@ def _kept(record: dict[str, Any], done: set[str]) -> dict[str, Any]:
     rec["training"] = {n: t for n, t in (record.get("training") or {}).items() if n in done}
     rec["comparisons"] = [c for c in record.get("comparisons") or [] if c.get("candidate") in done]
     rec["seed_comparisons"] = []  # computed once every arm is in
-    rec.update(status="running", error=None, finished_at=None, wall_time_s=None)
+    rec.update(status=Status.RUNNING, error=None, finished_at=None, wall_time_s=None)
     return rec
 
 

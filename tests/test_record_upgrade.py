@@ -18,11 +18,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from harness import report
 from harness.cli import app
-from harness.record import load_run
+from harness.record import SCHEMA_VERSION, load_run
 from harness.results import PREDICTIONS_FILE, RUN_FILE
 
 from .conftest import ASSETS
+from .factories import make_run
+from .test_report import edit_record
 
 V1 = next((ASSETS / "records" / "v1").iterdir())
 REPORTS = ("report.md", "report.html")
@@ -101,3 +104,60 @@ def test_gate_against_itself_and_its_own_zero_shot_arm(v1: Path):
     base, lora = (metrics[a]["metrics"]["general/perplexity"] for a in ("baseline", "lora"))
     assert f"{base:.4f}" in res.output and f"{lora:.4f}" in res.output
     assert f"{(lora - base) / base:+.2%}" in res.output
+
+
+# ---------------------------------------------------------------- what upgrade derives
+
+
+def _compare_json(run: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    res = CliRunner().invoke(app, ["compare", str(run), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    return {(r["candidate"], r["metric"]): r for r in json.loads(res.stdout)["comparisons"]}
+
+
+def test_rows_without_nll_sum_compare_as_the_rows_with_it(tmp_path: Path):
+    """Early predictions.jsonl rows carry only the per-item mean loss: nll_sum is rebuilt as
+    loss x n_tokens when the run is read, so perplexity's interval is the full rows' one."""
+    full = make_run(tmp_path / "full", n=40, seed=12)
+    slim = make_run(tmp_path / "slim", n=40, seed=12)
+    rows = [json.loads(line) for line in (slim / PREDICTIONS_FILE).read_text().splitlines()]
+    (slim / PREDICTIONS_FILE).write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "nll_sum"}) + "\n" for r in rows))
+    edit_record(slim, schema_version=1)
+    want, got = _compare_json(full)[("lora", "perplexity")], _compare_json(slim)[
+        ("lora", "perplexity")]
+    assert got["paired"] and got["ci_low"] == pytest.approx(want["ci_low"], rel=1e-9)
+    assert got["ci_high"] == pytest.approx(want["ci_high"], rel=1e-9)
+
+
+def test_a_record_before_memory_description_says_what_its_memory_kind_says(tmp_path: Path):
+    run = make_run(tmp_path)  # env has memory_kind "eval_peak_rss" and no description
+    edit_record(run, schema_version=1)
+    loaded = load_run(run)
+    assert loaded.record["schema_version"] == SCHEMA_VERSION == 2
+    assert loaded.record["env"]["memory_description"] == "eval peak rss"
+    res = CliRunner().invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "| Peak memory measured as | eval peak rss |" in (run / "report.md").read_text()
+
+
+def test_a_merge_says_failed_until_its_files_have_landed(tmp_path: Path, monkeypatch):
+    """A merge writes its run as a run does: while the reports are rendered, run.json already
+    says failed (IncompleteWrite), so a crash there leaves no record claiming success."""
+    shard = make_run(tmp_path / "shards")
+    edit_record(shard, shard={"index": 0, "count": 1, "arms": ["lora"]})
+    seen: list[Any] = []
+    render = report.render_into
+
+    def spy(path: Path, rec: Any) -> None:
+        where = path / RUN_FILE
+        seen.append(json.loads(where.read_text())["error"] if where.exists() else None)
+        render(path, rec)
+
+    monkeypatch.setattr(report, "render_into", spy)
+    res = CliRunner().invoke(app, ["merge", str(shard), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert seen == [{"type": "IncompleteWrite", "stage": "write", "message": "the run's files "
+                     "were not all written (crash or full disk)"}]
+    merged = next((tmp_path / "out" / "toy").iterdir())
+    assert stored(merged)["status"] == "success" and stored(merged)["error"] is None
