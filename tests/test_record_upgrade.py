@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import report
+from harness import record, report
 from harness.cli import app
 from harness.record import SCHEMA_VERSION, load_run
 from harness.results import PREDICTIONS_FILE, RUN_FILE
 
-from .conftest import ASSETS
+from .conftest import ASSETS, REPO
 from .factories import make_run
 from .test_report import edit_record
 
@@ -161,3 +161,17 @@ def test_a_merge_says_failed_until_its_files_have_landed(tmp_path: Path, monkeyp
                      "were not all written (crash or full disk)"}]
     merged = next((tmp_path / "out" / "toy").iterdir())
     assert stored(merged)["status"] == "success" and stored(merged)["error"] is None
+
+
+def test_readme_names_every_key_of_the_record_types():
+    """README's run-directory section is the public contract: it names each key the types
+    hold, and the schema version."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## The run directory"):text.index("## Beyond one machine")]
+    assert f"`schema_version` {SCHEMA_VERSION}" in section
+    for kind in (record.RunRecord, record.ArmEntry, record.ComparisonRow,
+                 record.SeedComparisonRow, record.PredictionRow, record.Measured):
+        keys = [k for base in reversed(kind.__mro__) for k in getattr(base, "__annotations__", {})]
+        missing = [k for k in keys if f"`{k}`" not in section and f'"{k}"' not in section]
+        assert not missing, (kind.__name__, missing)
+    assert all(f"`{s.value}`" in section for s in record.Status)
