@@ -1,4 +1,4 @@
-"""Relative-gain tables over arms and runs. Reads records only (results.load_run); no torch.
+"""Relative-gain tables over arms and runs. Reads records only (record.load_run); no torch.
 
 Which comparisons are made:
 
@@ -41,7 +41,7 @@ from harness import formatting as F
 from harness import measured, results, stats
 from harness import metrics as M
 from harness.errors import InputError
-from harness.results import LoadedRun
+from harness.record import LoadedRun, Status
 
 FORMATS = ("md", "csv", "json", "html")  # also the choices of `harness compare --format`
 PAIRED, UNPAIRED, NO_ITEMS, STORED = (
@@ -163,7 +163,7 @@ def _usable_runs(runs: Sequence[LoadedRun], notes: list[str]) -> list[LoadedRun]
             notes.append(f"run {F.run_label(run)} given more than once; used once")
             continue
         seen.add(where)
-        if run.record.get("status") != "success":
+        if run.record.get("status") != Status.SUCCESS:
             notes.append(f"skipped run {F.run_label(run)}: {F.failure(run.record)}")
             continue
         usable.append(run)
@@ -173,8 +173,8 @@ def _usable_runs(runs: Sequence[LoadedRun], notes: list[str]) -> list[LoadedRun]
 def _usable_arms(run: LoadedRun, notes: list[str]) -> list[str]:
     names = []
     for name, arm in (run.record.get("arms") or {}).items():
-        status = arm.get("status", "success")
-        if status != "success" or not isinstance(arm.get("metrics"), dict):
+        status = arm.get("status", Status.SUCCESS)
+        if status != Status.SUCCESS or not isinstance(arm.get("metrics"), dict):
             notes.append(f"skipped arm {name} of run {F.run_label(run)}: status {status!r}")
             continue
         names.append(name)

@@ -45,7 +45,7 @@ from harness import formatting as F
 from harness import measured, stats
 from harness import metrics as M
 from harness.errors import InputError, RecordError
-from harness.results import LoadedRun
+from harness.record import LoadedRun, Status
 
 RULE_RE = re.compile(
     r"^(?P<metric>(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z_][A-Za-z0-9_]*):(?P<sign>[+-]?)(?P<num>\d+(?:\.\d*)?|\.\d+)"
@@ -265,10 +265,10 @@ def run_gate(candidate: LoadedRun, baseline: LoadedRun | None, *,
     rules = gate_rules(candidate.record, cli_rules)
     within = [r for r in rules if r.vs_zero_shot]
     across, notes = _across_rules(rules, baseline, within)
-    if baseline is not None and baseline.record.get("status") != "success":
+    if baseline is not None and baseline.record.get("status") != Status.SUCCESS:
         raise RecordError(f"baseline run {F.run_label(baseline)} did not succeed "
                           f"({F.failure(baseline.record)}); pick another baseline")
-    if candidate.record.get("status") != "success":
+    if candidate.record.get("status") != Status.SUCCESS:
         return _failed_candidate(candidate, baseline)
     checks: list[Check] = []
     if across and baseline is not None:
@@ -379,10 +379,10 @@ def _arm(run: LoadedRun, name: str) -> Mapping[str, Any]:
 
 def _check_arm(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_arm: str,
                rules: Sequence[Rule]) -> list[Check]:
-    if _arm(baseline, base_arm).get("status", "success") != "success":
+    if _arm(baseline, base_arm).get("status", Status.SUCCESS) != Status.SUCCESS:
         raise RecordError(f"baseline run {F.run_label(baseline)}: arm {base_arm} did not "
                           "succeed")
-    if _arm(candidate, cand_arm).get("status", "success") != "success":
+    if _arm(candidate, cand_arm).get("status", Status.SUCCESS) != Status.SUCCESS:
         msg = f"candidate arm {cand_arm} did not succeed ({F.failure(_arm(candidate, cand_arm))})"
         return [Check(r, cand_arm, base_arm, "fail", msg) for r in rules]
     rows = _comparison_rows(candidate, baseline, cand_arm, base_arm, rules)

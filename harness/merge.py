@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import arms, formatting, measured, pairing, report, results, stats
+from harness import arms, formatting, measured, pairing, record, report, results, stats
 from harness import metrics as M
 from harness.errors import InputError, RunFailed
-from harness.results import LoadedRun
+from harness.record import LoadedRun, Status
 from harness.shard import Shard
 
 SHARD_KEY = "shard"
@@ -65,7 +65,7 @@ class _Merged:
     copies: list[tuple[Path, str]]  # (a shard's folder, its path in the merged run)
 
 
-def merge_runs(runs: Sequence[LoadedRun], out_dir: Path) -> results.RunOutcome:
+def merge_runs(runs: Sequence[LoadedRun], out_dir: Path) -> record.RunOutcome:
     """Check that ``runs`` are the shards 0..N-1 of one sweep, join them and write the merged
     run into ``out_dir/<suite>/<run_id>/``; nothing is written when a check fails."""
     parts = _check(runs)
@@ -76,7 +76,7 @@ def _check(runs: Sequence[LoadedRun]) -> list[_Part]:
     parts = _check_shard_set([_part(r) for r in runs])
     first = parts[0]
     for p in parts:
-        if p.run.record.get("status") != "success":
+        if p.run.record.get("status") != Status.SUCCESS:
             error = (p.run.record.get("error") or {}).get("message") or "no error recorded"
             raise InputError(f"{p} failed ({error}): rerun that shard, then merge")
     for p in parts[1:]:
@@ -205,9 +205,9 @@ def _join(parts: list[_Part]) -> _Merged:
                        if a in (owner[a].run.record.get("training") or {})}
     predictions = [r for a in owner for r in rows[id(owner[a])].get(a, [])]
     rec["comparisons"], rec["seed_comparisons"] = _comparisons(rec, predictions)
-    rec["status"] = pairing.overall_status(rec)
+    rec["status"] = record.overall_status(rec)
     failed = [a["error"] for a in rec["arms"].values() if a.get("error")]
-    rec["error"] = failed[0] if rec["status"] == "failed" and failed else None
+    rec["error"] = failed[0] if rec["status"] == Status.FAILED and failed else None
     rec.update(_provenance(parts))
     return _Merged(rec, predictions,
                    [r for a in trained for r in logs[id(owner[a])].get(a, [])],
@@ -248,7 +248,7 @@ def _comparisons(rec: dict[str, Any], predictions: list[dict[str, Any]]
     settings = stats.StatsSettings.from_record(rec.get("stats"))
     rows: list[dict[str, Any]] = []
     for name in arms.others(rec["arms"]):
-        if rec["arms"][name].get("status") != "failed":
+        if rec["arms"][name].get("status") != Status.FAILED:
             rows += pairing.arm_comparisons(rec, predictions, name, settings)
     return rows, pairing.seed_comparisons(rec, predictions, settings)
 
@@ -282,19 +282,18 @@ def _copies(trained: list[str], owner: dict[str, _Part]) -> list[tuple[Path, str
 # ---------------------------------------------------------------- write
 
 
-def _write(m: _Merged, out_dir: Path) -> results.RunOutcome:
-    """Staged like a run (results.create_run_dir) and moved into place complete, run.json
-    last; a failed write removes the staging folder: the shards still hold everything."""
+def _write(m: _Merged, out_dir: Path) -> record.RunOutcome:
+    """Staged like a run (results.create_run_dir) and saved as a run is (record.save: run.json
+    says failed until every file has landed), then moved into place; a failed write removes
+    the staging folder: the shards still hold everything."""
     rd = results.create_run_dir(out_dir, m.record["suite"])
     m.record["run_id"] = rd.final.name
     try:
         for src, rel in m.copies:
             shutil.copytree(src, rd.path / rel)
         rd.write_jsonl(results.TRAIN_LOG_FILE, m.train_log)
-        rd.write_jsonl(results.PREDICTIONS_FILE, m.predictions)
-        report.render_into(rd.path, m.record)
-        rd.write_json(results.RUN_FILE, m.record)
-        return results.RunOutcome(path=rd.finalize(), record=m.record)
+        record.save(rd, m.record, m.predictions, report.render_into)
+        return record.RunOutcome(path=rd.finalize(), record=m.record)
     except OSError as e:
         shutil.rmtree(rd.path, ignore_errors=True)
         raise RunFailed(f"{rd.final}: the merged run could not be written "

@@ -1,7 +1,7 @@
 """A record's paired evidence, computed from its arms and prediction rows: each adapter arm
-against the zero-shot baseline, each recipe trained with several seeds against it, and the
-run's overall status. The pipeline and `harness merge` (which recomputes them on joined shards)
-both call these, so a merged sweep's numbers are a single run's."""
+against the zero-shot baseline, each recipe trained with several seeds against it. The
+pipeline and `harness merge` (which recomputes them on joined shards) both call these, so a
+merged sweep's numbers are a single run's."""
 
 from __future__ import annotations
 
@@ -50,14 +50,3 @@ def seed_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]],
             metrics=sorted((k for k in base if M.is_per_item(k)), key=M.sort_key),
             settings=settings)
     return rows
-
-
-def overall_status(record: dict[str, Any]) -> str:
-    """Failed when the zero-shot arm failed (a NaN baseline: nothing can be compared with
-    it) or every adapter arm did; one failed sweep cell among good ones fails only itself."""
-    if record["arms"].get(arms.BASELINE, {}).get("status") == "failed":
-        return "failed"
-    others = [record["arms"][n] for n in arms.others(record["arms"])]
-    if others and all(a.get("status") == "failed" for a in others):
-        return "failed"
-    return "success"

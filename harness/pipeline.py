@@ -13,7 +13,6 @@ on with `harness resume`, skipping the arms in ``run.done``.
 
 from __future__ import annotations
 
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from harness import (
     modeling,
     pairing,
     preflight,
+    record,
     report,
     results,
     resume,
@@ -47,12 +47,12 @@ from harness import metrics as M
 from harness.config import Suite
 from harness.errors import (
     InputError,
-    RunFailed,
     RunInterrupted,
 )
 from harness.evaluation import ArmEval
 from harness.preflight import Preflight
 from harness.progress import NullProgress, Progress
+from harness.record import Status
 
 if TYPE_CHECKING:
     from harness.shard import Shard
@@ -79,7 +79,7 @@ class _Run:
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
               shard: Shard | None = None, *, source: Path | None = None,
-              resumed: resume.Resumed | None = None) -> results.RunOutcome:
+              resumed: resume.Resumed | None = None) -> record.RunOutcome:
     """``shard`` (``--shard I/N``): only that shard's adapter arms; see harness/merge.py.
     ``source``: the suite file (`harness resume` refuses it once edited). ``resumed``
     (resume.load): a killed run to continue in its own folder, its measured arms kept."""
@@ -103,12 +103,12 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
     try:
         with logs.library_output_to(run.dir.path / logs.LOG_FILE):
             _execute(run, checked)
-        run.record["status"] = pairing.overall_status(run.record)
+        run.record["status"] = record.overall_status(run.record)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - any crash becomes a record
-        run.record["status"] = "failed"
+        run.record["status"] = Status.FAILED
         run.record["error"] = _error(e, run.stage)
         for arm in run.record["arms"].values():
-            if arm.get("status") == "running":
+            if arm.get("status") == Status.RUNNING:
                 _arm_failed(arm, e, run.stage)
         if isinstance(e, KeyboardInterrupt):
             path = _save(run).path
@@ -213,7 +213,7 @@ def _zero_shot(run: _Run, name: str, suite: Suite, base: modeling.LazyModel, tok
         return
     result = _eval_arm(run, name, base.get(), tok, enc, splits.eval, device, with_sets)
     arm = _record_arm(run, name, result, source=arms.ZERO_SHOT)
-    if fields is not None and arm["status"] == "success":  # a NaN baseline is not reused
+    if fields is not None and arm["status"] == Status.SUCCESS:  # a NaN baseline is not reused
         if distributed.is_main():  # one writer: every rank computed the same rows
             _store(run, fields, arm, list(result.rows))
 
@@ -260,7 +260,7 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
     enc_train, enc_val, enc_eval = enc
     assert cell.train is not None
     run.record["arms"][name] = {"model": run.suite.model.label, "adapter": None,
-                                "source": arms.TRAINED, "metrics": {}, "status": "running"}
+                                "source": arms.TRAINED, "metrics": {}, "status": Status.RUNNING}
     try:
         # The checkpoints outlive training until the arm is measured: a run killed during
         # this arm's eval resumes from the last one (0 steps left) instead of retraining.
@@ -334,7 +334,7 @@ def _done(run: _Run, name: str) -> None:
 
 
 def _arm_failed(arm: dict[str, Any], e: BaseException, stage: str) -> None:
-    arm["status"] = "failed"
+    arm["status"] = Status.FAILED
     arm["error"] = _error(e, stage)
 
 
@@ -392,7 +392,7 @@ def _record_arm(run: _Run, name: str, result: ArmEval, **entry: Any) -> dict[str
     run.predictions += result.rows
     metrics, bad = M.finite(result.metrics)
     arm = {"model": run.suite.model.label, "adapter": None, "source": None, **entry,
-           "status": "success", "metrics": metrics,
+           "status": Status.SUCCESS, "metrics": metrics,
            measured.KEY: measured.block(run.record.get("env") or {})}
     if bad:
         _non_finite(run, name, arm, bad)
@@ -409,7 +409,7 @@ def _non_finite(run: _Run, name: str, arm: dict[str, Any], bad: dict[str, str]) 
     if all(M.base(k) in M.SYSTEM_KEYS for k in bad):
         _warn(run, f"arm {name}: {said} is not finite; recorded as null")
         return
-    arm["status"] = "failed"
+    arm["status"] = Status.FAILED
     arm["error"] = {"type": "NonFiniteMetric", "stage": run.stage, "traceback": None,
                     "message": f"arm {name}: {said}: not finite (NaN adapter weights or a "
                                "diverged training run?); recorded as null"}
@@ -436,7 +436,7 @@ def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
 
 
 def _compare(run: _Run, name: str) -> None:
-    if run.record["arms"][name].get("status") == "failed":  # a NaN loss: nothing to pair
+    if run.record["arms"][name].get("status") == Status.FAILED:  # a NaN loss: nothing to pair
         return
     run.record["comparisons"] += pairing.arm_comparisons(run.record, run.predictions, name,
                                                  _settings(run.suite))
@@ -456,25 +456,11 @@ def _compare_seeds(run: _Run) -> None:
 
 def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
     s = run.suite
-    return {
-        "schema_version": results.SCHEMA_VERSION,
-        "suite": s.name,
-        "run_id": run.dir.final.name,
-        "status": "running",
-        "error": None,
-        "config": config.dump(s),
-        "env": {},
-        "data": {**checked.loaded_splits.summary(), **_sets_summary(s, checked.sets)},
-        "arms": {},
-        "comparisons": [],
-        "seed_comparisons": [],
-        "stats": stats.stats_record(s.stats.n_resamples, s.stats.seed, s.stats.alpha),
-        "training": {},
-        "warnings": list(checked.warnings),
-        "started_at": _iso(run.started),
-        "finished_at": None,
-        "wall_time_s": None,
-    }
+    return dict(record.skeleton(
+        suite=s.name, run_id=run.dir.final.name, config=config.dump(s),
+        data={**checked.loaded_splits.summary(), **_sets_summary(s, checked.sets)},
+        stats=stats.stats_record(s.stats.n_resamples, s.stats.seed, s.stats.alpha),
+        warnings=checked.warnings, started_at=_iso(run.started)))
 
 
 def _sets_summary(suite: Suite, sets: list[data.EvalSet]) -> dict[str, Any]:
@@ -497,50 +483,21 @@ def _error(e: BaseException, stage: str) -> dict[str, Any]:
             "traceback": "".join(tb[-8:])}
 
 
-# What run.json says while the run's files are being written: a crash or a full disk during
-# the writes leaves this, never a record that claims success for files that did not land.
-_INCOMPLETE = {"type": "IncompleteWrite", "stage": "write",
-               "message": "the run's files were not all written (crash or full disk)"}
-
-
-def _save(run: _Run) -> results.RunOutcome:
+def _save(run: _Run) -> record.RunOutcome:
     now = time.time()
     rec = run.record
     rec["finished_at"] = _iso(now)
     rec["wall_time_s"] = round(now - run.started, 2)
-    if rec["status"] == "failed" and rec["error"] is None:
+    if rec["status"] == Status.FAILED and rec["error"] is None:
         failed = [a for a in rec["arms"].values() if a.get("error")]
         rec["error"] = failed[0]["error"] if failed else None
     try:
-        run.dir.write_json(results.RUN_FILE, {**rec, "status": "failed", "error": _INCOMPLETE})
-        run.dir.write_jsonl(results.PREDICTIONS_FILE, run.predictions)
-        report.render_into(run.dir.path, rec)
-        run.dir.write_json(results.RUN_FILE, rec)
+        record.save(run.dir, rec, run.predictions, report.render_into)
     except OSError as e:
-        _save_failed_write(run, e)
-    if rec["status"] == "success":
+        record.save_failed_write(run.dir, rec, e, _error(e, "write"))
+    if rec["status"] == Status.SUCCESS:
         run.journal.close()  # a failed run keeps its working files: `harness resume` reads them
-    return results.RunOutcome(path=run.dir.finalize(), record=rec)
-
-
-def _save_failed_write(run: _Run, e: OSError) -> None:
-    """Record the failed write, making room for run.json if the disk is full (the reports and
-    predictions are incomplete anyway), move the folder into place and raise RunFailed."""
-    rec = run.record
-    rec["status"] = "failed"
-    rec["error"] = _error(e, "write")
-    # Last resort: a record without its adapter beats an adapter without its record.
-    for room in ("report.html", "report.md", results.PREDICTIONS_FILE, results.ADAPTERS_DIR):
-        try:
-            run.dir.write_json(results.RUN_FILE, rec)
-            break
-        except OSError:
-            shutil.rmtree(run.dir.path / room, ignore_errors=True)
-            (run.dir.path / room).unlink(missing_ok=True)
-    final = run.dir.finalize()
-    said = ("its run.json says failed" if (final / results.RUN_FILE).is_file()
-            else "not even run.json could be written")
-    raise RunFailed(f"{final}: the run's files could not be written ({e.strerror or e}); {said}")
+    return record.RunOutcome(path=run.dir.finalize(), record=rec)
 
 
 def _iso(t: float) -> str:

@@ -25,6 +25,7 @@ from markupsafe import Markup
 from harness import formatting as F
 from harness import templating
 from harness.formatting import DASH
+from harness.record import LoadedRun, Status
 from harness.report_data import ReportData, as_dict, ci_label, memory_kind, read_data
 from harness.report_examples import example_browser
 from harness.report_headline import (
@@ -44,7 +45,7 @@ from harness.report_tables import (
     length_table,
     training_table,
 )
-from harness.results import LoadedRun, atomic_write_text
+from harness.results import atomic_write_text
 
 REPORT_FILES = ("report.html", "report.md")  # what write_reports writes, in this order
 HTML_TEMPLATE, MD_TEMPLATE, JS_FILE = "report.html.j2", "report.md.j2", "_report.js"
@@ -103,7 +104,7 @@ def _context(run: LoadedRun, d: ReportData) -> dict[str, Any]:
 
 def _error(rec: dict[str, Any]) -> dict[str, str] | None:
     err = rec.get("error")
-    if not err and rec.get("status") != "failed":
+    if not err and rec.get("status") != Status.FAILED:
         return None
     err = as_dict(err) or {"message": str(err or "the run failed without an error message")}
     return {k: str(err.get(k) or "") for k in ("type", "message", "stage")}

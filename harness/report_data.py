@@ -11,7 +11,7 @@ from harness import formatting as F
 from harness import metrics as M
 from harness.errors import RecordError
 from harness.metrics import lower_is_better
-from harness.results import LoadedRun
+from harness.record import LoadedRun
 from harness.stats import DEFAULT_ALPHA
 
 # ------------------------------------------------------------------ reading the run
@@ -86,5 +86,6 @@ def metric_column(key: str) -> dict[str, Any]:
 
 
 def memory_kind(env: dict[str, Any]) -> str:
-    """What peak_memory_bytes counts: the record's own description (older records: its kind)."""
-    return str(env.get("memory_description") or env.get("memory_kind") or "").replace("_", " ")
+    """What peak_memory_bytes counts, in the record's own words (record.upgrade words it for
+    records older than the description)."""
+    return str(env.get("memory_description") or "")

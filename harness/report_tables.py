@@ -11,6 +11,7 @@ from harness import formatting as F
 from harness import measured
 from harness import metrics as M
 from harness.metrics import SYSTEM_KEYS, lower_is_better
+from harness.record import Status
 from harness.report_data import ReportData, as_dict, metric_column
 
 # ------------------------------------------------------------------ tables
@@ -26,7 +27,7 @@ def arm_table(d: ReportData) -> dict[str, Any]:
     rows = [{"arm": a, "status": str(as_dict(d.arm_records.get(a)).get("status", "not run")),
              "cells": [_arm_cell(k, m.get(k), best[k], marks[a]) for k in keys]}
             for a, m in metrics_by_arm.items()]
-    show_status = any(r["status"] != "success" for r in rows)
+    show_status = any(r["status"] != Status.SUCCESS for r in rows)
     return {"columns": [metric_column(k) for k in keys], "rows": rows, "show_status": show_status}
 
 

@@ -20,7 +20,7 @@ Refused (InputError, exit 2, one line): a run whose writer is alive, a finished 
 harness version, an edited suite file, changed data, a base model whose weights, config or
 tokenizer files changed (their sha256, run.json's ``model_fingerprint``), a kept arm whose
 metrics its journaled rows do not give back (metrics.check_rows), a state of another format
-version or whose keys are not what ``STATE_SHAPE`` says (results.check_shape names the key).
+version or whose keys are not what ``STATE_SHAPE`` says (record.check_shape names the key).
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ from typing import Any
 from pydantic import ValidationError
 
 import harness
-from harness import config, formatting, measured, modeling, results, train
+from harness import config, formatting, measured, modeling, record, results, train
 from harness import metrics as M
 from harness.config import Suite
 from harness.errors import InputError
+from harness.record import Status
 
 STATE_FILE = ".state.json"
 MODEL_KEY = "model_fingerprint"  # run.json: modeling.Identity.as_record()
@@ -53,19 +54,19 @@ class ResumeRefused(InputError):
     """A run that cannot (or must not) be resumed; the message says why, in one line."""
 
 
-# What `load` and the resumed pipeline read from a .state.json (results.check_shape: a key of
+# What `load` and the resumed pipeline read from a .state.json (record.check_shape: a key of
 # the wrong JSON type is refused naming it, as in a run.json): written by Journal.save.
-_STRING = results.Kind(("a string",))
-STATE_SHAPE = results.Obj({
-    "state_version": results.Kind(("an integer",)), "harness_version": _STRING,
+_STRING = record.Kind(("a string",))
+STATE_SHAPE = record.Obj({
+    "state_version": record.Kind(("an integer",)), "harness_version": _STRING,
     "base_dir": _STRING, "config_sha256": _STRING,
-    "suite_file": results.Obj({"path": _STRING, "sha256": _STRING},
+    "suite_file": record.Obj({"path": _STRING, "sha256": _STRING},
                               required=("path", "sha256"), null=True),
-    "done": results.ListOf(_STRING),
-    "elapsed_s": results.Kind(("a number", "null"), lo=0),
-    "record": results.Obj({**results.RECORD_SHAPE.keys, MODEL_KEY: results.Obj(
-        {"content": results.Kind(("a string", "null")),
-         "files": results.Obj(each=_STRING, null=True)}, null=True)}),
+    "done": record.ListOf(_STRING),
+    "elapsed_s": record.Kind(("a number", "null"), lo=0),
+    "record": record.Obj({**record.RECORD_SHAPE.keys, MODEL_KEY: record.Obj(
+        {"content": record.Kind(("a string", "null")),
+         "files": record.Obj(each=_STRING, null=True)}, null=True)}),
 }, required=("state_version", "harness_version", "base_dir", "config_sha256", "done",
              "record"))
 
@@ -212,7 +213,7 @@ def _locate(p: Path) -> tuple[Path, Path, bool, results.RunLock]:
         return staging, final, False, _lock(staging)
     if (final / results.RUN_FILE).is_file():
         lock = _lock(final)
-        if results.load_run(final).record.get("status") == "success":
+        if record.load_run(final).record.get("status") == Status.SUCCESS:
             lock.release()
             raise ResumeRefused(f"{final}: the run finished (status success); nothing to resume")
         return staging, final, True, lock
@@ -252,13 +253,13 @@ def _read_state(folder: Path) -> dict[str, Any]:
         raise ResumeRefused(f"{where}: unreadable resume state ({e})") from e
     if not isinstance(state, dict):
         raise ResumeRefused(f"{where}: not a harness resume state (an object), got "
-                            f"{results.json_kind(state)}")
+                            f"{record.json_kind(state)}")
     version = state.get("state_version")
     if version != STATE_VERSION and "state_version" in state:  # another layout: not read on
         raise ResumeRefused(f"{where}: its resume state format is version {version!r}; this "
                             f"harness ({harness.__version__}) reads version {STATE_VERSION}; "
                             "resume it with the harness that started it or run the suite again")
-    results.check_shape(state, STATE_SHAPE, where)
+    record.check_shape(state, STATE_SHAPE, where)
     return state
 
 
@@ -352,7 +353,7 @@ def _kept(record: dict[str, Any], done: set[str]) -> dict[str, Any]:
     rec["training"] = {n: t for n, t in (record.get("training") or {}).items() if n in done}
     rec["comparisons"] = [c for c in record.get("comparisons") or [] if c.get("candidate") in done]
     rec["seed_comparisons"] = []  # computed once every arm is in
-    rec.update(status="running", error=None, finished_at=None, wall_time_s=None)
+    rec.update(status=Status.RUNNING, error=None, finished_at=None, wall_time_s=None)
     return rec
 
 

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness import results
 from harness.errors import InputError
+
+# Runs split by `harness run --shard I/N` at most: merge lists the shards it misses, one by one.
+MAX_SHARDS = 1024
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,9 @@ class Shard:
             raise InputError(f"--shard {text!r}: expected I/N, this shard's 0-based index and "
                              "the number of shards, e.g. --shard 0/3")
         index, count = int(head), int(tail)
-        if not 1 <= count <= results.MAX_SHARDS:
+        if not 1 <= count <= MAX_SHARDS:
             raise InputError(f"--shard {text!r}: the number of shards N must be within 1 and "
-                             f"{results.MAX_SHARDS:,}")
+                             f"{MAX_SHARDS:,}")
         if index >= count:
             raise InputError(f"--shard {text!r}: the index I is 0-based, so it must be in "
                              f"0..{count - 1}")

@@ -284,9 +284,6 @@ class PairedItems:
 
 def _item_column(rows: Sequence[Mapping[str, Any]], col: str, arm: str) -> np.ndarray:
     try:
-        if col == "nll_sum" and rows and "nll_sum" not in rows[0]:
-            # predictions.jsonl may carry only the per-item mean loss; nll_sum = loss x tokens
-            return np.array([float(r["loss"]) * float(r["n_tokens"]) for r in rows])
         return np.array([float(r[col]) for r in rows])
     except (KeyError, TypeError, ValueError) as e:
         raise RecordError(f"arm {arm}: per-item rows lack a numeric {col!r} ({e})") from e

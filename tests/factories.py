@@ -15,6 +15,16 @@ import numpy as np
 
 from harness import results
 from harness.metrics import ROUGE_KEYS
+from harness.record import (
+    COMPARISON_KEYS,
+    RUN_KEYS,
+    SCHEMA_VERSION,
+    ArmEntry,
+    PredictionRow,
+    SeedComparisonRow,
+    Status,
+    load_run,
+)
 
 
 def make_items(n: int, *, seed: int, rouge_mean: float, nll_mean: float) -> list[dict[str, Any]]:
@@ -103,7 +113,7 @@ def make_run(
                      "learning_rate": 1e-4} for s in range(1, 11)]
             log += [{"arm": arm, "step": 10, "epoch": 1.0, "eval_loss": nll_mean}]
     record = {
-        "schema_version": results.SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "suite": suite,
         "run_id": run.final.name,
         "status": status,
@@ -120,9 +130,11 @@ def make_run(
                                    for name in forgetting}} if forgetting else {})},
         "arms": record_arms,
         "comparisons": [],
+        "seed_comparisons": [],
         "stats": {"method": "paired_bootstrap", "n_resamples": 2000, "seed": 0, "alpha": 0.05},
         "training": {a: {"trainable_params": 1000, "total_params": 100000}
                      for a in arms if a != "baseline"},
+        "warnings": [],
         "started_at": "2026-11-22T00:00:00Z",
         "finished_at": "2026-11-22T00:01:00Z",
         "wall_time_s": 60.0,
@@ -134,22 +146,27 @@ def make_run(
 
 
 def validate_run_dir(path: Path) -> dict[str, Any]:
-    """Assert a run directory follows README's run-directory contract; returns the record."""
-    loaded = results.load_run(path)
+    """Assert a run directory follows README's run-directory contract (the types of
+    harness/record.py); returns the record."""
+    loaded = load_run(path)
     rec = loaded.record
-    missing = [k for k in results.RUN_KEYS if k not in rec]
+    missing = [k for k in RUN_KEYS if k not in rec]
     assert not missing, f"run.json lacks {missing}"
-    assert rec["status"] in ("success", "failed")
+    assert rec["schema_version"] == SCHEMA_VERSION
+    assert rec["status"] in (Status.SUCCESS, Status.FAILED)
     assert {"eval_fingerprint", "n_train", "n_eval"} <= set(rec["data"])
     assert "baseline" in rec["arms"]
     for name, arm in rec["arms"].items():
-        assert {"model", "adapter", "metrics"} <= set(arm), name
+        assert ArmEntry.__required_keys__ <= set(arm), name
+        assert arm["status"] in set(Status), name
     for c in rec["comparisons"]:
-        assert set(results.COMPARISON_KEYS) <= set(c), c
-    row_keys = {"arm", "id", "prompt", "reference", "prediction", "loss", "n_tokens"}
+        assert set(COMPARISON_KEYS) <= set(c), c
+    for c in rec["seed_comparisons"]:
+        assert SeedComparisonRow.__required_keys__ <= set(c), c
     for p in loaded.predictions:
         # the suite's own rows always carry ROUGE (null without generation); an extra eval
         # set's rows carry the metrics that set asks for
-        pred_keys = row_keys | (set(ROUGE_KEYS) if p.get("set") is None else set())
+        pred_keys = set(PredictionRow.__annotations__) | (set(ROUGE_KEYS) if p["set"] is None
+                                                          else set())
         assert pred_keys <= set(p), set(p) ^ pred_keys
     return rec

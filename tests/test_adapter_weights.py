@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, data, encoding, results
+from harness import config, data, encoding
 from harness.cli import app
+from harness.record import LoadedRun, load_run
 
 from .conftest import build_model, build_tokenizer
 from .test_adapters import _peft_adapter, eval_only
@@ -68,17 +69,17 @@ def _fresh(model_dir: Path, adapter: Path | None = None):
     return PeftModel.from_pretrained(base, adapter) if adapter else base
 
 
-def _run(suite: Path, out: Path, *adapters: tuple[str, Path]) -> results.LoadedRun:
+def _run(suite: Path, out: Path, *adapters: tuple[str, Path]) -> LoadedRun:
     args = ["run", str(suite), "--out", str(out)]
     for name, path in adapters:
         args += ["--adapter", f"{name}={path}"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     (run,) = (out / "tiny").iterdir()
-    return results.load_run(run)
+    return load_run(run)
 
 
-def _losses(run: results.LoadedRun, arm: str) -> dict[str, float]:
+def _losses(run: LoadedRun, arm: str) -> dict[str, float]:
     return {r["id"]: r["loss"] for r in run.items(arm)}
 
 
@@ -196,12 +197,12 @@ def test_weights_that_did_not_load_fail_the_arm_at_load_time(suite_dir, tiny_mod
     res = runner.invoke(app, ["run", str(eval_only(suite_dir)), "--out", str(suite_dir / "o"),
                               "--adapter", f"bad={bad}", "--adapter", f"qv={pair['qv']}"])
     (run,) = (suite_dir / "o" / "tiny").iterdir()
-    rec = results.load_run(run).record
+    rec = load_run(run).record
     arm = rec["arms"]["bad"]
     assert arm["status"] == "failed", arm
     assert "layers.1.self_attn.q_proj.lora_A" in arm["error"]["message"]
     assert rec["arms"]["qv"]["status"] == "success"  # the others are still measured
-    qv = {r["id"]: r["loss"] for r in results.load_run(run).items("qv")}
+    qv = {r["id"]: r["loss"] for r in load_run(run).items("qv")}
     suite = eval_only(suite_dir)
     assert _gap(qv, _plain_losses(_fresh(tiny_model_dir, pair["qv"]), tiny_model_dir, suite)) < 1e-4
     assert res.exit_code == 1 and "bad" in res.output

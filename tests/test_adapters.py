@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from harness import config, data, encoding, modeling, results
 from harness.cli import app
+from harness.record import load_run, read_jsonl
 
 from .test_bad_input import check_refused
 
@@ -91,7 +92,7 @@ def test_existing_adapters_on_one_base_match_independent_peft(suite_dir, tiny_mo
     assert res.exit_code == 0, res.output
     assert len(loads) == 1  # the base, once, for the baseline and all three adapters
     (run,) = (suite_dir / "out" / "tiny").iterdir()
-    loaded = results.load_run(run)
+    loaded = load_run(run)
     rec = loaded.record
     assert list(rec["arms"]) == ["baseline", "lora_qv", "lora_ko", "ia3"]
     for name, path in made.items():
@@ -118,7 +119,7 @@ def test_adapters_table_in_a_suite(suite_dir, made):
                               "--set", "train.max_steps=2"])
     assert res.exit_code == 0, res.output
     (run,) = (suite_dir / "o" / "tiny").iterdir()
-    arms = results.load_run(run).record["arms"]
+    arms = load_run(run).record["arms"]
     assert arms["lora"]["source"] == "trained" and arms["ext"]["source"] == "existing"
     assert arms["baseline"]["source"] == "zero-shot"
 
@@ -166,8 +167,8 @@ def test_ci_suite_with_an_earlier_runs_adapter_then_gate(tmp_path):
                               "--adapter", f"mine={earlier / 'adapters' / 'lora'}"])
     assert res.exit_code == 0, res.output
     (run,) = (tmp_path / "b" / "ci").iterdir()
-    again = results.load_run(run)
-    before = {r["id"]: r["loss"] for r in results.load_run(earlier).items("lora")}
+    again = load_run(run)
+    before = {r["id"]: r["loss"] for r in load_run(earlier).items("lora")}
     mine = {r["id"]: r["loss"] for r in again.items("mine")}
     # the same adapter, unmerged on the shared base vs merged for eval: same numbers
     assert max(abs(mine[k] - before[k]) for k in mine) < 1e-4
@@ -201,7 +202,7 @@ def test_report_says_where_existing_arms_came_from(suite_dir, made):
                               "--adapter", f"qv={made['lora_qv']}"])
     assert res.exit_code == 0, res.output
     (run,) = (suite_dir / "o" / "tiny").iterdir()
-    origin = results.load_run(run).record["arms"]["qv"]["origin"]
+    origin = load_run(run).record["arms"]["qv"]["origin"]
     for report in ("report.md", "report.html"):
         text = (run / report).read_text()
         assert "Existing adapters" in text and origin["sha256"] in text, report
@@ -213,9 +214,9 @@ def test_eval_only_skips_the_suite_training(suite_dir, made):
                               "--eval-only", "--adapter", f"qv={made['lora_qv']}"])
     assert res.exit_code == 0, res.output
     (run,) = (suite_dir / "o" / "tiny").iterdir()
-    rec = results.load_run(run).record
+    rec = load_run(run).record
     assert list(rec["arms"]) == ["baseline", "qv"] and rec["training"] == {}
-    assert results.read_jsonl(run / results.TRAIN_LOG_FILE) == []
+    assert read_jsonl(run / results.TRAIN_LOG_FILE) == []
 
 
 def test_qlora_adapter_is_evaluated_on_the_4bit_base(qlora_model_dir, tmp_path):
@@ -241,7 +242,7 @@ def test_qlora_adapter_is_evaluated_on_the_4bit_base(qlora_model_dir, tmp_path):
                               "--adapter", f"q={adapter}", "--set", "eval.max_new_tokens=2"])
     assert res.exit_code == 0, res.output
     (run,) = (tmp_path / "o" / "tiny").iterdir()
-    ours = {r["id"]: r["loss"] for r in results.load_run(run).items("q")}
+    ours = {r["id"]: r["loss"] for r in load_run(run).items("q")}
     suite = config.load_suite(tmp_path / "q.toml")
     splits = data.load_splits(suite)
     tok = AutoTokenizer.from_pretrained(qlora_model_dir)
@@ -284,7 +285,7 @@ def test_adapter_that_added_tokens_uses_its_tokenizer_and_leaves_the_base(suite_
                               "--adapter", f"grown={adapter}"])
     assert res.exit_code == 0, res.output
     (run,) = (suite_dir / "o" / "tiny").iterdir()
-    loaded = results.load_run(run)
+    loaded = load_run(run)
     s = config.load_suite(suite)
     splits = data.load_splits(s)
     items, _ = encoding.encode_all(splits.eval, tok, s.data)

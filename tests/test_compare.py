@@ -19,7 +19,8 @@ from harness import formatting as F
 from harness.cli import app
 from harness.errors import InputError
 from harness.metrics import ALL_KEYS, SYSTEM_KEYS
-from harness.results import PREDICTIONS_FILE, RUN_FILE, load_run
+from harness.record import load_run
+from harness.results import PREDICTIONS_FILE, RUN_FILE
 
 from .factories import make_run
 

@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.results import RUN_FILE, load_run
+from harness.record import load_run
+from harness.results import RUN_FILE
 
 from .factories import make_run
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import results
 from harness.cli import app
+from harness.record import load_run
 
 from .factories import validate_run_dir
 
@@ -42,7 +42,7 @@ def test_default_suite_end_to_end_shortened(tmp_path):
     base, lora = rec["arms"]["baseline"]["metrics"], rec["arms"]["lora"]["metrics"]
     assert lora["loss"] < base["loss"]  # twelve steps already teach the bulletin format
     assert lora["rougeL"] > base["rougeL"]
-    zero_shot = [r for r in results.load_run(path).items("baseline") if r["set"] is None]
+    zero_shot = [r for r in load_run(path).items("baseline") if r["set"] is None]
     assert len(zero_shot) == 16
     assert all(r["prediction"].strip() for r in zero_shot)  # an instruct model answers
     # the forgetting check: both arms scored on the held-out general text, paired

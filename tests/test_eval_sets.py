@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from harness import encoding, textmetrics
 from harness.cli import app
 from harness.config import load_suite
-from harness.results import load_run
+from harness.record import load_run
 
 from .conftest import ASSETS, cli_run, tiny_suite_text
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import formatting as F
-from harness.results import LoadedRun
+from harness.record import LoadedRun
 
 NOT_NUMBERS = [None, math.nan, math.inf, -math.inf, True, "0.5"]
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from harness import gate, results
 from harness.errors import InputError, RecordError
 from harness.metrics import ROUGE_KEYS
-from harness.results import RUN_FILE, load_run
+from harness.record import load_run
+from harness.results import RUN_FILE
 
 from .factories import arm_metrics, make_run
 

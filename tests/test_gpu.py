@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from harness import config, modeling  # noqa: E402
-from harness.results import load_run  # noqa: E402
+from harness.record import load_run  # noqa: E402
 
 from .conftest import ASSETS, build_tokenizer  # noqa: E402
 from .test_suites import run_report_suite  # noqa: E402

@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 
 from harness import pipeline, results
 from harness.cli import app
+from harness.record import load_run
 
 from .conftest import ASSETS, REPO, tiny_suite_text
 from .factories import make_run
@@ -222,7 +223,7 @@ def test_two_resumes_of_one_killed_run_one_goes_on_the_other_is_refused(
     steps = [(r["arm"], r["step"], "eval_loss" in r) for r in log]
     assert len(steps) == len(set(steps)), steps  # one training, not two
     assert max(r["step"] for r in log) == 60
-    assert results.load_run(run).record["status"] == "success"
+    assert load_run(run).record["status"] == "success"
 
 
 def test_an_owner_pid_of_a_live_unrelated_process_does_not_block_resume(
@@ -235,7 +236,7 @@ def test_an_owner_pid_of_a_live_unrelated_process_does_not_block_resume(
     res = run_cli("resume", staging)
     assert res.exit_code == 0, res.output
     run = staging.parent / staging.name[1:-len(results.PARTIAL_SUFFIX)]
-    rec = results.load_run(run).record
+    rec = load_run(run).record
     assert rec["status"] == "success" and rec["resumes"][0]["kept"] == ["baseline"]
     assert not staging.exists() and not (run / results.OWNER_FILE).exists()
 
@@ -305,7 +306,7 @@ def test_an_unwritable_baseline_cache_is_a_warning_and_the_run_goes_on(suite_dir
     assert res.exit_code == 0, res.output
     assert "warning: zero-shot cache not written" in res.output
     (run,) = (suite_dir / "out" / "tiny").iterdir()
-    rec = results.load_run(run).record
+    rec = load_run(run).record
     assert rec["status"] == "success" and set(rec["arms"]) == {"baseline", "lora"}
     said = [w for w in rec["warnings"] if "zero-shot cache not written" in w]
     assert len(said) == 1 and str(blocker) in said[0], rec["warnings"]

@@ -19,8 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 import harness
-from harness import config, results, resume
+from harness import config, results, resume, shard
 from harness.cli import app
+from harness.record import SCHEMA_VERSION, load_run
 
 from .conftest import REPO
 from .factories import make_run
@@ -178,7 +179,7 @@ def test_a_shard_record_of_1e12_shards_is_refused_not_a_hang(tmp_path):
                       _put("shard", {"index": i, "count": 10**12, "arms": ["lora"]}))
     res = _subprocess_cli("merge", *shards, "--out", tmp_path / "out")
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
-    assert f"`shard.count` must be within 1 and {results.MAX_SHARDS:,}" in res.stderr
+    assert f"`shard.count` must be within 1 and {shard.MAX_SHARDS:,}" in res.stderr
     assert str(shards[0] / results.RUN_FILE) in res.stderr or str(where) in res.stderr
     assert not (tmp_path / "out").exists()
 
@@ -192,7 +193,7 @@ def test_records_of_this_and_earlier_versions_still_read(runs):
     assert res.exit_code in (0, 1) and res.exception is None or isinstance(
         res.exception, SystemExit), res.output
     for run in (committed, runs["good"]):
-        results.load_run(run)  # raises on a shape it refuses
+        load_run(run)  # raises on a shape it refuses
 
 
 # ---------------------------------------------------------------- resume states
@@ -211,7 +212,7 @@ def killed(suite_dir, tmp_path) -> Path:
              "suite_file": {"path": str(suite_file.resolve()),
                             "sha256": hashlib.sha256(suite_file.read_bytes()).hexdigest()},
              "config_sha256": resume.config_sha256(dumped), "done": [], "elapsed_s": 1.5,
-             "record": {"schema_version": results.SCHEMA_VERSION, "suite": "tiny",
+             "record": {"schema_version": SCHEMA_VERSION, "suite": "tiny",
                         "run_id": "20261122T000000-abcdef", "status": "running",
                         "config": dumped, "arms": {}, "comparisons": [], "training": {}}}
     (staging / resume.STATE_FILE).write_text(json.dumps(state), encoding="utf-8")

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from harness import hashes, results, train
+from harness import hashes, train
 from harness.cli import app
+from harness.record import load_run
 
 from .conftest import save_tiny_model
 
@@ -89,15 +90,15 @@ def test_weights_changed_in_the_middle_with_the_mtime_kept_miss_the_cache(suite_
     args = (*EVAL_ONLY, "--set", f"model.name_or_path={model}", "--set", "data.max_length=512")
     first = _run(suite_dir / "tiny.toml", suite_dir / "out", *args)
     cached = _run(suite_dir / "tiny.toml", suite_dir / "out", *args)
-    assert results.load_run(cached).record["arms"]["baseline"].get("cached") is True
+    assert load_run(cached).record["arms"]["baseline"].get("cached") is True
 
     a, b = _edit_middle(model / WEIGHTS)
     assert MIB < a and b < (model / WEIGHTS).stat().st_size - MIB  # not in the edges
     after = _run(suite_dir / "tiny.toml", suite_dir / "out", *args)
-    loaded = results.load_run(after)
+    loaded = load_run(after)
     base = loaded.record["arms"]["baseline"]
     assert base.get("cached") is None  # measured again, not served from the cache
-    old_loss = results.load_run(first).record["arms"]["baseline"]["metrics"]["loss"]
+    old_loss = load_run(first).record["arms"]["baseline"]["metrics"]["loss"]
     true_loss = _plain_transformers_loss(model, loaded.items("baseline"))
     assert base["metrics"]["loss"] == pytest.approx(true_loss, rel=1e-4)
     assert abs(old_loss - true_loss) > 1e-3
@@ -157,13 +158,13 @@ def test_resume_refuses_a_run_whose_model_changed(suite_dir, tiny_model_dir, mon
     assert len(lines) == 1 and "the model changed since the run started" in lines[0], lines
     assert f"{(model / WEIGHTS).resolve()}: sha256" in lines[0]
     assert (failed / ".state.json").read_bytes() == state  # nothing touched
-    assert results.load_run(failed).record["status"] == "failed"
+    assert load_run(failed).record["status"] == "failed"
 
     shutil.rmtree(model)
     shutil.copytree(tiny_model_dir, model)  # the model it started with: resumable again
     res = runner.invoke(app, ["resume", str(failed)])
     assert res.exit_code == 0, res.output
-    assert results.load_run(failed).record["status"] == "success"
+    assert load_run(failed).record["status"] == "success"
 
 
 def test_unchanged_model_fingerprint_is_the_same_after_a_copy(tmp_path, tiny_model_dir):

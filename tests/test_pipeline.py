@@ -7,8 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import results, scoring
+from harness import scoring
 from harness.cli import app
+from harness.record import load_run
 
 runner = CliRunner()
 FAST = ["--set", "train.max_steps=4", "--set", "data.eval_size=6", "--set", "data.train_size=16"]
@@ -23,7 +24,7 @@ def run(suite_dir, *extra: str):
                               str(suite_dir / "results"), *FAST, *extra], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     (new,) = set(out.iterdir()) - before
-    return results.load_run(new)
+    return load_run(new)
 
 
 def test_zero_shot_is_cached_and_reused_never_for_adapters(suite_dir):

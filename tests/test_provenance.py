@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import modeling, results
+from harness import modeling
 from harness.cli import app
+from harness.record import load_run
 
 from .conftest import tiny_suite_text
 
@@ -71,7 +72,7 @@ def _eval_with(suite: Path, out: Path, adapter: Path):
                               "--adapter", f"mine={adapter}"])
     assert res.exit_code == 0, res.output
     (run,) = (out / "tiny").iterdir()
-    return res.output, results.load_run(run).record
+    return res.output, load_run(run).record
 
 
 def test_trained_adapter_names_the_suites_base_and_is_recognised_elsewhere(packaged, tmp_path,

@@ -16,8 +16,9 @@ from harness import config, plots, report, stats, templating
 from harness import formatting as F
 from harness.cli import app
 from harness.errors import HarnessError
+from harness.record import load_run
 from harness.report_examples import MAX_EXAMPLES
-from harness.results import PREDICTIONS_FILE, RUN_FILE, TRAIN_LOG_FILE, load_run
+from harness.results import PREDICTIONS_FILE, RUN_FILE, TRAIN_LOG_FILE
 
 from .factories import make_run
 

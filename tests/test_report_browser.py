@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import report
-from harness.results import load_run
+from harness.record import load_run
 
 from .test_report import ESCAPED_SCRIPT, rich_run
 from .test_report_headline import forgetting_run

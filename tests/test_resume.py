@@ -23,6 +23,7 @@ import harness
 from harness import pipeline, results, resume, train
 from harness.cli import app
 from harness.config import TrainSpec
+from harness.record import load_run
 
 from .conftest import ASSETS, REPO, tiny_suite_text
 
@@ -62,7 +63,7 @@ def reference(tmp_path_factory, tiny_model_dir) -> Path:
 
 def _assert_same_run(resumed: Path, reference: Path) -> dict:
     """Same arms, per-item eval losses (rel 1e-5) and train_log rows at the same steps."""
-    a, b = results.load_run(resumed), results.load_run(reference)
+    a, b = load_run(resumed), load_run(reference)
     assert a.record["status"] == "success" and a.record["error"] is None
     assert set(a.record["arms"]) == set(b.record["arms"])
     got = {(p["arm"], p.get("set"), p["id"]): p["loss"] for p in a.predictions}
@@ -157,7 +158,7 @@ def test_an_interrupted_run_resumes_from_its_failed_directory(tmp_path, tiny_mod
     res = run_cli("run", suite, "--out", tmp_path / "out", *STEPS)
     assert res.exit_code == 1 and "interrupted by SIGTERM" in res.output
     failed = _only_run(tmp_path / "out" / "tiny")
-    assert results.load_run(failed).record["status"] == "failed"
+    assert load_run(failed).record["status"] == "failed"
     assert train.newest_checkpoint(failed / results.SCRATCH_DIR / "lora").step == 100
 
     monkeypatch.setattr(pipeline, "_eval_arm", real)
@@ -177,14 +178,14 @@ def test_finished_sweep_cells_are_kept_and_a_shard_stays_its_shard(tmp_path, tin
     res = run_cli("run", suite, "--out", tmp_path / "out", *fast)
     assert res.exit_code == 1, res.output
     failed = _only_run(tmp_path / "out" / "tiny")
-    before = results.load_run(failed).record
+    before = load_run(failed).record
 
     trained: list[str] = []
     monkeypatch.setattr(train, "train_adapter",
                         lambda *a, **k: trained.append(k["arm"]) or real(*a, **k))
     res = run_cli("resume", failed)
     assert res.exit_code == 0, res.output
-    after = results.load_run(failed).record
+    after = load_run(failed).record
     assert trained == ["r8"]  # r2 was finished; r4 is shard 1's
     assert set(after["arms"]) == {"baseline", "r2", "r8"}
     assert after["shard"] == before["shard"] == {"index": 0, "count": 2, "arms": ["r2", "r8"]}
@@ -278,7 +279,7 @@ def test_an_edited_suite_file_is_refused(copy):
     suite = copy.parents[2] / "tiny.toml"
     suite.write_text(suite.read_text() + "\n# edited\n")
     _refused(copy, "suite file", "changed since the run started")
-    assert results.load_run(copy).record["status"] == "failed"  # untouched
+    assert load_run(copy).record["status"] == "failed"  # untouched
 
 
 def test_another_harness_version_is_refused(copy, monkeypatch):
@@ -291,7 +292,7 @@ def test_changed_data_is_refused_before_the_run_is_touched(copy):
     rows = data.read_text().splitlines()
     data.write_text("\n".join(reversed(rows)) + "\n")  # other items land in the eval split
     _refused(copy, "data changed since the run started")
-    assert copy.is_dir() and results.load_run(copy).record["status"] == "failed"
+    assert copy.is_dir() and load_run(copy).record["status"] == "failed"
     assert not list(copy.parent.glob(".*"))
 
 
@@ -307,7 +308,7 @@ def test_a_stopped_eval_only_run_resumes_after_a_dead_writer(copy):
     staging = _as_killed(copy, int(dead))
     res = run_cli("resume", copy)  # out/<suite>/<run_id>: only its staging folder exists
     assert res.exit_code == 0, res.output
-    rec = results.load_run(copy).record
+    rec = load_run(copy).record
     assert rec["status"] == "success" and set(rec["arms"]) == {"baseline", "other"}
     assert rec["resumes"][0]["kept"] == ["baseline"] and not staging.exists()
 
@@ -369,7 +370,7 @@ def test_a_state_whose_numbers_contradict_its_rows_is_refused(copy, metric):
     _refused(copy, str(copy / resume.STATE_FILE),
              f"arm 'baseline', metric {metric}: stored {stored:.4f}, its {len(rows)} rows give "
              f"{recomputed:.4f}")
-    assert results.load_run(copy).record["status"] == "failed"  # untouched
+    assert load_run(copy).record["status"] == "failed"  # untouched
 
 
 def test_an_unedited_state_resumes_with_its_numbers_and_system_metrics_as_stored(copy):
@@ -377,7 +378,7 @@ def test_an_unedited_state_resumes_with_its_numbers_and_system_metrics_as_stored
     kept = _edit_state(copy, lambda m: m.update(eval_tokens_per_s=12345.0))
     res = run_cli("resume", copy)
     assert res.exit_code == 0, res.output
-    assert results.load_run(copy).record["arms"]["baseline"]["metrics"] == kept
+    assert load_run(copy).record["arms"]["baseline"]["metrics"] == kept
 
 
 def test_arms_a_stopped_run_measured_are_another_process_after_resume(copy):
@@ -386,7 +387,7 @@ def test_arms_a_stopped_run_measured_are_another_process_after_resume(copy):
     and peak memory differences), and the terminal table marks the adapter's values."""
     res = run_cli("resume", copy)
     assert res.exit_code == 0, res.output
-    rec = results.load_run(copy).record
+    rec = load_run(copy).record
     base, other = rec["arms"]["baseline"]["measured"], rec["arms"]["other"]["measured"]
     assert base["process"] != other["process"] and not base["cached"]
     compared = {c["metric"] for c in rec["comparisons"] if c["candidate"] == "other"}

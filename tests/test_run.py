@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from harness import results
 from harness.cli import app
+from harness.record import load_run
 
 from .factories import validate_run_dir
 
@@ -54,12 +55,12 @@ def test_run_directory_matches_contract(finished):
 
 
 def test_fine_tuning_beats_zero_shot_loss(finished):
-    arms = results.load_run(finished).record["arms"]
+    arms = load_run(finished).record["arms"]
     assert arms["lora"]["metrics"]["loss"] < arms["baseline"]["metrics"]["loss"] - 0.5
 
 
 def test_perplexity_is_exp_of_token_weighted_loss(finished):
-    run = results.load_run(finished)
+    run = load_run(finished)
     for arm, a in run.record["arms"].items():
         m, rows = a["metrics"], run.items(arm)
         assert m["perplexity"] == pytest.approx(math.exp(m["loss"]))
@@ -69,7 +70,7 @@ def test_perplexity_is_exp_of_token_weighted_loss(finished):
 
 
 def test_predictions_pair_items_across_arms(finished):
-    run = results.load_run(finished)
+    run = load_run(finished)
     assert [r["id"] for r in run.items("baseline")] == [r["id"] for r in run.items("lora")]
     assert all(r["loss"] == pytest.approx(r["nll_sum"] / r["n_tokens"])
                for r in run.predictions)
@@ -77,7 +78,7 @@ def test_predictions_pair_items_across_arms(finished):
 
 
 def test_comparisons_cover_every_metric(finished):
-    rec = results.load_run(finished).record
+    rec = load_run(finished).record
     by_metric = {c["metric"]: c for c in rec["comparisons"]}
     assert {"loss", "perplexity", "rouge1", "rougeL", "eval_tokens_per_s"} <= set(by_metric)
     loss = by_metric["loss"]
@@ -86,7 +87,7 @@ def test_comparisons_cover_every_metric(finished):
 
 
 def test_train_log_has_train_and_eval_loss(finished):
-    log = results.load_run(finished).train_log()
+    log = load_run(finished).train_log()
     train_rows = [r for r in log if "loss" in r]
     eval_rows = [r for r in log if "eval_loss" in r]
     assert len(train_rows) >= 24 // 4 and {r["arm"] for r in log} == {"lora"}
@@ -96,7 +97,7 @@ def test_train_log_has_train_and_eval_loss(finished):
 
 
 def test_training_summary_records_tokens_and_padding(finished):
-    t = results.load_run(finished).record["training"]["lora"]
+    t = load_run(finished).record["training"]["lora"]
     assert t["global_steps"] == 24 and t["train_tokens"] > 0
     assert 0 < t["padding_efficiency"] <= 1 and t["train_tokens_per_s"] > 0
     assert 0 < t["trainable_params"] < t["total_params"] and t["adapter_bytes"] > 0
@@ -118,7 +119,7 @@ def test_adapter_is_peft_format_with_card_and_reloads(finished, tiny_model_dir):
     card = (adapter / "README.md").read_text()
     assert card.startswith("---\n") and f"base_model: {tiny_model_dir}" in card
     assert "library_name: peft" in card
-    run = results.load_run(finished)
+    run = load_run(finished)
     rows = run.items("lora")
     tok = modeling.load_tokenizer(_suite(run).model, str(tiny_model_dir))
     spec = DataSpec(**{k: v for k, v in run.record["config"]["data"].items() if v is not None})

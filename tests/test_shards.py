@@ -17,7 +17,7 @@ from harness import preflight
 from harness.cli import app
 from harness.errors import InputError
 from harness.metrics import SYSTEM_KEYS
-from harness.results import load_run
+from harness.record import load_run
 from harness.shard import Shard
 
 from .test_sweep import write_suite

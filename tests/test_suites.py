@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from harness import config, sweep
 from harness.cli import app
-from harness.results import load_run
+from harness.record import load_run
 
 from .conftest import ASSETS, REPO
 

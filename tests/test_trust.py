@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from harness import results
 from harness.cli import app
+from harness.record import load_run, read_jsonl
 
 runner = CliRunner()
 
@@ -26,11 +27,11 @@ def run_suite(suite: Path, out: Path, *extra: str) -> Path:
 
 
 def train_losses(run: Path) -> list[float]:
-    return [r["loss"] for r in results.read_jsonl(run / results.TRAIN_LOG_FILE) if "loss" in r]
+    return [r["loss"] for r in read_jsonl(run / results.TRAIN_LOG_FILE) if "loss" in r]
 
 
 def item_losses(run: Path, arm: str) -> list[float]:
-    return [r["loss"] for r in results.load_run(run).items(arm)]
+    return [r["loss"] for r in load_run(run).items(arm)]
 
 
 def test_same_suite_same_adapter_cold_and_cached(suite_dir):
@@ -40,8 +41,8 @@ def test_same_suite_same_adapter_cold_and_cached(suite_dir):
     cold = run_suite(suite, out)
     torch.rand(1000)  # whatever ran before in the process must not change the adapter
     cached = run_suite(suite, out)
-    assert results.load_run(cached).record["arms"]["baseline"].get("cached") is True
-    assert results.load_run(cold).record["arms"]["baseline"].get("cached") is None
+    assert load_run(cached).record["arms"]["baseline"].get("cached") is True
+    assert load_run(cold).record["arms"]["baseline"].get("cached") is None
     assert train_losses(cold) == train_losses(cached) and len(train_losses(cold)) >= 5
     assert item_losses(cold, "lora") == item_losses(cached, "lora")
     assert item_losses(cold, "baseline") == item_losses(cached, "baseline")
@@ -60,12 +61,12 @@ def test_model_overwritten_in_place_misses_the_cache(suite_dir, tiny_model_dir):
     args = (*FAST, "--set", f"model.name_or_path={model}")
     first = run_suite(suite_dir / "tiny.toml", suite_dir / "results", *args)
     again = run_suite(suite_dir / "tiny.toml", suite_dir / "results", *args)
-    assert results.load_run(again).record["arms"]["baseline"].get("cached") is True
+    assert load_run(again).record["arms"]["baseline"].get("cached") is True
     from transformers import AutoTokenizer
 
     build_model(AutoTokenizer.from_pretrained(model), seed=1).save_pretrained(model)  # new weights
     after = run_suite(suite_dir / "tiny.toml", suite_dir / "results", *args)
-    base = results.load_run(after).record["arms"]["baseline"]
+    base = load_run(after).record["arms"]["baseline"]
     assert base.get("cached") is None
     assert item_losses(after, "baseline") != item_losses(first, "baseline")
 
@@ -80,7 +81,7 @@ def test_cache_entry_of_the_wrong_shape_is_recomputed(suite_dir, tmp_path, monke
     for bad in ([], None, "x", {"key_fields": good["key_fields"]}, short, no_metrics):
         entry.write_text(json.dumps(bad))
         run = run_suite(suite_dir / "tiny.toml", suite_dir / "results", *FAST)
-        rec = results.load_run(run).record
+        rec = load_run(run).record
         assert rec["status"] == "success" and rec["arms"]["baseline"].get("cached") is None
         assert item_losses(run, "baseline") == item_losses(first, "baseline")
         assert len(rec["comparisons"]) > 0  # paired with the lora arm
@@ -120,7 +121,7 @@ def test_cpu_peak_memory_is_each_arm_own_eval_phase(suite_dir):
     del block
     run = run_suite(suite_dir / "tiny.toml", suite_dir / "results", *FAST)
     lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    rec = results.load_run(run).record
+    rec = load_run(run).record
     assert rec["env"]["memory_kind"] == "eval_weights_plus_anon_rss_increase"
     assert "during this arm's evaluation" in rec["env"]["memory_description"]
     for arm in ("baseline", "lora"):
@@ -156,7 +157,7 @@ def test_what_training_leaves_resident_is_not_the_adapter_memory(suite_dir, monk
         return out
 
     monkeypatch.setattr(train, "train_adapter", leaky)
-    rec = results.load_run(run_suite(suite_dir / "tiny.toml", suite_dir / "results",
+    rec = load_run(run_suite(suite_dir / "tiny.toml", suite_dir / "results",
                                      *FAST)).record
     assert leftovers and rec["status"] == "success"
     base, lora = (rec["arms"][a]["metrics"]["peak_memory_bytes"] for a in ("baseline", "lora"))
@@ -172,7 +173,7 @@ def test_what_training_leaves_resident_is_not_the_adapter_memory(suite_dir, monk
 
 def test_train_losses_named_for_what_they_are(suite_dir):
     run = run_suite(suite_dir / "tiny.toml", suite_dir / "results")
-    t = results.load_run(run).record["training"]["lora"]
+    t = load_run(run).record["training"]["lora"]
     logged = train_losses(run)
     assert t["final_train_loss"] == logged[-1]  # the last logged loss
     assert t["mean_train_loss"] > t["final_train_loss"]  # the mean over all 24 steps
@@ -181,11 +182,11 @@ def test_train_losses_named_for_what_they_are(suite_dir):
 
 def test_cached_baseline_speed_is_marked_and_not_compared(suite_dir):
     suite, out = suite_dir / "tiny.toml", suite_dir / "results"
-    cold = results.load_run(run_suite(suite, out, *FAST)).record
+    cold = load_run(run_suite(suite, out, *FAST)).record
     res = runner.invoke(app, ["run", str(suite), "--out", str(out), *FAST])
     assert res.exit_code == 0, res.output
     (path,) = set((out / "tiny").iterdir()) - {out / "tiny" / cold["run_id"]}
-    warm = results.load_run(path).record
+    warm = load_run(path).record
     speed = {"eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes"}
     assert speed <= {c["metric"] for c in cold["comparisons"]}
     assert not speed & {c["metric"] for c in warm["comparisons"]}
@@ -201,7 +202,7 @@ def test_cached_baseline_speed_is_marked_and_not_compared(suite_dir):
 
 def test_model_card_lists_the_arm_metrics(suite_dir):
     run = run_suite(suite_dir / "tiny.toml", suite_dir / "results", *FAST)
-    arms = results.load_run(run).record["arms"]
+    arms = load_run(run).record["arms"]
     card = (run / "adapters" / "lora" / "README.md").read_text()
     rows = {}
     for line in card.splitlines():
@@ -260,7 +261,7 @@ def test_leftover_partial_folder_of_a_dead_run_is_reported(suite_dir):
     assert "warning:" in res.output and killed.name in res.output
     assert alive.name not in res.output  # a live run's staging folder is not a leftover
     (run,) = [p for p in (out / "tiny").iterdir() if not p.name.startswith(".")]
-    warnings = results.load_run(run).record["warnings"]
+    warnings = load_run(run).record["warnings"]
     assert any(killed.name in w for w in warnings)
 
 
@@ -350,7 +351,7 @@ def test_max_new_tokens_beyond_the_context_is_capped_and_said(suite_dir):
     assert res.exit_code == 0, res.output
     assert "context of 512 tokens" in res.output and "generating at most" in res.output
     (run,) = (out / "tiny").iterdir()
-    loaded = results.load_run(run)
+    loaded = load_run(run)
     cap = loaded.record["eval_limits"]["max_new_tokens"]
     longest = max(r["n_tokens"] for r in loaded.predictions)  # reference tokens: a lower bound
     assert 0 < cap < 512 - 8 and longest < 512
@@ -436,7 +437,7 @@ def test_sweep_cell_failing_after_its_eval_is_recorded_failed(suite_dir, monkeyp
                               str(suite_dir / "o"), *FAST, "--set", f"sweep.cells={cells}"])
     assert res.exit_code == 1, res.output
     (run,) = (suite_dir / "o" / "tiny").iterdir()
-    loaded = results.load_run(run)
+    loaded = load_run(run)
     arms = loaded.record["arms"]
     assert arms["a"]["status"] == "failed" and "cannot write the card" in arms["a"]["error"][
         "message"]

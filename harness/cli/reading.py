@@ -68,7 +68,7 @@ def _readable_runs(args: list[str]) -> list[Any]:
     harness) is a warning and is skipped, as pytest-benchmark skips a corrupt saved run; with
     none left, or a lone run, it is the error."""
     from harness.errors import RecordError
-    from harness.results import load_run
+    from harness.record import load_run
 
     loaded, bad = [], []
     for arg in args:
@@ -122,7 +122,7 @@ def gate_command(
     ```
     """
     from harness import gate
-    from harness.results import load_run
+    from harness.record import load_run
 
     try:
         cand = load_run(candidate)
@@ -160,7 +160,8 @@ def report_command(
     ```
     """
     from harness import report
-    from harness.results import check_writable, load_run
+    from harness.record import load_run
+    from harness.results import check_writable
 
     try:
         loaded = load_run(run_)

@@ -75,13 +75,14 @@ def run_command(
 def _outcome(outcome: Any) -> None:
     """The summary table and the run directory; exit 1 when the run or an arm failed."""
     from harness.cli.summary import print_tables
+    from harness.record import Status
 
     print_tables(outcome.record)
     show(f"run directory: {outcome.path}")
-    if outcome.record["status"] != "success":
+    if outcome.record["status"] != Status.SUCCESS:
         error("run failed: " + outcome.record["error"]["message"])
         raise typer.Exit(1)
-    failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == "failed"]
+    failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == Status.FAILED]
     if failed:
         error(f"{len(failed)} arm(s) failed: {', '.join(failed)} (see run.json)")
         raise typer.Exit(1)
@@ -144,13 +145,14 @@ def _worker(suite: Any, shard: Any = None) -> int:
     import tempfile
 
     from harness import pipeline
+    from harness.record import Status
 
     with tempfile.TemporaryDirectory(prefix="harness-rank-") as tmp:
         try:
             outcome = pipeline.run_suite(suite, Path(tmp), shard=shard)  # rank 0's arms
         except (HarnessError, KeyboardInterrupt):
             return 1
-    return 0 if outcome.record["status"] == "success" else 1
+    return 0 if outcome.record["status"] == Status.SUCCESS else 1
 
 
 @contextlib.contextmanager
@@ -205,7 +207,7 @@ def merge_command(
     """
     from harness import merge
     from harness.cli.summary import print_tables
-    from harness.results import load_run
+    from harness.record import Status, load_run
 
     try:
         with stop_on_signals():  # the staged merge is removed, not left to look resumable
@@ -217,7 +219,7 @@ def merge_command(
         raise typer.Exit(1) from None
     print_tables(outcome.record)
     show(f"run directory: {outcome.path}")
-    failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == "failed"]
+    failed = [n for n, a in outcome.record["arms"].items() if a.get("status") == Status.FAILED]
     if failed:
         error(f"{len(failed)} arm(s) failed: {', '.join(failed)} (see run.json)")
         raise typer.Exit(1)
