@@ -206,12 +206,12 @@ def run(
     harness run suites/llama32_finetome_sweep.toml --shard 0/3 --out results/shards
     ```
     """
-    from harness import config, pipeline, progress
+    from harness import pipeline, progress, suitefile
     from harness.shard import Shard
 
     try:
         part = Shard.parse(shard) if shard is not None else None
-        s = config.load_suite(suite, set_ or [], adapter or [])
+        s = suitefile.load_suite(suite, set_ or [], adapter or [])
     except HarnessError as e:
         _fail(e)
     if eval_only:
@@ -365,12 +365,12 @@ def validate(
     harness validate suites/*.toml --set data.eval_size=8
     ```
     """
-    from harness import config
+    from harness import suitefile
 
     failed, loaded = 0, []
     for path in suites:
         try:
-            loaded.append((path, config.load_suite(path, set_ or [], adapter or [])))
+            loaded.append((path, suitefile.load_suite(path, set_ or [], adapter or [])))
         except HarnessError as e:
             _error(str(e))
             failed = max(failed, e.exit_code)
@@ -433,11 +433,11 @@ def plan(
     harness plan suites/llama32_finetome_sweep.toml
     ```
     """
-    from harness import config
     from harness import plan as planning
+    from harness import suitefile
 
     try:
-        s = config.load_suite(suite, set_ or [], adapter or [])
+        s = suitefile.load_suite(suite, set_ or [], adapter or [])
         _offline_without_network(s)
         _print(planning.render_plan(planning.make_plan(s)))
     except HarnessError as e:

@@ -40,6 +40,7 @@ from harness import (
     scoring,
     shapes,
     stats,
+    suitefile,
     sweep,
     templating,
     train,
@@ -150,7 +151,7 @@ def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, d
     """The suite once per extra baseline template, on the same eval items."""
     out = []
     for name, template in suite.eval.baseline_templates.items():
-        variant = config.with_overrides(suite, {"data.prompt_template": template})
+        variant = suitefile.with_overrides(suite, {"data.prompt_template": template})
         vsplits = data.load_splits(variant)
         assert [e.id for e in vsplits.eval] == [e.id for e in splits.eval]  # same seed, same rows
         out.append((arms.variant(name), variant, vsplits))

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from harness import encoding, textmetrics
 from harness.cli import app
-from harness.config import load_suite
 from harness.results import load_run
+from harness.suitefile import load_suite
 
 from .conftest import ASSETS, cli_run, tiny_suite_text
 

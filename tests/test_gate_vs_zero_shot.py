@@ -127,17 +127,17 @@ def test_rule_objects_carry_the_flag():
 
 
 def test_validate_accepts_the_rule_in_a_suite(tmp_path: Path):
-    from harness import config
+    from harness import suitefile
 
     raw = {"name": "toy", "model": {"name_or_path": "toy/model"},
            "data": {"path": "x.jsonl", "prompt_template": "{{ q }}",
                     "response_template": "{{ a }}"},
            "gate": {"rules": [RULE]}}
-    suite = config.validate_suite(raw, path=tmp_path / "toy.toml")
+    suite = suitefile.validate_suite(raw, path=tmp_path / "toy.toml")
     assert suite.gate.rules == [RULE]
     raw["gate"] = {"rules": ["loss:+0.05:vs-base"]}
     with pytest.raises(Exception, match="unknown flag"):
-        config.validate_suite(raw, path=tmp_path / "toy.toml")
+        suitefile.validate_suite(raw, path=tmp_path / "toy.toml")
 
 
 def test_the_record_is_not_touched(tmp_path: Path):

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import harness
-from harness import config, results, resume
+from harness import config, results, resume, suitefile
 from harness.cli import app
 
 from .conftest import REPO
@@ -164,7 +164,7 @@ def test_the_resample_bound_is_the_suite_configs(suite_dir):
     """One constant: a suite may not ask for more than a record may."""
     from harness.stats import MAX_RESAMPLES
 
-    ok = config.load_suite(suite_dir / "tiny.toml", [f"stats.n_resamples={MAX_RESAMPLES}"])
+    ok = suitefile.load_suite(suite_dir / "tiny.toml", [f"stats.n_resamples={MAX_RESAMPLES}"])
     assert ok.stats.n_resamples == MAX_RESAMPLES
     res = _cli("validate", suite_dir / "tiny.toml", "--set",
                f"stats.n_resamples={MAX_RESAMPLES + 1}")
@@ -202,7 +202,7 @@ def killed(suite_dir, tmp_path) -> Path:
     """The staging folder a run killed before its first arm leaves (its writer gone): the
     state exactly as resume.Journal writes it, for the suite in ``suite_dir``."""
     suite_file = suite_dir / "tiny.toml"
-    suite = config.load_suite(suite_file)
+    suite = suitefile.load_suite(suite_file)
     dumped = config.dump(suite)
     staging = tmp_path / "out" / "tiny" / ".20261122T000000-abcdef.partial"
     staging.mkdir(parents=True)

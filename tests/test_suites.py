@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, sweep
+from harness import config, suitefile, sweep
 from harness.cli import app
 from harness.results import load_run
 
@@ -33,7 +33,7 @@ SEEDS = [p for p in SUITES if p.stem in REPORT_SUITES]
 
 @pytest.mark.parametrize("path", SUITES, ids=lambda p: p.stem)
 def test_shipped_suite_validates_and_expands(path: Path):
-    suite = config.load_suite(path)
+    suite = suitefile.load_suite(path)
     arms = sweep.expand(suite)
     assert suite.name == path.stem
     assert arms and all(cell.train is not None for _, cell in arms)
@@ -63,7 +63,7 @@ def test_default_suite_validates_through_cli():
 
 
 def _suite(stem: str) -> config.Suite:
-    return config.load_suite(REPO / "suites" / f"{stem}.toml")
+    return suitefile.load_suite(REPO / "suites" / f"{stem}.toml")
 
 
 def test_seed003_settings_are_the_reports():
