@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from harness import arms, stats
+from harness import arms, gaterules, stats
 from harness.errors import InputError
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -77,10 +77,8 @@ Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 
 def _gate_rule(v: str) -> str:
-    from harness.gate import parse_rule  # lazy: gate imports stats and formatting
-
     try:
-        parse_rule(v, source="suite")
+        gaterules.parse_rule(v, source="suite")
     except InputError as e:
         raise ValueError(str(e)) from None
     return v
