@@ -469,12 +469,13 @@ def compare(
     ```
     """
     from harness import compare as comparing
+    from harness import config
     from harness.results import check_writable
 
     try:
         if output is not None:
             check_writable(output.parent, output.name)
-        level = comparing.stats.DEFAULT_ALPHA if alpha is None else alpha
+        level = config.DEFAULT_ALPHA if alpha is None else alpha
         text = comparing.compare_runs(_readable_runs(runs), fmt=fmt.value, alpha=level)
     except HarnessError as e:
         _fail(e)

@@ -1,16 +1,16 @@
 """The suite schema: a frozen, validated `Suite` (`harness.suitefile` reads one from a TOML file).
 
-Imports pydantic and NumPy (the stats defaults), never torch, transformers, datasets or
-huggingface_hub: suites are read and every error listed in a fraction of a second, and
-`validate` can still switch the hub libraries to offline mode after reading the suites, before
-they are imported. (`validate` and `plan` import torch afterwards, to build the model on the
-meta device: shapes, no weights.)
+Imports pydantic, never torch, transformers, datasets or huggingface_hub: suites are read and
+every error listed in a fraction of a second, and `validate` can still switch the hub libraries
+to offline mode after reading the suites, before they are imported. (`validate` and `plan`
+import torch afterwards, to build the model on the meta device: shapes, no weights.)
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -20,11 +20,13 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticKnownError
 
-from harness import arms, gaterules, stats
+from harness import arms, gaterules
 from harness.errors import InputError
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -330,10 +332,77 @@ class EvalSpec(_Strict):
         return self.generate_batch_size or max(self.batch_size, 32)
 
 
-class StatsSpec(_Strict):
-    n_resamples: Annotated[int, Field(ge=100, le=stats.MAX_RESAMPLES)] = stats.DEFAULT_RESAMPLES
-    seed: Seed = 0
-    alpha: Annotated[float, Field(gt=0, lt=1)] = stats.DEFAULT_ALPHA
+DEFAULT_RESAMPLES = 10_000
+# The most resamples a suite may ask for and a record may make compare / gate recompute:
+# 100x the default, ~70 s per metric at 10,000 items on the 2-core box (harness.stats).
+MAX_RESAMPLES = 1_000_000
+# A suite asks for at least 100: a permutation p is never below 1 / (1 + n_resamples), so
+# fewer could not reach p < 0.01 at all. A record may carry fewer (readers recompute with it).
+MIN_SUITE_RESAMPLES = 100
+DEFAULT_ALPHA = 0.05
+# The validation context `suitefile.validate_suite` passes: the bounds of a suite's own keys.
+SUITE_FILE = {"suite_file": True}
+
+
+def _in_suite_file(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get("suite_file"))
+
+
+class StatsSettings(_Strict):
+    """How comparisons are computed: a suite's [stats] table, recorded in run.json under
+    ``stats``, and what compare, gate and merge recompute with.
+
+    Bounds: built by code (``StatsSettings(n_resamples=...)``, ``from_record``, ``--alpha``),
+    n_resamples 1..MAX_RESAMPLES, seed >= 0 and alpha in (0, 1), what every reader of run.json
+    has accepted (InputError otherwise); read from a suite file (context SUITE_FILE),
+    n_resamples >= MIN_SUITE_RESAMPLES and a seed in NumPy's range, listed with the suite's
+    other errors.
+    """
+
+    # The suite's bounds in the JSON schema too (the validators below apply them).
+    n_resamples: Annotated[int, Field(le=MAX_RESAMPLES, json_schema_extra={
+        "minimum": MIN_SUITE_RESAMPLES})] = DEFAULT_RESAMPLES
+    seed: Annotated[int, Field(ge=0, json_schema_extra={"maximum": MAX_SEED})] = 0
+    alpha: Annotated[float, Field(json_schema_extra={
+        "exclusiveMinimum": 0, "exclusiveMaximum": 1})] = DEFAULT_ALPHA
+
+    @field_validator("n_resamples")
+    @classmethod
+    def _resamples_floor(cls, v: int, info: ValidationInfo) -> int:
+        if _in_suite_file(info) and v < MIN_SUITE_RESAMPLES:
+            raise PydanticKnownError("greater_than_equal", {"ge": MIN_SUITE_RESAMPLES})
+        if v < 1:
+            raise InputError(f"stats.n_resamples must be >= 1, got {v}")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_ceiling(cls, v: int, info: ValidationInfo) -> int:
+        if _in_suite_file(info) and v > MAX_SEED:
+            raise PydanticKnownError("less_than_equal", {"le": MAX_SEED})
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_open(cls, v: float, info: ValidationInfo) -> float:
+        if 0.0 < v < 1.0:
+            return v
+        if not _in_suite_file(info):
+            raise InputError(f"stats.alpha must be in (0, 1), got {v}")
+        if v <= 0:
+            raise PydanticKnownError("greater_than", {"gt": 0})
+        raise PydanticKnownError("less_than", {"lt": 1})
+
+    @classmethod
+    def from_record(cls, stats: Mapping[str, Any] | None, *, alpha: float | None = None
+                    ) -> StatsSettings:
+        """Settings a stored record was made with (defaults where absent); alpha overridable."""
+        stats = stats or {}
+        return cls(
+            n_resamples=int(stats.get("n_resamples", DEFAULT_RESAMPLES)),
+            seed=int(stats.get("seed", 0)),
+            alpha=float(alpha if alpha is not None else stats.get("alpha", DEFAULT_ALPHA)),
+        )
 
 
 class GateSpec(_Strict):
@@ -376,7 +445,7 @@ class Suite(_Strict):
     data: DataSpec
     train: Optional[TrainSpec] = None
     eval: EvalSpec = EvalSpec()
-    stats: StatsSpec = StatsSpec()
+    stats: StatsSettings = StatsSettings()
     gate: GateSpec = GateSpec()
     sweep: Optional[SweepSpec] = None
     adapters: list[AdapterSpec] = []

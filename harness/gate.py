@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import arms as A
+from harness import config, measured, stats
 from harness import formatting as F
-from harness import measured, stats
 from harness import metrics as M
 from harness.errors import InputError, RecordError
 from harness.gaterules import VS_ZERO_SHOT, Rule, parse_rule
@@ -321,7 +321,7 @@ def _values(arm: Mapping[str, Any]) -> dict[str, Any]:
 
 def _comparison_rows(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_arm: str,
                      rules: Sequence[Rule]) -> dict[str, dict[str, Any]]:
-    settings = stats.StatsSettings.from_record(candidate.record.get("stats"))
+    settings = config.StatsSettings.from_record(candidate.record.get("stats"))
     needed = list(dict.fromkeys(r.metric for r in rules))
     base_items, cand_items = baseline.items(base_arm), candidate.items(cand_arm)
     if not (base_items and cand_items):  # no predictions.jsonl: point values only

@@ -643,8 +643,8 @@ def _compare(run: _Run, name: str) -> None:
                                                  _settings(run.suite))
 
 
-def _settings(suite: Suite) -> stats.StatsSettings:
-    return stats.StatsSettings(suite.stats.n_resamples, suite.stats.seed, suite.stats.alpha)
+def _settings(suite: Suite) -> config.StatsSettings:
+    return suite.stats
 
 
 def _compare_seeds(run: _Run) -> None:

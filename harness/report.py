@@ -29,11 +29,11 @@ from harness import arms as A
 from harness import formatting as F
 from harness import measured, plots, templating
 from harness import metrics as M
+from harness.config import DEFAULT_ALPHA
 from harness.errors import RecordError
 from harness.formatting import DASH
 from harness.metrics import ROUGE_KEYS, SYSTEM_KEYS, lower_is_better
 from harness.results import LoadedRun, atomic_write_text
-from harness.stats import DEFAULT_ALPHA
 
 REPORT_FILES = ("report.html", "report.md")  # what write_reports writes, in this order
 HTML_TEMPLATE, MD_TEMPLATE, JS_FILE = "report.html.j2", "report.md.j2", "_report.js"

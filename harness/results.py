@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.config import MAX_RESAMPLES
 from harness.errors import InputError, RecordError
-from harness.stats import MAX_RESAMPLES
 
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
@@ -501,7 +501,7 @@ RECORD_SHAPE = Obj({
     "seed_comparisons": ListOf(Obj({**_ROW, "recipe": Kind(("a string",)),
                                     "n_seeds": Kind(("an integer",), lo=1)},
                                    required=("metric", "recipe", "n_seeds")), null=True),
-    # what the readers recompute: bounded as the suite config bounds it (stats.MAX_RESAMPLES)
+    # what the readers recompute: bounded as the suite config bounds it (config.MAX_RESAMPLES)
     "stats": Obj({"n_resamples": Kind(("an integer",), lo=1, hi=MAX_RESAMPLES),
                   "seed": Kind(("an integer",), lo=0),
                   "alpha": Kind(("a number",), lo=0, hi=1, open=True)}, null=True),

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from harness.config import Suite
+from harness.config import SUITE_FILE, Suite
 from harness.errors import ConfigError
 
 # ---------------------------------------------------------------- loading
@@ -107,7 +107,7 @@ def validate_suite(raw: dict[str, Any], *, path: Path, text: str = "",
     ``in_file=False``: a suite rebuilt in memory (a sweep cell), whose errors name the key
     alone, not a file that did not write it."""
     try:
-        return Suite.model_validate({**raw, "base_dir": path.parent})
+        return Suite.model_validate({**raw, "base_dir": path.parent}, context=SUITE_FILE)
     except ValidationError as e:
         lines = [_error_line(issue, path if in_file else None, text, origins or {})
                  for issue in _issues(e)]

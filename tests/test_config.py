@@ -167,7 +167,6 @@ def test_reading_a_suite_imports_no_model_or_hub_library(tmp_path):
 
 
 def test_stats_defaults_are_the_statistics_modules():
-    from harness import stats
 
-    spec = config.StatsSpec()
-    assert (spec.n_resamples, spec.alpha) == (stats.DEFAULT_RESAMPLES, stats.DEFAULT_ALPHA)
+    spec = config.StatsSettings()
+    assert (spec.n_resamples, spec.alpha) == (config.DEFAULT_RESAMPLES, config.DEFAULT_ALPHA)

@@ -157,12 +157,12 @@ def test_a_record_asking_for_1e12_resamples_is_refused_not_a_hang(runs, tmp_path
         assert res.returncode == 2, res.stderr
         assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
         assert str(where) in res.stderr and "`stats.n_resamples` must be within 1 and " \
-            f"{harness.stats.MAX_RESAMPLES:,}" in res.stderr, res.stderr
+            f"{harness.config.MAX_RESAMPLES:,}" in res.stderr, res.stderr
 
 
 def test_the_resample_bound_is_the_suite_configs(suite_dir):
     """One constant: a suite may not ask for more than a record may."""
-    from harness.stats import MAX_RESAMPLES
+    from harness.config import MAX_RESAMPLES
 
     ok = suitefile.load_suite(suite_dir / "tiny.toml", [f"stats.n_resamples={MAX_RESAMPLES}"])
     assert ok.stats.n_resamples == MAX_RESAMPLES

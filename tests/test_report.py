@@ -34,7 +34,7 @@ def comparisons(path: Path) -> list[dict[str, Any]]:
     """What the pipeline stores: ``stats.compare_arms`` of every other arm against baseline,
     on the run's per-item rows, with the run's recorded resample count and seed."""
     run = load_run(path)
-    arms, settings = run.record["arms"], stats.StatsSettings.from_record(run.record["stats"])
+    arms, settings = run.record["arms"], config.StatsSettings.from_record(run.record["stats"])
     return [row for cand in arms if cand != "baseline" for row in stats.compare_arms(
         run.items("baseline"), run.items(cand), arms["baseline"]["metrics"],
         arms[cand]["metrics"], baseline="baseline", candidate=cand,
