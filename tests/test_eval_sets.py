@@ -96,7 +96,7 @@ def test_set_numbers_equal_plain_transformers_and_sacrebleu(two_set_run, tiny_mo
     rows = [r for r in loaded.items("baseline") if r["set"] == "general"]
     nll = tokens = 0.0
     for r in rows:
-        from harness.data import Example
+        from harness.prompts import Example
 
         enc = encoding.encode(Example(r["id"], r["prompt"], r["reference"]), tok, spec)
         ids = torch.tensor([enc.input_ids])
