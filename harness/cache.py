@@ -58,7 +58,7 @@ def baseline_key_fields(suite: Suite, source: ModelSource, device: str,
     }
     if sets:
         fields["sets"] = [{"name": s.name, "fingerprint": s.fingerprint,
-                           "spec": suite.eval.sets[s.name].model_dump(mode="json")} for s in sets]
+                           "spec": s.spec.model_dump(mode="json")} for s in sets]
     return fields
 
 

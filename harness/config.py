@@ -483,13 +483,18 @@ class Suite(_Strict):
 
     def resolve(self, p: str) -> Path:
         """A path from the suite, relative to the suite file's folder."""
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else self.base_dir / path
+        return resolve(self.base_dir, p)
 
     def on_hub(self, adapter: AdapterSpec) -> bool:
         """An existing adapter named by a hub id: neither a folder here nor written as a path."""
         return not (self.resolve(adapter.path).exists()
                     or adapter.path.startswith((".", "/", "~")))
+
+
+def resolve(base_dir: Path, p: str) -> Path:
+    """A path written in a suite, relative to ``base_dir`` (the suite file's folder)."""
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else base_dir / path
 
 
 def uses_hub(suite: Suite) -> bool:

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
-from harness.config import DataSpec, Suite
+from harness.config import DataSpec, EvalSetSpec, Suite, resolve
 from harness.datafiles import Pool, check_fields, load_pools
 from harness.errors import DataError
 from harness.prompts import BadRow, Example, renderer, row_id
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,25 +56,27 @@ class DataSplits:
 
 
 def load_splits(suite: Suite) -> DataSplits:
-    """Rows -> rendered, de-duplicated, seeded, disjoint train / validation / eval examples.
+    """The suite's [data]: `read_splits`, every DataError naming the suite too."""
+    training = suite.train is not None
+    return _naming(suite.name, lambda: read_splits(suite.data, suite.base_dir, training=training))
 
-    Every DataError names the suite, the key and, for one row, its data file and line."""
+
+def _naming(suite: str, read: Callable[[], T]) -> T:
+    """``read()``, each line of its DataError prefixed with the suite's name (each bad row is
+    its own line). Keeps the subclass: plan tells DatasetUnavailable apart."""
     try:
-        return _load_splits(suite)
-    except DataError as e:  # keeps the subclass: plan tells DatasetUnavailable apart
-        raise type(e)(_each_line(f"suite {suite.name!r}: ", str(e))) from e
-
-
-def _each_line(prefix: str, text: str) -> str:
-    """``prefix`` before every line: each bad row is its own line of the error."""
-    return "\n".join(prefix + line for line in text.splitlines())
+        return read()
+    except DataError as e:
+        raise type(e)("\n".join(f"suite {suite!r}: {line}" for line in str(e).splitlines())
+                      ) from e
 
 
 @dataclass(frozen=True)
 class EvalSet:
-    """An extra eval set ([eval.sets.<name>]): its items and their fingerprint."""
+    """An extra eval set ([eval.sets.<name>]): its spec, items and their fingerprint."""
 
     name: str
+    spec: EvalSetSpec
     examples: tuple[Example, ...]
     fingerprint: str
     source: str  # the file or hub dataset it was read from
@@ -83,23 +87,18 @@ class EvalSet:
 
 
 def load_eval_sets(suite: Suite) -> list[EvalSet]:
-    return [load_eval_set(suite, name) for name in suite.eval.sets]
+    return [load_eval_set(name, spec, suite.base_dir, suite=suite.name)
+            for name, spec in suite.eval.sets.items()]
 
 
-def load_eval_set(suite: Suite, name: str) -> EvalSet:
-    """The rows of [eval.sets.NAME], read by the same code as [data] (one pool, all eval)."""
-    spec = suite.eval.sets[name]
-    reader = suite.model_copy(update={"data": spec.as_data(), "train": None})
-    try:
-        splits = _load_splits(reader)
-    except DataError as e:  # the keys are eval.sets.NAME.*, not data.*
-        text = _SET_KEY.sub(f"eval.sets.{name}.", str(e)).replace(".train_split", ".split")
-        raise type(e)(_each_line(f"suite {suite.name!r}: ", text)) from e
-    source = spec.dataset or str(suite.resolve(spec.path or ""))
-    return EvalSet(name, splits.eval, splits.eval_fingerprint, source)
-
-
-_SET_KEY = re.compile(r"\bdata\.")
+def load_eval_set(name: str, spec: EvalSetSpec, base_dir: Path, *, suite: str) -> EvalSet:
+    """The rows of [eval.sets.NAME], read by the same code as [data] (one pool, all eval);
+    errors name the suite and the set's keys."""
+    table = f"eval.sets.{name}"
+    splits = _naming(suite, lambda: read_splits(spec.as_data(), base_dir, training=False,
+                                                table=table))
+    source = spec.dataset or str(resolve(base_dir, spec.path or ""))
+    return EvalSet(name, spec, splits.eval, splits.eval_fingerprint, source)
 
 
 def requested_size(size: int | str | None) -> int | None:
@@ -107,18 +106,24 @@ def requested_size(size: int | str | None) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def _load_splits(suite: Suite) -> DataSplits:
-    spec, training = suite.data, suite.train is not None
-    train_pool, eval_pool = load_pools(suite)
+def read_splits(spec: DataSpec, base_dir: Path, *, training: bool, table: str = "data"
+                ) -> DataSplits:
+    """Rows -> rendered, de-duplicated, seeded, disjoint train / validation / eval examples;
+    paths relative to ``base_dir``, train and validation sizes checked when ``training``.
+
+    Every DataError names the key (of ``table``: ``data``, ``eval.sets.NAME``) and, for one
+    row, its data file and line."""
+    train_pool, eval_pool = load_pools(spec, base_dir, table)
     for pool in (train_pool, eval_pool):
         if pool is not None:
-            check_fields(spec, pool)
+            check_fields(spec, pool, table)
     held = eval_pool or train_pool  # where eval and validation items come from
     # With cleaning on, train_size counts examples after it (the TinyLlama QLoRA coding
     # report's 1,080 are clean ones):
     # take the whole pool here and cut after dedupe (below) or drop_longer (when encoding).
-    sel = _select(spec, train_pool, held, training, cut_train=not (spec.dedupe or spec.drop_longer))
-    eval_ex, val_ex, train_ex = _render_selected(spec, train_pool, held, sel)
+    sel = _select(spec, train_pool, held, training, table,
+                  cut_train=not (spec.dedupe or spec.drop_longer))
+    eval_ex, val_ex, train_ex = _render_selected(spec, train_pool, held, sel, table)
     dropped: dict[str, int] = {}
     if spec.dedupe:
         train_ex, dropped["duplicates"] = dedupe(train_ex, against=eval_ex + val_ex)
@@ -194,18 +199,18 @@ class _Selection:
     left: str  # what remained for training, for size errors
 
 
-def _select(spec: DataSpec, train_pool: Pool, held: Pool, training: bool,
+def _select(spec: DataSpec, train_pool: Pool, held: Pool, training: bool, table: str,
             cut_train: bool = True) -> _Selection:
     """See the module docstring for the layout. Sizes larger than the data are errors, not
     silently fewer items; validation and train sizes only matter when the suite trains."""
     rng = np.random.default_rng(spec.seed)
     perm = rng.permutation(len(held.rows)).tolist()
-    n_eval = _eval_count(spec, held, two_pools=held is not train_pool)
+    n_eval = _eval_count(spec, held, table, two_pools=held is not train_pool)
     ev, rest = perm[:n_eval], perm[n_eval:]
     n_val = spec.validation_size
     if training and n_val > len(rest):
-        raise DataError(f"data.validation_size = {n_val} but {len(rest)} rows of {held.label} "
-                        f"remain after the {n_eval} eval items are held out")
+        raise DataError(f"{table}.validation_size = {n_val} but {len(rest)} rows of "
+                        f"{held.label} remain after the {n_eval} eval items are held out")
     val, rest = rest[:n_val], rest[n_val:]
     if held is train_pool:
         left = (f"{len(rest)} rows of {held.label} remain after the {n_eval} eval and "
@@ -220,14 +225,14 @@ def _select(spec: DataSpec, train_pool: Pool, held: Pool, training: bool,
     return _Selection(train, val, ev, left)
 
 
-def _eval_count(spec: DataSpec, pool: Pool, two_pools: bool) -> int:
+def _eval_count(spec: DataSpec, pool: Pool, table: str, two_pools: bool) -> int:
     n = len(pool.rows)
     if spec.eval_size == "all" or (spec.eval_size is None and two_pools):
         return n
     if spec.eval_size is None:
         return max(1, n // 10)  # one file: hold out 10 %
     if spec.eval_size > n:
-        raise DataError(f"data.eval_size = {spec.eval_size} but {pool.label} has {n} rows")
+        raise DataError(f"{table}.eval_size = {spec.eval_size} but {pool.label} has {n} rows")
     return spec.eval_size
 
 
@@ -237,13 +242,12 @@ def _eval_count(spec: DataSpec, pool: Pool, two_pools: bool) -> int:
 MAX_LISTED = 10  # bad rows listed one per line; the rest are counted on one more line
 
 
-
-def _render_selected(spec: DataSpec, train_pool: Pool, held: Pool, sel: _Selection,
+def _render_selected(spec: DataSpec, train_pool: Pool, held: Pool, sel: _Selection, table: str,
                      ) -> tuple[list[Example], list[Example], list[Example]]:
     """The eval, validation and train examples, or one DataError listing, in file order, every
     bad row among them and every id the held pool repeats. A template that raises is the
     template's problem, not a row's: raised at its first row."""
-    render = renderer(spec)
+    render = renderer(spec, table)
     problems: list[tuple[str, int, str]] = []  # (pool key, row, message): the sort order
     picks = [(held, sel.eval), (held, sel.validation), (train_pool, sel.train)]
     out = [_render_rows(render, pool, rows, problems) for pool, rows in picks]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import DataSpec, Suite
+from harness.config import DataSpec, resolve
 from harness.errors import DataError, DatasetUnavailable, one_line
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -26,7 +26,7 @@ class Pool:
     """The rows of one source and where each came from, so an error can point at its line."""
 
     rows: Rows
-    key: str  # the suite key naming the source: data.path, data.train_path, ...
+    key: str  # the suite key naming the source: data.path, eval.sets.NAME.path, ...
     label: str  # the resolved file, or "dataset NAME split SPLIT"
     lines: tuple[int, ...] | None = None  # physical line of each row (JSONL, CSV), else row N
 
@@ -34,30 +34,32 @@ class Pool:
         return f"{self.label}:{self.lines[i]}" if self.lines else f"{self.label} row {i + 1}"
 
 
-def load_pools(suite: Suite) -> tuple[Pool, Pool | None]:
-    spec = suite.data
+def load_pools(spec: DataSpec, base_dir: Path, table: str) -> tuple[Pool, Pool | None]:
+    """The train pool and, with a separate eval file or split, the eval pool of ``spec``,
+    paths relative to ``base_dir``; ``table`` (``data``, ``eval.sets.NAME``) names its keys."""
     if spec.dataset:
-        return _load_hub(spec)
+        return _load_hub(spec, table)
     if spec.path:
-        return _read_file(spec, _existing(suite, spec.path, "data.path"), "data.path"), None
-    train = _existing(suite, spec.train_path, "data.train_path")  # type: ignore[arg-type]
-    ev = _existing(suite, spec.eval_path, "data.eval_path") if spec.eval_path else None
-    return (_read_file(spec, train, "data.train_path"),
-            _read_file(spec, ev, "data.eval_path") if ev else None)
+        key = f"{table}.path"
+        return _read_file(spec, _existing(base_dir, spec.path, key), key, table), None
+    train = _existing(base_dir, spec.train_path, f"{table}.train_path")  # type: ignore[arg-type]
+    ev = _existing(base_dir, spec.eval_path, f"{table}.eval_path") if spec.eval_path else None
+    return (_read_file(spec, train, f"{table}.train_path", table),
+            _read_file(spec, ev, f"{table}.eval_path", table) if ev else None)
 
 
-def _existing(suite: Suite, p: str, key: str) -> Path:
-    path = suite.resolve(p)
+def _existing(base_dir: Path, p: str, key: str) -> Path:
+    path = resolve(base_dir, p)
     if not path.is_file():
         raise DataError(f"{key}: data file not found: {path}")
     return path
 
 
-def _read_file(spec: DataSpec, path: Path, key: str) -> Pool:
+def _read_file(spec: DataSpec, path: Path, key: str, table: str) -> Pool:
     fmt = spec.format or _FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise DataError(f"{key}: {path}: unknown data format; set data.format to json, csv or "
-                        "parquet")
+        raise DataError(f"{key}: {path}: unknown data format; set {table}.format to json, csv "
+                        "or parquet")
     fmt = "json" if fmt == "jsonl" else fmt
     text = None if fmt == "parquet" else _utf8(path, key)
     rows = _load_file(path, fmt, key, text)
@@ -167,7 +169,7 @@ def _mark_short_rows(rows: Rows, widths: list[int]) -> None:
             row[col] = None
 
 
-def _load_hub(spec: DataSpec) -> tuple[Pool, Pool | None]:
+def _load_hub(spec: DataSpec, table: str) -> tuple[Pool, Pool | None]:
     import datasets
 
     try:
@@ -176,10 +178,11 @@ def _load_hub(spec: DataSpec) -> tuple[Pool, Pool | None]:
               if spec.eval_split and spec.eval_split != spec.train_split else None)
     except Exception as e:  # noqa: BLE001
         raise DatasetUnavailable(
-            f"data.dataset {spec.dataset!r}: cannot load: {one_line(e)}") from e
+            f"{table}.dataset {spec.dataset!r}: cannot load: {one_line(e)}") from e
     label = f"dataset {spec.dataset} split "
-    return (Pool(train.to_list(), "data.dataset", label + spec.train_split),
-            Pool(ev.to_list(), "data.dataset", label + str(spec.eval_split))
+    key = f"{table}.dataset"
+    return (Pool(train.to_list(), key, label + spec.train_split),
+            Pool(ev.to_list(), key, label + str(spec.eval_split))
             if ev is not None else None)
 
 
@@ -190,7 +193,7 @@ def _root(e: BaseException) -> BaseException:
     return e
 
 
-def check_fields(spec: DataSpec, pool: Pool) -> None:
+def check_fields(spec: DataSpec, pool: Pool, table: str) -> None:
     if not pool.rows:
         raise DataError(f"{pool.key}: {pool.label}: no rows")
     columns = list(pool.rows[0])
@@ -200,5 +203,5 @@ def check_fields(spec: DataSpec, pool: Pool) -> None:
     for var, col in wanted.items():
         if col not in columns:
             key = var if var == "conversations_field" else f"fields.{var}"
-            raise DataError(f"data.{key}: column {col!r} not found in {pool.label}; "
+            raise DataError(f"{table}.{key}: column {col!r} not found in {pool.label}; "
                             "columns are: " + ", ".join(columns))

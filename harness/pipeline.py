@@ -630,9 +630,8 @@ def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
     """[eval.sets.*], encoded with ``tok`` (an existing adapter may bring its own)."""
     out = []
     for s in run.sets:
-        spec = run.suite.eval.sets[s.name]
-        items, _ = encoding.encode_all(s.examples, tok, spec.as_data())
-        out.append(evaluation.Target(s.name, s.examples, items, tuple(spec.metrics)))
+        items, _ = encoding.encode_all(s.examples, tok, s.spec.as_data())
+        out.append(evaluation.Target(s.name, s.examples, items, tuple(s.spec.metrics)))
     return out
 
 
@@ -665,7 +664,7 @@ def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
         "error": None,
         "config": config.dump(s),
         "env": {},
-        "data": {**checked.loaded_splits.summary(), **_sets_summary(s, checked.sets)},
+        "data": {**checked.loaded_splits.summary(), **_sets_summary(checked.sets)},
         "arms": {},
         "comparisons": [],
         "seed_comparisons": [],
@@ -678,11 +677,11 @@ def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
     }
 
 
-def _sets_summary(suite: Suite, sets: list[data.EvalSet]) -> dict[str, Any]:
+def _sets_summary(sets: list[data.EvalSet]) -> dict[str, Any]:
     if not sets:
         return {}
-    return {"eval_sets": {s.name: {**s.summary(), "metrics": suite.eval.sets[s.name].metrics,
-                                   "forgetting": suite.eval.sets[s.name].forgetting}
+    return {"eval_sets": {s.name: {**s.summary(), "metrics": s.spec.metrics,
+                                   "forgetting": s.spec.forgetting}
                           for s in sets}}
 
 

@@ -53,7 +53,7 @@ _ENV = ImmutableSandboxedEnvironment(
 
 @dataclass(frozen=True)
 class _Template:
-    key: str  # prompt_template / response_template
+    key: str  # the suite key: data.prompt_template, eval.sets.NAME.response_template, ...
     template: Any
     names: frozenset[str]  # the variables it reads
 
@@ -64,13 +64,14 @@ def _compile(key: str, text: str) -> _Template:
         return _Template(key, _ENV.from_string(text), frozenset(names))
     except TemplateError as e:
         line = getattr(e, "lineno", None)
-        raise DataError(f"data.{key}: template error (line {line}): {e}") from e
+        raise DataError(f"{key}: template error (line {line}): {e}") from e
 
 
-def renderer(spec: DataSpec):
-    """(pool, row index) -> Example, with the suite's fields mapping and sandboxed Jinja."""
-    prompt_t = _compile("prompt_template", spec.prompt_template)
-    response_t = _compile("response_template", spec.response_template)
+def renderer(spec: DataSpec, table: str):
+    """(pool, row index) -> Example, with the suite's fields mapping and sandboxed Jinja;
+    errors name ``table``'s keys (``data``, ``eval.sets.NAME``)."""
+    prompt_t = _compile(f"{table}.prompt_template", spec.prompt_template)
+    response_t = _compile(f"{table}.response_template", spec.response_template)
 
     def render(pool: Pool, i: int) -> Example:
         row = pool.rows[i]
@@ -102,10 +103,10 @@ def _render(t: _Template, ctx: dict[str, Any], spec: DataSpec, pool: Pool, i: in
         cols = ", ".join(repr(spec.fields.get(v, v)) for v in _culprits(t, ctx))
         what = f"column {cols}" if cols else "a variable"
         raise BadRow(f"{pool.key}: {pool.at(i)}: item {row_id(pool.rows[i], i)} has no value "
-                      f"for {what} (absent or null), which data.{t.key} renders") from None
+                      f"for {what} (absent or null), which {t.key} renders") from None
     except Exception as e:  # noqa: BLE001 - a template is user code; whatever it raises
         problem = one_line(e) if isinstance(e, TemplateError) else f"{type(e).__name__}: {e}"
-        raise DataError(f"data.{t.key}: cannot render item {row_id(pool.rows[i], i)} "
+        raise DataError(f"{t.key}: cannot render item {row_id(pool.rows[i], i)} "
                         f"({pool.at(i)}): {problem}") from e
 
 

@@ -171,6 +171,22 @@ def test_a_bad_set_names_its_key(tmp_path, tiny_model_dir):
     assert not (tmp_path / "r" / "tiny").exists()
 
 
+def test_a_bad_row_of_a_set_names_its_file_as_written(tmp_path, tiny_model_dir):
+    """A set read from `data.jsonl`: its error names that file and the set's own key, and
+    nothing in the message is rewritten (a file or template text with `data.` in it stays)."""
+    suite = write(tmp_path, tiny_model_dir, SETS.replace('path = "general.jsonl"',
+                                                         'path = "data.jsonl"'))
+    bad = tmp_path / "data.jsonl"
+    bad.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"other": 1}) + "\n",
+                   encoding="utf-8")
+    res = runner.invoke(app, ["validate", str(suite)])
+    assert res.exit_code == 2, res.output
+    line = next(ln for ln in res.output.splitlines() if "has no value" in ln)
+    assert line == (f"error: {suite}: suite 'tiny': eval.sets.general.path: {bad}:2: item "
+                    "row-1 has no value for column 'text' (absent or null), which "
+                    "eval.sets.general.response_template renders"), line
+
+
 def test_set_names_must_be_folder_names(tmp_path, tiny_model_dir):
     suite = write(tmp_path, tiny_model_dir, SETS.replace("[eval.sets.qa]", '[eval.sets."a/b"]'))
     res = runner.invoke(app, ["validate", str(suite)])
