@@ -180,10 +180,15 @@ class _Run:
     record: dict[str, Any] = field(default_factory=dict)
     predictions: list[dict[str, Any]] = field(default_factory=list)
     model_content: str | None = None  # modeling.model_identity(): the baseline cache's key
-    eval_spec: config.EvalSpec | None = None  # the suite's, max_new_tokens fitted to the model
+    # How every arm is scored and what the zero-shot cache key holds: the suite's [eval], then
+    # its max_new_tokens fitted to the model's context (_fit_generation).
+    eval_spec: config.EvalSpec = field(init=False)
     sets: list[data.EvalSet] = field(default_factory=list)  # [eval.sets.*], every arm scores
     done: set[str] = field(default_factory=set)  # arms a resumed run measured before
     base_name: str = ""  # the base model as the suite names it (ModelSource.label)
+
+    def __post_init__(self) -> None:
+        self.eval_spec = self.suite.eval
 
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
@@ -360,7 +365,7 @@ def _cache_fields(run: _Run, name: str, suite: Suite, checked: Preflight,
     knowable (a hub model whose commit cannot be resolved): then nothing is reused."""
     if not suite.eval.cache_baseline or run.model_content is None:
         return None
-    return cache.baseline_key_fields(suite, checked.source, device,
+    return cache.baseline_key_fields(suite, run.eval_spec, checked.source, device,
                                      checked.loaded_splits.eval_fingerprint, variant=name,
                                      content=run.model_content,
                                      sets=run.sets if with_sets else [])
@@ -619,7 +624,7 @@ def _non_finite(run: _Run, name: str, arm: dict[str, Any], bad: dict[str, str]) 
 def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, device: str,
               with_sets: bool = True) -> ArmEval:
     """The suite's own items (encoded with this arm's tokenizer) and every extra set."""
-    spec = run.eval_spec or run.suite.eval
+    spec = run.eval_spec
     own = evaluation.Target(None, examples, items, tuple(spec.metrics))
     extra = _set_targets(run, tok) if with_sets else []
     return evaluation.evaluate(model, tok, [own, *extra], spec, arm=name, device=device,
