@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness import config, suitefile
-from harness.errors import ConfigError
+from harness.errors import ConfigError, InputError
 
 MINIMAL = """name = "t"
 
@@ -166,7 +166,34 @@ def test_reading_a_suite_imports_no_model_or_hub_library(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def test_the_schema_stands_below_statistics_and_the_gate(tmp_path):
+    """A suite with [gate] rules and a [stats] table is read and checked without importing
+    the statistics or the gate: the rule syntax and the stats settings are the suite's own."""
+    import subprocess
+    import sys
+
+    write(tmp_path, MINIMAL + '\n[stats]\nn_resamples = 500\n[gate]\nrules = ["rougeL:-1%"]\n')
+    code = ("import sys; from harness import suitefile; "
+            f"s = suitefile.load_suite({str(tmp_path / 's.toml')!r}); "
+            "assert s.gate.rules == ['rougeL:-1%'] and s.stats.n_resamples == 500; "
+            "bad = [m for m in ('harness.stats', 'harness.gate', 'harness.formatting')"
+            " if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_stats_defaults_are_the_statistics_modules():
 
     spec = config.StatsSettings()
     assert (spec.n_resamples, spec.alpha) == (config.DEFAULT_RESAMPLES, config.DEFAULT_ALPHA)
+
+
+def test_stats_settings_bounds_of_a_suite_and_of_a_record(tmp_path):
+    """One type, two sources: a suite asks for 100..1,000,000 resamples and a seed NumPy takes;
+    a record (or code) may carry what every reader has accepted, down to one resample."""
+    msg = error_of(tmp_path, MINIMAL + "\n[stats]\nn_resamples = 99\nseed = 4294967296\n")
+    assert "stats.n_resamples: Input should be greater than or equal to 100 (got 99)" in msg
+    assert "stats.seed: Input should be less than or equal to 4294967295" in msg
+    old = config.StatsSettings.from_record({"n_resamples": 50, "seed": 2**40, "alpha": 0.2})
+    assert (old.n_resamples, old.seed, old.alpha) == (50, 2**40, 0.2)
+    with pytest.raises(InputError, match="n_resamples"):
+        config.StatsSettings.from_record({"n_resamples": 0})
