@@ -1,7 +1,7 @@
 """CI regression gate: a candidate run against a baseline run, under threshold rules. No torch.
 
-Rules (pytest-benchmark ``--benchmark-compare-fail`` style), each the largest allowed change in
-the metric's *worse* direction:
+Rules (pytest-benchmark ``--benchmark-compare-fail`` style; parsed by `harness.gaterules`), each
+the largest allowed change in the metric's *worse* direction:
 
 - ``rougeL:-1%``      rougeL may not drop more than 1 % relative to the baseline
 - ``perplexity:+2%``  perplexity may not rise more than 2 %
