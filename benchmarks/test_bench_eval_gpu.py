@@ -71,10 +71,10 @@ def test_teacher_forced_vs_lm_eval_on_gpu(benchmark: Any, model_dir: tuple[str, 
     pytest.importorskip("lm_eval", reason="pip install -e '.[bench]' (lm-eval>=0.4.8)")
     from lm_eval.models.huggingface import HFLM
 
-    from harness import config, data, encoding, modeling
+    from harness import data, encoding, modeling, suitefile
 
     name, path = model_dir
-    suite = config.load_suite(REPO / "suites" / "default.toml", [
+    suite = suitefile.load_suite(REPO / "suites" / "default.toml", [
         f"model.name_or_path={path}", f"data.eval_size={ITEMS}", "data.max_length=512",
         "data.validation_size=0", "data.train_size=1"])
     tok = modeling.load_tokenizer(suite.model, str(path))

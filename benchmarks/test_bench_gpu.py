@@ -98,7 +98,7 @@ def tinyllama_dir(tmp_path_factory) -> Path:
 
 
 def gpu_suite(model_dir: Path, quantized: bool, checkpointing: bool) -> Any:
-    from harness import config
+    from harness import suitefile
 
     model: dict[str, Any] = {"name_or_path": str(model_dir), "dtype": "bfloat16",
                              "device": "cuda"}
@@ -115,7 +115,7 @@ def gpu_suite(model_dir: Path, quantized: bool, checkpointing: bool) -> Any:
                   "eval_strategy": "no", "logging_steps": STEPS, "seed": 0,
                   "gradient_checkpointing": checkpointing},
     }
-    return config.validate_suite(raw, path=model_dir / "gpu-bench.toml")
+    return suitefile.validate_suite(raw, path=model_dir / "gpu-bench.toml")
 
 
 def synthetic_items(n: int) -> list[Any]:

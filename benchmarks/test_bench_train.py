@@ -48,9 +48,9 @@ def plain_trainer(model: Any, suite: Any, out: Path, dataset: list, collator: An
     """A notebook's Trainer: no callbacks of ours, random sampler. Returns train_runtime (s)."""
     from transformers import PrinterCallback, Trainer
 
-    from harness import config, train
+    from harness import suitefile, train
 
-    spec = config.with_overrides(suite, {"train.group_by_length": False}).train
+    spec = suitefile.with_overrides(suite, {"train.group_by_length": False}).train
     args = train.training_arguments(spec, out, "cpu", has_validation=False)
     trainer = Trainer(model=model, args=args, data_collator=collator, train_dataset=dataset)
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; the numbers are ours

@@ -21,7 +21,7 @@ from typing import Any
 
 from harness import results
 from harness.cachedir import cache_dir
-from harness.config import Suite
+from harness.config import EvalSpec, Suite
 from harness.env import versions
 from harness.modeling import ModelSource
 
@@ -32,16 +32,18 @@ log = logging.getLogger(__name__)
 ENTRY_VERSION = 2
 
 
-def baseline_key_fields(suite: Suite, source: ModelSource, device: str,
+def baseline_key_fields(suite: Suite, spec: EvalSpec, source: ModelSource, device: str,
                         eval_fingerprint: str, variant: str | None = None,
                         content: str | None = None, sets: Sequence[Any] = ()
                         ) -> dict[str, Any]:
-    """``content`` is modeling.model_identity().content: the sha256 of every byte of the local
-    weights, config and tokenizer files, or the hub commit, so a model folder overwritten in
-    place misses the cache (a path alone served a stale loss: 6.01 cached vs 11.07 true; size,
-    mtime and the first and last MiB: 5.9946 vs 6.0319 for weights changed in the middle by a
-    copy that kept the mtime). ``sets``: the extra eval sets (data.EvalSet) scored with the arm;
-    each one's items and settings join the key (none: the key of a suite without sets)."""
+    """``spec``: the [eval] settings the arm is scored with (max_new_tokens fitted to the
+    model's context), so the key holds what ran. ``content`` is
+    modeling.model_identity().content: the sha256 of every byte of the local weights, config
+    and tokenizer files, or the hub commit, so a model folder overwritten in place misses the
+    cache (a path alone served a stale loss: 6.01 cached vs 11.07 true; size, mtime and the
+    first and last MiB: 5.9946 vs 6.0319 for weights changed in the middle by a copy that kept
+    the mtime). ``sets``: the extra eval sets (data.EvalSet) scored with the arm; each one's
+    items and settings join the key (none: the key of a suite without sets)."""
     import harness
 
     m, d = suite.model, suite.data
@@ -53,13 +55,13 @@ def baseline_key_fields(suite: Suite, source: ModelSource, device: str,
         "eval_fingerprint": eval_fingerprint, "variant": variant,
         "templates": [d.prompt_template, d.response_template, d.chat_template, d.system_prompt],
         "encoding": [d.max_length, d.truncation_side],
-        "eval": suite.eval.model_dump(mode="json"),
+        "eval": spec.model_dump(mode="json"),
         "device": device,
         "versions": [harness.__version__, v["torch"], v["transformers"], v["bitsandbytes"]],
     }
     if sets:
         fields["sets"] = [{"name": s.name, "fingerprint": s.fingerprint,
-                           "spec": suite.eval.sets[s.name].model_dump(mode="json")} for s in sets]
+                           "spec": s.spec.model_dump(mode="json")} for s in sets]
     return fields
 
 

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import arms as A
+from harness import config, measured, results, stats
 from harness import formatting as F
-from harness import measured, results, stats
 from harness import metrics as M
 from harness.errors import InputError
 from harness.record import LoadedRun, Status
@@ -77,11 +77,11 @@ class CompareTable:
     notes: list[str]
     runs: list[dict[str, Any]]
     alpha: float
-    settings: stats.StatsSettings
+    settings: config.StatsSettings
 
 
 def compare_runs(runs: list[LoadedRun], *, fmt: str = "md",
-                 alpha: float = stats.DEFAULT_ALPHA) -> str:
+                 alpha: float = config.DEFAULT_ALPHA) -> str:
     """Render every adapter arm against its baseline (and the first run) as one table."""
     render = _renderer(fmt)
     return render(build_table(runs, alpha=alpha))
@@ -98,13 +98,13 @@ def _renderer(fmt: str) -> Callable[[CompareTable], str]:
 # ---------------------------------------------------------------- building the table
 
 
-def build_table(runs: Sequence[LoadedRun], *, alpha: float = stats.DEFAULT_ALPHA
+def build_table(runs: Sequence[LoadedRun], *, alpha: float = config.DEFAULT_ALPHA
                 ) -> CompareTable:
     if not runs:
         raise InputError("compare needs at least one run")
     notes: list[str] = []
     usable = _usable_runs(runs, notes)
-    settings = stats.StatsSettings.from_record(
+    settings = config.StatsSettings.from_record(
         usable[0].record.get("stats") if usable else None, alpha=alpha)
     labels = _run_labels(usable)
     arms = {id(r): _usable_arms(r, notes) for r in usable}
@@ -277,7 +277,7 @@ def _model(run: LoadedRun, arm: str) -> Any:
     return run.record["arms"][arm].get("model")
 
 
-def _compare(p: Pairing, settings: stats.StatsSettings) -> list[dict[str, Any]]:
+def _compare(p: Pairing, settings: config.StatsSettings) -> list[dict[str, Any]]:
     """Rows for one pairing, statistics recomputed from the per-item predictions."""
     same_run = p.base.run is p.cand.run
     paired = same_run or stats.same_eval_set(p.base.run.record, p.cand.run.record)
@@ -498,7 +498,8 @@ def render_json(table: CompareTable) -> str:
     character in a name as its JSON escape, so the text is safe to print and parses back to
     the same name."""
     doc = {
-        "alpha": table.alpha, "stats": table.settings.as_record(), "runs": table.runs,
+        "alpha": table.alpha, "stats": stats.stats_record(**table.settings.model_dump()),
+        "runs": table.runs,
         "comparisons": table.rows, "notes": table.notes,
     }
     return F.printable(results.dumps(doc), json=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.config import DataSpec
-from harness.data import Example
+from harness.prompts import Example
 
 IGNORE_INDEX = -100  # label value the loss skips (torch CrossEntropyLoss default)
 

@@ -17,8 +17,8 @@ from typing import Any
 from harness import distributed, memory, scoring, textmetrics
 from harness import metrics as M
 from harness.config import EvalSpec
-from harness.data import Example
 from harness.encoding import Encoded
+from harness.prompts import Example
 
 Task = Callable[[str, int], Callable[[int], None]]  # progress.task(label, total) -> advance
 

@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from harness import config
 from harness import metrics as M
-from harness import stats
 
 DASH = "—"
 # Float keys holding a share in 0..1, shown as percentages (e.g. the lengths' share_truncated).
@@ -81,7 +81,7 @@ def percent(v: Any, signed: bool = True, digits: int = 1) -> str:
     return DASH if x is None else format(100 * x, f"{'+' if signed else ''}.{digits}f") + "%"
 
 
-def p_value(v: Any, alpha: float = stats.DEFAULT_ALPHA) -> str:
+def p_value(v: Any, alpha: float = config.DEFAULT_ALPHA) -> str:
     """``<0.001`` below ``P_FLOOR`` (below alpha when alpha is smaller), else three decimals
     (``0.042``), or as many more as it takes for the text to decide at ``alpha`` as the number
     does: 0.0496 reads ``0.0496``, never ``0.050``."""

@@ -1,7 +1,7 @@
 """CI regression gate: a candidate run against a baseline run, under threshold rules. No torch.
 
-Rules (pytest-benchmark ``--benchmark-compare-fail`` style), each the largest allowed change in
-the metric's *worse* direction:
+Rules (pytest-benchmark ``--benchmark-compare-fail`` style; parsed by `harness.gaterules`), each
+the largest allowed change in the metric's *worse* direction:
 
 - ``rougeL:-1%``      rougeL may not drop more than 1 % relative to the baseline
 - ``perplexity:+2%``  perplexity may not rise more than 2 %
@@ -35,128 +35,22 @@ runs); otherwise they are skipped with "not comparable" and the reason, neither 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from harness import arms as A
+from harness import config, measured, stats
 from harness import formatting as F
-from harness import measured, stats
 from harness import metrics as M
 from harness.errors import InputError, RecordError
+from harness.gaterules import VS_ZERO_SHOT, Rule, parse_rule
 from harness.record import LoadedRun, Status
 
-RULE_RE = re.compile(
-    r"^(?P<metric>(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z_][A-Za-z0-9_]*):(?P<sign>[+-]?)(?P<num>\d+(?:\.\d*)?|\.\d+)"
-    r"(?P<pct>%?)(?P<flags>(?::[A-Za-z-]+)*)$"
-)
-SIG, VS_ZERO_SHOT = "sig", "vs-zero-shot"
-RULE_HELP = ("METRIC:[+|-]N[%][:sig][:vs-zero-shot], e.g. rougeL:-1%  perplexity:+2%  "
-             "loss:+0.05  rougeL:-1%:sig  general/perplexity:+5%:vs-zero-shot")
 LIBRARIES = ("torch", "transformers", "peft")
 # Float slack when comparing a change with its limit: rougeL 0.5 -> 0.495 is exactly -1 %
 # but computes as -1.0000000000000009 %.
 EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class Rule:
-    """How far a metric may move in its worse direction: ``limit`` >= 0, a fraction if relative.
-
-    Built from text by ``parse_rule``; ``check`` applies it to one comparison row (the paired
-    statistics of ``stats.compare_arms``), as pytest-benchmark's checks own their ``fails``.
-    """
-
-    text: str
-    metric: str
-    limit: float
-    relative: bool
-    require_sig: bool
-    source: str = "cli"  # "cli" | "suite"
-    vs_zero_shot: bool = False  # each adapter arm against its own run's zero-shot arm
-
-    def allowed(self) -> str:
-        sign = "+" if M.lower_is_better(self.metric) else "-"
-        if self.relative:
-            return f"{sign}{self.limit * 100:g}%"
-        return f"{sign}{self.limit:g}"
-
-    @property
-    def keys(self) -> tuple[str, str, str]:
-        """The row's change and the ends of its CI, in the rule's units."""
-        if self.relative:
-            return "rel_gain", "rel_ci_low", "rel_ci_high"
-        return "abs_diff", "ci_low", "ci_high"
-
-    def worsening(self, row: Mapping[str, Any]) -> float | None:
-        """How far the row's change goes in the metric's worse direction (negative = it
-        improved); None when there is no change to measure (a relative one off a 0 baseline)."""
-        v = row.get(self.keys[0])
-        if v is None:
-            return None
-        return float(v) if M.lower_is_better(self.metric) else -float(v)
-
-    def describe_change(self, v: float | None) -> str:
-        """A change in the rule's units: ``-3.00%`` (two decimals: a change just past a 1 %
-        margin must not read as ``-1.0%``) or ``+0.1000`` in the metric's own units."""
-        return F.percent(v, digits=2) if self.relative else F.metric(self.metric, v, signed=True)
-
-    def describe_ci(self, row: Mapping[str, Any]) -> str:
-        """``[lo, hi]`` of the change; a dash when the row has no CI."""
-        _, lo, hi = self.keys
-        return F.interval(row.get(lo), row.get(hi), self.describe_change)
-
-    def check(self, row: Mapping[str, Any] | None,
-              values: tuple[Mapping[str, Any], Mapping[str, Any]], arm: str, baseline_arm: str,
-              not_comparable: str | None = None) -> Check:
-        """This rule on one arm: its comparison row (None when the metric was not compared)
-        and both arms' recorded metrics (candidate, baseline). ``not_comparable``: why the
-        two arms' speed and memory cannot be compared (measured.reason), None if they can."""
-        def result(status: str, message: str) -> Check:
-            return Check(self, arm, baseline_arm, status, message, row)
-
-        if row is None:
-            return self._unmeasured(values, arm, baseline_arm)
-        if self.metric in M.DEVICE_BOUND and not_comparable:
-            return result("skip", f"not comparable: {not_comparable}")
-        worse = self.worsening(row)
-        if worse is None:
-            return result("skip", "the baseline value is 0, so a relative change is "
-                          "undefined; use an absolute rule")
-        if worse <= self.limit + EPS:
-            return result("pass", "within the limit")
-        change = self.describe_change(row[self.keys[0]])
-        beyond = f"{self.metric} {change} is beyond the allowed {self.allowed()}"
-        if not self.require_sig:
-            return result("fail", beyond)
-        status, message = self._significance(row, beyond)
-        return result(status, message)
-
-    def _significance(self, row: Mapping[str, Any], beyond: str) -> tuple[str, str]:
-        """':sig' rules fail only when even the CI's most favourable end is beyond the margin."""
-        _, lo_key, hi_key = self.keys
-        lo, hi = row.get(lo_key), row.get(hi_key)
-        if lo is None or hi is None:
-            return "warn", f"{beyond}, but no CI is available to confirm it"
-        best_end = lo if M.lower_is_better(self.metric) else -hi  # least worsening in the CI
-        ci = self.describe_ci(row)
-        if best_end > self.limit + EPS:
-            return "fail", f"{beyond} and the CI {ci} excludes the margin"
-        return "warn", f"{beyond}, but the CI {ci} reaches the margin (not significant)"
-
-    def _unmeasured(self, values: tuple[Mapping[str, Any], Mapping[str, Any]], arm: str,
-                    baseline_arm: str) -> Check:
-        """No comparison row: a NaN / inf candidate value is a regression, a missing one bad
-        input."""
-        cand, base = (v.get(self.metric) for v in values)
-        if isinstance(base, float) and not math.isfinite(base):
-            raise RecordError(f"baseline arm {baseline_arm}: {self.metric} is {base}; pick "
-                              "another baseline")
-        if isinstance(cand, float) and not math.isfinite(cand) and base is not None:
-            return Check(self, arm, baseline_arm, "fail", f"candidate {self.metric} is {cand}")
-        raise InputError(f"gate rule {self.text!r}: {self.metric} is not recorded for both "
-                         f"{arm} (candidate) and {baseline_arm} (baseline)")
 
 
 @dataclass(frozen=True)
@@ -179,54 +73,76 @@ class GateOutcome:
     checks: tuple[Check, ...] = ()
 
 
+# ---------------------------------------------------------------- one rule on one arm
+
+
+def describe_change(rule: Rule, v: float | None) -> str:
+    """A change in the rule's units: ``-3.00%`` (two decimals: a change just past a 1 %
+    margin must not read as ``-1.0%``) or ``+0.1000`` in the metric's own units."""
+    return F.percent(v, digits=2) if rule.relative else F.metric(rule.metric, v, signed=True)
+
+
+def describe_ci(rule: Rule, row: Mapping[str, Any]) -> str:
+    """``[lo, hi]`` of the change; a dash when the row has no CI."""
+    _, lo, hi = rule.keys
+    return F.interval(row.get(lo), row.get(hi), lambda v: describe_change(rule, v))
+
+
+def check(rule: Rule, row: Mapping[str, Any] | None,
+          values: tuple[Mapping[str, Any], Mapping[str, Any]], arm: str, baseline_arm: str,
+          not_comparable: str | None = None) -> Check:
+    """``rule`` on one arm: its comparison row (None when the metric was not compared)
+    and both arms' recorded metrics (candidate, baseline). ``not_comparable``: why the
+    two arms' speed and memory cannot be compared (measured.reason), None if they can."""
+    def result(status: str, message: str) -> Check:
+        return Check(rule, arm, baseline_arm, status, message, row)
+
+    if row is None:
+        return _unmeasured(rule, values, arm, baseline_arm)
+    if rule.metric in M.DEVICE_BOUND and not_comparable:
+        return result("skip", f"not comparable: {not_comparable}")
+    worse = rule.worsening(row)
+    if worse is None:
+        return result("skip", "the baseline value is 0, so a relative change is "
+                      "undefined; use an absolute rule")
+    if worse <= rule.limit + EPS:
+        return result("pass", "within the limit")
+    change = describe_change(rule, row[rule.keys[0]])
+    beyond = f"{rule.metric} {change} is beyond the allowed {rule.allowed()}"
+    if not rule.require_sig:
+        return result("fail", beyond)
+    status, message = _significance(rule, row, beyond)
+    return result(status, message)
+
+
+def _significance(rule: Rule, row: Mapping[str, Any], beyond: str) -> tuple[str, str]:
+    """':sig' rules fail only when even the CI's most favourable end is beyond the margin."""
+    _, lo_key, hi_key = rule.keys
+    lo, hi = row.get(lo_key), row.get(hi_key)
+    if lo is None or hi is None:
+        return "warn", f"{beyond}, but no CI is available to confirm it"
+    best_end = lo if M.lower_is_better(rule.metric) else -hi  # least worsening in the CI
+    ci = describe_ci(rule, row)
+    if best_end > rule.limit + EPS:
+        return "fail", f"{beyond} and the CI {ci} excludes the margin"
+    return "warn", f"{beyond}, but the CI {ci} reaches the margin (not significant)"
+
+
+def _unmeasured(rule: Rule, values: tuple[Mapping[str, Any], Mapping[str, Any]], arm: str,
+                baseline_arm: str) -> Check:
+    """No comparison row: a NaN / inf candidate value is a regression, a missing one bad
+    input."""
+    cand, base = (v.get(rule.metric) for v in values)
+    if isinstance(base, float) and not math.isfinite(base):
+        raise RecordError(f"baseline arm {baseline_arm}: {rule.metric} is {base}; pick "
+                          "another baseline")
+    if isinstance(cand, float) and not math.isfinite(cand) and base is not None:
+        return Check(rule, arm, baseline_arm, "fail", f"candidate {rule.metric} is {cand}")
+    raise InputError(f"gate rule {rule.text!r}: {rule.metric} is not recorded for both "
+                     f"{arm} (candidate) and {baseline_arm} (baseline)")
+
+
 # ---------------------------------------------------------------- rules
-
-
-def parse_rule(text: str, *, source: str = "cli") -> Rule:
-    """``rougeL:-1%`` -> Rule; InputError naming the rule when it is malformed."""
-    where = "--rule" if source == "cli" else "the suite's [gate] rules"
-    m = RULE_RE.match(text.strip())
-    if not m:
-        raise InputError(f"bad gate rule {text!r} (from {where}): expected {RULE_HELP}")
-    flags = _flags(text, m["flags"], where)
-    metric = m["metric"]
-    if not M.is_known(metric):
-        raise InputError(f"bad gate rule {text!r} (from {where}): unknown metric {metric!r}; "
-                         f"known: {', '.join(M.ALL_KEYS)}, or <set>/<metric> for an extra "
-                         "eval set")
-    _check_sign(text, metric, m["sign"], where)
-    if SIG in flags and not M.is_per_item(metric):
-        raise InputError(f"bad gate rule {text!r} (from {where}): ':sig' needs per-item values "
-                         f"and {metric} has one number per arm")
-    num = float(m["num"])
-    if not math.isfinite(num):  # 400 digits parse as inf: a rule that could never fail
-        raise InputError(f"bad gate rule {text!r} (from {where}): the limit is not a finite "
-                         "number")
-    return Rule(text.strip(), metric, num / 100 if m["pct"] else num, bool(m["pct"]),
-                SIG in flags, source, VS_ZERO_SHOT in flags)
-
-
-def _flags(text: str, flags: str, where: str) -> list[str]:
-    """``:sig:vs-zero-shot`` -> ["sig", "vs-zero-shot"]: each known, each at most once."""
-    names = flags.split(":")[1:]
-    for name in names:
-        if name not in (SIG, VS_ZERO_SHOT):
-            raise InputError(f"bad gate rule {text!r} (from {where}): unknown flag ':{name}'; "
-                             f"expected {RULE_HELP}")
-    if len(set(names)) < len(names):
-        raise InputError(f"bad gate rule {text!r} (from {where}): a flag is repeated")
-    return names
-
-
-def _check_sign(text: str, metric: str, sign: str, where: str) -> None:
-    worse = "+" if M.lower_is_better(metric) else "-"
-    if sign and sign != worse:
-        way = "lower" if worse == "+" else "higher"
-        fixed = f"{metric}:{worse}{text.strip()[len(metric) + 2:]}"
-        raise InputError(
-            f"bad gate rule {text!r} (from {where}): {way} is better for {metric}, so its "
-            f"allowed regression has sign {worse}; write {fixed}"
-        )
 
 
 def suite_rules(record: Mapping[str, Any]) -> list[str]:
@@ -389,7 +305,7 @@ def _check_arm(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_ar
     values = (_values(_arm(candidate, cand_arm)), _values(_arm(baseline, base_arm)))
     why = measured.reason(measured.of(candidate.record, cand_arm),
                           measured.of(baseline.record, base_arm))
-    return [r.check(rows.get(r.metric), values, cand_arm, base_arm, why) for r in rules]
+    return [check(r, rows.get(r.metric), values, cand_arm, base_arm, why) for r in rules]
 
 
 def _values(arm: Mapping[str, Any]) -> dict[str, Any]:
@@ -405,7 +321,7 @@ def _values(arm: Mapping[str, Any]) -> dict[str, Any]:
 
 def _comparison_rows(candidate: LoadedRun, baseline: LoadedRun, cand_arm: str, base_arm: str,
                      rules: Sequence[Rule]) -> dict[str, dict[str, Any]]:
-    settings = stats.StatsSettings.from_record(candidate.record.get("stats"))
+    settings = config.StatsSettings.from_record(candidate.record.get("stats"))
     needed = list(dict.fromkeys(r.metric for r in rules))
     base_items, cand_items = baseline.items(base_arm), candidate.items(cand_arm)
     if not (base_items and cand_items):  # no predictions.jsonl: point values only
@@ -457,7 +373,7 @@ def _check_line(c: Check) -> str:
         f"`{r.text}` ({r.source})", arm,  # a parsed rule has no HTML or pipes
         F.metric(r.metric, row.get("baseline_value")),
         F.metric(r.metric, row.get("candidate_value")),
-        r.describe_change(row.get(r.keys[0])), r.describe_ci(row),
+        describe_change(r, row.get(r.keys[0])), describe_ci(r, row),
         f"{RESULT[c.status]}: {c.message}" if c.status != "pass" else RESULT["pass"]])
 
 

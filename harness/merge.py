@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import arms, formatting, measured, pairing, record, report, results, stats
+from harness import arms, config, formatting, measured, pairing, record, report, results
 from harness import metrics as M
 from harness.errors import InputError, RunFailed
 from harness.record import LoadedRun, Status
@@ -245,7 +245,7 @@ def _by_arm(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def _comparisons(rec: dict[str, Any], predictions: list[dict[str, Any]]
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The pipeline's comparisons, recomputed on the joined arms against shard 0's baseline."""
-    settings = stats.StatsSettings.from_record(rec.get("stats"))
+    settings = config.StatsSettings.from_record(rec.get("stats"))
     rows: list[dict[str, Any]] = []
     for name in arms.others(rec["arms"]):
         if rec["arms"][name].get("status") != Status.FAILED:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import arms, measured, seedstats, stats
+from harness import arms, config, measured, seedstats, stats
 from harness import metrics as M
 
 
 def arm_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]], name: str,
-                    settings: stats.StatsSettings) -> list[dict[str, Any]]:
+                    settings: config.StatsSettings) -> list[dict[str, Any]]:
     """Arm ``name`` of ``record`` against its baseline, paired over ``predictions`` (a run's,
     or a merge's). Speed and memory are compared only when both arms were
     measured by the same live process (measured.comparable): not a cached baseline, not an
@@ -31,7 +31,7 @@ def arm_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]], n
 
 
 def seed_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]],
-                     settings: stats.StatsSettings) -> list[dict[str, Any]]:
+                     settings: config.StatsSettings) -> list[dict[str, Any]]:
     """Each recipe trained with several seeds (``lora@s0``, ...) against the baseline across
     its seeds: is the gain bigger than the noise of training itself (seedstats)?"""
     recipes: dict[str, list[str]] = {}

@@ -71,10 +71,15 @@ class _Run:
     record: dict[str, Any] = field(default_factory=dict)
     predictions: list[dict[str, Any]] = field(default_factory=list)
     model_content: str | None = None  # modeling.model_identity(): the baseline cache's key
-    eval_spec: config.EvalSpec | None = None  # the suite's, max_new_tokens fitted to the model
+    # How every arm is scored and what the zero-shot cache key holds: the suite's [eval], then
+    # its max_new_tokens fitted to the model's context (_fit_generation).
+    eval_spec: config.EvalSpec = field(init=False)
     sets: list[data.EvalSet] = field(default_factory=list)  # [eval.sets.*], every arm scores
     done: set[str] = field(default_factory=set)  # arms a resumed run measured before
     base_name: str = ""  # the base model as the suite names it (ModelSource.label)
+
+    def __post_init__(self) -> None:
+        self.eval_spec = self.suite.eval
 
 
 def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
@@ -234,7 +239,7 @@ def _cache_fields(run: _Run, name: str, suite: Suite, checked: Preflight,
     knowable (a hub model whose commit cannot be resolved): then nothing is reused."""
     if not suite.eval.cache_baseline or run.model_content is None:
         return None
-    return cache.baseline_key_fields(suite, checked.source, device,
+    return cache.baseline_key_fields(suite, run.eval_spec, checked.source, device,
                                      checked.loaded_splits.eval_fingerprint, variant=name,
                                      content=run.model_content,
                                      sets=run.sets if with_sets else [])
@@ -418,7 +423,7 @@ def _non_finite(run: _Run, name: str, arm: dict[str, Any], bad: dict[str, str]) 
 def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, device: str,
               with_sets: bool = True) -> ArmEval:
     """The suite's own items (encoded with this arm's tokenizer) and every extra set."""
-    spec = run.eval_spec or run.suite.eval
+    spec = run.eval_spec
     own = evaluation.Target(None, examples, items, tuple(spec.metrics))
     extra = _set_targets(run, tok) if with_sets else []
     return evaluation.evaluate(model, tok, [own, *extra], spec, arm=name, device=device,
@@ -429,9 +434,8 @@ def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
     """[eval.sets.*], encoded with ``tok`` (an existing adapter may bring its own)."""
     out = []
     for s in run.sets:
-        spec = run.suite.eval.sets[s.name]
-        items, _ = encoding.encode_all(s.examples, tok, spec.as_data())
-        out.append(evaluation.Target(s.name, s.examples, items, tuple(spec.metrics)))
+        items, _ = encoding.encode_all(s.examples, tok, s.spec.as_data())
+        out.append(evaluation.Target(s.name, s.examples, items, tuple(s.spec.metrics)))
     return out
 
 
@@ -442,8 +446,8 @@ def _compare(run: _Run, name: str) -> None:
                                                  _settings(run.suite))
 
 
-def _settings(suite: Suite) -> stats.StatsSettings:
-    return stats.StatsSettings(suite.stats.n_resamples, suite.stats.seed, suite.stats.alpha)
+def _settings(suite: Suite) -> config.StatsSettings:
+    return suite.stats
 
 
 def _compare_seeds(run: _Run) -> None:
@@ -458,16 +462,16 @@ def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
     s = run.suite
     return dict(record.skeleton(
         suite=s.name, run_id=run.dir.final.name, config=config.dump(s),
-        data={**checked.loaded_splits.summary(), **_sets_summary(s, checked.sets)},
+        data={**checked.loaded_splits.summary(), **_sets_summary(checked.sets)},
         stats=stats.stats_record(s.stats.n_resamples, s.stats.seed, s.stats.alpha),
         warnings=checked.warnings, started_at=_iso(run.started)))
 
 
-def _sets_summary(suite: Suite, sets: list[data.EvalSet]) -> dict[str, Any]:
+def _sets_summary(sets: list[data.EvalSet]) -> dict[str, Any]:
     if not sets:
         return {}
-    return {"eval_sets": {s.name: {**s.summary(), "metrics": suite.eval.sets[s.name].metrics,
-                                   "forgetting": suite.eval.sets[s.name].forgetting}
+    return {"eval_sets": {s.name: {**s.summary(), "metrics": s.spec.metrics,
+                                   "forgetting": s.spec.forgetting}
                           for s in sets}}
 
 

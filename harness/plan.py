@@ -167,7 +167,8 @@ def eval_set_counts(suite: Suite):
     eval_size, or None for "all"."""
     for name, spec in suite.eval.sets.items():
         try:
-            yield name, len(data.load_eval_set(suite, name).examples)
+            yield name, len(data.load_eval_set(name, spec, suite.base_dir,
+                                               suite=suite.name).examples)
         except DatasetUnavailable:
             yield name, data.requested_size(spec.eval_size)
 

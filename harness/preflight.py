@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from harness import adapters, arms, config, data, modeling, shapes, sweep
+from harness import adapters, arms, data, modeling, shapes, suitefile, sweep
 from harness.config import Suite
 from harness.errors import DatasetUnavailable, InputError, ModelUnavailable
 
@@ -106,7 +106,7 @@ def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, d
     """The suite once per extra baseline template, on the same eval items."""
     out = []
     for name, template in suite.eval.baseline_templates.items():
-        variant = config.with_overrides(suite, {"data.prompt_template": template})
+        variant = suitefile.with_overrides(suite, {"data.prompt_template": template})
         vsplits = data.load_splits(variant)
         assert [e.id for e in vsplits.eval] == [e.id for e in splits.eval]  # same seed, same rows
         out.append((arms.variant(name), variant, vsplits))

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from harness import arms
+from harness.config import MAX_RESAMPLES
 from harness.errors import RecordError, RunFailed
 from harness.results import ADAPTERS_DIR, PREDICTIONS_FILE, RUN_FILE, TRAIN_LOG_FILE, RunDir
 from harness.shard import MAX_SHARDS
-from harness.stats import MAX_RESAMPLES
 
 # 2: every key of the types below (1 lacked none a reader needs, but its prediction rows may
 # lack `nll_sum` and its `env` `memory_description`: `upgrade` derives them).
@@ -155,7 +155,7 @@ class _RunKeys(TypedDict):
     arms: dict[str, ArmEntry]  # baseline first
     comparisons: list[ComparisonRow]
     seed_comparisons: list[SeedComparisonRow]
-    stats: dict[str, Any]  # stats.StatsSettings.as_record()
+    stats: dict[str, Any]  # stats.stats_record(...)
     training: dict[str, dict[str, Any]]  # trained arm -> steps, runtime, parameters...
     warnings: list[str]
     started_at: str
@@ -434,7 +434,7 @@ RECORD_SHAPE = Obj({
     "seed_comparisons": ListOf(Obj({**_ROW, "recipe": Kind(("a string",)),
                                     "n_seeds": Kind(("an integer",), lo=1)},
                                    required=("metric", "recipe", "n_seeds")), null=True),
-    # what the readers recompute: bounded as the suite config bounds it (stats.MAX_RESAMPLES)
+    # what the readers recompute: bounded as the suite config bounds it (config.MAX_RESAMPLES)
     "stats": Obj({"n_resamples": Kind(("an integer",), lo=1, hi=MAX_RESAMPLES),
                   "seed": Kind(("an integer",), lo=0),
                   "alpha": Kind(("a number",), lo=0, hi=1, open=True)}, null=True),

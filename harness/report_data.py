@@ -9,10 +9,10 @@ from typing import Any
 from harness import arms as A
 from harness import formatting as F
 from harness import metrics as M
+from harness.config import DEFAULT_ALPHA
 from harness.errors import RecordError
 from harness.metrics import lower_is_better
 from harness.record import LoadedRun
-from harness.stats import DEFAULT_ALPHA
 
 # ------------------------------------------------------------------ reading the run
 

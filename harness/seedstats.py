@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import t as t_dist
 
+from harness import config, stats
 from harness import metrics as M
-from harness import stats
 
 METHOD = "seed_t_item_bootstrap"
 
@@ -41,7 +41,7 @@ def compare_recipe(
     baseline: str,
     recipe: str,
     metrics: Sequence[str],
-    settings: stats.StatsSettings,
+    settings: config.StatsSettings,
 ) -> list[dict[str, Any]]:
     """One row per per-item metric present in every arm: the mean over seeds of each seed's
     difference, its interval (module docstring), the per-seed differences and their spread."""
@@ -66,7 +66,7 @@ def compare_recipe(
 
 
 def _item_variance(paired: list[stats.PairedItems], metrics: Sequence[str],
-                   cols: Sequence[str], settings: stats.StatsSettings) -> dict[str, float]:
+                   cols: Sequence[str], settings: config.StatsSettings) -> dict[str, float]:
     """Bootstrap variance over items of the mean over seeds of each seed's difference."""
     n, k, n_seeds = paired[0].n, len(cols), len(paired)
     base = np.column_stack([paired[0].base[c] for c in cols])  # (n, k)
@@ -89,7 +89,7 @@ def _var(values: np.ndarray) -> float:
 
 def _row(metric: str, v_items: float, base_metrics: Mapping[str, Any],
          seed_metrics: Mapping[str, Mapping[str, Any]], seeds: list[str], baseline: str,
-         recipe: str, n_items: int, settings: stats.StatsSettings) -> dict[str, Any]:
+         recipe: str, n_items: int, settings: config.StatsSettings) -> dict[str, Any]:
     b = float(base_metrics[metric])
     per_seed = [float(seed_metrics[s][metric]) - b for s in seeds]
     mean, seed_sd = float(np.mean(per_seed)), float(np.std(per_seed, ddof=1))

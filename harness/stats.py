@@ -46,19 +46,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from harness import metrics as M
+from harness.config import DEFAULT_ALPHA, DEFAULT_RESAMPLES, StatsSettings
 from harness.errors import InputError, RecordError
 
-DEFAULT_RESAMPLES = 10_000
-# The most resamples a suite may ask for and a record may make compare / gate recompute:
-# 100x the default, ~70 s per metric at 10,000 items on the 2-core box (see above).
-MAX_RESAMPLES = 1_000_000
-DEFAULT_ALPHA = 0.05
 METHOD = "paired_bootstrap"
 P_VALUE_TEST = "paired_permutation"
 # ~500k cells per chunk: 4 MB of int64 counts stays in cache (measured fastest, see docstring).
@@ -68,39 +64,11 @@ CHUNK_CELLS = 500_000
 TIE_RTOL = 1e-9
 
 
-@dataclass(frozen=True)
-class StatsSettings:
-    """How comparisons are computed; recorded in run.json under ``stats``."""
-
-    n_resamples: int = DEFAULT_RESAMPLES
-    seed: int = 0
-    alpha: float = DEFAULT_ALPHA
-
-    def __post_init__(self) -> None:
-        if int(self.n_resamples) < 1:
-            raise InputError(f"stats.n_resamples must be >= 1, got {self.n_resamples}")
-        if not 0.0 < float(self.alpha) < 1.0:
-            raise InputError(f"stats.alpha must be in (0, 1), got {self.alpha}")
-
-    def as_record(self) -> dict[str, Any]:
-        return {"method": METHOD, **asdict(self), "p_value_test": P_VALUE_TEST}
-
-    @classmethod
-    def from_record(cls, stats: Mapping[str, Any] | None, *, alpha: float | None = None
-                    ) -> StatsSettings:
-        """Settings a stored record was made with (defaults where absent); alpha overridable."""
-        stats = stats or {}
-        return cls(
-            n_resamples=int(stats.get("n_resamples", DEFAULT_RESAMPLES)),
-            seed=int(stats.get("seed", 0)),
-            alpha=float(alpha if alpha is not None else stats.get("alpha", DEFAULT_ALPHA)),
-        )
-
-
 def stats_record(n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, alpha: float = DEFAULT_ALPHA
                  ) -> dict[str, Any]:
     """The ``stats`` block of run.json: method, n_resamples, seed, alpha, p_value_test."""
-    return StatsSettings(n_resamples, seed, alpha).as_record()
+    settings = StatsSettings(n_resamples=n_resamples, seed=seed, alpha=alpha)
+    return {"method": METHOD, **settings.model_dump(), "p_value_test": P_VALUE_TEST}
 
 
 # ---------------------------------------------------------------- pairing records
@@ -400,7 +368,7 @@ def compare_arms(
     Per-item metrics get a paired CI and p-value when both item lists are non-empty; with no
     items at all (e.g. runs on different eval sets) every row is a point difference only.
     """
-    settings = StatsSettings(n_resamples, seed, alpha)
+    settings = StatsSettings(n_resamples=n_resamples, seed=seed, alpha=alpha)
     if metrics is None:
         metrics = sorted((m for m in base_metrics if M.is_known(m)), key=M.sort_key)
     unknown = [m for m in metrics if not M.is_known(m)]

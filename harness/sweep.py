@@ -13,8 +13,9 @@ import re
 from typing import Any
 
 from harness import arms
-from harness.config import Suite, with_overrides
+from harness.config import Suite
 from harness.errors import ConfigError
+from harness.suitefile import with_overrides
 
 # Tables a cell may not override: the baseline and the eval items are shared by all cells.
 _SHARED = ("name", "model", "data", "eval", "stats", "sweep")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, data, encoding
+from harness import data, encoding, suitefile
 from harness.cli import app
 from harness.record import LoadedRun, load_run
 
@@ -50,7 +50,7 @@ def _plain_losses(model, model_dir: Path, suite_path: Path) -> dict[str, float]:
     import torch
     from transformers import AutoTokenizer
 
-    suite = config.load_suite(suite_path)
+    suite = suitefile.load_suite(suite_path)
     splits = data.load_splits(suite)
     items, _ = encoding.encode_all(splits.eval, AutoTokenizer.from_pretrained(model_dir),
                                    suite.data)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, data, encoding, modeling, results
+from harness import data, encoding, modeling, results, suitefile
 from harness.cli import app
 from harness.record import load_run, read_jsonl
 
@@ -65,7 +65,7 @@ def independent_losses(model_dir: Path, adapter: Path, suite_path: Path) -> dict
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    suite = config.load_suite(suite_path)
+    suite = suitefile.load_suite(suite_path)
     splits = data.load_splits(suite)
     tok = AutoTokenizer.from_pretrained(model_dir)
     items, _ = encoding.encode_all(splits.eval, tok, suite.data)
@@ -243,7 +243,7 @@ def test_qlora_adapter_is_evaluated_on_the_4bit_base(qlora_model_dir, tmp_path):
     assert res.exit_code == 0, res.output
     (run,) = (tmp_path / "o" / "tiny").iterdir()
     ours = {r["id"]: r["loss"] for r in load_run(run).items("q")}
-    suite = config.load_suite(tmp_path / "q.toml")
+    suite = suitefile.load_suite(tmp_path / "q.toml")
     splits = data.load_splits(suite)
     tok = AutoTokenizer.from_pretrained(qlora_model_dir)
     items, _ = encoding.encode_all(splits.eval, tok, suite.data)
@@ -286,7 +286,7 @@ def test_adapter_that_added_tokens_uses_its_tokenizer_and_leaves_the_base(suite_
     assert res.exit_code == 0, res.output
     (run,) = (suite_dir / "o" / "tiny").iterdir()
     loaded = load_run(run)
-    s = config.load_suite(suite)
+    s = suitefile.load_suite(suite)
     splits = data.load_splits(s)
     items, _ = encoding.encode_all(splits.eval, tok, s.data)
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

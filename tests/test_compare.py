@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import compare, stats
+from harness import compare, config, stats
 from harness import formatting as F
 from harness.cli import app
 from harness.errors import InputError
@@ -267,12 +267,12 @@ def test_template_arms_are_compared_within_a_run_but_not_across(tmp_path: Path):
 
 def test_cli_spells_compare_formats_and_default_alpha_as_compare_does():
     """The CLI lists them itself (importing compare would pull NumPy into every command)."""
-    from harness import cli, compare, stats
+    from harness import cli, compare
     from harness.cli import reading
 
     assert reading.COMPARE_FORMATS == compare.FORMATS
     help_text = CliRunner().invoke(cli.app, ["compare", "--help"]).output
-    assert f"[default: {stats.DEFAULT_ALPHA:g}]" in help_text
+    assert f"[default: {config.DEFAULT_ALPHA:g}]" in help_text
 
 
 # ---------------------------------------------------------------- colours and p-values

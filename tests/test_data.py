@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import config, data
+from harness import config, data, suitefile
 from harness.errors import DataError
 
 from .conftest import ASSETS
@@ -30,7 +30,7 @@ def suite(tmp_path: Path, extra: str = "", **data_keys) -> config.Suite:
     (tmp_path / "s.toml").write_text(text)
     if not (tmp_path / "instruct.jsonl").exists():
         (tmp_path / "instruct.jsonl").write_text((ASSETS / "instruct.jsonl").read_text())
-    return config.load_suite(tmp_path / "s.toml")
+    return suitefile.load_suite(tmp_path / "s.toml")
 
 
 def test_tinyllama_alpaca_template_drops_empty_input(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, data
+from harness import data, suitefile
 from harness.cli import app
 from harness.errors import DataError
 
@@ -90,7 +90,7 @@ def test_optional_column_guarded_by_if_may_be_absent(suite_dir):
     write_jsonl(suite_dir / "instruct.jsonl", rows)
     res = validate(suite_dir / "tiny.toml", *EVERY_ROW)
     assert res.exit_code == 0, res.output
-    splits = data.load_splits(config.load_suite(suite_dir / "tiny.toml", EVERY_ROW[1:]))
+    splits = data.load_splits(suitefile.load_suite(suite_dir / "tiny.toml", EVERY_ROW[1:]))
     every = splits.eval + splits.validation + splits.train
     assert len(every) == 96 and not any("None" in e.prompt for e in every)
     assert sum("### Input:" in e.prompt for e in every) == 64
@@ -114,7 +114,7 @@ def test_csv_empty_cell_is_empty_text_not_missing(suite_dir):
     edit(suite_dir, "{% if input %}", "")
     edit(suite_dir, "{% endif %}", "")
     assert validate(suite_dir / "tiny.toml", *EVERY_ROW).exit_code == 0
-    s = config.load_suite(suite_dir / "tiny.toml", EVERY_ROW[1:])
+    s = suitefile.load_suite(suite_dir / "tiny.toml", EVERY_ROW[1:])
     splits = data.load_splits(s)
     every = {e.id: e for e in splits.eval + splits.validation + splits.train}
     assert every["t000"].response == "NA"
@@ -165,7 +165,7 @@ def test_all_means_every_row(suite_dir):
 def test_unset_sizes_keep_their_defaults(suite_dir):
     edit(suite_dir, "eval_size = 12\n", "")
     edit(suite_dir, "train_size = 64\n", "")
-    splits = data.load_splits(config.load_suite(suite_dir / "tiny.toml"))
+    splits = data.load_splits(suitefile.load_suite(suite_dir / "tiny.toml"))
     assert (len(splits.eval), len(splits.validation), len(splits.train)) == (9, 8, 79)
 
 
@@ -253,13 +253,13 @@ def test_json_array_names_row_and_line(suite_dir):
 
 
 def test_train_after_drop_longer_says_how_many_fit(suite_dir):
-    s = config.load_suite(suite_dir / "tiny.toml", ["data.drop_longer=true"])
+    s = suitefile.load_suite(suite_dir / "tiny.toml", ["data.drop_longer=true"])
     assert len(data.load_splits(s).train) == 76  # uncut: train_size counts items that fit
     assert data.train_after_drop_longer(s, list(range(70)), 76) == list(range(64))
     with pytest.raises(DataError, match=r"^suite 'tiny': data.train_size = 64 but only 50 of "
                        r"the 76 train items fit in data.max_length = 160 tokens"):
         data.train_after_drop_longer(s, list(range(50)), 76)
-    every = config.load_suite(suite_dir / "tiny.toml",
+    every = suitefile.load_suite(suite_dir / "tiny.toml",
                               ["data.drop_longer=true", "data.train_size=all"])
     assert data.train_after_drop_longer(every, list(range(50)), 76) == list(range(50))
     with pytest.raises(DataError, match="no training items"):
@@ -280,7 +280,7 @@ def test_conversation_row_without_turns_names_its_line(tmp_path):
         'prompt_template = "{{ prompt }}"\nresponse_template = "{{ response }}"\n'
         'conversations_field = "conversations"\neval_size = "all"\n')
     with pytest.raises(DataError, match=r"suite 'c': data.path: .*c.jsonl:4: item c3: turn"):
-        data.load_splits(config.load_suite(tmp_path / "s.toml"))
+        data.load_splits(suitefile.load_suite(tmp_path / "s.toml"))
 
 
 def test_eval_only_suite_ignores_validation_and_train_sizes(suite_dir):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness.config import DataSpec
-from harness.data import Example
 from harness.encoding import IGNORE_INDEX, encode, encode_all, length_stats
+from harness.prompts import Example
 
 from .conftest import build_tokenizer
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from harness import encoding, textmetrics
 from harness.cli import app
-from harness.config import load_suite
 from harness.record import load_run
+from harness.suitefile import load_suite
 
 from .conftest import ASSETS, cli_run, tiny_suite_text
 
@@ -96,7 +96,7 @@ def test_set_numbers_equal_plain_transformers_and_sacrebleu(two_set_run, tiny_mo
     rows = [r for r in loaded.items("baseline") if r["set"] == "general"]
     nll = tokens = 0.0
     for r in rows:
-        from harness.data import Example
+        from harness.prompts import Example
 
         enc = encoding.encode(Example(r["id"], r["prompt"], r["reference"]), tok, spec)
         ids = torch.tensor([enc.input_ids])
@@ -169,6 +169,22 @@ def test_a_bad_set_names_its_key(tmp_path, tiny_model_dir):
     assert res.exit_code == 2
     assert "eval.sets.general" in res.output and "body" in res.output
     assert not (tmp_path / "r" / "tiny").exists()
+
+
+def test_a_bad_row_of_a_set_names_its_file_as_written(tmp_path, tiny_model_dir):
+    """A set read from `data.jsonl`: its error names that file and the set's own key, and
+    nothing in the message is rewritten (a file or template text with `data.` in it stays)."""
+    suite = write(tmp_path, tiny_model_dir, SETS.replace('path = "general.jsonl"',
+                                                         'path = "data.jsonl"'))
+    bad = tmp_path / "data.jsonl"
+    bad.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"other": 1}) + "\n",
+                   encoding="utf-8")
+    res = runner.invoke(app, ["validate", str(suite)])
+    assert res.exit_code == 2, res.output
+    line = next(ln for ln in res.output.splitlines() if "has no value" in ln)
+    assert line == (f"error: {suite}: suite 'tiny': eval.sets.general.path: {bad}:2: item "
+                    "row-1 has no value for column 'text' (absent or null), which "
+                    "eval.sets.general.response_template renders"), line
 
 
 def test_set_names_must_be_folder_names(tmp_path, tiny_model_dir):

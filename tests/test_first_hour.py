@@ -181,9 +181,9 @@ def test_the_suite_reference_names_every_key_config_reads():
 
 def test_the_suite_reference_is_a_valid_suite(tmp_path):
     """Every key it shows (comments aside) is one config accepts, with a value it accepts."""
-    from harness import config
+    from harness import suitefile
 
     raw = tomllib.loads(_reference())
-    suite = config.validate_suite(raw, path=tmp_path / "ref.toml", text=_reference(), origins={})
+    suite = suitefile.validate_suite(raw, path=tmp_path / "ref.toml", text=_reference(), origins={})
     assert suite.sweep is not None and len(suite.sweep.grid) == 2
     assert list(suite.eval.baseline_templates) == ["terse"]

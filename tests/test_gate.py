@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from harness import gate, results
+from harness import gate, gaterules, results
 from harness.errors import InputError, RecordError
 from harness.metrics import ROUGE_KEYS
 from harness.record import load_run
@@ -83,13 +83,14 @@ def outcome(cand: Path, base: Path, *rules: str) -> gate.GateOutcome:
 
 
 def test_rules_parse_into_small_objects():
-    r = gate.parse_rule("rougeL:-1%")
+    r = gaterules.parse_rule("rougeL:-1%")
     assert (r.metric, r.limit, r.relative, r.require_sig, r.source) == (
         "rougeL", 0.01, True, False, "cli")
-    assert gate.parse_rule("loss:+0.05") == gate.Rule("loss:+0.05", "loss", 0.05, False, False)
-    assert gate.parse_rule("perplexity:2%:sig", source="suite").require_sig
-    assert gate.parse_rule("perplexity:2%").allowed() == "+2%"  # unsigned: the worse way
-    assert gate.parse_rule("rougeL:1%").allowed() == "-1%"
+    assert gaterules.parse_rule("loss:+0.05") == gaterules.Rule("loss:+0.05", "loss", 0.05,
+                                                                False, False)
+    assert gaterules.parse_rule("perplexity:2%:sig", source="suite").require_sig
+    assert gaterules.parse_rule("perplexity:2%").allowed() == "+2%"  # unsigned: the worse way
+    assert gaterules.parse_rule("rougeL:1%").allowed() == "-1%"
 
 
 @pytest.mark.parametrize(("text", "why"), [
@@ -100,7 +101,7 @@ def test_rules_parse_into_small_objects():
 ])
 def test_malformed_rules_are_refused_by_name(text: str, why: str):
     with pytest.raises(InputError, match="bad gate rule") as e:
-        gate.parse_rule(text)
+        gaterules.parse_rule(text)
     assert repr(text) in str(e.value) and why in str(e.value)
 
 

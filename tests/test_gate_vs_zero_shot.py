@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import gate
+from harness import gate, gaterules
 from harness.cli import app
 from harness.errors import InputError
 from harness.results import PREDICTIONS_FILE, RUN_FILE
@@ -112,13 +112,13 @@ def test_no_adapter_arm_is_bad_input(tmp_path: Path):
 
 
 def test_rule_objects_carry_the_flag():
-    r = gate.parse_rule("general/perplexity:+5%:sig:vs-zero-shot", source="suite")
+    r = gaterules.parse_rule("general/perplexity:+5%:sig:vs-zero-shot", source="suite")
     assert (r.metric, r.limit, r.relative, r.require_sig, r.vs_zero_shot) == (
         "general/perplexity", 0.05, True, True, True)
-    assert not gate.parse_rule("loss:+0.05").vs_zero_shot
+    assert not gaterules.parse_rule("loss:+0.05").vs_zero_shot
     for bad in ("loss:+0.05:vs-zero-shot:vs-zero-shot", "loss:+0.05:vs-base"):
         with pytest.raises(InputError, match="bad gate rule"):
-            gate.parse_rule(bad)
+            gaterules.parse_rule(bad)
     # a CLI rule replaces only the suite rule of the same metric and kind
     rec = {"config": {"gate": {"rules": ["loss:+0.05", "loss:+0.1:vs-zero-shot"]}}}
     rules = gate.gate_rules(rec, ["loss:+0.2:vs-zero-shot"])
@@ -127,17 +127,17 @@ def test_rule_objects_carry_the_flag():
 
 
 def test_validate_accepts_the_rule_in_a_suite(tmp_path: Path):
-    from harness import config
+    from harness import suitefile
 
     raw = {"name": "toy", "model": {"name_or_path": "toy/model"},
            "data": {"path": "x.jsonl", "prompt_template": "{{ q }}",
                     "response_template": "{{ a }}"},
            "gate": {"rules": [RULE]}}
-    suite = config.validate_suite(raw, path=tmp_path / "toy.toml")
+    suite = suitefile.validate_suite(raw, path=tmp_path / "toy.toml")
     assert suite.gate.rules == [RULE]
     raw["gate"] = {"rules": ["loss:+0.05:vs-base"]}
     with pytest.raises(Exception, match="unknown flag"):
-        config.validate_suite(raw, path=tmp_path / "toy.toml")
+        suitefile.validate_suite(raw, path=tmp_path / "toy.toml")
 
 
 def test_the_record_is_not_touched(tmp_path: Path):

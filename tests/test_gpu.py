@@ -15,7 +15,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harness import config, modeling  # noqa: E402
+from harness import (  # noqa: E402
+    config,
+    modeling,
+    suitefile,  # noqa: E402
+)
 from harness.record import load_run  # noqa: E402
 
 from .conftest import ASSETS, build_tokenizer  # noqa: E402
@@ -60,7 +64,7 @@ response_template = "{{{{ output }}}}"
 eval_size = 4
 '''
     (tmp / "gpu.toml").write_text(text)
-    return config.load_suite(tmp / "gpu.toml")
+    return suitefile.load_suite(tmp / "gpu.toml")
 
 
 @needs_bnb

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import harness
-from harness import config, results, resume, shard
+from harness import config, results, resume, shard, suitefile
 from harness.cli import app
 from harness.record import SCHEMA_VERSION, load_run
 
@@ -158,14 +158,14 @@ def test_a_record_asking_for_1e12_resamples_is_refused_not_a_hang(runs, tmp_path
         assert res.returncode == 2, res.stderr
         assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
         assert str(where) in res.stderr and "`stats.n_resamples` must be within 1 and " \
-            f"{harness.stats.MAX_RESAMPLES:,}" in res.stderr, res.stderr
+            f"{harness.config.MAX_RESAMPLES:,}" in res.stderr, res.stderr
 
 
 def test_the_resample_bound_is_the_suite_configs(suite_dir):
     """One constant: a suite may not ask for more than a record may."""
-    from harness.stats import MAX_RESAMPLES
+    from harness.config import MAX_RESAMPLES
 
-    ok = config.load_suite(suite_dir / "tiny.toml", [f"stats.n_resamples={MAX_RESAMPLES}"])
+    ok = suitefile.load_suite(suite_dir / "tiny.toml", [f"stats.n_resamples={MAX_RESAMPLES}"])
     assert ok.stats.n_resamples == MAX_RESAMPLES
     res = _cli("validate", suite_dir / "tiny.toml", "--set",
                f"stats.n_resamples={MAX_RESAMPLES + 1}")
@@ -203,7 +203,7 @@ def killed(suite_dir, tmp_path) -> Path:
     """The staging folder a run killed before its first arm leaves (its writer gone): the
     state exactly as resume.Journal writes it, for the suite in ``suite_dir``."""
     suite_file = suite_dir / "tiny.toml"
-    suite = config.load_suite(suite_file)
+    suite = suitefile.load_suite(suite_file)
     dumped = config.dump(suite)
     staging = tmp_path / "out" / "tiny" / ".20261122T000000-abcdef.partial"
     staging.mkdir(parents=True)

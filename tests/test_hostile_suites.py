@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, stats
+from harness import config
 from harness.cli import app
 
 from .test_bad_input import check_refused, edit
@@ -81,7 +81,7 @@ def test_infinite_epochs_refused_everywhere(suite_dir):
 def test_largest_allowed_values_still_validate(suite_dir):
     """The bounds are far beyond any real suite: the shipped limits themselves pass."""
     sets = [f"train.max_steps={config.MAX_STEPS}", f"eval.max_new_tokens={config.MAX_TOKENS}",
-            f"data.max_length={config.MAX_TOKENS}", f"stats.n_resamples={stats.MAX_RESAMPLES}",
+            f"data.max_length={config.MAX_TOKENS}", f"stats.n_resamples={config.MAX_RESAMPLES}",
             f"train.seed={config.MAX_SEED}", f"train.batch_size={config.MAX_BATCH}"]
     res = invoke("validate", suite_dir / "tiny.toml", *[a for s in sets for a in ("--set", s)])
     assert res.exit_code == 0, res.output

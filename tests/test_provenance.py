@@ -53,10 +53,10 @@ def packaged(tmp_path, tiny_model_dir, monkeypatch) -> Path:
 
 def _use_cache(monkeypatch, path: Path, suite: Path) -> None:
     """This machine's model cache, with the suite's model converted into it already."""
-    from harness import config
+    from harness import suitefile
 
     monkeypatch.setenv("HARNESS_CACHE", str(path))
-    modeling.ensure_converted(modeling.resolve_source(config.load_suite(suite)))
+    modeling.ensure_converted(modeling.resolve_source(suitefile.load_suite(suite)))
 
 
 def _train(suite: Path, out: Path) -> Path:
@@ -127,11 +127,11 @@ def test_old_cache_folders_are_recognised_and_other_bases_still_warn(packaged, t
 def test_hub_and_local_bases_are_named_as_the_suite_names_them(suite_dir, tiny_model_dir):
     """A local model: its absolute path (what peft wrote before, and what the user named); a
     hub id, with or without a GGUF in the repo: the id itself, so the hub links the card."""
-    from harness import config
+    from harness import suitefile
 
-    suite = config.load_suite(suite_dir / "tiny.toml")
+    suite = suitefile.load_suite(suite_dir / "tiny.toml")
     assert modeling.resolve_source(suite).label == str(tiny_model_dir)
     for override in ({"model.name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"},
                      {"model.name_or_path": "someone/repo-GGUF", "model.gguf_file": "m.gguf"}):
-        hub = config.with_overrides(suite, override)
+        hub = suitefile.with_overrides(suite, override)
         assert modeling.resolve_source(hub).label == override["model.name_or_path"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, plots, report, stats, templating
+from harness import config, plots, report, stats, suitefile, templating
 from harness import formatting as F
 from harness.cli import app
 from harness.errors import HarnessError
@@ -36,7 +36,7 @@ def comparisons(path: Path) -> list[dict[str, Any]]:
     """What the pipeline stores: ``stats.compare_arms`` of every other arm against baseline,
     on the run's per-item rows, with the run's recorded resample count and seed."""
     run = load_run(path)
-    arms, settings = run.record["arms"], stats.StatsSettings.from_record(run.record["stats"])
+    arms, settings = run.record["arms"], config.StatsSettings.from_record(run.record["stats"])
     return [row for cand in arms if cand != "baseline" for row in stats.compare_arms(
         run.items("baseline"), run.items(cand), arms["baseline"]["metrics"],
         arms[cand]["metrics"], baseline="baseline", candidate=cand,
@@ -44,12 +44,12 @@ def comparisons(path: Path) -> list[dict[str, Any]]:
 
 
 def toy_suite(tmp_path: Path, **train: Any) -> config.Suite:
-    """The suite a run of the toy record would have resolved, as ``config.load_suite`` does."""
+    """The suite a run of the toy record would have resolved, as ``suitefile.load_suite`` does."""
     raw = {"name": "toy", "model": {"name_or_path": "toy/model"},
            "data": {"path": "x.jsonl", "prompt_template": "{{ q }}",
                     "response_template": "{{ a }}"},
            "train": {"r": 8, "alpha": 16, "learning_rate": 2e-4, "max_steps": 10, **train}}
-    return config.validate_suite(raw, path=tmp_path / "toy.toml")
+    return suitefile.validate_suite(raw, path=tmp_path / "toy.toml")
 
 
 def rich_run(tmp_path: Path, n: int = 50, arms: dict | None = None) -> Path:

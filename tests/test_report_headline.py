@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import seedstats, stats
+from harness import config, seedstats
 from harness.cli import app
 from harness.results import PREDICTIONS_FILE, RUN_FILE
 
@@ -186,7 +186,7 @@ def seed_run(tmp_path: Path) -> Path:
         {s: [r for r in preds if r["arm"] == s] for s in seeds},
         rec["arms"]["baseline"]["metrics"], {s: rec["arms"][s]["metrics"] for s in seeds},
         baseline="baseline", recipe="lora", metrics=["loss", "perplexity", "rouge1", "rougeL"],
-        settings=stats.StatsSettings(1000, 0, 0.05))
+        settings=config.StatsSettings(n_resamples=1000, seed=0, alpha=0.05))
     edit_record(path, comparisons=comparisons(path), seed_comparisons=rows)
     return path
 

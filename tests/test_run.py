@@ -110,8 +110,8 @@ def test_adapter_is_peft_format_with_card_and_reloads(finished, tiny_model_dir):
 
     from harness import modeling, scoring
     from harness.config import DataSpec
-    from harness.data import Example
     from harness.encoding import encode
+    from harness.prompts import Example
 
     adapter = finished / "adapters" / "lora"
     assert (adapter / "adapter_config.json").is_file()

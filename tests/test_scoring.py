@@ -7,8 +7,8 @@ import torch
 
 from harness import memory, scoring, textmetrics
 from harness.config import DataSpec, EvalSpec
-from harness.data import Example
 from harness.encoding import encode
+from harness.prompts import Example
 
 from .conftest import build_model, build_tokenizer
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness import stats
+from harness import config, stats
 from harness.seedstats import compare_recipe
 
 from .factories import arm_metrics, make_items
@@ -38,7 +38,8 @@ def recipe_row(base, arms, n_resamples=400, seed=0) -> dict[str, Any]:
     seed_metrics = {k: arm_metrics(v) for k, v in arms.items()}
     row, = compare_recipe(base, arms, arm_metrics(base), seed_metrics,
                           baseline="baseline", recipe="lora", metrics=["loss"],
-                          settings=stats.StatsSettings(n_resamples, seed, 0.05))
+                          settings=config.StatsSettings(n_resamples=n_resamples, seed=seed,
+                                                        alpha=0.05))
     return row
 
 
@@ -93,4 +94,4 @@ def test_one_seed_gives_no_recipe_row():
     assert compare_recipe(base, arms, arm_metrics(base),
                           {k: arm_metrics(v) for k, v in arms.items()}, baseline="baseline",
                           recipe="lora", metrics=["loss"],
-                          settings=stats.StatsSettings(100, 0, 0.05)) == []
+                          settings=config.StatsSettings(n_resamples=100, seed=0, alpha=0.05)) == []

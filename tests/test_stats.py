@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness import stats
+from harness import config, stats
 from harness.errors import InputError, RecordError
 from harness.metrics import ALL_KEYS, ROUGE_KEYS
 from harness.record import COMPARISON_KEYS
@@ -281,12 +281,12 @@ def test_stats_record_and_settings_validation():
     assert stats.stats_record(2000, 7, 0.1) == {
         "method": "paired_bootstrap", "n_resamples": 2000, "seed": 7, "alpha": 0.1,
         "p_value_test": "paired_permutation"}
-    s = stats.StatsSettings.from_record({"n_resamples": 500, "seed": 3}, alpha=0.01)
+    s = config.StatsSettings.from_record({"n_resamples": 500, "seed": 3}, alpha=0.01)
     assert (s.n_resamples, s.seed, s.alpha) == (500, 3, 0.01)
     with pytest.raises(InputError, match="n_resamples"):
-        stats.StatsSettings(n_resamples=0)
+        config.StatsSettings(n_resamples=0)
     with pytest.raises(InputError, match="alpha"):
-        stats.StatsSettings(alpha=1.5)
+        config.StatsSettings(alpha=1.5)
 
 
 def test_resampling_matrices_have_the_documented_shapes():

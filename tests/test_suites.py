@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, sweep
+from harness import config, suitefile, sweep
 from harness.cli import app
 from harness.record import load_run
 
@@ -34,7 +34,7 @@ SEEDS = [p for p in SUITES if p.stem in REPORT_SUITES]
 
 @pytest.mark.parametrize("path", SUITES, ids=lambda p: p.stem)
 def test_shipped_suite_validates_and_expands(path: Path):
-    suite = config.load_suite(path)
+    suite = suitefile.load_suite(path)
     arms = sweep.expand(suite)
     assert suite.name == path.stem
     assert arms and all(cell.train is not None for _, cell in arms)
@@ -64,7 +64,7 @@ def test_default_suite_validates_through_cli():
 
 
 def _suite(stem: str) -> config.Suite:
-    return config.load_suite(REPO / "suites" / f"{stem}.toml")
+    return suitefile.load_suite(REPO / "suites" / f"{stem}.toml")
 
 
 def test_phi2_xsum_settings_are_the_reports():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, sweep
+from harness import config, suitefile, sweep
 from harness.cli import app
 from harness.errors import ConfigError
 from harness.record import load_run
@@ -48,7 +48,7 @@ def write_suite(d: Path, model_dir: Path, extra: str = SWEEP) -> Path:
 def load(tmp_path: Path, extra: str) -> config.Suite:
     p = tmp_path / "s.toml"
     p.write_text(tiny_suite_text(Path("/nonexistent-model")) + extra)
-    return config.load_suite(p)
+    return suitefile.load_suite(p)
 
 
 def test_cells_then_grid_in_order(tmp_path):
@@ -119,7 +119,7 @@ def test_empty_sweep_and_sweep_without_train(tmp_path):
     p = tmp_path / "e.toml"
     p.write_text(text[: text.index("[train]")] + SWEEP)
     with pytest.raises(ConfigError, match=r"\[sweep\] needs a \[train\] table"):
-        sweep.expand(config.load_suite(p))
+        sweep.expand(suitefile.load_suite(p))
 
 
 # ---------------------------------------------------------------- harness run

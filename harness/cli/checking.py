@@ -28,12 +28,12 @@ def validate_command(
     harness validate suites/*.toml --set data.eval_size=8
     ```
     """
-    from harness import config
+    from harness import suitefile
 
     failed, loaded = 0, []
     for path in suites:
         try:
-            loaded.append((path, config.load_suite(path, set_ or [], adapter or [])))
+            loaded.append((path, suitefile.load_suite(path, set_ or [], adapter or [])))
         except HarnessError as e:
             error(str(e))
             failed = max(failed, e.exit_code)
@@ -95,10 +95,10 @@ def plan_command(
     harness plan suites/llama32_finetome_sweep.toml
     ```
     """
-    from harness import config, plan
+    from harness import plan, suitefile
 
     try:
-        s = config.load_suite(suite, set_ or [], adapter or [])
+        s = suitefile.load_suite(suite, set_ or [], adapter or [])
         offline_without_network(s)
         show(plan.render_plan(plan.make_plan(s)))
     except HarnessError as e:

@@ -50,13 +50,13 @@ def compare_command(
     harness compare results/sweep/*/ --format csv --output table.csv
     ```
     """
-    from harness import compare
+    from harness import compare, config
     from harness.results import check_writable
 
     try:
         if output is not None:
             check_writable(output.parent, output.name)
-        level = compare.stats.DEFAULT_ALPHA if alpha is None else alpha
+        level = config.DEFAULT_ALPHA if alpha is None else alpha
         text = compare.compare_runs(_readable_runs(runs), fmt=fmt.value, alpha=level)
     except HarnessError as e:
         fail(e)

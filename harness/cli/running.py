@@ -47,12 +47,12 @@ def run_command(
     harness run suites/llama32_finetome_sweep.toml --shard 0/3 --out results/shards
     ```
     """
-    from harness import config, pipeline, progress
+    from harness import pipeline, progress, suitefile
     from harness.shard import Shard
 
     try:
         part = Shard.parse(shard) if shard is not None else None
-        s = config.load_suite(suite, set_ or [], adapter or [])
+        s = suitefile.load_suite(suite, set_ or [], adapter or [])
     except HarnessError as e:
         fail(e)
     if eval_only:

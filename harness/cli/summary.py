@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import arms as A
+from harness import config, measured
 from harness import formatting as F
-from harness import measured, stats
 from harness import metrics as M
 from harness.cli.console import out
 from harness.metrics import SYSTEM_KEYS, lower_is_better
@@ -31,7 +31,7 @@ def summary_table(record: dict[str, Any]) -> Group:
     paired CI when present: three arms side by side need 130 columns, one arm's table fits 80
     with every CI on one line (only a long metric or arm name folds). A run without adapter
     arms: the zero-shot numbers alone."""
-    alpha = (record.get("stats") or {}).get("alpha", stats.DEFAULT_ALPHA)
+    alpha = (record.get("stats") or {}).get("alpha", config.DEFAULT_ALPHA)
     arms = A.others(record.get("arms", {}))
     tables: list[RenderableType] = [
         Fitted(_arm_table(record, a, alpha), _arm_table(record, a, alpha, True)) for a in arms]
@@ -112,7 +112,7 @@ def seed_table(record: dict[str, Any]) -> Group | None:
             and M.is_known(str(c.get("metric")))]
     if not rows:
         return None
-    alpha = (record.get("stats") or {}).get("alpha", stats.DEFAULT_ALPHA)
+    alpha = (record.get("stats") or {}).get("alpha", config.DEFAULT_ALPHA)
     recipes = sorted({str(c.get("recipe")) for c in rows})
     by_recipe = {r: [c for c in rows if str(c.get("recipe")) == r] for r in recipes}
     return Group(*[Fitted(_seed_recipe_table(rs, r, alpha), _seed_recipe_table(rs, r, alpha, True))
