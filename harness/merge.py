@@ -35,7 +35,7 @@ from harness import arms, config, formatting, measured, pairing, record, report,
 from harness import metrics as M
 from harness.errors import InputError, RunFailed
 from harness.record import LoadedRun, Status
-from harness.shard import Shard
+from harness.sweep import Shard
 
 SHARD_KEY = "shard"
 MERGED_KEY = "merged_from"

@@ -55,7 +55,7 @@ from harness.progress import NullProgress, Progress
 from harness.record import Status
 
 if TYPE_CHECKING:
-    from harness.shard import Shard
+    from harness.sweep import Shard
 
 
 @dataclass

@@ -14,7 +14,7 @@ from harness.config import Suite
 from harness.errors import DatasetUnavailable, InputError, ModelUnavailable
 
 if TYPE_CHECKING:
-    from harness.shard import Shard
+    from harness.sweep import Shard
 
 
 @dataclass(frozen=True)

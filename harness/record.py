@@ -23,7 +23,7 @@ from harness import arms
 from harness.config import MAX_RESAMPLES
 from harness.errors import RecordError, RunFailed
 from harness.results import ADAPTERS_DIR, PREDICTIONS_FILE, RUN_FILE, TRAIN_LOG_FILE, RunDir
-from harness.shard import MAX_SHARDS
+from harness.sweep import MAX_SHARDS
 
 # 2: every key of the types below (1 lacked none a reader needs, but its prediction rows may
 # lack `nll_sum` and its `env` `memory_description`: `upgrade` derives them).

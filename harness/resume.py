@@ -141,7 +141,7 @@ class Resumed:
 
     @property
     def shard(self) -> Any:
-        from harness.shard import Shard
+        from harness.sweep import Shard
 
         s = self.record.get("shard")
         return Shard(int(s["index"]), int(s["count"])) if s else None

@@ -1,5 +1,7 @@
 """Adapter arms of a suite: one `lora` arm, or one arm per sweep cell (named cells + grid),
-each once per training seed when ``train.seeds`` is set (``lora@s0``, ``lora@s1``, ...).
+each once per training seed when ``train.seeds`` is set (``lora@s0``, ``lora@s1``, ...); and
+``--shard I/N``, which of those arms one machine trains (`harness merge` joins the shards' run
+directories).
 
 Each cell is the suite with dotted-key overrides applied and re-validated, so a cell can change
 anything a `--set` can (train.r, train.learning_rate, train.max_steps, ...). The zero-shot
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from harness import arms
 from harness.config import Suite
-from harness.errors import ConfigError
+from harness.errors import ConfigError, InputError
 from harness.suitefile import with_overrides
 
 # Tables a cell may not override: the baseline and the eval items are shared by all cells.
@@ -82,3 +86,43 @@ def _cell(suite: Suite, name: str, sets: dict[str, Any]) -> Suite:
         return with_overrides(suite, {**sets, "sweep": None})
     except ConfigError as e:
         raise ConfigError(f"sweep cell {name!r}: {e}") from e
+
+
+# ---------------------------------------------------------------- shards
+
+# Runs split by `harness run --shard I/N` at most: merge lists the shards it misses, one by one.
+MAX_SHARDS = 1024
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``count``: it takes the adapter arms i with i % count ==
+    index."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"1/3"`` -> Shard(1, 3); InputError naming ``--shard`` otherwise."""
+        head, sep, tail = text.strip().partition("/")
+        if not (sep and head.strip().isdigit() and tail.strip().isdigit()):
+            raise InputError(f"--shard {text!r}: expected I/N, this shard's 0-based index and "
+                             "the number of shards, e.g. --shard 0/3")
+        index, count = int(head), int(tail)
+        if not 1 <= count <= MAX_SHARDS:
+            raise InputError(f"--shard {text!r}: the number of shards N must be within 1 and "
+                             f"{MAX_SHARDS:,}")
+        if index >= count:
+            raise InputError(f"--shard {text!r}: the index I is 0-based, so it must be in "
+                             f"0..{count - 1}")
+        return cls(index, count)
+
+    def takes(self, i: int) -> bool:
+        return i % self.count == self.index
+
+    def as_record(self, trained: Sequence[str]) -> dict[str, Any]:
+        return {"index": self.index, "count": self.count, "arms": list(trained)}
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import harness
-from harness import config, results, resume, shard, suitefile
+from harness import config, results, resume, suitefile, sweep
 from harness.cli import app
 from harness.record import SCHEMA_VERSION, load_run
 
@@ -179,7 +179,7 @@ def test_a_shard_record_of_1e12_shards_is_refused_not_a_hang(tmp_path):
                       _put("shard", {"index": i, "count": 10**12, "arms": ["lora"]}))
     res = _subprocess_cli("merge", *shards, "--out", tmp_path / "out")
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
-    assert f"`shard.count` must be within 1 and {shard.MAX_SHARDS:,}" in res.stderr
+    assert f"`shard.count` must be within 1 and {sweep.MAX_SHARDS:,}" in res.stderr
     assert str(shards[0] / results.RUN_FILE) in res.stderr or str(where) in res.stderr
     assert not (tmp_path / "out").exists()
 

@@ -18,7 +18,7 @@ from harness.cli import app
 from harness.errors import InputError
 from harness.metrics import SYSTEM_KEYS
 from harness.record import load_run
-from harness.shard import Shard
+from harness.sweep import Shard
 
 from .test_sweep import write_suite
 

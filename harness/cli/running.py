@@ -48,7 +48,7 @@ def run_command(
     ```
     """
     from harness import pipeline, progress, suitefile
-    from harness.shard import Shard
+    from harness.sweep import Shard
 
     try:
         part = Shard.parse(shard) if shard is not None else None
