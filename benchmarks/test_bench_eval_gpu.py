@@ -1,4 +1,4 @@
-"""Teacher-forced eval loss on a GPU: harness.scoring vs lm-evaluation-harness's HF backend.
+"""Teacher-forced eval loss on a GPU: harness.run.scoring vs lm-evaluation-harness's HF backend.
 
 The CPU benchmark (test_bench_eval.py) on the GPU: the same comparison, the same items (the
 default suite's weather data with a system prompt, through a chat template), the same weights
@@ -71,7 +71,8 @@ def test_teacher_forced_vs_lm_eval_on_gpu(benchmark: Any, model_dir: tuple[str, 
     pytest.importorskip("lm_eval", reason="pip install -e '.[bench]' (lm-eval>=0.4.8)")
     from lm_eval.models.huggingface import HFLM
 
-    from harness import data, encoding, modeling, suitefile
+    from harness.run import encoding, modeling
+    from harness.suite import data, suitefile
 
     name, path = model_dir
     suite = suitefile.load_suite(REPO / "suites" / "default.toml", [

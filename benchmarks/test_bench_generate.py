@@ -1,4 +1,4 @@
-"""Greedy generation: harness.scoring.generate vs a per-example `model.generate` loop and vs
+"""Greedy generation: harness.run.scoring.generate vs a per-example `model.generate` loop and vs
 lm-evaluation-harness's `generate_until`.
 
 Same model object, same prompts (the default suite's chat prompts), same `max_new_tokens` (the
@@ -31,7 +31,7 @@ def per_example_loop(model: Any, tokenizer: Any, items: list, gen_cfg: Any) -> l
     """What a notebook does: one `generate` call per prompt, same generation config."""
     import torch
 
-    from harness import scoring
+    from harness.run import scoring
 
     eos = set(gen_cfg.eos_token_id)
     texts = []
@@ -50,7 +50,7 @@ def test_generate_vs_loop_and_lm_eval(benchmark: Any, lm_eval_hflm: Any, eval_it
                                       alternate: Any, record: Any, sizes: dict[str, int]) -> None:
     from lm_eval.api.instance import Instance
 
-    from harness import encoding, scoring
+    from harness.run import encoding, scoring
 
     lm, n = lm_eval_hflm, sizes["gen_items"]
     model, items = lm.model, eval_items[:n]

@@ -1,9 +1,9 @@
 """LoRA vs QLoRA training on one GPU, TinyLlama-1.1B shape, random weights.
 
 No network: the model is built from TinyLlama-1.1B's config numbers with random weights, saved
-as bf16 safetensors and loaded back through harness.modeling.load_model (4-bit nf4 for QLoRA),
+as bf16 safetensors and loaded back through harness.run.modeling.load_model (4-bit nf4 for QLoRA),
 so speed, memory and MFU are real even though quality is not. Training is
-harness.train.train_adapter on fixed-length synthetic items (no padding), LoRA r16 on every
+harness.run.train.train_adapter on fixed-length synthetic items (no padding), LoRA r16 on every
 linear layer, bf16, AdamW, no gradient checkpointing.
 
 Reported per arm: steady-state tokens/s (steps after WARMUP_STEPS, timed with a CUDA sync at
@@ -98,7 +98,7 @@ def tinyllama_dir(tmp_path_factory) -> Path:
 
 
 def gpu_suite(model_dir: Path, quantized: bool, checkpointing: bool) -> Any:
-    from harness import suitefile
+    from harness.suite import suitefile
 
     model: dict[str, Any] = {"name_or_path": str(model_dir), "dtype": "bfloat16",
                              "device": "cuda"}
@@ -120,7 +120,7 @@ def gpu_suite(model_dir: Path, quantized: bool, checkpointing: bool) -> Any:
 
 def synthetic_items(n: int) -> list[Any]:
     """Fixed-length random token sequences, loss on every token but the first."""
-    from harness.encoding import IGNORE_INDEX, Encoded
+    from harness.run.encoding import IGNORE_INDEX, Encoded
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, TINYLLAMA["vocab_size"], (n, SEQ), generator=g).tolist()
@@ -130,7 +130,7 @@ def synthetic_items(n: int) -> list[Any]:
 
 def train_once(model_dir: Path, quantized: bool, checkpointing: bool,
                work: Path) -> dict[str, Any]:
-    from harness import adapterload, modeling, train
+    from harness.run import adapterload, modeling, train
 
     suite = gpu_suite(model_dir, quantized, checkpointing)
     tok = modeling.load_tokenizer(suite.model, str(model_dir))

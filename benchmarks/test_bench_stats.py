@@ -1,4 +1,4 @@
-"""Speed of harness.stats.compare_arms at the design size: 10,000 items x 10,000 resamples.
+"""Speed of harness.stats.paired.compare_arms at the design size: 10,000 items x 10,000 resamples.
 
 Run with ``pytest benchmarks/`` (the default ``pytest`` run only collects tests/). Timings are
 reported by pytest-benchmark and never asserted: a loaded CI box must not fail a build.
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness import stats
 from harness.metrics import ALL_KEYS, ROUGE_KEYS
+from harness.stats import paired as stats
 
 N_ITEMS = 10_000
 N_RESAMPLES = 10_000

@@ -1,8 +1,8 @@
-"""LoRA training tokens/s: harness.train.train_adapter vs two plain HF Trainer setups.
+"""LoRA training tokens/s: harness.run.train.train_adapter vs two plain HF Trainer setups.
 
 All three train the default suite's LoRA (r16, alpha 32, q/k/v/o, lr 1e-3, AdamW, fp32) on a
 fresh SmolLM2-135M-Instruct with the same seed, the same N * 8 weather items (one epoch of N
-optimizer steps of batch 8) and the same TrainingArguments (built by harness.train) — only the
+optimizer steps of batch 8) and the same TrainingArguments (built by harness.run.train) — only the
 data pipeline differs:
 
 - the TinyLlama LoRA report's setup: prompt + response tokenized to `padding="max_length"` (512),
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.benchmark(group="train", warmup=False)
 def fresh_lora_model(suite: Any, path: str) -> Any:
     import torch
 
-    from harness import adapterload, modeling
+    from harness.run import adapterload, modeling
 
     torch.manual_seed(suite.train.seed)  # same LoRA initialisation for every contender
     model = adapterload.attach_lora(modeling.load_model(suite.model, path, "cpu"), suite.train,
@@ -48,7 +48,8 @@ def plain_trainer(model: Any, suite: Any, out: Path, dataset: list, collator: An
     """A notebook's Trainer: no callbacks of ours, random sampler. Returns train_runtime (s)."""
     from transformers import PrinterCallback, Trainer
 
-    from harness import suitefile, train
+    from harness.run import train
+    from harness.suite import suitefile
 
     spec = suitefile.with_overrides(suite, {"train.group_by_length": False}).train
     args = train.training_arguments(spec, out, "cpu", has_validation=False)
@@ -60,7 +61,7 @@ def plain_trainer(model: Any, suite: Any, out: Path, dataset: list, collator: An
 def max_length_dataset(tokenizer: Any, splits: Any, suite: Any, n: int) -> list[dict]:
     """The TinyLlama LoRA report's setup: full text tokenized to max_length with padding,
     labels = input_ids."""
-    from harness import encoding
+    from harness.run import encoding
 
     rows = []
     for ex in splits.train[:n]:
@@ -76,7 +77,7 @@ def test_train_vs_hf_trainer(benchmark: Any, smollm2_dir: str, splits: Any, toke
                              sizes: dict[str, int], tmp_path: Path) -> None:
     from transformers import DataCollatorForSeq2Seq, default_data_collator
 
-    from harness import encoding, train
+    from harness.run import encoding, train
 
     steps, batch = sizes["train_steps"], sizes["batch"]
     n = steps * batch  # one epoch == `steps` optimizer steps: every contender sees every item

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from harness import results
 from harness.metrics import ROUGE_KEYS
-from harness.record import (
+from harness.rundir import results
+from harness.rundir.record import (
     COMPARISON_KEYS,
     RUN_KEYS,
     SCHEMA_VERSION,

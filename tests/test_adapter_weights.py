@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import data, encoding, suitefile
 from harness.cli import app
-from harness.record import LoadedRun, load_run
+from harness.run import encoding
+from harness.rundir.record import LoadedRun, load_run
+from harness.suite import data, suitefile
 
 from .conftest import build_model, build_tokenizer
 from .test_adapters import _peft_adapter, eval_only
@@ -114,7 +115,7 @@ def test_base_weights_equal_to_the_suites_cost_no_reload(suite_dir, tiny_model_d
     nothing to warn about, and the base still loads once for every arm."""
     from transformers import AutoModelForCausalLM
 
-    from harness import modeling
+    from harness.run import modeling
 
     same = _head_adapter(suite_dir / "same", AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     loads = []

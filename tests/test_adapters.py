@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import data, encoding, modeling, results, suitefile
 from harness.cli import app
-from harness.record import load_run, read_jsonl
+from harness.run import encoding, modeling
+from harness.rundir import results
+from harness.rundir.record import load_run, read_jsonl
+from harness.suite import data, suitefile
 
 from .test_bad_input import check_refused
 

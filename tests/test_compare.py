@@ -14,13 +14,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import compare, config, stats
-from harness import formatting as F
 from harness.cli import app
 from harness.errors import InputError
 from harness.metrics import ALL_KEYS, SYSTEM_KEYS
-from harness.record import load_run
-from harness.results import PREDICTIONS_FILE, RUN_FILE
+from harness.rundir.record import load_run
+from harness.rundir.results import PREDICTIONS_FILE, RUN_FILE
+from harness.stats import paired as stats
+from harness.suite import config
+from harness.views import compare
+from harness.views import formatting as F
 
 from .factories import make_run
 
@@ -267,8 +269,9 @@ def test_template_arms_are_compared_within_a_run_but_not_across(tmp_path: Path):
 
 def test_cli_spells_compare_formats_and_default_alpha_as_compare_does():
     """The CLI lists them itself (importing compare would pull NumPy into every command)."""
-    from harness import cli, compare
+    from harness import cli
     from harness.cli import reading
+    from harness.views import compare
 
     assert reading.COMPARE_FORMATS == compare.FORMATS
     help_text = CliRunner().invoke(cli.app, ["compare", "--help"]).output
@@ -358,7 +361,7 @@ def test_a_cached_baseline_speed_and_memory_are_not_compared(tmp_path: Path):
     res = CliRunner().invoke(app, ["compare", str(path), "--format", "csv"])
     assert res.exit_code == 0, res.output
     assert "tokens_per_s" not in res.output and "peak_memory" not in res.output
-    from harness import report
+    from harness.views import report
 
     html = report.render_html(load_run(path))
     assert "baseline (cached)" in html and 'fill-opacity="0.15"' in html

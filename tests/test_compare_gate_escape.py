@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.record import load_run
-from harness.results import RUN_FILE
+from harness.rundir.record import load_run
+from harness.rundir.results import RUN_FILE
 
 from .factories import make_run
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import config, suitefile
 from harness.errors import ConfigError, InputError
+from harness.suite import config, suitefile
 
 MINIMAL = """name = "t"
 
@@ -159,7 +159,7 @@ def test_reading_a_suite_imports_no_model_or_hub_library(tmp_path):
     import sys
 
     write(tmp_path, MINIMAL)
-    code = ("import sys; from harness import suitefile; "
+    code = ("import sys; from harness.suite import suitefile; "
             f"suitefile.load_suite({str(tmp_path / 's.toml')!r}); "
             "bad = [m for m in ('torch', 'transformers', 'peft', 'datasets', 'huggingface_hub')"
             " if m in sys.modules]; assert not bad, bad")
@@ -173,10 +173,11 @@ def test_the_schema_stands_below_statistics_and_the_gate(tmp_path):
     import sys
 
     write(tmp_path, MINIMAL + '\n[stats]\nn_resamples = 500\n[gate]\nrules = ["rougeL:-1%"]\n')
-    code = ("import sys; from harness import suitefile; "
+    code = ("import sys; from harness.suite import suitefile; "
             f"s = suitefile.load_suite({str(tmp_path / 's.toml')!r}); "
             "assert s.gate.rules == ['rougeL:-1%'] and s.stats.n_resamples == 500; "
-            "bad = [m for m in ('harness.stats', 'harness.gate', 'harness.formatting')"
+            "bad = [m for m in ('harness.stats.paired', 'harness.views.gate', "
+            "'harness.views.formatting')"
             " if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import config, data, suitefile
 from harness.errors import DataError
+from harness.suite import config, data, suitefile
 
 from .conftest import ASSETS
 

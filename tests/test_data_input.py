@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import data, suitefile
 from harness.cli import app
 from harness.errors import DataError
+from harness.suite import data, suitefile
 
 from .test_bad_input import check_refused, edit
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.record import load_run
+from harness.rundir.record import load_run
 
 from .factories import validate_run_dir
 

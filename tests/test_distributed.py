@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.record import load_run
+from harness.rundir.record import load_run
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "suites" / "ci.toml"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import DataSpec
-from harness.encoding import IGNORE_INDEX, encode, encode_all, length_stats
-from harness.prompts import Example
+from harness.run.encoding import IGNORE_INDEX, encode, encode_all, length_stats
+from harness.suite.config import DataSpec
+from harness.suite.prompts import Example
 
 from .conftest import build_tokenizer
 

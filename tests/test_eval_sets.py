@@ -13,10 +13,10 @@ import pytest
 from sacrebleu.metrics import BLEU, CHRF
 from typer.testing import CliRunner
 
-from harness import encoding, textmetrics
 from harness.cli import app
-from harness.record import load_run
-from harness.suitefile import load_suite
+from harness.run import encoding, textmetrics
+from harness.rundir.record import load_run
+from harness.suite.suitefile import load_suite
 
 from .conftest import ASSETS, cli_run, tiny_suite_text
 
@@ -96,7 +96,7 @@ def test_set_numbers_equal_plain_transformers_and_sacrebleu(two_set_run, tiny_mo
     rows = [r for r in loaded.items("baseline") if r["set"] == "general"]
     nll = tokens = 0.0
     for r in rows:
-        from harness.prompts import Example
+        from harness.suite.prompts import Example
 
         enc = encoding.encode(Example(r["id"], r["prompt"], r["reference"]), tok, spec)
         ids = torch.tensor([enc.input_ids])

@@ -161,7 +161,7 @@ def _tables(model, prefix: str = ""):
 
 
 def test_the_suite_reference_names_every_key_config_reads():
-    from harness.config import Suite
+    from harness.suite.config import Suite
 
     sections = _sections(_reference())
     missing = []
@@ -181,7 +181,7 @@ def test_the_suite_reference_names_every_key_config_reads():
 
 def test_the_suite_reference_is_a_valid_suite(tmp_path):
     """Every key it shows (comments aside) is one config accepts, with a value it accepts."""
-    from harness import suitefile
+    from harness.suite import suitefile
 
     raw = tomllib.loads(_reference())
     suite = suitefile.validate_suite(raw, path=tmp_path / "ref.toml", text=_reference(), origins={})

@@ -1,4 +1,4 @@
-"""harness.formatting against strings written out by hand: what compare, report, gate and
+"""harness.views.formatting against strings written out by hand: what compare, report, gate and
 progress print for a value."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import formatting as F
-from harness.record import LoadedRun
+from harness.rundir.record import LoadedRun
+from harness.views import formatting as F
 
 NOT_NUMBERS = [None, math.nan, math.inf, -math.inf, True, "0.5"]
 

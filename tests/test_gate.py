@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from harness import gate, gaterules, results
 from harness.errors import InputError, RecordError
 from harness.metrics import ROUGE_KEYS
-from harness.record import load_run
-from harness.results import RUN_FILE
+from harness.rundir import results
+from harness.rundir.record import load_run
+from harness.rundir.results import RUN_FILE
+from harness.suite import gaterules
+from harness.views import gate
 
 from .factories import arm_metrics, make_run
 

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import gate, gaterules
 from harness.cli import app
 from harness.errors import InputError
-from harness.results import PREDICTIONS_FILE, RUN_FILE
+from harness.rundir.results import PREDICTIONS_FILE, RUN_FILE
+from harness.suite import gaterules
+from harness.views import gate
 
 from .factories import make_run
 from .test_report import edit_record
@@ -127,7 +128,7 @@ def test_rule_objects_carry_the_flag():
 
 
 def test_validate_accepts_the_rule_in_a_suite(tmp_path: Path):
-    from harness import suitefile
+    from harness.suite import suitefile
 
     raw = {"name": "toy", "model": {"name_or_path": "toy/model"},
            "data": {"path": "x.jsonl", "prompt_template": "{{ q }}",

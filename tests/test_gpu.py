@@ -15,12 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harness import (  # noqa: E402
-    config,
-    modeling,
-    suitefile,  # noqa: E402
-)
-from harness.record import load_run  # noqa: E402
+from harness.run import modeling  # noqa: E402
+from harness.rundir.record import load_run  # noqa: E402
+from harness.suite import config, suitefile  # noqa: E402
 
 from .conftest import ASSETS, build_tokenizer  # noqa: E402
 from .test_suites import run_report_suite  # noqa: E402

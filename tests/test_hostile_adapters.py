@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import modeling
 from harness.cli import app
+from harness.run import modeling
 
 from .test_adapters import _peft_adapter, eval_only
 

@@ -28,9 +28,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import pipeline, results
 from harness.cli import app
-from harness.record import load_run
+from harness.run import pipeline
+from harness.rundir import results
+from harness.rundir.record import load_run
 
 from .conftest import ASSETS, REPO, tiny_suite_text
 from .factories import make_run
@@ -140,7 +141,7 @@ def test_merge_out_that_is_a_file_is_one_line_and_nothing_written(tmp_path):
 
 SLOW_REPORTS = """
 import sys, time
-from harness import report
+from harness.views import report
 render = report.render_into
 def slow(*a, **k):
     print("rendering", flush=True)

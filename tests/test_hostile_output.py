@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import formatting as F
+from harness.views import formatting as F
 
 from .factories import make_run
 
@@ -190,7 +190,7 @@ SWEEP = {"baseline": (0.30, 2.5), "lora_r8": (0.40, 2.0), "lora_r16": (0.45, 1.9
 
 def _with_comparisons(run: Path) -> Path:
     """The record with every adapter arm compared with zero-shot, as a run stores it."""
-    from harness import stats
+    from harness.stats import paired as stats
 
     rec = json.loads((run / "run.json").read_text(encoding="utf-8"))
     preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
@@ -254,7 +254,7 @@ def test_seed_table_at_80_columns_shows_every_cell_and_each_ci_on_one_line(tmp_p
 def test_progress_line_keeps_step_and_eta_at_80_columns():
     from rich.console import Console
 
-    from harness import progress
+    from harness.run import progress
 
     buf = io.StringIO()
     console = Console(file=buf, width=80, force_terminal=True, color_system=None)
@@ -273,7 +273,7 @@ def test_progress_line_keeps_step_and_eta_at_80_columns():
 def test_progress_description_is_not_markup(width: int):
     from rich.console import Console
 
-    from harness import progress
+    from harness.run import progress
 
     buf = io.StringIO()
     console = Console(file=buf, width=width, force_terminal=True, color_system=None)

@@ -19,9 +19,11 @@ import pytest
 from typer.testing import CliRunner
 
 import harness
-from harness import config, results, resume, suitefile, sweep
 from harness.cli import app
-from harness.record import SCHEMA_VERSION, load_run
+from harness.run import resume
+from harness.rundir import results
+from harness.rundir.record import SCHEMA_VERSION, load_run
+from harness.suite import config, suitefile, sweep
 
 from .conftest import REPO
 from .factories import make_run
@@ -158,12 +160,12 @@ def test_a_record_asking_for_1e12_resamples_is_refused_not_a_hang(runs, tmp_path
         assert res.returncode == 2, res.stderr
         assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
         assert str(where) in res.stderr and "`stats.n_resamples` must be within 1 and " \
-            f"{harness.config.MAX_RESAMPLES:,}" in res.stderr, res.stderr
+            f"{harness.suite.config.MAX_RESAMPLES:,}" in res.stderr, res.stderr
 
 
 def test_the_resample_bound_is_the_suite_configs(suite_dir):
     """One constant: a suite may not ask for more than a record may."""
-    from harness.config import MAX_RESAMPLES
+    from harness.suite.config import MAX_RESAMPLES
 
     ok = suitefile.load_suite(suite_dir / "tiny.toml", [f"stats.n_resamples={MAX_RESAMPLES}"])
     assert ok.stats.n_resamples == MAX_RESAMPLES

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config
 from harness.cli import app
+from harness.suite import config
 
 from .test_bad_input import check_refused, edit
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import config, formatting, report_data, suitefile, textmetrics
 from harness import metrics as M
 from harness.errors import ConfigError
+from harness.run import textmetrics
+from harness.suite import config, suitefile
+from harness.views import formatting, report_data
 
 from .test_config import MINIMAL, write
 

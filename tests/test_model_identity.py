@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from harness import hashes, train
 from harness.cli import app
-from harness.record import load_run
+from harness.run import hashes, train
+from harness.rundir.record import load_run
 
 from .conftest import save_tiny_model
 
@@ -169,8 +169,8 @@ def test_resume_refuses_a_run_whose_model_changed(suite_dir, tiny_model_dir, mon
 
 def test_unchanged_model_fingerprint_is_the_same_after_a_copy(tmp_path, tiny_model_dir):
     """The cache key names files by content, not path: a copy of the folder is the same model."""
-    from harness import modeling
-    from harness.config import ModelSpec
+    from harness.run import modeling
+    from harness.suite.config import ModelSpec
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)

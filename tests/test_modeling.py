@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import adapterload, modeling, suitefile
+from harness.run import adapterload, modeling
+from harness.suite import suitefile
 
 from .conftest import ASSETS
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import results
 from harness.cli import app
+from harness.rundir import results
 
 from .test_adapters import _peft_adapter, eval_only
 from .test_bad_input import check_refused

@@ -7,9 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import scoring
 from harness.cli import app
-from harness.record import load_run
+from harness.run import scoring
+from harness.rundir.record import load_run
 
 runner = CliRunner()
 FAST = ["--set", "train.max_steps=4", "--set", "data.eval_size=6", "--set", "data.train_size=16"]
@@ -120,7 +120,7 @@ def test_an_entry_written_under_the_previous_entry_format_is_not_served(suite_di
     perplexity the suite did not ask for) is keyed without `entry`: a run misses it."""
     import json
 
-    from harness import cache
+    from harness.run import cache
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     run(suite_dir, "--set", "eval.metrics=['loss', 'rouge']")

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, plan, suitefile, train
 from harness.cli import app
-from harness.config import TrainSpec
 from harness.errors import ConfigError
+from harness.run import plan, train
+from harness.suite import config, suitefile
+from harness.suite.config import TrainSpec
 
 from .conftest import ASSETS, REPO, tiny_suite_text
 

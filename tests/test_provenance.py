@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import modeling
 from harness.cli import app
-from harness.record import load_run
+from harness.run import modeling
+from harness.rundir.record import load_run
 
 from .conftest import tiny_suite_text
 
@@ -53,7 +53,7 @@ def packaged(tmp_path, tiny_model_dir, monkeypatch) -> Path:
 
 def _use_cache(monkeypatch, path: Path, suite: Path) -> None:
     """This machine's model cache, with the suite's model converted into it already."""
-    from harness import suitefile
+    from harness.suite import suitefile
 
     monkeypatch.setenv("HARNESS_CACHE", str(path))
     modeling.ensure_converted(modeling.resolve_source(suitefile.load_suite(suite)))
@@ -127,7 +127,7 @@ def test_old_cache_folders_are_recognised_and_other_bases_still_warn(packaged, t
 def test_hub_and_local_bases_are_named_as_the_suite_names_them(suite_dir, tiny_model_dir):
     """A local model: its absolute path (what peft wrote before, and what the user named); a
     hub id, with or without a GGUF in the repo: the id itself, so the hub links the card."""
-    from harness import suitefile
+    from harness.suite import suitefile
 
     suite = suitefile.load_suite(suite_dir / "tiny.toml")
     assert modeling.resolve_source(suite).label == str(tiny_model_dir)

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import record, report
 from harness.cli import app
-from harness.record import SCHEMA_VERSION, load_run
-from harness.results import PREDICTIONS_FILE, RUN_FILE
+from harness.rundir import record
+from harness.rundir.record import SCHEMA_VERSION, load_run
+from harness.rundir.results import PREDICTIONS_FILE, RUN_FILE
+from harness.views import report
 
 from .conftest import ASSETS, REPO
 from .factories import make_run

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import report
-from harness.record import load_run
+from harness.rundir.record import load_run
+from harness.views import report
 
 from .test_report import ESCAPED_SCRIPT, rich_run
 from .test_report_headline import forgetting_run

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, seedstats
 from harness.cli import app
-from harness.results import PREDICTIONS_FILE, RUN_FILE
+from harness.rundir.results import PREDICTIONS_FILE, RUN_FILE
+from harness.stats import seedstats
+from harness.suite import config
 
 from .factories import make_run
 from .test_report import comparisons, edit_record

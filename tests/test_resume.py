@@ -20,10 +20,11 @@ import pytest
 from typer.testing import CliRunner
 
 import harness
-from harness import pipeline, results, resume, train
 from harness.cli import app
-from harness.config import TrainSpec
-from harness.record import load_run
+from harness.run import pipeline, resume, train
+from harness.rundir import results
+from harness.rundir.record import load_run
+from harness.suite.config import TrainSpec
 
 from .conftest import ASSETS, REPO, tiny_suite_text
 

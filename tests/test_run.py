@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import results
 from harness.cli import app
-from harness.record import load_run
+from harness.rundir import results
+from harness.rundir.record import load_run
 
 from .factories import validate_run_dir
 
@@ -108,10 +108,10 @@ def test_adapter_is_peft_format_with_card_and_reloads(finished, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from harness import modeling, scoring
-    from harness.config import DataSpec
-    from harness.encoding import encode
-    from harness.prompts import Example
+    from harness.run import modeling, scoring
+    from harness.run.encoding import encode
+    from harness.suite.config import DataSpec
+    from harness.suite.prompts import Example
 
     adapter = finished / "adapters" / "lora"
     assert (adapter / "adapter_config.json").is_file()
@@ -132,7 +132,7 @@ def test_adapter_is_peft_format_with_card_and_reloads(finished, tiny_model_dir):
 
 
 def _suite(run):
-    from harness.config import Suite
+    from harness.suite.config import Suite
 
     return Suite.model_validate(run.record["config"])
 
@@ -165,7 +165,7 @@ def test_eval_only_suite_has_baseline_arm_only(suite_dir):
 
 
 def test_crash_mid_run_leaves_failed_record(suite_dir, monkeypatch):
-    from harness import train
+    from harness.run import train
 
     def boom(*a, **k):
         raise RuntimeError("CUDA out of memory (simulated)")

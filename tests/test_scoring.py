@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import memory, scoring, textmetrics
-from harness.config import DataSpec, EvalSpec
-from harness.encoding import encode
-from harness.prompts import Example
+from harness.run import memory, scoring, textmetrics
+from harness.run.encoding import encode
+from harness.suite.config import DataSpec, EvalSpec
+from harness.suite.prompts import Example
 
 from .conftest import build_model, build_tokenizer
 
@@ -235,7 +235,7 @@ def test_a_signal_during_threaded_training_stops_the_training_thread_too():
 
     code = (
         "import os, signal, threading, time\n"
-        "from harness import memory\n"
+        "from harness.run import memory\n"
         "def work():\n"
         "    try:\n"
         "        while True: time.sleep(0.001)\n"

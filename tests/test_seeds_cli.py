@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.record import load_run
+from harness.rundir.record import load_run
 
 from .conftest import ASSETS, cli_run, tiny_suite_text
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness import config, stats
-from harness.seedstats import compare_recipe
+from harness.stats import paired as stats
+from harness.stats.seedstats import compare_recipe
+from harness.suite import config
 
 from .factories import arm_metrics, make_items
 

@@ -7,19 +7,22 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from harness import preflight
 from harness.cli import app
 from harness.errors import InputError
 from harness.metrics import SYSTEM_KEYS
-from harness.record import load_run
-from harness.sweep import Shard
+from harness.run import preflight
+from harness.rundir.record import load_run
+from harness.suite.sweep import Shard
 
+from .conftest import REPO
 from .test_sweep import write_suite
 
 runner = CliRunner()
@@ -266,3 +269,26 @@ def test_merge_keeps_the_shards_numbers_and_their_system_metrics_as_stored(shard
         own = load_run(run).record["arms"]
         for arm in own if i == 0 else [ARMS[1 + i]]:
             assert merged[arm]["metrics"] == own[arm]["metrics"], arm  # exactly, not rounded
+
+
+def _modules_after(argv: list[str]) -> list[str]:
+    """Runs `harness ARGV` in a fresh process; the model libraries it imported."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(sorted(m for m in ('torch', 'transformers', 'peft') "
+            "if m in sys.modules)))\n"
+            f"sys.argv = ['harness', *{argv!r}]\n"
+            "from harness.cli import main\n"
+            "main()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert res.returncode == 0, (argv, res.stdout, res.stderr)
+    return json.loads(res.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_merge_compare_gate_and_report_import_no_model_library(sharded, tmp_path):
+    """The commands that only read and join records never load the model libraries."""
+    merged, full = str(sharded["merged"]), str(sharded["full"])
+    for argv in (["merge", *map(str, sharded["shards"]), "--out", str(tmp_path / "m")],
+                 ["compare", full, merged], ["report", merged],
+                 ["gate", merged, "--baseline", full, "--rule", "loss:+0.05"]):
+        assert _modules_after(argv) == [], argv

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, suitefile, sweep
 from harness.cli import app
-from harness.record import load_run
+from harness.rundir.record import load_run
+from harness.suite import config, suitefile, sweep
 
 from .conftest import ASSETS, REPO
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import config, suitefile, sweep
 from harness.cli import app
 from harness.errors import ConfigError
-from harness.record import load_run
+from harness.rundir.record import load_run
+from harness.suite import config, suitefile, sweep
 
 from .conftest import ASSETS, tiny_suite_text
 
@@ -128,7 +128,7 @@ def test_empty_sweep_and_sweep_without_train(tmp_path):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, tiny_model_dir) -> Path:
     """One sweep run (4 cells) where the big-batch cell dies of a (simulated) CUDA OOM."""
-    from harness import train
+    from harness.run import train
 
     d = tmp_path_factory.mktemp("sweep")
     real = train.train_adapter

@@ -10,7 +10,8 @@ import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
 from harness import metrics as M
-from harness import stats, textmetrics
+from harness.run import textmetrics
+from harness.stats import paired as stats
 
 WORDS = "the a cat dog sat on mat ran fast slow red blue tree under over house".split()
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import results
 from harness.cli import app
-from harness.record import load_run, read_jsonl
+from harness.rundir import results
+from harness.rundir.record import load_run, read_jsonl
 
 runner = CliRunner()
 
@@ -91,7 +91,7 @@ def _store_many(cache_root: str, n: int) -> int:
     import os
 
     os.environ["HARNESS_CACHE"] = cache_root
-    from harness import cache
+    from harness.run import cache
 
     failures = 0
     for i in range(n):
@@ -146,7 +146,7 @@ def test_what_training_leaves_resident_is_not_the_adapter_memory(suite_dir, monk
     hold at least the model's weights (bytes of the safetensors file's tensors)."""
     from safetensors import safe_open
 
-    from harness import train
+    from harness.run import train
 
     leftovers: list[list[bytes]] = []
     real = train.train_adapter
@@ -268,7 +268,7 @@ def test_leftover_partial_folder_of_a_dead_run_is_reported(suite_dir):
 def test_report_write_failure_is_a_failed_run(suite_dir, monkeypatch):
     import errno
 
-    from harness import report
+    from harness.views import report
 
     def disk_full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -359,7 +359,7 @@ def test_max_new_tokens_beyond_the_context_is_capped_and_said(suite_dir):
 
 
 def test_validate_offline_checks_what_it_can_and_says_what_it_could_not(suite_dir, monkeypatch):
-    from harness import modeling
+    from harness.run import modeling
 
     text = (suite_dir / "tiny.toml").read_text().replace(
         'path = "instruct.jsonl"', 'dataset = "someone/not-cached-anywhere"')
@@ -397,7 +397,7 @@ def test_validate_warns_when_training_would_log_no_eval_loss(suite_dir):
 def test_hub_model_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, monkeypatch):
     """Offline, the local Hugging Face cache says which commit `main` is: a new download of
     the same id (refs/main moved) is another model for the zero-shot cache."""
-    from harness import modeling
+    from harness.run import modeling
 
     repo = tmp_path / "hub" / "models--someone--model"
     for sha in ("a" * 40, "b" * 40):
@@ -414,7 +414,7 @@ def test_hub_model_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, mon
     assert modeling.hub_commit("someone/other", None) is None  # unknown: never cached
     # the suite's model.revision decides which commit keys the baseline, not main's
     (repo / "refs" / "v1").write_text("a" * 40)
-    from harness.config import ModelSpec
+    from harness.suite.config import ModelSpec
 
     src = modeling.ModelSource("someone/model", "someone/model", None, None)
     spec = ModelSpec(name_or_path="someone/model", revision="v1")

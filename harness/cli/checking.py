@@ -28,7 +28,7 @@ def validate_command(
     harness validate suites/*.toml --set data.eval_size=8
     ```
     """
-    from harness import suitefile
+    from harness.suite import suitefile
 
     failed, loaded = 0, []
     for path in suites:
@@ -44,7 +44,7 @@ def validate_command(
 
 
 def _validate_one(path: Path, suite: Any) -> int:
-    from harness import preflight
+    from harness.run import preflight
 
     try:
         info = preflight.check(suite, offline_ok=True)
@@ -64,11 +64,11 @@ def offline_without_network(*suites: Any) -> None:
     fail (35-48 s for one hub adapter); offline mode makes them read the local cache and give
     up at once. Asked once per command, only of suites that use the hub (`validate`, `plan`,
     `run`), and set before either library is imported (they read the variable at import)."""
-    from harness import config
+    from harness.suite import config
 
     if _truthy(os.environ.get("HF_HUB_OFFLINE")) or not any(map(config.uses_hub, suites)):
         return
-    from harness.modeling import hub_reachable
+    from harness.run.modeling import hub_reachable
 
     if not hub_reachable():
         os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -95,7 +95,8 @@ def plan_command(
     harness plan suites/llama32_finetome_sweep.toml
     ```
     """
-    from harness import plan, suitefile
+    from harness.run import plan
+    from harness.suite import suitefile
 
     try:
         s = suitefile.load_suite(suite, set_ or [], adapter or [])

@@ -44,7 +44,7 @@ def escaped(text: str) -> str:
     NumPy (0.2 s), which `harness --version` need not wait for."""
     if text.replace("\n", "").replace("\t", "").isprintable():
         return text
-    from harness import formatting
+    from harness.views import formatting
 
     return formatting.printable(text)
 

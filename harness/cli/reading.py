@@ -50,8 +50,9 @@ def compare_command(
     harness compare results/sweep/*/ --format csv --output table.csv
     ```
     """
-    from harness import compare, config
-    from harness.results import check_writable
+    from harness.rundir.results import check_writable
+    from harness.suite import config
+    from harness.views import compare
 
     try:
         if output is not None:
@@ -68,7 +69,7 @@ def _readable_runs(args: list[str]) -> list[Any]:
     harness) is a warning and is skipped, as pytest-benchmark skips a corrupt saved run; with
     none left, or a lone run, it is the error."""
     from harness.errors import RecordError
-    from harness.record import load_run
+    from harness.rundir.record import load_run
 
     loaded, bad = [], []
     for arg in args:
@@ -121,8 +122,8 @@ def gate_command(
     harness gate results/default/*/ --rule general/perplexity:+5%:vs-zero-shot
     ```
     """
-    from harness import gate
-    from harness.record import load_run
+    from harness.rundir.record import load_run
+    from harness.views import gate
 
     try:
         cand = load_run(candidate)
@@ -159,9 +160,9 @@ def report_command(
     harness report results/default/20261122T101500-a1b2c3
     ```
     """
-    from harness import report
-    from harness.record import load_run
-    from harness.results import check_writable
+    from harness.rundir.record import load_run
+    from harness.rundir.results import check_writable
+    from harness.views import report
 
     try:
         loaded = load_run(run_)

@@ -47,8 +47,9 @@ def run_command(
     harness run suites/llama32_finetome_sweep.toml --shard 0/3 --out results/shards
     ```
     """
-    from harness import pipeline, progress, suitefile
-    from harness.sweep import Shard
+    from harness.run import pipeline, progress
+    from harness.suite import suitefile
+    from harness.suite.sweep import Shard
 
     try:
         part = Shard.parse(shard) if shard is not None else None
@@ -75,7 +76,7 @@ def run_command(
 def _outcome(outcome: Any) -> None:
     """The summary table and the run directory; exit 1 when the run or an arm failed."""
     from harness.cli.summary import print_tables
-    from harness.record import Status
+    from harness.rundir.record import Status
 
     print_tables(outcome.record)
     show(f"run directory: {outcome.path}")
@@ -110,7 +111,7 @@ def resume_command(
     harness resume results/default/.20261122T101500-a1b2c3.partial
     ```
     """
-    from harness import distributed, pipeline, progress, resume
+    from harness.run import distributed, pipeline, progress, resume
 
     if distributed.active():
         error("harness resume runs in one process; start it without torchrun / accelerate")
@@ -130,7 +131,7 @@ def resume_command(
 
 def _other_rank(suite: Any) -> bool:
     """Under torchrun / accelerate: join the process group; True on every rank but 0."""
-    from harness import distributed, modeling
+    from harness.run import distributed, modeling
 
     if not distributed.active():
         return False
@@ -144,8 +145,8 @@ def _worker(suite: Any, shard: Any = None) -> int:
     printed. Returns the exit code of its part."""
     import tempfile
 
-    from harness import pipeline
-    from harness.record import Status
+    from harness.run import pipeline
+    from harness.rundir.record import Status
 
     with tempfile.TemporaryDirectory(prefix="harness-rank-") as tmp:
         try:
@@ -205,9 +206,9 @@ def merge_command(
     harness merge results/shards/llama32_finetome_sweep/* --out results
     ```
     """
-    from harness import merge
     from harness.cli.summary import print_tables
-    from harness.record import Status, load_run
+    from harness.run import merge
+    from harness.rundir.record import Status, load_run
 
     try:
         with stop_on_signals():  # the staged merge is removed, not left to look resumable

@@ -10,12 +10,13 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.table import Table
 from rich.text import Text
 
-from harness import arms as A
-from harness import config, measured
-from harness import formatting as F
 from harness import metrics as M
 from harness.cli.console import out
 from harness.metrics import SYSTEM_KEYS, lower_is_better
+from harness.stats import measured
+from harness.suite import arms as A
+from harness.suite import config
+from harness.views import formatting as F
 
 
 def print_tables(record: dict[str, Any]) -> None:

@@ -1,0 +1,129 @@
+"""One arm's evaluation on every eval set: teacher-forced loss, generation and the text
+metrics, as per-item rows and the arm's metrics. Computes and returns; the pipeline writes.
+
+The suite's own set ([data]) gives the bare metric names and the arm's throughput; each extra
+set ([eval.sets.<name>]) gives ``<name>/<metric>`` and rows with ``set = <name>``. Every
+quality metric is computed from summed per-item columns (metrics.from_rows, through
+from_sums, the function the bootstrap resamples), so an arm's number and its CI's centre
+cannot disagree, and merge and resume check a stored number against its rows the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness import metrics as M
+from harness.run import distributed, memory, scoring, textmetrics
+from harness.run.encoding import Encoded
+from harness.suite.config import EvalSpec
+from harness.suite.prompts import Example
+
+Task = Callable[[str, int], Callable[[int], None]]  # progress.task(label, total) -> advance
+
+
+@dataclass(frozen=True)
+class Target:
+    """One eval set as an arm is scored on it: its examples, encoded with the arm's
+    tokenizer, and the metrics the suite asks of it (config names)."""
+
+    name: str | None  # None: the suite's own set
+    examples: Sequence[Example]
+    items: Sequence[Encoded]
+    metrics: tuple[str, ...]
+
+    @property
+    def generate(self) -> bool:
+        return bool(M.GENERATION_CHOICES & set(self.metrics))
+
+
+@dataclass(frozen=True)
+class ArmEval:
+    """One arm's evaluation: its per-item rows and metrics, written into the record once."""
+
+    rows: tuple[dict[str, Any], ...]
+    metrics: dict[str, Any]
+
+
+def evaluate(model: Any, tok: Any, targets: Sequence[Target], spec: EvalSpec, *, arm: str,
+             device: str, task: Task) -> ArmEval:
+    """Score ``model`` on every target; peak memory spans the whole evaluation of the arm."""
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
+    with memory.PeakMemory(device, model) as peak:
+        for t in targets:
+            t_rows, t_metrics = _score(model, tok, t, spec, arm, task)
+            rows += t_rows
+            metrics.update(t_metrics)
+    metrics["peak_memory_bytes"] = max(distributed.all_values(peak.bytes))  # busiest rank
+    return ArmEval(tuple(rows), metrics)
+
+
+def _score(model: Any, tok: Any, t: Target, spec: EvalSpec, arm: str, task: Task
+           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    where = f" on {t.name}" if t.name else ""
+    share = distributed.my_share(len(t.items))  # all items in one process
+    mine = [t.items[i] for i in share]
+    losses, eval_tps = scoring.teacher_forced(model, mine, spec.batch_size, tok.pad_token_id,
+                                              task(f"eval loss {arm}{where}", len(mine)))
+    losses, eval_tps = _gathered(losses, eval_tps, mine, len(t.items))
+    gens = None
+    if t.generate:
+        gens = _gathered_generations(
+            scoring.generate(model, tok, mine, spec, task(f"generate {arm}{where}", len(mine))),
+            len(t.items))
+    rows = _rows(arm, t, losses, gens, spec)
+    metrics = _metrics(t, rows, generated=gens is not None)
+    if t.name is None:  # throughput of the suite's own set: what the arm costs to serve
+        metrics["eval_tokens_per_s"] = round(eval_tps, 2)
+        metrics["gen_tokens_per_s"] = round(gens.tokens_per_s, 2) if gens else None
+    return rows, metrics
+
+
+def _gathered(losses: list[Any], tps: float, mine: Sequence[Encoded], n: int
+              ) -> tuple[list[Any], float]:
+    """Every rank's losses in item order; tokens/s = all tokens / the slowest rank's time."""
+    if not distributed.active():
+        return losses, tps
+    fed = sum(len(e.input_ids) for e in mine)
+    return distributed.gather(losses, n), distributed.combined_rate(fed, tps)
+
+
+def _gathered_generations(gens: scoring.Generations, n: int) -> scoring.Generations:
+    if not distributed.active():
+        return gens
+    return scoring.Generations(distributed.gather(gens.texts, n),
+                               distributed.gather(gens.n_tokens, n),
+                               distributed.combined_rate(sum(gens.n_tokens), gens.tokens_per_s))
+
+
+def _rows(arm: str, t: Target, losses: Sequence[Any], gens: Any, spec: EvalSpec
+          ) -> list[dict[str, Any]]:
+    refs = [ex.response for ex in t.examples]
+    if gens is not None:
+        scores = textmetrics.score(t.metrics, gens.texts, refs, stemmer=spec.rouge_stemmer,
+                                   bertscore_model=spec.bertscore_model,
+                                   bertscore_layers=spec.bertscore_layers)
+    elif t.name is None:  # the suite's own rows keep their ROUGE columns, empty
+        scores = [dict.fromkeys(M.ROUGE_KEYS) for _ in t.examples]
+    else:
+        scores = [{} for _ in t.examples]
+    return [{
+        "arm": arm, "set": t.name, "id": ex.id, "prompt": ex.prompt, "reference": ex.response,
+        "prediction": gens.texts[i] if gens else None, "loss": losses[i].loss,
+        "nll_sum": losses[i].nll_sum, "n_tokens": losses[i].n_tokens,
+        "gen_tokens": gens.n_tokens[i] if gens else None, **scores[i],
+    } for i, ex in enumerate(t.examples)]
+
+
+def _metrics(t: Target, rows: Sequence[dict[str, Any]], generated: bool) -> dict[str, Any]:
+    """The metrics the set asked for, each from its rows: perplexity only when named, though
+    it costs nothing beyond the loss (every row keeps its ``nll_sum`` / ``n_tokens``)."""
+    names = [k for k in M.CORPUS_KEYS if k in t.metrics]
+    names += textmetrics.keys(t.metrics) if generated else []
+    out: dict[str, Any] = {M.keyed(t.name, k): M.from_rows(k, rows) for k in names}
+    if t.name is None and not generated:
+        out.update(dict.fromkeys(M.ROUGE_KEYS))
+    return out
