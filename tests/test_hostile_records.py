@@ -20,8 +20,7 @@ from typer.testing import CliRunner
 
 import harness
 from harness.cli import app
-from harness.run import resume
-from harness.rundir import results
+from harness.rundir import journal, results
 from harness.rundir.record import SCHEMA_VERSION, load_run
 from harness.suite import config, suitefile, sweep
 
@@ -203,21 +202,21 @@ def test_records_of_this_and_earlier_versions_still_read(runs):
 @pytest.fixture()
 def killed(suite_dir, tmp_path) -> Path:
     """The staging folder a run killed before its first arm leaves (its writer gone): the
-    state exactly as resume.Journal writes it, for the suite in ``suite_dir``."""
+    state exactly as journal.Journal writes it, for the suite in ``suite_dir``."""
     suite_file = suite_dir / "tiny.toml"
     suite = suitefile.load_suite(suite_file)
     dumped = config.dump(suite)
     staging = tmp_path / "out" / "tiny" / ".20261122T000000-abcdef.partial"
     staging.mkdir(parents=True)
-    state = {"state_version": resume.STATE_VERSION, "harness_version": harness.__version__,
+    state = {"state_version": journal.STATE_VERSION, "harness_version": harness.__version__,
              "base_dir": str(suite.base_dir),
              "suite_file": {"path": str(suite_file.resolve()),
                             "sha256": hashlib.sha256(suite_file.read_bytes()).hexdigest()},
-             "config_sha256": resume.config_sha256(dumped), "done": [], "elapsed_s": 1.5,
+             "config_sha256": journal.config_sha256(dumped), "done": [], "elapsed_s": 1.5,
              "record": {"schema_version": SCHEMA_VERSION, "suite": "tiny",
                         "run_id": "20261122T000000-abcdef", "status": "running",
                         "config": dumped, "arms": {}, "comparisons": [], "training": {}}}
-    (staging / resume.STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+    (staging / journal.STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
     return staging
 
 
@@ -238,26 +237,26 @@ BAD_STATES = [
                          ids=[f"{k}={v!r}" for k, v, _ in BAD_STATES])
 def test_a_state_key_of_the_wrong_type_is_one_line_naming_file_and_key(killed, key, value,
                                                                       says):
-    where = _edit(killed, resume.STATE_FILE, _put(key, value))
+    where = _edit(killed, journal.STATE_FILE, _put(key, value))
     _one_line_error(_cli("resume", killed), str(where), says)
-    assert (killed / resume.STATE_FILE).is_file() and not (killed / results.OWNER_FILE).exists()
+    assert (killed / journal.STATE_FILE).is_file() and not (killed / results.OWNER_FILE).exists()
 
 
 @pytest.mark.parametrize("drop", ["done", "record", "config_sha256"])
 def test_a_state_missing_a_key_names_it(killed, drop):
-    where = _edit(killed, resume.STATE_FILE, lambda s: {k: v for k, v in s.items() if k != drop})
+    where = _edit(killed, journal.STATE_FILE, lambda s: {k: v for k, v in s.items() if k != drop})
     _one_line_error(_cli("resume", killed), str(where), f"`{drop}` is missing")
 
 
 def test_a_state_that_is_not_an_object_says_what_it_is(killed):
-    where = _edit(killed, resume.STATE_FILE, lambda s: [s])
+    where = _edit(killed, journal.STATE_FILE, lambda s: [s])
     _one_line_error(_cli("resume", killed), str(where), "not a harness resume state",
                     "got a list")
 
 
 def test_a_state_of_another_format_version_names_both_versions(killed):
-    where = _edit(killed, resume.STATE_FILE, _put("state_version", resume.STATE_VERSION + 1))
+    where = _edit(killed, journal.STATE_FILE, _put("state_version", journal.STATE_VERSION + 1))
     line = _one_line_error(_cli("resume", killed), str(where),
-                           f"format is version {resume.STATE_VERSION + 1}",
-                           f"reads version {resume.STATE_VERSION}")
+                           f"format is version {journal.STATE_VERSION + 1}",
+                           f"reads version {journal.STATE_VERSION}")
     assert "started by harness" not in line

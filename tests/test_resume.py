@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 import harness
 from harness.cli import app
-from harness.run import pipeline, resume, train
-from harness.rundir import results
+from harness.run import pipeline, train
+from harness.rundir import journal, results
 from harness.rundir.record import load_run
 from harness.suite.config import TrainSpec
 
@@ -32,7 +32,7 @@ runner = CliRunner()
 # 100 steps of the tiny suite (~3 s of training); a resume checkpoint every 12 steps (~10% of
 # the steps, rounded up to a multiple of logging_steps = 4).
 STEPS = ("--set", "train.max_steps=100")
-WORKING_FILES = (resume.STATE_FILE, resume.PREDICTIONS_FILE, results.SCRATCH_DIR)
+WORKING_FILES = (journal.STATE_FILE, journal.PREDICTIONS_FILE, results.SCRATCH_DIR)
 
 
 def run_cli(*args: str):
@@ -119,7 +119,7 @@ def test_kill_9_during_training_then_resume_equals_an_uninterrupted_run(tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     cut = train.newest_checkpoint(staging / results.SCRATCH_DIR / "lora")
-    assert cut is not None and (staging / resume.STATE_FILE).is_file()
+    assert cut is not None and (staging / journal.STATE_FILE).is_file()
 
     res = run_cli("resume", staging)
     assert res.exit_code == 0, res.output
@@ -227,10 +227,10 @@ def copy(stopped, tmp_path) -> Path:
     """A copy of the stopped run, its suite and data (the run recorded where they are)."""
     shutil.copytree(stopped.parents[2], tmp_path / "w")
     path = tmp_path / "w" / "out" / "tiny" / stopped.name
-    state = json.loads((path / resume.STATE_FILE).read_text())
+    state = json.loads((path / journal.STATE_FILE).read_text())
     state["suite_file"]["path"] = str(tmp_path / "w" / "tiny.toml")
     state["base_dir"] = str(tmp_path / "w")
-    (path / resume.STATE_FILE).write_text(json.dumps(state))
+    (path / journal.STATE_FILE).write_text(json.dumps(state))
     return path
 
 
@@ -273,7 +273,7 @@ def test_a_run_still_being_written_is_not_resumed(copy):
     finally:
         live.kill()
         live.wait()
-    assert (staging / resume.STATE_FILE).is_file()  # untouched
+    assert (staging / journal.STATE_FILE).is_file()  # untouched
 
 
 def test_an_edited_suite_file_is_refused(copy):
@@ -300,8 +300,8 @@ def test_changed_data_is_refused_before_the_run_is_touched(copy):
 def test_finished_runs_and_other_folders_are_refused(copy, reference, tmp_path):
     _refused(reference, "the run finished (status success); nothing to resume")
     _refused(tmp_path, "not a run directory or a run's staging folder")
-    (copy / resume.STATE_FILE).unlink()
-    _refused(copy, f"no {resume.STATE_FILE}")
+    (copy / journal.STATE_FILE).unlink()
+    _refused(copy, f"no {journal.STATE_FILE}")
 
 
 def test_a_stopped_eval_only_run_resumes_after_a_dead_writer(copy):
@@ -354,9 +354,9 @@ def test_resume_checkpoints_do_not_change_the_trainer_arguments_that_compute(tmp
 
 
 def _edit_state(run: Path, edit) -> dict:
-    state = json.loads((run / resume.STATE_FILE).read_text())
+    state = json.loads((run / journal.STATE_FILE).read_text())
     edit(state["record"]["arms"]["baseline"]["metrics"])
-    (run / resume.STATE_FILE).write_text(json.dumps(state))
+    (run / journal.STATE_FILE).write_text(json.dumps(state))
     return state["record"]["arms"]["baseline"]["metrics"]
 
 
@@ -364,11 +364,11 @@ def _edit_state(run: Path, edit) -> dict:
 def test_a_state_whose_numbers_contradict_its_rows_is_refused(copy, metric):
     """A kept arm's metrics are carried into the resumed record: they must be its rows'."""
     stored = _edit_state(copy, lambda m: m.update({metric: m[metric] * 1.01}))[metric]
-    rows = [json.loads(x) for x in (copy / resume.PREDICTIONS_FILE).read_text().splitlines()]
+    rows = [json.loads(x) for x in (copy / journal.PREDICTIONS_FILE).read_text().splitlines()]
     rows = [r for r in rows if r["arm"] == "baseline" and r.get("set") is None]
     loss = sum(r["nll_sum"] for r in rows) / sum(r["n_tokens"] for r in rows)
     recomputed = loss if metric == "loss" else math.exp(loss)
-    _refused(copy, str(copy / resume.STATE_FILE),
+    _refused(copy, str(copy / journal.STATE_FILE),
              f"arm 'baseline', metric {metric}: stored {stored:.4f}, its {len(rows)} rows give "
              f"{recomputed:.4f}")
     assert load_run(copy).record["status"] == "failed"  # untouched

@@ -7,8 +7,8 @@
 
 A crash at any stage still writes a `failed` record with the error and everything measured
 before it; a failing sweep cell is recorded as a failed arm and the other cells go on. Each
-measured arm is journaled into the staging folder (harness/resume.py), so a killed run goes
-on with `harness resume`, skipping the arms in ``run.done``.
+measured arm is journaled into the staging folder (harness/rundir/journal.py), so a killed run
+goes on with `harness resume`, skipping the arms in ``run.done``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from harness.run.evaluation import ArmEval
 from harness.run.preflight import Preflight
 from harness.run.progress import NullProgress, Progress
 from harness.rundir import record, results
+from harness.rundir.journal import MODEL_KEY, Journal
 from harness.rundir.record import Status
 from harness.stats import measured
 from harness.stats import paired as stats
@@ -61,7 +62,7 @@ class _Run:
     suite: Suite
     dir: results.RunDir
     progress: Progress
-    journal: resume.Journal  # progress saved as it goes, for `harness resume`
+    journal: Journal  # progress saved as it goes, for `harness resume`
     stage: str = "setup"
     started: float = field(default_factory=time.time)
     record: dict[str, Any] = field(default_factory=dict)
@@ -129,7 +130,7 @@ def _start(suite: Suite, out_dir: Path, checked: Preflight, progress: Progress,
                     record=resumed.record, predictions=resumed.predictions,
                     done=set(journal.done))
     staged = results.create_run_dir(out_dir, suite.name)
-    run = _Run(suite, staged, progress, resume.Journal.begin(staged, suite, source),
+    run = _Run(suite, staged, progress, Journal.begin(staged, suite, source),
                sets=checked.sets)
     run.record = _skeleton(run, checked)
     run.dir.write_text(results.TRAIN_LOG_FILE, "")  # exists (empty) for eval-only runs too
@@ -149,7 +150,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
         memory.steady_allocator()
     run.record["env"] = environment.describe(device, suite.base_dir)
     identity = modeling.model_identity(suite.model, src, suite.base_dir)
-    run.record[resume.MODEL_KEY] = identity.as_record()  # `harness resume` compares it
+    run.record[MODEL_KEY] = identity.as_record()  # `harness resume` compares it
     if suite.eval.cache_baseline:
         run.model_content = identity.content
         if run.model_content is None:

@@ -25,13 +25,12 @@ version or whose keys are not what ``STATE_SHAPE`` says (record.check_shape name
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,84 +41,25 @@ from harness import metrics as M
 from harness.errors import InputError
 from harness.run import modeling, train
 from harness.rundir import record, results
+from harness.rundir.journal import (
+    MODEL_KEY,
+    PREDICTIONS_FILE,
+    STATE_FILE,
+    STATE_SHAPE,
+    STATE_VERSION,
+    Journal,
+    config_sha256,
+    file_ref,
+)
 from harness.rundir.record import Status
 from harness.stats import measured
 from harness.suite import config
 from harness.suite.config import Suite
 from harness.views import formatting
 
-STATE_FILE = ".state.json"
-MODEL_KEY = "model_fingerprint"  # run.json: modeling.Identity.as_record()
-PREDICTIONS_FILE = ".predictions.partial.jsonl"
-STATE_VERSION = 1
-
 
 class ResumeRefused(InputError):
     """A run that cannot (or must not) be resumed; the message says why, in one line."""
-
-
-# What `load` and the resumed pipeline read from a .state.json (record.check_shape: a key of
-# the wrong JSON type is refused naming it, as in a run.json): written by Journal.save.
-_STRING = record.Kind(("a string",))
-STATE_SHAPE = record.Obj({
-    "state_version": record.Kind(("an integer",)), "harness_version": _STRING,
-    "base_dir": _STRING, "config_sha256": _STRING,
-    "suite_file": record.Obj({"path": _STRING, "sha256": _STRING},
-                              required=("path", "sha256"), null=True),
-    "done": record.ListOf(_STRING),
-    "elapsed_s": record.Kind(("a number", "null"), lo=0),
-    "record": record.Obj({**record.RECORD_SHAPE.keys, MODEL_KEY: record.Obj(
-        {"content": record.Kind(("a string", "null")),
-         "files": record.Obj(each=_STRING, null=True)}, null=True)}),
-}, required=("state_version", "harness_version", "base_dir", "config_sha256", "done",
-             "record"))
-
-
-# ---------------------------------------------------------------- while a run is written
-
-
-@dataclass
-class Journal:
-    """The run's progress as `harness resume` reads it back."""
-
-    dir: results.RunDir
-    meta: dict[str, Any]  # what the run was started from
-    done: list[str] = field(default_factory=list)  # arms measured, in order
-    started: float = field(default_factory=time.time)  # minus earlier attempts' time
-
-    @classmethod
-    def begin(cls, run_dir: results.RunDir, suite: Suite, source: Path | None) -> Journal:
-        """``source``: the suite file, when the run was started from one."""
-        return cls(run_dir, {"harness_version": harness.__version__,
-                             "base_dir": str(suite.base_dir),
-                             "suite_file": _file_ref(source) if source else None,
-                             "config_sha256": config_sha256(config.dump(suite))})
-
-    def save(self, record: dict[str, Any]) -> None:
-        state = {"state_version": STATE_VERSION, **self.meta, "done": self.done,
-                 "elapsed_s": round(time.time() - self.started, 3), "record": record}
-        self.dir.write_json(STATE_FILE, state)
-
-    def arm_done(self, name: str, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-        with open(self.dir.path / PREDICTIONS_FILE, "a", encoding="utf-8") as f:
-            f.write(results.jsonl(rows))
-        self.done.append(name)
-        self.save(record)
-
-    def close(self) -> None:
-        """The run succeeded: nothing is left to resume, so the working files go."""
-        for name in (STATE_FILE, PREDICTIONS_FILE):
-            (self.dir.path / name).unlink(missing_ok=True)
-        shutil.rmtree(self.dir.path / results.SCRATCH_DIR, ignore_errors=True)
-
-
-def config_sha256(dumped: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
-
-
-def _file_ref(path: Path) -> dict[str, str]:
-    path = Path(path).resolve()
-    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 # ---------------------------------------------------------------- resuming
@@ -279,7 +219,7 @@ def _check_versions(state: dict[str, Any], where: Path) -> None:
     if not suite_file.is_file():
         raise ResumeRefused(f"{where}: its suite file {suite_file} is gone; resuming needs the "
                             "suite the run started from")
-    if _file_ref(suite_file)["sha256"] != ref["sha256"]:
+    if file_ref(suite_file)["sha256"] != ref["sha256"]:
         raise ResumeRefused(f"{where}: the suite file {suite_file} changed since the run "
                             "started; restore it or run the suite again")
 
