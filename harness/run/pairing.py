@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness import metrics as M
+from harness.rundir.record import Status
 from harness.stats import measured, seedstats
 from harness.stats import paired as stats
 from harness.suite import arms, config
@@ -39,7 +40,7 @@ def seed_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]],
     recipes: dict[str, list[str]] = {}
     for name, arm in record["arms"].items():
         recipe, seed = arms.recipe_of(name)
-        if seed is not None and arm.get("status") == "success":
+        if seed is not None and arm.get("status") == Status.SUCCESS:
             recipes.setdefault(recipe, []).append(name)
     base = record["arms"][arms.BASELINE]["metrics"]
     rows: list[dict[str, Any]] = []
