@@ -7,6 +7,8 @@ so the paired bootstrap and the permutation test recompute it from resampled sum
 re-scoring the corpus:
 - loss / perplexity: token-weighted, ``sum nll / sum tokens`` (never a mean of ratios);
 - rouge*, exact_match, bertscore: the mean of a per-item score;
+- acc, acc_norm (multiple-choice sets): the mean of a per-item 1.0 right / 0.0 wrong, so the
+  paired p-value is the exact McNemar test on the items the arms disagree on (``binary``);
 - bleu, chrf: sacrebleu's corpus score from summed n-gram counts (``bleu_*`` / ``chrf_*``
   columns of each predictions.jsonl row), on sacrebleu's 0-100 scale.
 
@@ -56,6 +58,8 @@ class Metric:
     lower_is_better: bool = False
     generated: bool = False  # scored on generated text: textmetrics.SCORERS[choice]
     device_bound: bool = False  # depends on the machine: comparable only on the same device
+    # Each item is right (1.0) or wrong (0.0): the paired p-value is the exact McNemar test.
+    binary: bool = False
     decimals: int | None = None  # printed decimal places; None: formatting's own default
 
     @property
@@ -93,6 +97,13 @@ def _item_score(key: str, label: str, choice: str) -> Metric:
                   generated=True, decimals=4)
 
 
+def _right_or_wrong(key: str, label: str) -> Metric:
+    """A multiple-choice accuracy: the mean of a per-item 1.0 / 0.0; 4 decimals (a share, so
+    0.0001 is a hundredth of a percentage point)."""
+    return Metric(key, label, key, (key,), partial(_mean_of, key), item_mean=True,
+                  binary=True, decimals=4)
+
+
 def _throughput(key: str, label: str) -> Metric:
     """Tokens per second: one number per arm; one decimal."""
     return Metric(key, label, None, device_bound=True, decimals=1)
@@ -113,6 +124,8 @@ TABLE: tuple[Metric, ...] = (
     Metric("chrf", "chrF", "chrf", CHRF_COLUMNS, _chrf, generated=True, decimals=2),
     Metric("bleu", "BLEU", "bleu", BLEU_COLUMNS, _bleu, generated=True, decimals=2),
     _item_score("bertscore", "BERTScore F1", "bertscore"),
+    _right_or_wrong("acc", "Accuracy"),
+    _right_or_wrong("acc_norm", "Accuracy (length-normalised)"),
     _throughput("eval_tokens_per_s", "Eval tokens/s"),
     _throughput("gen_tokens_per_s", "Gen tokens/s"),
     # Printed in binary units (formatting.byte_size), hence no decimals.
@@ -124,12 +137,15 @@ ALL_KEYS = tuple(BY_KEY)
 QUALITY_KEYS = tuple(m.key for m in TABLE if m.per_item)
 # One number per arm, no per-item values: compared as point differences only.
 SYSTEM_KEYS = tuple(m.key for m in TABLE if not m.per_item)
-# Scored by the teacher-forced pass, no generation needed.
+# Scored from teacher-forced log-likelihoods, no generation needed.
 CORPUS_KEYS = tuple(m.key for m in TABLE if m.per_item and not m.generated)
 ROUGE_KEYS = tuple(m.key for m in TABLE if m.choice == "rouge")
 LOWER_IS_BETTER = frozenset(m.key for m in TABLE if m.lower_is_better)
 DEVICE_BOUND = frozenset(m.key for m in TABLE if m.device_bound)
 MEAN_KEYS = frozenset(m.key for m in TABLE if m.item_mean)
+BINARY_KEYS = frozenset(m.key for m in TABLE if m.binary)
+# Scored on a multiple-choice set only (each choice's log-likelihood), never on a generate set.
+MULTIPLE_CHOICE_CHOICES = tuple(m.choice for m in TABLE if m.choice and m.binary)
 # The suite's ``eval.metrics`` choices, in table order, and those that need generated text.
 CHOICES = tuple(dict.fromkeys(m.choice for m in TABLE if m.choice))
 GENERATION_CHOICES = frozenset(m.choice for m in TABLE if m.choice and m.generated)
@@ -180,6 +196,11 @@ def lower_is_better(metric: str) -> bool:
 def is_per_item(metric: str) -> bool:
     """Whether a paired, item-level statistic exists for this metric."""
     return base(metric) in QUALITY_KEYS
+
+
+def is_binary(metric: str) -> bool:
+    """Whether each item is right or wrong (its paired p-value is McNemar's)."""
+    return base(metric) in BINARY_KEYS
 
 
 def columns(metric: str) -> tuple[str, ...]:

@@ -26,8 +26,8 @@ GENERATED = [m for m in M.TABLE if m.generated]
 def test_the_table_keeps_the_metrics_and_their_order():
     """Tables, reports and comparisons list metrics in this order (metrics.sort_key)."""
     assert M.ALL_KEYS == ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum",
-                          "exact_match", "chrf", "bleu", "bertscore", "eval_tokens_per_s",
-                          "gen_tokens_per_s", "peak_memory_bytes")
+                          "exact_match", "chrf", "bleu", "bertscore", "acc", "acc_norm",
+                          "eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes")
     assert len(set(M.ALL_KEYS)) == len(M.TABLE)
 
 
@@ -63,6 +63,9 @@ def test_statistics_follow_the_table(entry: M.Metric):
     assert (entry.key in M.SYSTEM_KEYS) is (not entry.columns)
     assert (entry.key in M.DEVICE_BOUND) is entry.device_bound
     assert (entry.key in M.MEAN_KEYS) is entry.item_mean
+    assert M.is_binary(f"x/{entry.key}") is entry.binary
+    if entry.binary:  # McNemar needs one 0/1 column whose mean is the metric
+        assert entry.item_mean and entry.columns == (entry.key,) and not entry.generated
     if entry.columns:
         assert M.columns(f"x/{entry.key}") == entry.columns
 
@@ -73,12 +76,36 @@ def test_a_mean_metric_is_the_mean_of_its_column(entry: M.Metric):
     assert M.from_rows(entry.key, rows) == pytest.approx(float(np.mean([0.25, 0.5, 1.0])))
 
 
-@pytest.mark.parametrize("choice", M.CHOICES)
+def test_right_or_wrong_metrics_are_accuracy_and_its_length_normalised_form():
+    assert [(m.key, m.label, m.choice) for m in M.TABLE if m.binary] == [
+        ("acc", "Accuracy", "acc"),
+        ("acc_norm", "Accuracy (length-normalised)", "acc_norm")]
+    assert M.MULTIPLE_CHOICE_CHOICES == ("acc", "acc_norm")
+    assert M.from_rows("mc/acc", [{"acc": v} for v in (1.0, 0.0, 1.0, 1.0)]) == 0.75
+
+
+@pytest.mark.parametrize("choice", [c for c in M.CHOICES if c not in M.MULTIPLE_CHOICE_CHOICES])
 def test_a_suite_accepts_each_choice(tmp_path: Path, choice: str):
     text = MINIMAL + f'\n[eval]\nmetrics = ["{choice}"]\n'
     suite = suitefile.load_suite(write(tmp_path, text))
     assert suite.eval.metrics == [choice]
     assert suite.eval.generate is (choice in M.GENERATION_CHOICES)
+
+
+@pytest.mark.parametrize("where", ["[eval]", "[eval.sets.general]\npath = \"g.jsonl\"\n"
+                                   "response_template = \"{{ text }}\""])
+@pytest.mark.parametrize("choice", M.MULTIPLE_CHOICE_CHOICES)
+def test_a_generate_set_refuses_accuracy(tmp_path: Path, where: str, choice: str):
+    """Accuracy picks one of several choices: a generate set has none to pick from."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    path = write(tmp_path, MINIMAL + f'\n{where}\nmetrics = ["loss", "{choice}"]\n')
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    key = "eval.metrics" if where == "[eval]" else "eval.sets.general.metrics"
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"{key}: '{choice}': scored on a multiple-choice set only" in res.output
 
 
 def test_a_suite_rejects_a_name_outside_the_table(tmp_path: Path):

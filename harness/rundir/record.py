@@ -77,8 +77,7 @@ class ArmEntry(_ArmKeys, total=False):
     merged_for_eval: bool  # a trained arm evaluated with its adapter merged in
 
 
-class ComparisonRow(TypedDict):
-    """``comparisons[i]``: one metric of one arm against the baseline (harness/stats/paired.py)."""
+class _ComparisonKeys(TypedDict):
 
     metric: str
     baseline: str
@@ -97,7 +96,15 @@ class ComparisonRow(TypedDict):
     lower_is_better: bool
     paired: bool
     n_items: int | None
-    test: str  # sign-flip, label-swap or none
+    # Which test gave p_value: sign-flip or label-swap (permutation), mcnemar-exact (a right /
+    # wrong metric), none (no per-item values). Every record carries it.
+    test: str
+
+
+class ComparisonRow(_ComparisonKeys, total=False):
+    """``comparisons[i]``: one metric of one arm against the baseline (harness/stats/paired.py)."""
+
+    p_value_mid: float  # mcnemar-exact rows: the McNemar mid-p beside the exact p_value
 
 
 class SeedComparisonRow(TypedDict):
@@ -175,7 +182,7 @@ class RunRecord(_RunKeys, total=False):
 
 # The keys every record of this version has, and those of every comparison row.
 RUN_KEYS = tuple(_RunKeys.__annotations__)
-COMPARISON_KEYS = tuple(ComparisonRow.__annotations__)
+COMPARISON_KEYS = tuple(_ComparisonKeys.__annotations__)
 
 
 # ---------------------------------------------------------------- building and writing
@@ -416,9 +423,10 @@ _FLAG = Kind(("true or false", "null"))
 _ANY_OBJ = Obj(null=True)
 _ERROR = Kind(("an object", "a string", "null"))
 _ROW_NUMBERS = ("baseline_value", "candidate_value", "abs_diff", "rel_gain", "ci_low",
-                "ci_high", "rel_ci_low", "rel_ci_high", "p_value", "p_value_holm", "seed_sd")
+                "ci_high", "rel_ci_low", "rel_ci_high", "p_value", "p_value_holm", "p_value_mid",
+                "seed_sd")
 _ROW = {"metric": Kind(("a string",)), "baseline": _TEXT, "candidate": _TEXT,
-        "significant": _FLAG, "n_items": Kind(("an integer", "null"), lo=0),
+        "significant": _FLAG, "n_items": Kind(("an integer", "null"), lo=0), "test": _TEXT,
         **{k: _NUMBER for k in _ROW_NUMBERS}}
 _ARM = Obj({"model": _TEXT, "adapter": _TEXT, "source": _TEXT, "status": _TEXT,
             "metrics": Obj(each=_NUMBER, null=True), "non_finite": _ANY_OBJ,

@@ -251,6 +251,16 @@ else:  # the metric table's choices, in its order: pydantic accepts these and na
     MetricName = Literal[M.CHOICES]
 
 
+def _generate_set_metrics(metrics: list[str]) -> list[str]:
+    """A generate set's (the suite's own [eval] or a set's) metrics: acc / acc_norm pick one
+    of several choices by log-likelihood, so they need a multiple-choice set."""
+    picked = [m for m in metrics if m in M.MULTIPLE_CHOICE_CHOICES]
+    if picked:
+        raise ValueError(f"{', '.join(map(repr, picked))}: scored on a multiple-choice set only "
+                         '(an [eval.sets.<name>] with task = "multiple_choice")')
+    return metrics
+
+
 class EvalSetSpec(_Strict):
     """``[eval.sets.<name>]``: an extra eval set every arm is scored on too, e.g. general text
     for a forgetting check. Read like [data], all rows are eval items (no training split)."""
@@ -273,6 +283,8 @@ class EvalSetSpec(_Strict):
     metrics: list[MetricName] = ["loss", "perplexity"]
     # A forgetting check: the report leads with what fine-tuning cost on this set.
     forgetting: Flag = False
+
+    _generate_metrics = field_validator("metrics")(_generate_set_metrics)
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalSetSpec:
@@ -325,6 +337,8 @@ class EvalSpec(_Strict):
     # BERTScore's model: a local folder or a hub id (default roberta-large, downloaded once).
     bertscore_model: Optional[NonEmpty] = None
     bertscore_layers: Optional[Rank] = None
+
+    _generate_metrics = field_validator("metrics")(_generate_set_metrics)
 
     @property
     def generate(self) -> bool:

@@ -341,7 +341,7 @@ def _stored(p: Pairing, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
     for r in rows:
         keep = {k: v for k, v in stored.get(r["metric"], {}).items()
                 if k in ("ci_low", "ci_high", "p_value", "p_value_holm", "rel_ci_low",
-                         "rel_ci_high", "significant", "n_items", "test")}
+                         "rel_ci_high", "significant", "n_items", "test", "p_value_mid")}
         r.update(keep)
         r["paired"] = r.get("ci_low") is not None
     return rows, STORED
@@ -404,7 +404,9 @@ def _pairing(row: dict[str, Any]) -> str:
     if row["pairing"] == PAIRED and not M.is_per_item(row["metric"]):
         return "point only"
     n = row.get("n_items")
-    return f"{row['pairing']}, n={n}" if row["pairing"] == PAIRED and n else row["pairing"]
+    cell = f"{row['pairing']}, n={n}" if row["pairing"] == PAIRED and n else row["pairing"]
+    # p is not the permutation p the other rows carry: say so where it is read
+    return f"{cell}, McNemar" if row.get("test") == stats.MCNEMAR else cell
 
 
 # (header, cell from (row, alpha), alignment)
@@ -439,11 +441,20 @@ def legend(table: CompareTable) -> list[str]:
         "each comparison.",
         f"CI: {F.ci_level(s.alpha)} paired percentile bootstrap over eval items ({s.n_resamples:,} "
         f"resamples, seed {s.seed}), per metric, unadjusted for multiplicity; p: two-sided "
-        "paired permutation test of that metric alone, unadjusted like the CI beside it; "
-        "p (Holm): the same p adjusted across the metrics of the comparison, which decides `*`.",
+        f"paired permutation test of that metric alone{_mcnemar_note(table)}, unadjusted like "
+        "the CI beside it; p (Holm): the same p adjusted across the metrics of the comparison, "
+        "which decides `*`.",
         "Rel. gain = (candidate - baseline) / baseline; ↓/↑ is the direction of the change, "
         f"better/worse reads it in the metric's direction{_lower_is_better(table)}.",
     ]
+
+
+def _mcnemar_note(table: CompareTable) -> str:
+    """Said only where the table has a right/wrong metric (acc...), whose p is McNemar's."""
+    if not any(r.get("test") == stats.MCNEMAR for r in table.rows):
+        return ""
+    return (" (Pairing \"McNemar\": the exact McNemar test, a two-sided binomial test on the "
+            "items only one arm got right)")
 
 
 def _lower_is_better(table: CompareTable) -> str:
