@@ -113,6 +113,11 @@ TABLE: tuple[Metric, ...] = (
     Metric("chrf", "chrF", "chrf", CHRF_COLUMNS, _chrf, generated=True, decimals=2),
     Metric("bleu", "BLEU", "bleu", BLEU_COLUMNS, _bleu, generated=True, decimals=2),
     _item_score("bertscore", "BERTScore F1", "bertscore"),
+    # Multiple-choice sets: 1.0 right / 0.0 wrong per item, the mean over items.
+    Metric("acc", "Accuracy", "acc", ("acc",), partial(_mean_of, "acc"), item_mean=True,
+           decimals=4),
+    Metric("acc_norm", "Accuracy (length-normalised)", "acc_norm", ("acc_norm",),
+           partial(_mean_of, "acc_norm"), item_mean=True, decimals=4),
     _throughput("eval_tokens_per_s", "Eval tokens/s"),
     _throughput("gen_tokens_per_s", "Gen tokens/s"),
     # Printed in binary units (formatting.byte_size), hence no decimals.

@@ -26,8 +26,8 @@ GENERATED = [m for m in M.TABLE if m.generated]
 def test_the_table_keeps_the_metrics_and_their_order():
     """Tables, reports and comparisons list metrics in this order (metrics.sort_key)."""
     assert M.ALL_KEYS == ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum",
-                          "exact_match", "chrf", "bleu", "bertscore", "eval_tokens_per_s",
-                          "gen_tokens_per_s", "peak_memory_bytes")
+                          "exact_match", "chrf", "bleu", "bertscore", "acc", "acc_norm",
+                          "eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes")
     assert len(set(M.ALL_KEYS)) == len(M.TABLE)
 
 
@@ -75,6 +75,11 @@ def test_a_mean_metric_is_the_mean_of_its_column(entry: M.Metric):
 
 @pytest.mark.parametrize("choice", M.CHOICES)
 def test_a_suite_accepts_each_choice(tmp_path: Path, choice: str):
+    if choice in config.CHOICE_METRICS:  # scored on a multiple-choice set, and only there
+        text = MINIMAL + ('\n[eval.sets.mc]\npath = "mc.jsonl"\ntask = "multiple_choice"\n'
+                          f'prompt_template = "{{{{ question }}}}"\nmetrics = ["{choice}"]\n')
+        assert suitefile.load_suite(write(tmp_path, text)).eval.sets["mc"].metrics == [choice]
+        return
     text = MINIMAL + f'\n[eval]\nmetrics = ["{choice}"]\n'
     suite = suitefile.load_suite(write(tmp_path, text))
     assert suite.eval.metrics == [choice]

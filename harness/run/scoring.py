@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.run.encoding import IGNORE_INDEX, Encoded
+from harness.run.encoding import IGNORE_INDEX, Encoded, EncodedChoices
 from harness.run.modeling import count_params
 from harness.suite.config import EvalSpec
 
@@ -213,6 +213,77 @@ def _logits(model: Any, ids: Any, keep: Any, extra: dict[str, Any]) -> Any:
         return model(input_ids=ids, logits_to_keep=keep, **extra).logits
     except TypeError:  # remote-code models without logits_to_keep: full logits, then slice
         return model(input_ids=ids, **extra).logits[:, keep]
+
+
+# ---------------------------------------------------------------- multiple choice
+
+
+def choice_loglikelihoods(model: Any, items: Sequence[EncodedChoices], pad_id: int,
+                          advance: Advance = _noop) -> list[list[float]]:
+    """Per item, each choice's log-likelihood given the context: the sum of log p over the
+    continuation's tokens. The context runs once per item and its KV cache serves all the
+    item's choices, which run as one right-padded batch (a 4-choice item: 2 forward passes,
+    not 4 over the whole context)."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for item in items:
+            out.append(_item_loglikelihoods(model, item, pad_id))
+            advance(1)
+    return out
+
+
+def _item_loglikelihoods(model: Any, item: EncodedChoices, pad_id: int) -> list[float]:
+    import torch
+
+    device = next(model.parameters()).device
+    ctx = torch.tensor([item.context_ids], device=device)
+    try:
+        res = model(input_ids=ctx, use_cache=True, logits_to_keep=1)
+    except TypeError:  # remote-code models without logits_to_keep
+        res = model(input_ids=ctx, use_cache=True)
+    cache = res.past_key_values
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return _whole_loglikelihoods(model, item, pad_id)  # legacy tuple caches: no reuse
+    # The context's last logits predict every continuation's first token.
+    first = res.logits[0, -1].float().log_softmax(-1)  # [V]
+    conts = item.continuations
+    lls = [float(first[c[0]]) for c in conts]
+    width = max(len(c) for c in conts) - 1  # inputs after the context: each c[:-1]
+    if width == 0:
+        return lls
+    cache.batch_repeat_interleave(len(conts))
+    # Right padding, no mask: a real token never attends to the pads after it.
+    ids = torch.tensor([[*c[:-1], *[pad_id] * (width - len(c) + 1)] for c in conts],
+                       device=device)
+    logp = model(input_ids=ids, past_key_values=cache, use_cache=True
+                 ).logits.float().log_softmax(-1)  # [n_choices, width, V]
+    return [ll + _gathered_sum(logp[k], c[1:]) for k, (ll, c) in enumerate(zip(lls, conts))]
+
+
+def _gathered_sum(logp: Any, targets: Sequence[int]) -> float:
+    """sum_j logp[j, targets[j]]: the log-likelihood of ``targets`` from rows of logits."""
+    import torch
+
+    if not targets:
+        return 0.0
+    idx = torch.tensor(targets, device=logp.device)
+    return float(logp[torch.arange(len(targets), device=logp.device), idx].sum())
+
+
+def _whole_loglikelihoods(model: Any, item: EncodedChoices, pad_id: int) -> list[float]:
+    """Context + each continuation as one right-padded batch (for models whose cache cannot
+    be repeated across rows)."""
+    import torch
+
+    device = next(model.parameters()).device
+    seqs = [[*item.context_ids, *c] for c in item.continuations]
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[*s, *[pad_id] * (width - len(s))] for s in seqs], device=device)
+    logp = model(input_ids=ids).logits.float().log_softmax(-1)  # [n_choices, width, V]
+    start = len(item.context_ids) - 1  # the position predicting the first continuation token
+    return [_gathered_sum(logp[k, start:], c) for k, c in enumerate(item.continuations)]
 
 
 # ---------------------------------------------------------------- generation
