@@ -301,3 +301,17 @@ def test_a_model_without_a_repeatable_cache_gives_the_same_numbers(tiny_model_di
     hook.remove()
     assert np.array(whole).shape == (2, len(CHOICES))
     np.testing.assert_allclose(whole, cached, rtol=0, atol=1e-4)
+
+
+def test_a_cached_zero_shot_arm_keeps_its_choices_and_a_changed_set_is_not_reused(
+        tmp_path, tiny_model_dir):
+    """The zero-shot evaluation cache: the same set again reuses the rows; another choice
+    template is another evaluation."""
+    suite = write(tmp_path, tiny_model_dir, train=False)
+    first, second = (load_run(cli_run(suite, tmp_path / f"r{i}")) for i in range(2))
+    assert second.record["arms"]["baseline"].get("cached") is True
+    assert _rows(second.path, "baseline") == _rows(first.path, "baseline")
+    suite.write_text(suite.read_text().replace('" {{ choice }}"', '" ({{ choice }})"'))
+    third = load_run(cli_run(suite, tmp_path / "r3"))
+    assert "cached" not in third.record["arms"]["baseline"]
+    assert all(r["prediction"] in CHOICES for r in _rows(third.path, "baseline"))
