@@ -246,16 +246,19 @@ def _encoded(tok, n_items: int = 3):
     from harness.suite.prompts import Example
 
     spec = DataSpec(path="x", prompt_template="", response_template="")
-    items = [Example(id=f"q{i}", prompt=f"Item {i}: which colour is the sky?\nAnswer:",
+    items = [Example(id=f"q{i}", prompt=f"Item {i}: which{' very' * i} colour is the sky?\nAnswer:",
                      response=" blue", choices=tuple(CHOICES),
                      continuations=tuple(" " + c for c in CHOICES), gold=0)
              for i in range(n_items)]
     return [encode_choices(ex, tok, spec) for ex in items]
 
 
-def test_the_context_runs_once_per_item_and_its_cache_serves_every_choice(tiny_model_dir):
-    """Two forward passes per item: the context (1 row), then the choices from its KV cache
-    (5 rows, no context token among them); numbers equal full forward passes per choice."""
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_the_context_runs_once_per_item_and_its_cache_serves_every_choice(tiny_model_dir,
+                                                                          batch_size):
+    """Two forward passes per batch of items: their contexts (one row each, left-padded),
+    then every item's choices from the KV cache (5 rows per item, no context token among
+    them); numbers equal one full forward pass per choice, whatever the padding."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -267,11 +270,14 @@ def test_the_context_runs_once_per_item_and_its_cache_serves_every_choice(tiny_m
     calls: list[tuple[int, ...]] = []
     hook = model.register_forward_pre_hook(
         lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
-    lls = choice_loglikelihoods(model, items, tok.pad_token_id)
+    lls = choice_loglikelihoods(model, items, tok.pad_token_id, batch_size)
     hook.remove()
     longest = max(len(c) for c in items[0].continuations)
-    assert calls == [s for e in items for s in ((1, len(e.context_ids)),
-                                                 (len(CHOICES), longest - 1))]
+    by_length = sorted(items, key=lambda e: -len(e.context_ids))
+    batches = [by_length[i: i + batch_size] for i in range(0, len(items), batch_size)]
+    assert len({len(e.context_ids) for e in items}) == len(items)  # padding is exercised
+    assert calls == [s for b in batches for s in ((len(b), len(b[0].context_ids)),
+                                                   (len(b) * len(CHOICES), longest - 1))]
     for e, got in zip(items, lls):
         want = []
         for c in e.continuations:
@@ -290,14 +296,14 @@ def test_a_model_without_a_repeatable_cache_gives_the_same_numbers(tiny_model_di
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     items = _encoded(tok, 2)
-    cached = choice_loglikelihoods(model, items, tok.pad_token_id)
+    cached = choice_loglikelihoods(model, items, tok.pad_token_id, 2)
 
     def no_cache(module, args, kwargs, output):
         output.past_key_values = None  # as a remote-code model with a legacy cache
         return output
 
     hook = model.register_forward_hook(no_cache, with_kwargs=True)
-    whole = choice_loglikelihoods(model, items, tok.pad_token_id)
+    whole = choice_loglikelihoods(model, items, tok.pad_token_id, 2)
     hook.remove()
     assert np.array(whole).shape == (2, len(CHOICES))
     np.testing.assert_allclose(whole, cached, rtol=0, atol=1e-4)

@@ -68,7 +68,8 @@ def _score(model: Any, tok: Any, t: Target, spec: EvalSpec, arm: str, task: Task
            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     where = f" on {t.name}" if t.name else ""
     if t.multiple_choice:
-        return _score_choices(model, tok, t, arm, task, f"choices {arm}{where}")
+        return _score_choices(model, tok, t, spec.batch_size, task, f"choices {arm}{where}",
+                              arm)
     share = distributed.my_share(len(t.items))  # all items in one process
     mine = [t.items[i] for i in share]
     losses, eval_tps = scoring.teacher_forced(model, mine, spec.batch_size, tok.pad_token_id,
@@ -87,10 +88,12 @@ def _score(model: Any, tok: Any, t: Target, spec: EvalSpec, arm: str, task: Task
     return rows, metrics
 
 
-def _score_choices(model: Any, tok: Any, t: Target, arm: str, task: Task, label: str
-                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _score_choices(model: Any, tok: Any, t: Target, batch_size: int, task: Task, label: str,
+                   arm: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Items per batch: eval.batch_size (each brings all its choices)."""
     mine = [t.items[i] for i in distributed.my_share(len(t.items))]  # all in one process
-    lls = scoring.choice_loglikelihoods(model, mine, tok.pad_token_id, task(label, len(mine)))
+    lls = scoring.choice_loglikelihoods(model, mine, tok.pad_token_id, batch_size,
+                                        task(label, len(mine)))
     rows = [choice_row(arm, t.name, ex, ll)
             for ex, ll in zip(t.examples, distributed.gather(lls, len(t.items)))]
     return rows, {M.keyed(t.name, k): M.from_rows(k, rows) for k in t.metrics}
