@@ -86,6 +86,11 @@ def test_right_or_wrong_metrics_are_accuracy_and_its_length_normalised_form():
 
 @pytest.mark.parametrize("choice", [c for c in M.CHOICES if c not in M.MULTIPLE_CHOICE_CHOICES])
 def test_a_suite_accepts_each_choice(tmp_path: Path, choice: str):
+    if choice in config.CHOICE_METRICS:  # scored on a multiple-choice set, and only there
+        text = MINIMAL + ('\n[eval.sets.mc]\npath = "mc.jsonl"\ntask = "multiple_choice"\n'
+                          f'prompt_template = "{{{{ question }}}}"\nmetrics = ["{choice}"]\n')
+        assert suitefile.load_suite(write(tmp_path, text)).eval.sets["mc"].metrics == [choice]
+        return
     text = MINIMAL + f'\n[eval]\nmetrics = ["{choice}"]\n'
     suite = suitefile.load_suite(write(tmp_path, text))
     assert suite.eval.metrics == [choice]

@@ -69,6 +69,43 @@ def encode(ex: Example, tokenizer: Any, spec: DataSpec) -> Encoded:
     )
 
 
+@dataclass(frozen=True)
+class EncodedChoices:
+    """A multiple-choice item: its context's tokens (run once) and each choice's continuation
+    tokens (scored after it)."""
+
+    id: str
+    context_ids: tuple[int, ...]
+    continuations: tuple[tuple[int, ...], ...]
+    truncated: bool
+
+
+def encode_choices(ex: Example, tokenizer: Any, spec: DataSpec) -> EncodedChoices:
+    """Context and continuations split as lm-evaluation-harness's ``_encode_pair`` does: the
+    context's trailing spaces move to the continuation, ``context + continuation`` is encoded
+    whole and the continuation is what follows the context's own encoding, so a token that
+    spans the boundary is scored as the model would read the whole text. A context that would
+    not leave room for the longest choice in ``max_length`` loses its start (the earliest
+    few-shot examples), never the choices."""
+    text = prompt_text(ex, tokenizer, spec)
+    chat = spec.chat_template or bool(ex.messages)
+    context, spaces = _split_spaces(text)
+    ctx = tokenizer(context, add_special_tokens=not chat)["input_ids"]
+    conts = []
+    for cont in ex.continuations:
+        whole = tokenizer(context + spaces + cont, add_special_tokens=not chat)["input_ids"]
+        conts.append(tuple(whole[len(ctx):]))
+    if not ctx:  # an empty context and no BOS: condition on EOS, as lm-eval does
+        ctx = [tokenizer.eos_token_id]
+    room = max(spec.max_length - max(len(c) for c in conts), 1)
+    return EncodedChoices(ex.id, tuple(ctx[-room:]), tuple(conts), len(ctx) > room)
+
+
+def _split_spaces(text: str) -> tuple[str, str]:
+    stripped = text.rstrip()
+    return stripped, text[len(stripped):]
+
+
 def _truncate(p: list[int], r: list[int], max_len: int, side: str) -> tuple[list[int], list[int]]:
     if len(p) + len(r) <= max_len:
         return p, r

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from harness import metrics as M
 from harness.run import distributed, memory, scoring, textmetrics
 from harness.run.encoding import Encoded
@@ -30,8 +32,9 @@ class Target:
 
     name: str | None  # None: the suite's own set
     examples: Sequence[Example]
-    items: Sequence[Encoded]
+    items: Sequence[Any]  # Encoded; EncodedChoices for a multiple-choice set
     metrics: tuple[str, ...]
+    multiple_choice: bool = False
 
     @property
     def generate(self) -> bool:
@@ -64,6 +67,9 @@ def evaluate(model: Any, tok: Any, targets: Sequence[Target], spec: EvalSpec, *,
 def _score(model: Any, tok: Any, t: Target, spec: EvalSpec, arm: str, task: Task
            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     where = f" on {t.name}" if t.name else ""
+    if t.multiple_choice:
+        return _score_choices(model, tok, t, spec.batch_size, task, f"choices {arm}{where}",
+                              arm)
     share = distributed.my_share(len(t.items))  # all items in one process
     mine = [t.items[i] for i in share]
     losses, eval_tps = scoring.teacher_forced(model, mine, spec.batch_size, tok.pad_token_id,
@@ -80,6 +86,36 @@ def _score(model: Any, tok: Any, t: Target, spec: EvalSpec, arm: str, task: Task
         metrics["eval_tokens_per_s"] = round(eval_tps, 2)
         metrics["gen_tokens_per_s"] = round(gens.tokens_per_s, 2) if gens else None
     return rows, metrics
+
+
+def _score_choices(model: Any, tok: Any, t: Target, batch_size: int, task: Task, label: str,
+                   arm: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Items per batch: eval.batch_size (each brings all its choices)."""
+    mine = [t.items[i] for i in distributed.my_share(len(t.items))]  # all in one process
+    lls = scoring.choice_loglikelihoods(model, mine, tok.pad_token_id, batch_size,
+                                        task(label, len(mine)))
+    rows = [choice_row(arm, t.name, ex, ll)
+            for ex, ll in zip(t.examples, distributed.gather(lls, len(t.items)))]
+    return rows, {M.keyed(t.name, k): M.from_rows(k, rows) for k in t.metrics}
+
+
+def choice_row(arm: str, eval_set: str | None, ex: Example, lls: Sequence[float]
+               ) -> dict[str, Any]:
+    """A multiple-choice item's prediction row: every choice's log-likelihood, the pick by
+    acc (the highest) and by acc_norm (the highest per character of the choice, as
+    lm-evaluation-harness divides by ``len(choice)``), the answer's index, and acc /
+    acc_norm 1.0 (right) or 0.0. Ties go to the lowest index (numpy's argmax)."""
+    ll = np.asarray(lls, dtype=np.float64)
+    pick = int(np.argmax(ll))
+    pick_norm = int(np.argmax(ll / np.array([float(len(c)) for c in ex.choices])))
+    return {
+        "arm": arm, "set": eval_set, "id": ex.id, "prompt": ex.prompt,
+        "reference": ex.choices[ex.gold or 0], "prediction": ex.choices[pick], "loss": None,
+        "nll_sum": None, "n_tokens": None, "gen_tokens": None,
+        "choices": list(ex.choices), "loglikelihoods": [float(x) for x in ll],
+        "gold": ex.gold, "pick": pick, "pick_norm": pick_norm,
+        "acc": float(pick == ex.gold), "acc_norm": float(pick_norm == ex.gold),
+    }
 
 
 def _gathered(losses: list[Any], tps: float, mine: Sequence[Encoded], n: int

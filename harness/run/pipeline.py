@@ -431,8 +431,13 @@ def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
     """[eval.sets.*], encoded with ``tok`` (an existing adapter may bring its own)."""
     out = []
     for s in run.sets:
-        items, _ = encoding.encode_all(s.examples, tok, s.spec.as_data())
-        out.append(evaluation.Target(s.name, s.examples, items, tuple(s.spec.metrics)))
+        if s.spec.multiple_choice:
+            items: list[Any] = [encoding.encode_choices(ex, tok, s.spec.as_data())
+                                for ex in s.examples]
+        else:
+            items, _ = encoding.encode_all(s.examples, tok, s.spec.as_data())
+        out.append(evaluation.Target(s.name, s.examples, items, tuple(s.spec.metrics),
+                                     multiple_choice=s.spec.multiple_choice))
     return out
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.run.encoding import IGNORE_INDEX, Encoded
+from harness.run.encoding import IGNORE_INDEX, Encoded, EncodedChoices
 from harness.run.modeling import count_params
 from harness.suite.config import EvalSpec
 
@@ -213,6 +213,99 @@ def _logits(model: Any, ids: Any, keep: Any, extra: dict[str, Any]) -> Any:
         return model(input_ids=ids, logits_to_keep=keep, **extra).logits
     except TypeError:  # remote-code models without logits_to_keep: full logits, then slice
         return model(input_ids=ids, **extra).logits[:, keep]
+
+
+# ---------------------------------------------------------------- multiple choice
+
+
+def choice_loglikelihoods(model: Any, items: Sequence[EncodedChoices], pad_id: int,
+                          batch_size: int = 1, advance: Advance = _noop) -> list[list[float]]:
+    """Per item, each choice's log-likelihood given the context: the sum of log p over the
+    continuation's tokens. Items go in length-sorted batches of ``batch_size``: the batch's
+    contexts run once (left-padded), then every choice of every item in one right-padded
+    pass from their KV cache, each row starting from its own item's cache row (8 items of 4
+    choices: 2 forward passes, where one pass per choice would run each context 4 times)."""
+    import torch
+
+    out: list[list[float]] = [[] for _ in items]
+    with torch.inference_mode():
+        for batch in length_sorted_batches([len(e.context_ids) for e in items], batch_size):
+            lls = split_on_oom(lambda b: _batch_loglikelihoods(model, [items[i] for i in b],
+                                                               pad_id), batch)
+            for i, ll in zip(batch, lls):
+                out[i] = ll
+            advance(len(batch))
+    return out
+
+
+def _batch_loglikelihoods(model: Any, batch: Sequence[EncodedChoices], pad_id: int
+                          ) -> list[list[float]]:
+    import torch
+
+    device = next(model.parameters()).device
+    lens = torch.tensor([len(e.context_ids) for e in batch], device=device)
+    width = int(lens.max())
+    # Left padding: every context ends at column width - 1, whose logits predict each
+    # continuation's first token; the mask keeps real tokens off the pads, positions start at
+    # 0 on each row's first real token.
+    ids = torch.tensor([[pad_id] * (width - len(e.context_ids)) + list(e.context_ids)
+                        for e in batch], device=device)
+    mask = (torch.arange(width, device=device)[None, :] >= (width - lens)[:, None]).long()
+    try:
+        res = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                    use_cache=True, logits_to_keep=1)
+    except TypeError:  # remote-code models without these arguments
+        return [_whole_loglikelihoods(model, e, pad_id) for e in batch]
+    cache = res.past_key_values
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return [_whole_loglikelihoods(model, e, pad_id) for e in batch]  # legacy caches
+    first = res.logits[:, -1].float().log_softmax(-1)  # [items, V]
+    owner = [b for b, e in enumerate(batch) for _ in e.continuations]  # choice row -> item
+    conts = [c for e in batch for c in e.continuations]
+    lls = [float(first[b, c[0]]) for b, c in zip(owner, conts)]
+    more = max(len(c) for c in conts) - 1  # inputs after the context: each c[:-1]
+    if more > 0:
+        rows = torch.tensor(owner, device=device)
+        cache.batch_select_indices(rows)  # [choices, heads, width, d]: each its item's
+        # Right padding after the real tokens: causal attention never reaches them.
+        cids = torch.tensor([[*c[:-1], *[pad_id] * (more - len(c) + 1)] for c in conts],
+                            device=device)
+        full = torch.cat([mask[rows], torch.ones_like(cids)], dim=1)
+        pos = lens[rows, None] + torch.arange(more, device=device)[None, :]
+        logp = model(input_ids=cids, attention_mask=full, position_ids=pos,
+                     past_key_values=cache, use_cache=True
+                     ).logits.float().log_softmax(-1)  # [choices, more, V]
+        lls = [ll + _gathered_sum(logp[k], c[1:]) for k, (ll, c) in enumerate(zip(lls, conts))]
+    it = iter(lls)
+    return [[next(it) for _ in e.continuations] for e in batch]
+
+
+def _positions(mask: Any) -> Any:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _gathered_sum(logp: Any, targets: Sequence[int]) -> float:
+    """sum_j logp[j, targets[j]]: the log-likelihood of ``targets`` from rows of logits."""
+    import torch
+
+    if not targets:
+        return 0.0
+    idx = torch.tensor(targets, device=logp.device)
+    return float(logp[torch.arange(len(targets), device=logp.device), idx].sum())
+
+
+def _whole_loglikelihoods(model: Any, item: EncodedChoices, pad_id: int) -> list[float]:
+    """Context + each continuation as one right-padded batch (for models whose cache cannot
+    be repeated across rows)."""
+    import torch
+
+    device = next(model.parameters()).device
+    seqs = [[*item.context_ids, *c] for c in item.continuations]
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[*s, *[pad_id] * (width - len(s))] for s in seqs], device=device)
+    logp = model(input_ids=ids).logits.float().log_softmax(-1)  # [n_choices, width, V]
+    start = len(item.context_ids) - 1  # the position predicting the first continuation token
+    return [_gathered_sum(logp[k, start:], c) for k, c in enumerate(item.continuations)]
 
 
 # ---------------------------------------------------------------- generation

@@ -261,19 +261,36 @@ def _generate_set_metrics(metrics: list[str]) -> list[str]:
     return metrics
 
 
+# A multiple-choice set's metrics: each item right or wrong by its choices' log-likelihoods.
+# No other set has choices to pick from, so no other set may ask for them.
+CHOICE_METRICS = M.MULTIPLE_CHOICE_CHOICES
+# The variables a multiple-choice row gives its templates, each from the column of its own
+# name unless ``fields`` maps it to another.
+CHOICE_FIELDS = ("question", "choices", "answer")
+
+
 class EvalSetSpec(_Strict):
     """``[eval.sets.<name>]``: an extra eval set every arm is scored on too, e.g. general text
-    for a forgetting check. Read like [data], all rows are eval items (no training split)."""
+    for a forgetting check. Read like [data], all rows are eval items (no training split).
+
+    ``task = "multiple_choice"``: each row has a question, its choices and the answer; every
+    choice's log-likelihood after the prompt is scored and the most likely one is the pick
+    (metrics acc / acc_norm)."""
 
     path: Optional[NonEmpty] = None
     dataset: Optional[NonEmpty] = None
     config_name: Optional[NonEmpty] = None
     split: str = "train"
     format: Optional[Literal["json", "jsonl", "csv", "parquet"]] = None
+    task: Literal["generate", "multiple_choice"] = "generate"
     fields: dict[str, str] = Field(default_factory=dict)
     # Empty prompt: the loss is over the whole rendered response, i.e. the text itself.
     prompt_template: str = ""
-    response_template: str
+    response_template: Optional[str] = None  # generate sets only (and required there)
+    # multiple_choice only: the continuation scored for each choice, and how many solved
+    # examples (rows of the file that are not eval items) precede each item's prompt.
+    choice_template: Optional[str] = None
+    num_fewshot: Optional[Annotated[int, Field(ge=0, le=MAX_BATCH)]] = None
     chat_template: Flag = False
     system_prompt: Optional[str] = None
     eval_size: Union[Rows, Literal["all"]] = "all"
@@ -284,24 +301,71 @@ class EvalSetSpec(_Strict):
     # A forgetting check: the report leads with what fine-tuning cost on this set.
     forgetting: Flag = False
 
-    _generate_metrics = field_validator("metrics")(_generate_set_metrics)
+    @model_validator(mode="before")
+    @classmethod
+    def _choice_metrics_by_default(cls, data: Any) -> Any:
+        """A multiple-choice set scores acc and acc_norm unless it names its metrics."""
+        if isinstance(data, dict) and data.get("task") == "multiple_choice":
+            data = {"metrics": list(CHOICE_METRICS), **data}
+        return data
+
+    @field_validator("metrics")
+    @classmethod
+    def _generate_metrics(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return v if info.data.get("task") == "multiple_choice" else _generate_set_metrics(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalSetSpec:
         if (self.path is None) == (self.dataset is None):
             raise ValueError("set exactly one of path or dataset")
+        if self.multiple_choice:
+            self._check_choice_keys()
+        else:
+            self._check_generate_keys()
         return self
+
+    def _check_choice_keys(self) -> None:
+        if self.response_template is not None:
+            raise ValueError("response_template: a multiple_choice set scores each choice "
+                             "(choice_template), not a response; remove it")
+        if not self.prompt_template:
+            raise ValueError("prompt_template: a multiple_choice set needs the prompt its "
+                             "choices continue")
+        wrong = [m for m in self.metrics if m not in CHOICE_METRICS]
+        if wrong:
+            raise ValueError(f"metrics: {wrong} cannot score a multiple_choice set; it scores "
+                             f"{list(CHOICE_METRICS)}")
+
+    def _check_generate_keys(self) -> None:
+        if self.response_template is None:
+            raise ValueError("response_template: required key is missing")
+        for key in ("choice_template", "num_fewshot"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"{key}: only a task = \"multiple_choice\" set reads it")
+
+    @property
+    def multiple_choice(self) -> bool:
+        return self.task == "multiple_choice"
 
     @property
     def generate(self) -> bool:
         return bool(M.GENERATION_CHOICES & set(self.metrics))
+
+    @property
+    def choice_fields(self) -> dict[str, str]:
+        """Template variable -> column of a multiple-choice row (``fields`` over defaults)."""
+        return {**{v: v for v in CHOICE_FIELDS}, **self.fields}
+
+    @property
+    def choice_text(self) -> str:
+        return " {{ choice }}" if self.choice_template is None else self.choice_template
 
     def as_data(self) -> DataSpec:
         """The [data] table that reads this set: one pool, every row (or eval_size) eval."""
         return DataSpec(
             path=self.path, dataset=self.dataset, config_name=self.config_name,
             train_split=self.split, format=self.format, fields=self.fields,
-            prompt_template=self.prompt_template, response_template=self.response_template,
+            prompt_template=self.prompt_template, response_template=self.response_template or "",
             chat_template=self.chat_template, system_prompt=self.system_prompt,
             eval_size=self.eval_size, seed=self.seed, max_length=self.max_length,
             truncation_side=self.truncation_side,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ import numpy as np
 from harness.errors import DataError
 from harness.suite.config import DataSpec, EvalSetSpec, Suite, resolve
 from harness.suite.datafiles import Pool, check_fields, load_pools
-from harness.suite.prompts import BadRow, Example, renderer, row_id
+from harness.suite.prompts import BadRow, Example, choice_renderer, renderer, row_id
 
 T = TypeVar("T")
 
@@ -95,10 +95,15 @@ def load_eval_set(name: str, spec: EvalSetSpec, base_dir: Path, *, suite: str) -
     """The rows of [eval.sets.NAME], read by the same code as [data] (one pool, all eval);
     errors name the suite and the set's keys."""
     table = f"eval.sets.{name}"
-    splits = _naming(suite, lambda: read_splits(spec.as_data(), base_dir, training=False,
-                                                table=table))
+    if spec.multiple_choice:
+        examples = _naming(suite, lambda: read_choice_items(spec, base_dir, table))
+        fp = fingerprint(examples)
+    else:
+        splits = _naming(suite, lambda: read_splits(spec.as_data(), base_dir, training=False,
+                                                    table=table))
+        examples, fp = list(splits.eval), splits.eval_fingerprint
     source = spec.dataset or str(resolve(base_dir, spec.path or ""))
-    return EvalSet(name, spec, splits.eval, splits.eval_fingerprint, source)
+    return EvalSet(name, spec, tuple(examples), fp, source)
 
 
 def requested_size(size: int | str | None) -> int | None:
@@ -166,10 +171,14 @@ def _check_train_count(spec: DataSpec, n: int, left: str) -> None:
 
 
 def fingerprint(examples: Sequence[Example]) -> str:
-    """sha256 over ids, prompts and responses in order: equal iff the same items were used."""
+    """sha256 over ids, prompts and responses in order (and a multiple-choice item's
+    continuations and answer): equal iff the same items were used."""
     h = hashlib.sha256()
     for ex in examples:
-        h.update(json.dumps([ex.id, ex.prompt, ex.response, ex.messages]).encode())
+        item: list[Any] = [ex.id, ex.prompt, ex.response, ex.messages]
+        if ex.continuations:
+            item += [ex.continuations, ex.gold]
+        h.update(json.dumps(item).encode())
     return h.hexdigest()[:16]
 
 
@@ -184,6 +193,55 @@ def dedupe(examples: list[Example], against: Sequence[Example] = ()) -> tuple[li
             kept.append(ex)
     return kept, len(examples) - len(kept)
 
+
+
+# ---------------------------------------------------------------- multiple choice
+
+
+FEWSHOT_DELIMITER = "\n\n"  # between solved examples and before the item's prompt (lm-eval's)
+
+
+def read_choice_items(spec: EvalSetSpec, base_dir: Path, table: str) -> list[Example]:
+    """A multiple-choice set's eval items, each with ``num_fewshot`` solved examples before
+    its prompt. Eval items are selected as any set's (seeded, ``eval_size``); the examples are
+    drawn (seed ``spec.seed``, distinct within an item) from the other rows only, so no item
+    ever sees an eval item's answer. Every bad row among those used is listed at once."""
+    data = spec.as_data().model_copy(update={"fields": _choice_columns(spec)})
+    pool, _ = load_pools(data, base_dir, table)
+    check_fields(data, pool, table)
+    sel = _select(data, pool, pool, False, table)
+    k = spec.num_fewshot or 0
+    if k > len(sel.train):
+        raise DataError(f"{table}.num_fewshot = {k} but {pool.label} has {len(sel.train)} rows "
+                        f"besides its {len(sel.eval)} eval items; few-shot examples never come "
+                        f"from eval items (lower {table}.eval_size or num_fewshot)")
+    render = choice_renderer(spec, table)
+    problems: list[tuple[str, int, str]] = []
+    items = _render_rows(render, pool, sel.eval, problems)
+    shots = _render_rows(render, pool, sel.train, problems) if k else []
+    problems += [(pool.key, i, msg) for i, msg in _repeated_ids(pool)]
+    if problems:
+        raise DataError(_listing([msg for *_, msg in sorted(problems)]))
+    return _with_fewshot(items, shots, k, spec.seed)
+
+
+def _choice_columns(spec: EvalSetSpec) -> dict[str, str]:
+    """The columns a row must have: choices and answer always, question when mapped by
+    ``fields`` (by default a template may read whatever columns it likes)."""
+    return {v: c for v, c in spec.choice_fields.items() if v != "question" or v in spec.fields}
+
+
+def _with_fewshot(items: list[Example], shots: list[Example], k: int, seed: int
+                  ) -> list[Example]:
+    if not k:
+        return items
+    rng = np.random.default_rng(seed)
+    out = []
+    for ex in items:
+        solved = [shots[j] for j in rng.choice(len(shots), size=k, replace=False)]
+        context = "".join(s.prompt + s.response + FEWSHOT_DELIMITER for s in solved)
+        out.append(replace(ex, prompt=context + ex.prompt))
+    return out
 
 
 # ---------------------------------------------------------------- selection
