@@ -81,6 +81,16 @@ def percent(v: Any, signed: bool = True, digits: int = 1) -> str:
     return DASH if x is None else format(100 * x, f"{'+' if signed else ''}.{digits}f") + "%"
 
 
+def points(v: Any, unit: bool = True, digits: int = 1) -> str:
+    """A difference of two shares (accuracies) in percentage points, always signed:
+    -0.023 -> ``-2.3 points`` (``-2.3`` without ``unit``, for an interval's ends)."""
+    x = number(v)
+    if x is None:
+        return DASH
+    text = format(100 * x or 0.0, f"+.{digits}f")  # `or`: -0.0 reads +0.0
+    return f"{text} points" if unit else text
+
+
 def p_value(v: Any, alpha: float = config.DEFAULT_ALPHA) -> str:
     """``<0.001`` below ``P_FLOOR`` (below alpha when alpha is smaller), else three decimals
     (``0.042``), or as many more as it takes for the text to decide at ``alpha`` as the number

@@ -27,6 +27,7 @@ from harness.rundir.results import atomic_write_text
 from harness.views import formatting as F
 from harness.views import templating
 from harness.views.formatting import DASH
+from harness.views.report_benchmarks import benchmark_tables
 from harness.views.report_data import ReportData, as_dict, ci_label, memory_kind, read_data
 from harness.views.report_examples import example_browser
 from harness.views.report_headline import (
@@ -90,7 +91,7 @@ def _context(run: LoadedRun, d: ReportData) -> dict[str, Any]:
         "error": _error(rec), "warnings": d.warnings, "summary": _summary(rec, d),
         "versions": _versions(as_dict(rec.get("env"))), "headline": headline,
         "cards": headline_cards(entries, forgetting_sets(d)),
-        "leaderboard": leaderboard(d, entries),
+        "leaderboard": leaderboard(d, entries), "benchmarks": benchmark_tables(d),
         "p_label": P_HOLM_LABEL, "ci_label": ci_label(d.alpha),
         "alpha": d.alpha, "arm_table": arm_table(d), "training": training_table(d),
         "existing": existing_table(d), "forgetting": forgetting_rows(d), "seeds": seed_rows(d),

@@ -11,12 +11,16 @@ from typing import Any
 from harness import metrics as M
 from harness.metrics import lower_is_better
 from harness.stats import measured
+from harness.stats.paired import MCNEMAR
 from harness.suite import arms as A
 from harness.views import formatting as F
 from harness.views.formatting import DASH
 from harness.views.report_data import ReportData, as_dict, label, metric_column
 
 CARD_METRICS = ("rougeL", "rouge1", "perplexity", "loss")
+# What a forgetting set's card, leaderboard column and check row show, the first it has:
+# what fine-tuning cost in accuracy says more than its change in perplexity.
+FORGETTING_METRICS = ("acc", "perplexity", "loss")
 
 
 # ------------------------------------------------------------------ headline
@@ -42,8 +46,9 @@ def by_metric(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def forgetting_rows(d: ReportData) -> list[dict[str, Any]]:
-    """What fine-tuning cost on each set marked ``forgetting``: its perplexity (else loss)
-    per adapter arm against the zero-shot baseline, with the paired CI."""
+    """What fine-tuning cost on each set marked ``forgetting``: its accuracy (else
+    perplexity, else loss) per adapter arm against the zero-shot baseline, with the paired
+    CI."""
     sets = as_dict(as_dict(d.record.get("data")).get("eval_sets"))
     out = []
     for name, spec in sets.items():
@@ -53,8 +58,8 @@ def forgetting_rows(d: ReportData) -> list[dict[str, Any]]:
                 for c in d.record.get("comparisons") or []
                 if isinstance(c, dict) and c.get("baseline") == A.BASELINE}
         for arm in A.adapters(d.arm_records):
-            c = (rows.get((arm, M.keyed(name, "perplexity")))
-                 or rows.get((arm, M.keyed(name, "loss"))))
+            c = next((rows[arm, M.keyed(name, k)] for k in FORGETTING_METRICS
+                      if (arm, M.keyed(name, k)) in rows), None)
             if c is not None:
                 out.append({"set": name, "arm": arm, "n_items": as_dict(spec).get("n_items"),
                             **_headline_row(c, d.alpha), "metric": label(M.base(c["metric"]))})
@@ -77,15 +82,32 @@ def _headline_row(c: dict[str, Any], alpha: float) -> dict[str, Any]:
     diff, sig = F.number(c.get("abs_diff")), significant(c, alpha)
     return {
         "metric": label(m), "key": m, "lower": lower_is_better(m),
-        "baseline": F.metric(m, c.get("baseline_value")),
-        "candidate": F.metric(m, c.get("candidate_value")),
+        "baseline": value_text(m, c.get("baseline_value")),
+        "candidate": value_text(m, c.get("candidate_value")),
         "candidate_value": F.number(c.get("candidate_value")),
-        "abs": F.metric(m, diff, signed=True), "rel": F.percent(c.get("rel_gain")),
-        "ci": F.interval(c.get("ci_low"), c.get("ci_high"), lambda v: F.metric(m, v, True)),
+        "abs": change_text(m, diff), "rel": F.percent(c.get("rel_gain")),
+        "ci": F.interval(c.get("ci_low"), c.get("ci_high"), lambda v: change_text(m, v, False)),
+        "p_name": p_name(c), "binary": M.is_binary(m),
         "rel_ci": F.interval(c.get("rel_ci_low"), c.get("rel_ci_high"), F.percent, missing=""),
         "p": F.p_value(c.get("p_value_holm"), alpha), "p_raw": F.p_value(c.get("p_value"), alpha),
         "sig": sig, "tone": F.tone(m, diff, sig),
     }
+
+
+def value_text(metric: str, v: Any) -> str:
+    """An accuracy (a share of items right) in percent, any other metric by its decimals."""
+    return F.percent(v, signed=False) if M.is_binary(metric) else F.metric(metric, v)
+
+
+def change_text(metric: str, diff: Any, unit: bool = True) -> str:
+    """A change in accuracy in percentage points, any other change by the metric's decimals."""
+    return F.points(diff, unit) if M.is_binary(metric) else F.metric(metric, diff, True)
+
+
+def p_name(c: dict[str, Any]) -> str:
+    """What the row's unadjusted p is: ``McNemar p`` (exact, on the discordant items) for a
+    right/wrong metric, plain ``p`` (a permutation p) for the others."""
+    return "McNemar p" if c.get("test") == MCNEMAR else "p"
 
 
 def _p(c: dict[str, Any]) -> float | None:
@@ -156,8 +178,9 @@ def forgetting_sets(d: ReportData) -> list[str]:
 
 
 def _forgetting_metric(entries: list[_Entry], eval_set: str) -> str | None:
-    """A forgetting set's headline number: its perplexity, else its loss."""
-    keys = (M.keyed(eval_set, "perplexity"), M.keyed(eval_set, "loss"))
+    """A forgetting set's headline number: its accuracy (a multiple-choice set), else its
+    perplexity, else its loss."""
+    keys = tuple(M.keyed(eval_set, k) for k in FORGETTING_METRICS)
     return next((k for k in keys if any(k in e.rows for e in entries)), None)
 
 
@@ -197,8 +220,10 @@ def _worst_forgetting(entries: list[_Entry], lead: _Entry, eval_set: str
 
 def _card(e: _Entry, key: str) -> dict[str, Any]:
     row = e.rows[key]
-    return {**row, "arm": e.label, "seeds": e.seeds, "forgetting": False, "alert": False,
-            "verdict": _verdict(row)}
+    # An accuracy's change reads in points alone: a relative % beside it reads as points too.
+    rel = {"rel": DASH} if row.get("binary") else {}
+    return {**row, **rel, "arm": e.label, "seeds": e.seeds, "forgetting": False,
+            "alert": False, "verdict": _verdict(row)}
 
 
 def _verdict(row: dict[str, Any]) -> str:
