@@ -9,7 +9,6 @@ from typing import Any
 from harness import metrics as M
 from harness.suite import arms as A
 from harness.views import formatting as F
-from harness.views.formatting import DASH
 from harness.views.report_data import ReportData, as_dict, label
 from harness.views.report_headline import change_text, p_name, significant, value_text
 
@@ -59,7 +58,7 @@ def _row(key: str, arm: str, value: Any, c: dict[str, Any] | None,
     row: dict[str, Any] = {
         "metric": label(M.base(key)), "key": key, "arm": arm, "label": A.label(arm),
         "value": shown, "change": "", "ci": "", "p": "", "test": "", "p_holm": "",
-        "sig": None, "tone": "", "summary": ""}
+        "sig": None, "tone": ""}
     if c is None:
         return row
     diff, sig = F.number(c.get("abs_diff")), significant(c, alpha)
@@ -68,13 +67,5 @@ def _row(key: str, arm: str, value: Any, c: dict[str, Any] | None,
     p, name = F.p_value(c.get("p_value"), alpha), p_name(c)
     return {**row, "change": change, "ci": ci, "p": p, "test": name.removesuffix(" p"),
             "p_holm": F.p_value(c.get("p_value_holm"), alpha), "sig": sig,
-            "tone": F.tone(key, diff, sig),
-            "summary": _summary(value_text(key, c.get("baseline_value")), shown, change, ci,
-                                name, p)}
+            "tone": F.tone(key, diff, sig)}
 
-
-def _summary(before: str, after: str, change: str, ci: str, name: str, p: str) -> str:
-    """The change in one line: ``61.2% -> 58.9%, -2.3 points [-4.1, -0.6], McNemar p 0.010``."""
-    text = f"{before} -> {after}, {change}"
-    text += f" {ci}" if ci != DASH else ""
-    return text + (f", {name} {p}" if p != DASH else "")
