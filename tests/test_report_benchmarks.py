@@ -127,3 +127,30 @@ def test_a_forgetting_multiple_choice_set_heads_the_report_with_its_accuracy(run
     (0.1, False, "+10.0"), (None, True, F.DASH), (float("nan"), True, F.DASH)])
 def test_points_writes_a_change_of_accuracy_in_percentage_points(v, unit, want):
     assert F.points(v, unit) == want
+
+
+def _browser_cells(html: str, item: str) -> list[str]:
+    """The example browser's arm cells of one item of the bench set, in arm order."""
+    row = re.search(rf'<tr data-id="{item}"[^>]*data-set="bench">(.*?)</tr>', html, re.S)
+    assert row, item
+    return re.findall(r'<td class="out">(.*?)</td>', row.group(1), re.S)
+
+
+def test_the_example_browser_shows_each_choice_its_loglikelihood_the_answer_and_the_picks(
+        run_dir):
+    items = _items(run_dir)
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "A multiple-choice item lists its choices" in html
+    for item in list(items["baseline"])[:5]:
+        for arm, cell in zip(("baseline", "lora"), _browser_cells(html, item), strict=True):
+            r = items[arm][item]
+            lines = re.findall(r"<li>(.*?)</li>", cell, re.S)
+            assert len(lines) == len(r["choices"]) >= 2
+            for i, (line, choice, ll) in enumerate(zip(lines, r["choices"], r["loglikelihoods"],
+                                                       strict=True)):
+                assert line.startswith(f"{choice} <small>log-likelihood {ll:.2f}</small>")
+                assert ("(answer)" in line) == (i == r["gold"])
+                assert ("← pick</b>" in line) == (i == r["pick"])
+                assert ("← pick (length-normalised)" in line) == (i == r["pick_norm"])
+            assert f"acc: {'right' if r['acc'] == 1.0 else 'wrong'}" in cell
+            assert "no generation" not in cell and "loss" not in cell

@@ -27,7 +27,8 @@ def example_browser(d: ReportData) -> dict[str, Any] | None:
     shown = [r for s in sets for r in _capped([r for r in rows if r["set"] == s], limits[s])]
     return {"arms": d.arms, "adapters": adapters, "rows": shown, "total": len(rows),
             "sets": [{"value": s, "label": s or MAIN_SET} for s in sets] if len(sets) > 1
-            else [], "generated": any(r["generated"] for r in rows)}
+            else [], "generated": any(r["generated"] for r in rows),
+            "multiple_choice": any(r["multiple_choice"] for r in rows)}
 
 
 def _item_key(row: dict[str, Any]) -> tuple[str, str]:
@@ -61,6 +62,7 @@ def _example(key: tuple[str, str], arms: list[str], adapters: list[str],
     mine = [o for o in outputs if o["arm"] in adapters]
     gains, losses = [o["d_rouge"] for o in mine], [o["d_loss"] for o in mine]
     return {"id": key[1], "set": key[0], "set_label": key[0] or MAIN_SET,
+            "multiple_choice": any(o["choices"] for o in outputs),
             "prompt": str(first.get("prompt") or ""), "reference": str(first.get("reference", "")),
             "outputs": outputs, "gains": gains, "loss_changes": losses,
             "generated": any(o["generated"] for o in outputs),
@@ -81,15 +83,42 @@ def _output(arm: str, row: dict[str, Any] | None, base: dict[str, Any]) -> dict[
     own = arm == A.BASELINE  # no gain over itself
     d_rouge = None if own or rl is None or b_rl is None else rl - b_rl
     d_loss = None if own or loss is None or b_loss is None else loss - b_loss
-    # A set scored by loss only has no generation: its prediction is null, not a text.
-    generated = row.get("prediction") is not None
-    return {"arm": arm, "present": bool(row), "generated": generated,
+    # A set scored by loss only has no generation: its prediction is null, not a text; a
+    # multiple-choice item's prediction is the choice it picked, shown among its choices.
+    choices = _choices(row)
+    generated = row.get("prediction") is not None and not choices
+    return {"arm": arm, "present": bool(row), "generated": generated, "choices": choices,
+            "right": _right(row.get("acc")), "right_norm": _right(row.get("acc_norm")),
             "text": str(row["prediction"]) if generated else "",
             "rouge": F.metric("rougeL", rl) if rl is not None else None,
             "loss": F.metric("loss", loss),
             "d_rouge": d_rouge, "d_rouge_text": F.metric("rougeL", d_rouge, True),
             "d_loss": d_loss, "d_loss_text": F.metric("loss", d_loss, True),
             "tone": _item_tone("rougeL", d_rouge), "loss_tone": _item_tone("loss", d_loss)}
+
+
+def _choices(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A multiple-choice row's choices, each with its summed log-likelihood (nats) and
+    whether it is the gold answer, the pick (highest log-likelihood) and the length-normalised
+    pick; [] for any other row."""
+    texts, lls = row.get("choices"), row.get("loglikelihoods")
+    if not isinstance(texts, list) or not isinstance(lls, list) or len(texts) != len(lls):
+        return []
+    return [{"text": str(t), "ll": _nats(ll), "gold": i == row.get("gold"),
+             "pick": i == row.get("pick"), "pick_norm": i == row.get("pick_norm")}
+            for i, (t, ll) in enumerate(zip(texts, lls, strict=True))]
+
+
+def _nats(v: Any) -> str:
+    """A log-likelihood in nats to 2 decimals: choices differ by tenths of a nat and more."""
+    x = F.number(v)
+    return F.DASH if x is None else f"{x:.2f}"
+
+
+def _right(v: Any) -> str:
+    """An item's 1.0 / 0.0 as ``right`` / ``wrong``; "" where the row has none."""
+    x = F.number(v)
+    return "" if x is None else ("right" if x == 1.0 else "wrong")
 
 
 def _item_tone(metric: str, diff: float | None) -> str:
