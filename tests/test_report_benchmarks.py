@@ -118,8 +118,11 @@ def test_a_forgetting_multiple_choice_set_heads_the_report_with_its_accuracy(run
     cards = re.findall(r'<div class="card forgetting[^"]*">\s*<div class="k">([^<]*)', html)
     assert cards and cards[0].startswith("Forgetting · Accuracy (bench)"), cards
     # the forgetting check and the leaderboard's forgetting column read accuracy too
-    check = md.split("## Forgetting check", 1)[1].split("\n## ", 1)[0]
-    assert "| bench (30 items) | lora | Accuracy |" in check
+    check = md.split("## Forgetting check", 1)[1].split("\n## ", 1)[0].replace("**", "")
+    assert "| Set | Adapter | Metric | Zero-shot | Adapter | Change |" in check
+    rel = f" ({100 * (cand - base) / base:+.1f}% relative)" if base else ""
+    assert (f"| bench (30 items) | lora | Accuracy | {100 * base:.1f}% | {100 * cand:.1f}% | "
+            f"{100 * (cand - base) + 0.0:+.1f} points{rel} |") in check, check
 
 
 @pytest.mark.parametrize(("v", "unit", "want"), [

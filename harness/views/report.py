@@ -32,6 +32,7 @@ from harness.views.report_data import ReportData, as_dict, ci_label, memory_kind
 from harness.views.report_examples import example_browser
 from harness.views.report_headline import (
     contenders,
+    forgetting_change_label,
     forgetting_rows,
     forgetting_sets,
     headline_cards,
@@ -84,7 +85,7 @@ def render_markdown(run: LoadedRun) -> str:
 
 
 def _context(run: LoadedRun, d: ReportData) -> dict[str, Any]:
-    rec, headline = d.record, headline_tables(d)
+    rec, headline, forgetting = d.record, headline_tables(d), forgetting_rows(d)
     entries = contenders(d, headline)
     return {
         "suite": run.suite, "run_id": run.run_id, "status": str(rec.get("status", "unknown")),
@@ -94,7 +95,8 @@ def _context(run: LoadedRun, d: ReportData) -> dict[str, Any]:
         "leaderboard": leaderboard(d, entries), "benchmarks": benchmark_tables(d),
         "p_label": P_HOLM_LABEL, "ci_label": ci_label(d.alpha),
         "alpha": d.alpha, "arm_table": arm_table(d), "training": training_table(d),
-        "existing": existing_table(d), "forgetting": forgetting_rows(d), "seeds": seed_rows(d),
+        "existing": existing_table(d), "forgetting": forgetting,
+        "forgetting_change": forgetting_change_label(forgetting), "seeds": seed_rows(d),
         "lengths": length_table(as_dict(as_dict(rec.get("data")).get("lengths"))),
         "config": config_rows(as_dict(rec.get("config"))),
         "config_json": json.dumps(rec.get("config"), indent=2, ensure_ascii=False, default=str),

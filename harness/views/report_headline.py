@@ -62,8 +62,24 @@ def forgetting_rows(d: ReportData) -> list[dict[str, Any]]:
                       if (arm, M.keyed(name, k)) in rows), None)
             if c is not None:
                 out.append({"set": name, "arm": arm, "n_items": as_dict(spec).get("n_items"),
-                            **_headline_row(c, d.alpha), "metric": label(M.base(c["metric"]))})
+                            **_points_first(_headline_row(c, d.alpha)),
+                            "metric": label(M.base(c["metric"]))})
     return out
+
+
+def forgetting_change_label(rows: list[dict[str, Any]]) -> str:
+    """The forgetting check's change column: relative, unless an accuracy row puts its
+    change in points first."""
+    return "Change" if any(r.get("binary") for r in rows) else "Rel. change"
+
+
+def _points_first(row: dict[str, Any]) -> dict[str, Any]:
+    """An accuracy's change in the forgetting check: in points, its relative change after it
+    (a -25% relative change of 40% is -10 points)."""
+    if not row.get("binary"):
+        return row
+    rel = "" if row["rel"] == DASH else f" ({row['rel']} relative)"
+    return {**row, "rel": row["abs"] + rel, "rel_ci": ""}
 
 
 def seed_rows(d: ReportData) -> list[dict[str, Any]]:
