@@ -50,11 +50,36 @@ def test_default_suite_end_to_end_shortened(tmp_path):
     rows = {c["metric"]: c for c in rec["comparisons"]}
     assert rows["general/perplexity"]["paired"] and rows["general/perplexity"]["n_items"] == 100
     assert "Forgetting check" in (path / "report.md").read_text(encoding="utf-8")
+    _benchmark_set_is_scored_with_mcnemar(path, rec)
     assert rec["env"]["transformers"] and rec["training"]["lora"]["global_steps"] == 12
     # what the adapter's eval needs, not what training left resident (+39% before: the
     # process's RSS after training); a LoRA r8 adds a few MB
     assert lora["peak_memory_bytes"] < 1.05 * base["peak_memory_bytes"]
     _report_leads_with_forgetting(path / "report.html", tmp_path)
+
+
+def _benchmark_set_is_scored_with_mcnemar(path: Path, rec: dict) -> None:
+    """The multiple-choice forgetting set: 60 questions per arm, accuracy the mean of the
+    rows, and the comparison row McNemar's exact test on the discordant items (scipy)."""
+    from scipy.stats import binomtest
+
+    rows = {arm: {r["id"]: r for r in load_run(path).items(arm) if r["set"] == "modules"}
+            for arm in ("baseline", "lora")}
+    assert len(rows["baseline"]) == len(rows["lora"]) == 60
+    for arm, items in rows.items():
+        assert all(len(r["choices"]) == 4 and len(r["loglikelihoods"]) == 4
+                   for r in items.values())
+        for metric in ("acc", "acc_norm"):
+            want = sum(r[metric] for r in items.values()) / 60
+            assert rec["arms"][arm]["metrics"][f"modules/{metric}"] == pytest.approx(want)
+    comparisons = {c["metric"]: c for c in rec["comparisons"]}
+    for metric in ("acc", "acc_norm"):
+        row = comparisons[f"modules/{metric}"]
+        gained = sum(rows["lora"][i][metric] > r[metric] for i, r in rows["baseline"].items())
+        lost = sum(rows["lora"][i][metric] < r[metric] for i, r in rows["baseline"].items())
+        assert row["test"] == "mcnemar-exact" and row["paired"] and row["n_items"] == 60
+        want = binomtest(gained, gained + lost, 0.5).pvalue if gained + lost else 1.0
+        assert row["p_value"] == pytest.approx(want)
 
 
 def _report_leads_with_forgetting(html: Path, tmp_path: Path) -> None:
