@@ -19,6 +19,7 @@ import platform
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 SKIP = ("test", "idlelib", "lib2to3", "tkinter", "turtledemo", "ensurepip", "antigravity", "this")
@@ -38,19 +39,24 @@ def paragraphs(doc: str) -> list[str]:
     return out
 
 
-def main() -> None:
-    seen, rows = set(), []
+def module_docstrings(skip: tuple[str, ...] = SKIP) -> Iterator[tuple[str, str]]:
+    """(name, docstring) of each top-level standard-library module, in sorted name order."""
     names = sorted(m.name for m in pkgutil.iter_modules() if m.module_finder.path.startswith(
         sys.base_prefix) and "site-packages" not in m.module_finder.path)
     for name in names:
-        if name.startswith("_") or name.startswith(SKIP):
+        if name.startswith("_") or name.startswith(skip):
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                doc = importlib.import_module(name).__doc__ or ""
+                yield name, importlib.import_module(name).__doc__ or ""
             except Exception:  # noqa: BLE001 - platform-only modules
                 continue
+
+
+def main() -> None:
+    seen, rows = set(), []
+    for name, doc in module_docstrings():
         for text in paragraphs(doc):
             if text not in seen:
                 seen.add(text)

@@ -13,18 +13,16 @@ Run: python suites/data/make_modules_mc.py  (writes suites/data/modules_mc.jsonl
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 import platform
 import random
 import re
-import sys
-import warnings
 from pathlib import Path
 
-SKIP = ("test", "idlelib", "lib2to3", "tkinter", "turtledemo", "ensurepip", "antigravity", "this",
-        "xx")
+from make_general import SKIP as GENERAL_SKIP
+from make_general import module_docstrings
+
+SKIP = (*GENERAL_SKIP, "xx")  # xxlimited*: CPython's test extension modules
 SEED = 0
 N_CHOICES = 4
 MIN_WORDS, MAX_WORDS = 6, 60  # a sentence that says what the module is, not a whole manual
@@ -41,18 +39,8 @@ def first_paragraph(name: str, doc: str) -> str | None:
 
 
 def docstrings() -> list[tuple[str, str]]:
-    names = sorted(m.name for m in pkgutil.iter_modules() if m.module_finder.path.startswith(
-        sys.base_prefix) and "site-packages" not in m.module_finder.path)
     found, seen = [], set()
-    for name in names:
-        if name.startswith("_") or name.startswith(SKIP):
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                doc = importlib.import_module(name).__doc__ or ""
-            except Exception:  # noqa: BLE001 - platform-only modules
-                continue
+    for name, doc in module_docstrings(SKIP):
         text = first_paragraph(name, doc)
         if text and text not in seen:
             seen.add(text)
