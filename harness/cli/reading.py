@@ -161,12 +161,12 @@ def report_command(
     ```
     """
     from harness.rundir.record import load_run
-    from harness.rundir.results import check_writable
+    from harness.rundir.results import REPORT_FILES, check_writable
     from harness.views import report
 
     try:
         loaded = load_run(run_)
-        check_writable(loaded.path, *report.REPORT_FILES)
+        check_writable(loaded.path, *REPORT_FILES)
         paths = report.write_reports(loaded)
     except HarnessError as e:
         fail(e)

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from harness.errors import RecordError, RunFailed
-from harness.rundir.results import ADAPTERS_DIR, PREDICTIONS_FILE, RUN_FILE, TRAIN_LOG_FILE, RunDir
+from harness.rundir.results import (
+    ADAPTERS_DIR,
+    PREDICTIONS_FILE,
+    REPORT_FILES,
+    RUN_FILE,
+    TRAIN_LOG_FILE,
+    RunDir,
+)
 from harness.suite import arms
 from harness.suite.config import MAX_RESAMPLES
 from harness.suite.sweep import MAX_SHARDS
@@ -227,7 +234,6 @@ def overall_status(record: Mapping[str, Any]) -> Status:
 # the writes leaves this, never a record that claims success for files that did not land.
 INCOMPLETE = {"type": "IncompleteWrite", "stage": "write",
               "message": "the run's files were not all written (crash or full disk)"}
-REPORT_FILES = ("report.html", "report.md")
 
 
 def save(rd: RunDir, record: Mapping[str, Any], predictions: Iterable[Mapping[str, Any]],

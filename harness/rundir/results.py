@@ -35,6 +35,7 @@ from harness.errors import InputError, RecordError
 RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 TRAIN_LOG_FILE = "train_log.jsonl"
+REPORT_FILES = ("report.html", "report.md")  # views.report.write_reports writes these, in order
 ADAPTERS_DIR = "adapters"
 MODEL_CARD_FILE = "README.md"  # inside adapters/<arm>/: the hub's name for a model card
 TENSORBOARD_DIR = "tensorboard"  # tensorboard/<arm>/ when train.report_to names it

@@ -23,7 +23,7 @@ from typing import Any
 from markupsafe import Markup
 
 from harness.rundir.record import LoadedRun, Status
-from harness.rundir.results import atomic_write_text
+from harness.rundir.results import REPORT_FILES, atomic_write_text
 from harness.views import formatting as F
 from harness.views import templating
 from harness.views.formatting import DASH
@@ -49,7 +49,6 @@ from harness.views.report_tables import (
     training_table,
 )
 
-REPORT_FILES = ("report.html", "report.md")  # what write_reports writes, in this order
 HTML_TEMPLATE, MD_TEMPLATE, JS_FILE = "report.html.j2", "report.md.j2", "_report.js"
 # The CI is per metric, so the p beside it ("p") is the metric's own; the Holm-adjusted p,
 # which decides significance, has its own label.
