@@ -50,13 +50,13 @@ def forgetting_rows(d: ReportData) -> list[dict[str, Any]]:
     perplexity, else loss) per adapter arm against the zero-shot baseline, with the paired
     CI."""
     sets = as_dict(as_dict(d.record.get("data")).get("eval_sets"))
+    rows = {(c.get("candidate"), c.get("metric")): c
+            for c in d.record.get("comparisons") or []
+            if isinstance(c, dict) and c.get("baseline") == A.BASELINE}
     out = []
     for name, spec in sets.items():
         if not as_dict(spec).get("forgetting"):
             continue
-        rows = {(c.get("candidate"), c.get("metric")): c
-                for c in d.record.get("comparisons") or []
-                if isinstance(c, dict) and c.get("baseline") == A.BASELINE}
         for arm in A.adapters(d.arm_records):
             c = next((rows[arm, M.keyed(name, k)] for k in FORGETTING_METRICS
                       if (arm, M.keyed(name, k)) in rows), None)
