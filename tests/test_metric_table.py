@@ -84,9 +84,9 @@ def test_right_or_wrong_metrics_are_accuracy_and_its_length_normalised_form():
     assert M.from_rows("mc/acc", [{"acc": v} for v in (1.0, 0.0, 1.0, 1.0)]) == 0.75
 
 
-@pytest.mark.parametrize("choice", [c for c in M.CHOICES if c not in M.MULTIPLE_CHOICE_CHOICES])
+@pytest.mark.parametrize("choice", M.CHOICES)
 def test_a_suite_accepts_each_choice(tmp_path: Path, choice: str):
-    if choice in config.CHOICE_METRICS:  # scored on a multiple-choice set, and only there
+    if choice in M.MULTIPLE_CHOICE_CHOICES:  # scored on a multiple-choice set, and only there
         text = MINIMAL + ('\n[eval.sets.mc]\npath = "mc.jsonl"\ntask = "multiple_choice"\n'
                           f'prompt_template = "{{{{ question }}}}"\nmetrics = ["{choice}"]\n')
         assert suitefile.load_suite(write(tmp_path, text)).eval.sets["mc"].metrics == [choice]

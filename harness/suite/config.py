@@ -261,9 +261,6 @@ def _generate_set_metrics(metrics: list[str]) -> list[str]:
     return metrics
 
 
-# A multiple-choice set's metrics: each item right or wrong by its choices' log-likelihoods.
-# No other set has choices to pick from, so no other set may ask for them.
-CHOICE_METRICS = M.MULTIPLE_CHOICE_CHOICES
 # The variables a multiple-choice row gives its templates, each from the column of its own
 # name unless ``fields`` maps it to another.
 CHOICE_FIELDS = ("question", "choices", "answer")
@@ -306,7 +303,7 @@ class EvalSetSpec(_Strict):
     def _choice_metrics_by_default(cls, data: Any) -> Any:
         """A multiple-choice set scores acc and acc_norm unless it names its metrics."""
         if isinstance(data, dict) and data.get("task") == "multiple_choice":
-            data = {"metrics": list(CHOICE_METRICS), **data}
+            data = {"metrics": list(M.MULTIPLE_CHOICE_CHOICES), **data}
         return data
 
     @field_validator("metrics")
@@ -331,10 +328,10 @@ class EvalSetSpec(_Strict):
         if not self.prompt_template:
             raise ValueError("prompt_template: a multiple_choice set needs the prompt its "
                              "choices continue")
-        wrong = [m for m in self.metrics if m not in CHOICE_METRICS]
+        wrong = [m for m in self.metrics if m not in M.MULTIPLE_CHOICE_CHOICES]
         if wrong:
             raise ValueError(f"metrics: {wrong} cannot score a multiple_choice set; it scores "
-                             f"{list(CHOICE_METRICS)}")
+                             f"{list(M.MULTIPLE_CHOICE_CHOICES)}")
 
     def _check_generate_keys(self) -> None:
         if self.response_template is None:
