@@ -466,7 +466,7 @@ def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
         suite=s.name, run_id=run.dir.final.name, config=config.dump(s),
         data={**checked.loaded_splits.summary(), **_sets_summary(checked.sets)},
         stats=stats.stats_record(s.stats.n_resamples, s.stats.seed, s.stats.alpha),
-        warnings=checked.warnings, started_at=_iso(run.started)))
+        warnings=checked.warnings, started_at=record.iso_time(run.started)))
 
 
 def _sets_summary(sets: list[data.EvalSet]) -> dict[str, Any]:
@@ -492,7 +492,7 @@ def _error(e: BaseException, stage: str) -> dict[str, Any]:
 def _save(run: _Run) -> record.RunOutcome:
     now = time.time()
     rec = run.record
-    rec["finished_at"] = _iso(now)
+    rec["finished_at"] = record.iso_time(now)
     rec["wall_time_s"] = round(now - run.started, 2)
     if rec["status"] == Status.FAILED and rec["error"] is None:
         failed = [a for a in rec["arms"].values() if a.get("error")]
@@ -504,7 +504,3 @@ def _save(run: _Run) -> record.RunOutcome:
     if rec["status"] == Status.SUCCESS:
         run.journal.close()  # a failed run keeps its working files: `harness resume` reads them
     return record.RunOutcome(path=run.dir.finalize(), record=rec)
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

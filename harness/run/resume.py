@@ -106,7 +106,7 @@ class Resumed:
         run_dir = results.RunDir(final=self.final, path=self.staging, lock=self.lock)
         self.journal.dir = run_dir
         self.record.setdefault("resumes", []).append(
-            {"at": _iso(time.time()), "kept": list(self.journal.done),
+            {"at": record.iso_time(time.time()), "kept": list(self.journal.done),
              "from_step": _tidy(self.staging, set(self.journal.done))})
         return run_dir
 
@@ -348,7 +348,3 @@ def _tidy(staging: Path, done: set[str]) -> dict[str, int]:
         if board.name not in done and board.name not in steps:
             shutil.rmtree(board, ignore_errors=True)
     return steps
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -228,6 +229,12 @@ def overall_status(record: Mapping[str, Any]) -> Status:
     if others and all(a.get("status") == Status.FAILED for a in others):
         return Status.FAILED
     return Status.SUCCESS
+
+
+def iso_time(t: float) -> str:
+    """A record's timestamp (``started_at``, ``finished_at``, a resume's ``at``): UTC, to the
+    second, ISO 8601."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 # What run.json says while the run's files are being written: a crash or a full disk during
