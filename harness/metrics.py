@@ -10,7 +10,10 @@ re-scoring the corpus:
 - acc, acc_norm (multiple-choice sets): the mean of a per-item 1.0 right / 0.0 wrong, so the
   paired p-value is the exact McNemar test on the items the arms disagree on (``binary``);
 - bleu, chrf: sacrebleu's corpus score from summed n-gram counts (``bleu_*`` / ``chrf_*``
-  columns of each predictions.jsonl row), on sacrebleu's 0-100 scale.
+  columns of each predictions.jsonl row), on sacrebleu's 0-100 scale;
+- an lm-evaluation-harness task's metrics (``LM_EVAL``): its mean-aggregated ones as above,
+  and its perplexities from summed log-likelihoods and word / byte counts, which is what its
+  own ``perplexity``, ``weighted_perplexity`` and ``bits_per_byte`` aggregations compute.
 
 A metric of an extra eval set is keyed ``<set>/<metric>`` (``general/perplexity``); the
 suite's own eval set keeps the bare names.
@@ -90,6 +93,20 @@ def _chrf(sums: Sums, n: int) -> np.ndarray:
     return chrf_from_sums(sums)
 
 
+def _exp_neg(ll: str, units: str | None, sums: Sums, n: int) -> np.ndarray:
+    """exp(-sum ll / sum units), units None: per document (lm-eval's ``perplexity`` and
+    ``weighted_perplexity`` aggregations)."""
+    denominator = n if units is None else np.asarray(sums[units])
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.exp(-np.asarray(sums[ll]) / denominator)
+
+
+def _bits_per_byte(sums: Sums, n: int) -> np.ndarray:
+    """-sum ll / sum bytes / ln 2 (lm-eval's ``bits_per_byte`` aggregation)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.asarray(sums["rolling_ll"]) / np.asarray(sums["n_bytes"]) / math.log(2)
+
+
 def _item_score(key: str, label: str, choice: str) -> Metric:
     """A generated-text metric that is the mean of a per-item score in 0..1: 4 decimals show
     gains the size of the phi-2 XSum report's ROUGE-2 (+0.0007)."""
@@ -102,6 +119,11 @@ def _right_or_wrong(key: str, label: str) -> Metric:
     0.0001 is a hundredth of a percentage point)."""
     return Metric(key, label, key, (key,), partial(_mean_of, key), item_mean=True,
                   binary=True, decimals=4)
+
+
+def _task_perplexity(key: str, label: str, columns: tuple[str, ...], value: Callable) -> Metric:
+    """A perplexity of an lm-evaluation-harness task (no suite chooses it: the task does)."""
+    return Metric(key, label, None, columns, value, lower_is_better=True, decimals=4)
 
 
 def _throughput(key: str, label: str) -> Metric:
@@ -126,6 +148,17 @@ TABLE: tuple[Metric, ...] = (
     _item_score("bertscore", "BERTScore F1", "bertscore"),
     _right_or_wrong("acc", "Accuracy"),
     _right_or_wrong("acc_norm", "Accuracy (length-normalised)"),
+    # Scored only by an lm-evaluation-harness task that names them (LM_EVAL).
+    Metric("acc_mutual_info", "Accuracy (mutual information)", None, ("acc_mutual_info",),
+           partial(_mean_of, "acc_mutual_info"), item_mean=True, binary=True, decimals=4),
+    _task_perplexity("doc_perplexity", "Perplexity (per document)", ("doc_ll",),
+                     partial(_exp_neg, "doc_ll", None)),
+    _task_perplexity("word_perplexity", "Word perplexity", ("rolling_ll", "n_words"),
+                     partial(_exp_neg, "rolling_ll", "n_words")),
+    _task_perplexity("byte_perplexity", "Byte perplexity", ("rolling_ll", "n_bytes"),
+                     partial(_exp_neg, "rolling_ll", "n_bytes")),
+    _task_perplexity("bits_per_byte", "Bits per byte", ("rolling_ll", "n_bytes"),
+                     _bits_per_byte),
     _throughput("eval_tokens_per_s", "Eval tokens/s"),
     _throughput("gen_tokens_per_s", "Gen tokens/s"),
     # Printed in binary units (formatting.byte_size), hence no decimals.
@@ -151,6 +184,22 @@ CHOICES = tuple(dict.fromkeys(m.choice for m in TABLE if m.choice))
 GENERATION_CHOICES = frozenset(m.choice for m in TABLE if m.choice and m.generated)
 DECIMALS = {m.key: m.decimals for m in TABLE if m.decimals is not None}
 LABELS = {m.key: m.label for m in TABLE}
+
+# An lm-evaluation-harness task's metric -> its key here, by (lm-eval's metric name, the name
+# of its aggregation). The per-document value lm-eval's process_results gives is a number
+# (the key's one column) or a (log-likelihood, words or bytes) pair (its two columns).
+# lm-eval's "perplexity" is the exp of minus the mean *document* log-likelihood: harness's own
+# perplexity is token-weighted, so the task's gets its own key.
+LM_EVAL: dict[tuple[str, str], str] = {
+    ("acc", "mean"): "acc",
+    ("acc_norm", "mean"): "acc_norm",
+    ("acc_mutual_info", "mean"): "acc_mutual_info",
+    ("exact_match", "mean"): "exact_match",
+    ("perplexity", "perplexity"): "doc_perplexity",
+    ("word_perplexity", "weighted_perplexity"): "word_perplexity",
+    ("byte_perplexity", "weighted_perplexity"): "byte_perplexity",
+    ("bits_per_byte", "bits_per_byte"): "bits_per_byte",
+}
 
 SET_SEP = "/"  # <set>/<metric>: a metric of an extra eval set
 

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from harness import metrics as M
-from harness.run import distributed, memory, scoring, textmetrics
+from harness.run import distributed, memory, scoring, taskrequests, textmetrics
 from harness.run.encoding import Encoded
 from harness.suite.config import EvalSpec
+from harness.suite.lmtasks import LmTask
 from harness.suite.prompts import Example
 
 Task = Callable[[str, int], Callable[[int], None]]  # progress.task(label, total) -> advance
@@ -35,6 +36,8 @@ class Target:
     items: Sequence[Any]  # Encoded; EncodedChoices for a multiple-choice set
     metrics: tuple[str, ...]
     multiple_choice: bool = False
+    lm_task: LmTask | None = None  # an lm-eval task: its documents' requests, its scoring
+    max_length: int | None = None  # an lm-eval task's context; None: the model's own
 
     @property
     def generate(self) -> bool:
@@ -67,6 +70,9 @@ def evaluate(model: Any, tok: Any, targets: Sequence[Target], spec: EvalSpec, *,
 def _score(model: Any, tok: Any, t: Target, spec: EvalSpec, arm: str, task: Task
            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     where = f" on {t.name}" if t.name else ""
+    if t.lm_task is not None:
+        return _score_task(model, tok, t, spec, task(f"lm-eval {arm}{where}",
+                                                     len(t.lm_task.docs)), arm)
     if t.multiple_choice:
         return _score_choices(model, tok, t, spec.batch_size, task, f"choices {arm}{where}",
                               arm)
@@ -96,6 +102,27 @@ def _score_choices(model: Any, tok: Any, t: Target, batch_size: int, task: Task,
                                         task(label, len(mine)))
     rows = [choice_row(arm, t.name, ex, ll)
             for ex, ll in zip(t.examples, distributed.gather(lls, len(t.items)))]
+    return rows, {M.keyed(t.name, k): M.from_rows(k, rows) for k in t.metrics}
+
+
+def _score_task(model: Any, tok: Any, t: Target, spec: EvalSpec, advance: Callable[[int], None],
+                arm: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """An lm-eval task: this arm answers its requests, lm-eval's task scores each document.
+    Documents per batch: eval.batch_size (a multiple-choice one brings all its choices),
+    eval.generate_batch_size for generation."""
+    assert t.lm_task is not None
+    docs = t.lm_task.docs
+    mine = [docs[i] for i in distributed.my_share(len(docs))]  # all in one process
+    answers = taskrequests.answer(model, tok, mine, t.lm_task.output_type,
+                                  batch_size=spec.batch_size,
+                                  gen_batch_size=spec.gen_batch_size,
+                                  max_length=t.max_length, seed=spec.seed, advance=advance)
+    scored = t.lm_task.score(distributed.gather(answers, len(docs)))
+    rows = [{"arm": arm, "set": t.name, "id": ex.id, "prompt": ex.prompt,
+             "reference": ex.response, "prediction": None, "loss": None, "nll_sum": None,
+             "n_tokens": None, "gen_tokens": None,
+             **({"gold": ex.gold} if ex.choices else {}), **doc}
+            for ex, doc in zip(t.examples, scored)]
     return rows, {M.keyed(t.name, k): M.from_rows(k, rows) for k in t.metrics}
 
 

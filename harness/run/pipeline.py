@@ -431,6 +431,12 @@ def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
     """[eval.sets.*], encoded with ``tok`` (an existing adapter may bring its own)."""
     out = []
     for s in run.sets:
+        if s.task is not None:  # lm-eval tokenizes each arm's requests as it answers them
+            out.append(evaluation.Target(
+                s.name, s.examples, (), s.metrics, lm_task=s.task,
+                max_length=s.spec.max_length if "max_length" in s.spec.model_fields_set
+                else None))
+            continue
         if s.spec.multiple_choice:
             items: list[Any] = [encoding.encode_choices(ex, tok, s.spec.as_data())
                                 for ex in s.examples]
@@ -472,7 +478,7 @@ def _skeleton(run: _Run, checked: Preflight) -> dict[str, Any]:
 def _sets_summary(sets: list[data.EvalSet]) -> dict[str, Any]:
     if not sets:
         return {}
-    return {"eval_sets": {s.name: {**s.summary(), "metrics": s.spec.metrics,
+    return {"eval_sets": {s.name: {**s.summary(), "metrics": list(s.metrics),
                                    "forgetting": s.spec.forgetting}
                           for s in sets}}
 

@@ -320,7 +320,7 @@ def generate(
     texts: list[str] = [""] * len(items)
     counts = [0] * len(items)
     gen_cfg = generation_config(model, tokenizer, spec)
-    eos = set(_as_list(gen_cfg.eos_token_id))
+    eos = set(as_list(gen_cfg.eos_token_id))
     with torch.inference_mode():
         _warm_up_generation(model, items, gen_cfg)
         torch.manual_seed(spec.seed)
@@ -354,7 +354,7 @@ def generation_config(model: Any, tokenizer: Any, spec: EvalSpec):
     models) never leaks in, so greedy means greedy."""
     from transformers import GenerationConfig
 
-    eos = set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    eos = set(as_list(getattr(model.generation_config, "eos_token_id", None)))
     eos.add(tokenizer.eos_token_id)
     kw: dict[str, Any] = {}
     if spec.do_sample:
@@ -367,6 +367,13 @@ def generation_config(model: Any, tokenizer: Any, spec: EvalSpec):
 
 
 def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], gen_cfg: Any) -> Any:
+    return generate_tokens(model, prompts, gen_cfg)
+
+
+def generate_tokens(model: Any, prompts: Sequence[Sequence[int]], gen_cfg: Any,
+                    tokenizer: Any = None) -> Any:
+    """The new tokens [B, new] of one left-padded batch; ``tokenizer`` lets ``gen_cfg``'s
+    stop_strings be matched."""
     import torch
 
     device = next(model.parameters()).device
@@ -376,8 +383,9 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], gen_cfg: Any) 
     for row, p in enumerate(prompts):  # left padding: every row's next token is at `width`
         ids[row, width - len(p):] = torch.tensor(p)
         mask[row, width - len(p):] = 1
+    extra = {"tokenizer": tokenizer} if tokenizer is not None else {}
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         generation_config=gen_cfg)
+                         generation_config=gen_cfg, **extra)
     return out[:, width:]  # [B, new]
 
 
@@ -388,7 +396,7 @@ def _count_until_eos(row: Sequence[int], eos: set[int]) -> int:
     return len(row)
 
 
-def _as_list(x: Any) -> list[Any]:
+def as_list(x: Any) -> list[Any]:
     if x is None:
         return []
     return list(x) if isinstance(x, (list, tuple)) else [x]

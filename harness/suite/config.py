@@ -261,6 +261,15 @@ def _generate_set_metrics(metrics: list[str]) -> list[str]:
     return metrics
 
 
+# simple_evaluate's default few-shot seed (lm_eval.evaluator, fewshot_random_seed): with it,
+# a task's few-shot contexts are the ones lm-eval itself builds.
+LM_EVAL_FEWSHOT_SEED = 1234
+# The keys an lm_eval_task set reads (max_length: the model's context, as lm-eval's HFLM
+# uses, unless set); and those only it reads.
+LM_EVAL_SET_KEYS = frozenset({"task", "lm_eval_task", "num_fewshot", "limit", "fewshot_seed",
+                              "filter", "max_length", "forgetting", "metrics"})
+LM_EVAL_KEYS = ("lm_eval_task", "limit", "fewshot_seed", "filter")
+
 # The variables a multiple-choice row gives its templates, each from the column of its own
 # name unless ``fields`` maps it to another.
 CHOICE_FIELDS = ("question", "choices", "answer")
@@ -272,14 +281,25 @@ class EvalSetSpec(_Strict):
 
     ``task = "multiple_choice"``: each row has a question, its choices and the answer; every
     choice's log-likelihood after the prompt is scored and the most likely one is the pick
-    (metrics acc / acc_norm)."""
+    (metrics acc / acc_norm).
+
+    ``lm_eval_task``: an lm-evaluation-harness task (a name it knows, or a task YAML file):
+    its documents, prompts, few-shot examples, requests, filters and metrics are lm-eval's
+    own; harness answers the requests with each arm (``task`` becomes "lm_eval")."""
 
     path: Optional[NonEmpty] = None
     dataset: Optional[NonEmpty] = None
     config_name: Optional[NonEmpty] = None
     split: str = "train"
     format: Optional[Literal["json", "jsonl", "csv", "parquet"]] = None
-    task: Literal["generate", "multiple_choice"] = "generate"
+    task: Literal["generate", "multiple_choice", "lm_eval"] = "generate"
+    lm_eval_task: Optional[NonEmpty] = None
+    limit: Optional[Rows] = None  # lm_eval only: its first N documents, as lm-eval's --limit
+    # lm_eval only: the few-shot sampler's seed (lm-eval's own default, so contexts match it)
+    fewshot_seed: Seed = LM_EVAL_FEWSHOT_SEED
+    # lm_eval only: which of the task's filters scores (default: its first; "none" when it
+    # has none), e.g. "strict-match" or "flexible-extract" of gsm8k.
+    filter: Optional[NonEmpty] = None
     fields: dict[str, str] = Field(default_factory=dict)
     # Empty prompt: the loss is over the whole rendered response, i.e. the text itself.
     prompt_template: str = ""
@@ -301,7 +321,10 @@ class EvalSetSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _choice_metrics_by_default(cls, data: Any) -> Any:
-        """A multiple-choice set scores acc and acc_norm unless it names its metrics."""
+        """A multiple-choice set scores acc and acc_norm unless it names its metrics; an
+        lm-eval set is task "lm_eval" and scores the task's own metrics (found when it loads)."""
+        if isinstance(data, dict) and data.get("lm_eval_task") is not None:
+            data = {"task": "lm_eval", "metrics": [], **data}
         if isinstance(data, dict) and data.get("task") == "multiple_choice":
             data = {"metrics": list(M.MULTIPLE_CHOICE_CHOICES), **data}
         return data
@@ -309,12 +332,21 @@ class EvalSetSpec(_Strict):
     @field_validator("metrics")
     @classmethod
     def _generate_metrics(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("task") == "lm_eval":
+            return v
         return v if info.data.get("task") == "multiple_choice" else _generate_set_metrics(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalSetSpec:
+        if self.lm_eval:
+            self._check_lm_eval_keys()
+            return self
         if (self.path is None) == (self.dataset is None):
             raise ValueError("set exactly one of path or dataset")
+        for key in LM_EVAL_KEYS:
+            if key in self.model_fields_set:
+                raise ValueError(f"{key}: only an lm_eval_task set reads it (this set has "
+                                 f"task = {self.task!r})")
         if self.multiple_choice:
             self._check_choice_keys()
         else:
@@ -333,6 +365,19 @@ class EvalSetSpec(_Strict):
             raise ValueError(f"metrics: {wrong} cannot score a multiple_choice set; it scores "
                              f"{list(M.MULTIPLE_CHOICE_CHOICES)}")
 
+    def _check_lm_eval_keys(self) -> None:
+        """The task defines its data, prompts and metrics: keys that would say otherwise are
+        refused rather than silently ignored."""
+        if self.lm_eval_task is None:
+            raise ValueError('task = "lm_eval" needs lm_eval_task (a task name or YAML file)')
+        if self.metrics:
+            raise ValueError("metrics: an lm_eval_task set scores the task's own metrics")
+        theirs = sorted(k for k in self.model_fields_set if k not in LM_EVAL_SET_KEYS)
+        if theirs:
+            raise ValueError(f"{theirs[0]}: an lm_eval_task set takes its data, prompts and "
+                             f"metrics from the task; it reads only "
+                             f"{', '.join(sorted(LM_EVAL_SET_KEYS - {'task', 'metrics'}))}")
+
     def _check_generate_keys(self) -> None:
         if self.response_template is None:
             raise ValueError("response_template: required key is missing")
@@ -343,6 +388,10 @@ class EvalSetSpec(_Strict):
     @property
     def multiple_choice(self) -> bool:
         return self.task == "multiple_choice"
+
+    @property
+    def lm_eval(self) -> bool:
+        return self.task == "lm_eval"
 
     @property
     def generate(self) -> bool:

@@ -28,8 +28,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from harness.errors import DataError
+from harness.suite import lmtasks
 from harness.suite.config import DataSpec, EvalSetSpec, Suite, resolve
 from harness.suite.datafiles import Pool, check_fields, load_pools
+from harness.suite.lmtasks import LmTask
 from harness.suite.prompts import BadRow, Example, choice_renderer, renderer, row_id
 
 T = TypeVar("T")
@@ -79,11 +81,18 @@ class EvalSet:
     spec: EvalSetSpec
     examples: tuple[Example, ...]
     fingerprint: str
-    source: str  # the file or hub dataset it was read from
+    source: str  # the file or hub dataset it was read from (an lm-eval set: its task)
+    task: LmTask | None = None  # an lm_eval_task set: the built task and its requests
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metric keys (bare) it scores: the suite's choices, or the task's own."""
+        return self.task.keys if self.task else tuple(self.spec.metrics)
 
     def summary(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "n_items": len(self.examples),
-                "source": self.source}
+        out = {"fingerprint": self.fingerprint, "n_items": len(self.examples),
+               "source": self.source}
+        return {**out, **self.task.summary()} if self.task else out
 
 
 def load_eval_sets(suite: Suite) -> list[EvalSet]:
@@ -95,6 +104,10 @@ def load_eval_set(name: str, spec: EvalSetSpec, base_dir: Path, *, suite: str) -
     """The rows of [eval.sets.NAME], read by the same code as [data] (one pool, all eval);
     errors name the suite and the set's keys."""
     table = f"eval.sets.{name}"
+    if spec.lm_eval:
+        task = _naming(suite, lambda: lmtasks.load_task(name, spec, base_dir))
+        return EvalSet(name, spec, task.examples(), task.fingerprint(),
+                       f"lm-eval task {spec.lm_eval_task}", task)
     if spec.multiple_choice:
         examples = _naming(suite, lambda: read_choice_items(spec, base_dir, table))
         fp = fingerprint(examples)

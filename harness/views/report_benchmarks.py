@@ -12,7 +12,9 @@ from harness.views import formatting as F
 from harness.views.report_data import ReportData, as_dict, label
 from harness.views.report_headline import change_text, p_name, significant, value_text
 
-MULTIPLE_CHOICE = "multiple_choice"  # config.eval.sets.<set>.task of a benchmark set
+# config.eval.sets.<set>.task of a benchmark set: the suite's own multiple-choice data, or an
+# lm-evaluation-harness task (whose right/wrong metrics the table shows).
+BENCHMARK_TASKS = ("multiple_choice", "lm_eval")
 
 
 def benchmark_tables(d: ReportData) -> list[dict[str, Any]]:
@@ -22,7 +24,7 @@ def benchmark_tables(d: ReportData) -> list[dict[str, Any]]:
     data = as_dict(as_dict(d.record.get("data")).get("eval_sets"))
     tables = []
     for name, spec in sets.items():
-        keys = _keys(d, name) if as_dict(spec).get("task") == MULTIPLE_CHOICE else []
+        keys = _keys(d, name) if as_dict(spec).get("task") in BENCHMARK_TASKS else []
         if keys:
             info = as_dict(data.get(name))
             tables.append({"set": name, "n_items": F.count(info.get("n_items")),

@@ -1,0 +1,271 @@
+"""lm-evaluation-harness tasks as eval sets ([eval.sets.NAME] lm_eval_task = ...).
+
+lm-eval's own task object gives the documents, prompts, few-shot examples (its sampler, seeded
+as ``simple_evaluate`` seeds it), the requests, the filters and each document's metrics
+(``process_results``), so the numbers are lm-eval's definition; harness only answers the
+requests, with each arm (harness.run.taskrequests). No torch: lm-eval's task modules import
+none. lm-eval is an optional dependency, imported here only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import metrics as M
+from harness.errors import DataError, DatasetUnavailable, InputError, one_line
+from harness.suite.config import EvalSetSpec, resolve
+from harness.suite.prompts import Example
+
+INSTALL = "pip install 'harness[lm-eval]'"
+OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until")
+
+
+class LmEvalMissing(InputError):
+    """A suite names an lm-eval task but lm-eval is not installed."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a document, as lm-eval's Instance gives it: ``kind`` is its
+    request_type; ``args`` (context, continuation) for loglikelihood, (text,) for
+    loglikelihood_rolling, (context, generation kwargs) for generate_until."""
+
+    kind: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Doc:
+    id: str
+    requests: tuple[Request, ...]
+
+
+def _lm_eval() -> Any:
+    try:
+        import lm_eval.tasks
+    except ImportError as e:
+        raise LmEvalMissing(f"lm-evaluation-harness is not installed ({one_line(e)}); "
+                            f"install it with: {INSTALL}") from None
+    return lm_eval
+
+
+class LmTask:
+    """One lm-eval task, built and its requests made, for one eval set."""
+
+    def __init__(self, set_name: str, spec: EvalSetSpec, task: Any, table: str) -> None:
+        self.set_name, self.spec, self.task = set_name, spec, task
+        self.output_type: str = task.OUTPUT_TYPE
+        if self.output_type not in OUTPUT_TYPES:
+            raise InputError(f"{table}.lm_eval_task: output_type {self.output_type!r} is not "
+                             f"one harness answers ({', '.join(OUTPUT_TYPES)})")
+        self.filter_key = _filter_key(task, spec.filter, table)
+        self.metrics, self.skipped = _task_metrics(task, table)
+        self._raw = list(task.doc_iterator(rank=0, limit=spec.limit, world_size=1))
+        self._instances = _by_doc(task.instances)
+        self.docs = tuple(Doc(str(i), tuple(Request(x.request_type, tuple(x.args))
+                                            for x in self._instances[i]))
+                          for i, _ in self._raw)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The harness metric keys this set scores (bare: evaluation prefixes the set)."""
+        return tuple(self.metrics)
+
+    def examples(self) -> tuple[Example, ...]:
+        """One Example per document: its first request's context, its target, and for a
+        multiple-choice task the choices, their continuations and the answer's index."""
+        return tuple(self._example(d, doc) for d, (_, doc) in zip(self.docs, self._raw))
+
+    def _example(self, d: Doc, doc: Any) -> Example:
+        target = self.task.doc_to_target(doc)
+        if self.output_type != "multiple_choice":
+            return Example(d.id, str(d.requests[0].args[0]), _text(target))
+        choices = tuple(str(c) for c in self.task.doc_to_choice(doc))
+        gold = target if isinstance(target, int) and 0 <= target < len(choices) else None
+        return Example(d.id, str(d.requests[0].args[0]),
+                       choices[gold] if gold is not None else _text(target), choices=choices,
+                       continuations=tuple(str(r.args[1]) for r in d.requests), gold=gold)
+
+    def fingerprint(self) -> str:
+        """sha256 over every document's id, requests and target: equal iff the same requests
+        (prompts, few-shot examples, choices, generation settings) were made."""
+        h = hashlib.sha256()
+        for d, (_, doc) in zip(self.docs, self._raw):
+            item = [d.id, [[r.kind, list(r.args)] for r in d.requests],
+                    _text(self.task.doc_to_target(doc))]
+            h.update(json.dumps(item, sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
+
+    def score(self, responses: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Each document's metric columns (and what the example browser shows) from one arm's
+        responses, ``responses[i][j]`` answering request j of document i: lm-eval's filters
+        and ``process_results`` turn them into the task's per-document metrics."""
+        for (i, _), answers in zip(self._raw, responses):
+            for inst, answer in zip(self._instances[i], answers):
+                inst.resps, inst.filtered_resps = [answer] * inst.repeats, {}
+        self.task.apply_filters()
+        return [self._doc_row(i, doc) for i, doc in self._raw]
+
+    def _doc_row(self, i: int, doc: Any) -> dict[str, Any]:
+        answers = [inst.filtered_resps[self.filter_key] for inst in self._instances[i]]
+        values = self.task.process_results(doc, answers)
+        row: dict[str, Any] = {}
+        for key, name in self.metrics.items():
+            row.update(_columns(key, values[name]))
+        if self.output_type == "multiple_choice":
+            row.update(_choice_view(self.task.doc_to_choice(doc), answers))
+        elif self.output_type == "generate_until":
+            row["prediction"] = _text(answers[0])
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        """What the record keeps of the task: enough to rebuild the same requests."""
+        import lm_eval
+
+        return {"lm_eval_task": self.spec.lm_eval_task, "lm_eval_version": lm_eval.__version__,
+                "task_name": self.task.config.task, "output_type": self.output_type,
+                "num_fewshot": self.task.config.num_fewshot,
+                "fewshot_seed": self.spec.fewshot_seed,
+                "limit": self.spec.limit, "filter": self.filter_key,
+                "task_metrics": {k: n for k, n in self.metrics.items()},
+                "skipped_metrics": list(self.skipped)}
+
+
+def _text(x: Any) -> str:
+    return x if isinstance(x, str) else json.dumps(x, default=str)
+
+
+def _choice_view(choices: Sequence[Any], answers: Sequence[Any]) -> dict[str, Any]:
+    """The picks the browser shows, as lm-eval's multiple_choice scoring makes them: the
+    highest log-likelihood, and the highest per character of the choice (acc_norm)."""
+    lls = np.array([float(a[0]) for a in answers])
+    lens = np.array([float(len(str(c))) for c in choices])
+    pick, pick_norm = int(np.argmax(lls)), int(np.argmax(lls / lens))
+    return {"choices": [str(c) for c in choices], "loglikelihoods": lls.tolist(),
+            "pick": pick, "pick_norm": pick_norm, "prediction": str(choices[pick])}
+
+
+def _columns(key: str, value: Any) -> dict[str, float]:
+    """A document's value of metric ``key`` as its predictions.jsonl columns: a number in the
+    key's one column, a (log-likelihood, words or bytes) pair in its two."""
+    cols = M.columns(key)
+    parts = value if isinstance(value, (tuple, list)) else (value,)
+    if len(parts) != len(cols):
+        raise DataError(f"lm-eval metric for {key} gave {value!r}, expected {len(cols)} "
+                        "value(s)")
+    return {c: float(v) for c, v in zip(cols, parts)}
+
+
+def _by_doc(instances: Sequence[Any]) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = {}
+    for inst in instances:
+        out.setdefault(inst.doc_id, []).append(inst)
+    return {k: sorted(v, key=lambda x: x.idx) for k, v in out.items()}
+
+
+def _filter_key(task: Any, wanted: str | None, table: str) -> str:
+    names = [f.name for f in getattr(task, "_filters", [])] or ["none"]
+    if wanted is None:
+        return names[0]
+    if wanted not in names:
+        raise InputError(f"{table}.filter = {wanted!r}: the task's filters are "
+                         f"{', '.join(names)}")
+    return wanted
+
+
+def _task_metrics(task: Any, table: str) -> tuple[dict[str, str], list[str]]:
+    """harness key -> lm-eval metric name for each metric of the task harness can pair
+    (metrics.LM_EVAL), and a line for each it cannot (its aggregation is not one harness
+    recomputes from per-document sums)."""
+    from lm_eval.api.registry import AGGREGATION_REGISTRY
+
+    agg_names = {id(fn): name for name, fn in AGGREGATION_REGISTRY.items()}
+    higher = task.higher_is_better()
+    keys: dict[str, str] = {}
+    skipped: list[str] = []
+    for name, fn in task.aggregation().items():
+        agg = agg_names.get(id(fn), getattr(fn, "__name__", str(fn)))
+        key = M.LM_EVAL.get((name, agg))
+        if key is None or M.lower_is_better(key) == bool(higher.get(name, True)):
+            skipped.append(f"{name} (aggregation {agg})")
+        else:
+            keys[key] = name
+    if not keys:
+        raise InputError(f"{table}.lm_eval_task: none of the task's metrics can be paired: "
+                         f"{', '.join(skipped)}; harness pairs "
+                         f"{', '.join(sorted({f'{n} ({a})' for n, a in M.LM_EVAL}))}")
+    return keys, skipped
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """lm-eval logs every default it fills in (several lines per metric) at INFO/WARNING,
+    and draws progress bars on stderr for a build that takes milliseconds."""
+    log = logging.getLogger("lm_eval")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def load_task(name: str, spec: EvalSetSpec, base_dir: Path) -> LmTask:
+    """Build the set's task, its few-shot settings as ``simple_evaluate`` applies them, and
+    its requests for the first ``limit`` documents. A task YAML's relative ``data_files``
+    resolve against the YAML's folder. Bad input raises InputError; a hub data set that
+    cannot be reached raises DatasetUnavailable (validate lists it as unchecked)."""
+    table = f"eval.sets.{name}"
+    lm_eval = _lm_eval()
+    source = spec.lm_eval_task or ""
+    path = resolve(base_dir, source)
+    local = source.endswith((".yaml", ".yml")) or path.is_file()
+    if local and not path.is_file():
+        raise InputError(f"{table}.lm_eval_task: no task YAML at {path}")
+    with _quiet():
+        manager = lm_eval.tasks.TaskManager(include_defaults=not local)
+        task = _loaded(manager, str(path) if local else source, path.parent if local else None,
+                       table)
+        _set_fewshot(task, spec)
+        task.build_all_requests(limit=spec.limit, rank=0, world_size=1)
+    return LmTask(name, spec, task, table)
+
+
+def _loaded(manager: Any, source: str, folder: Path | None, table: str) -> Any:
+    try:
+        with contextlib.chdir(folder) if folder else contextlib.nullcontext():
+            tasks = manager.load([source])["tasks"]
+    except ConnectionError as e:
+        raise DatasetUnavailable(f"{table}.lm_eval_task {source!r}: cannot load its data "
+                                 f"set: {one_line(e)}") from e
+    except KeyError:
+        raise InputError(f"{table}.lm_eval_task = {source!r}: lm-eval knows no such task "
+                         "(a task name, or the path of a task YAML file)") from None
+    except Exception as e:  # noqa: BLE001 - a task YAML / data file problem, in its words
+        raise DataError(f"{table}.lm_eval_task {source!r}: {one_line(e)}") from e
+    if len(tasks) != 1:
+        raise InputError(f"{table}.lm_eval_task = {source!r} is a group of {len(tasks)} tasks "
+                         f"({', '.join(sorted(tasks)[:5])}...); give one set per task")
+    return next(iter(tasks.values()))
+
+
+def _set_fewshot(task: Any, spec: EvalSetSpec) -> None:
+    """num_fewshot as simple_evaluate applies it: a task whose config fixes 0 keeps 0; unset,
+    the task's own default, else 0. Then the sampler's seed."""
+    default = task.get_config("num_fewshot")
+    if spec.num_fewshot is not None and default != 0:
+        task.set_config(key="num_fewshot", value=spec.num_fewshot)
+    elif default is None:
+        task.set_config(key="num_fewshot", value=0)
+    task.set_fewshot_seed(seed=spec.fewshot_seed)
