@@ -1,0 +1,361 @@
+"""lm-evaluation-harness tasks as eval sets, through the CLI on the tiny model, against
+lm-eval's own ``simple_evaluate`` with its ``HFLM`` on the same model: local task YAMLs of each
+output type (multiple_choice 0- and 3-shot, generate_until, loglikelihood,
+loglikelihood_rolling) give the same per-document results; the same questions as a native
+multiple-choice set give the same accuracy; a task's accuracy is paired with McNemar's test;
+bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scipy.stats import binomtest
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+from .conftest import cli_run, tiny_suite_text
+
+pytest.importorskip("lm_eval")
+
+runner = CliRunner()
+
+CHOICES = ["blue", "green", "red wine", "a yellow-ish colour", "été", "grey"]
+QUESTIONS = [{"question": f"Item {i}: which colour is the sky on day {i}?",
+              "choices": CHOICES[: 2 + i % 5], "answer": i % (2 + i % 5)} for i in range(12)]
+TEXTS = [{"text": "The quick brown fox jumps over the lazy dog. " * (1 + i % 3) + f"Line {i}."}
+         for i in range(4)]
+SUMS = [{"q": f"{a}+{b}", "a": str(a + b)} for a, b in [(2, 2), (3, 3), (1, 1), (5, 1), (4, 4)]]
+
+MC_YAML = """task: toy_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: mc.jsonl
+test_split: test
+fewshot_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_choice: "{{choices}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+GEN_YAML = """task: toy_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: gen.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: {{q}}\\nA:"
+doc_to_target: "{{a}}"
+generation_kwargs:
+  until: ["\\n\\n", "Q:"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+ROLL_YAML = """task: toy_roll
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: text.jsonl
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{text}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+"""
+LL_YAML = """task: toy_ll
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: sums.jsonl
+test_split: test
+output_type: loglikelihood
+doc_to_text: "Q: {{q}}\\nA:"
+doc_to_target: " {{a}}"
+metric_list:
+  - metric: perplexity
+  - metric: acc
+"""
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+
+
+def _greedy_answers(model_dir: Path) -> list[dict[str, str]]:
+    """The sums, with the answers of docs 0, 2 and 4 replaced by the tiny model's own greedy
+    continuation (plain transformers, cut at the first newline as the task's ``until`` cuts):
+    exact match is then 1 on those and 0 on the others, for both tools, if they generate the
+    same text."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    rows = []
+    for i, r in enumerate(SUMS):
+        if i % 2 == 0:
+            ids = tok(f"Q: {r['q']}\nA:", return_tensors="pt")["input_ids"]
+            with torch.inference_mode():
+                out = model.generate(ids, max_new_tokens=6, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+            text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            r = {**r, "a": text.split("\n\n")[0].split("Q:")[0]}
+        rows.append(r)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory, tiny_model_dir) -> Path:
+    d = tmp_path_factory.mktemp("lm-eval-tasks")
+    _jsonl(d / "mc.jsonl", QUESTIONS)
+    _jsonl(d / "gen.jsonl", _greedy_answers(tiny_model_dir))
+    _jsonl(d / "text.jsonl", TEXTS)
+    _jsonl(d / "sums.jsonl", SUMS)
+    for name, text in [("mc", MC_YAML), ("gen", GEN_YAML), ("roll", ROLL_YAML), ("ll", LL_YAML)]:
+        (d / f"toy_{name}.yaml").write_text(text, encoding="utf-8")
+    return d
+
+
+def _lm_eval(model_dir: Path, yaml: Path, num_fewshot: int, limit: int | None = None
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """lm-eval's own results and per-document samples (HFLM, batch 4, CPU, float32); run
+    from the YAML's folder, where its relative data_files resolve."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=str(model_dir), batch_size=4, device="cpu", dtype="float32")
+    with contextlib.chdir(yaml.parent):
+        out = simple_evaluate(model=lm, tasks=[str(yaml)], num_fewshot=num_fewshot,
+                              limit=limit, log_samples=True, bootstrap_iters=0)
+    name = yaml.stem
+    return out["results"][name], sorted(out["samples"][name], key=lambda s: s["doc_id"])
+
+
+def _suite(tmp_path: Path, model_dir: Path, sets: str) -> Path:
+    """A zero-shot suite (no training) with the tiny model's own data and ``sets``."""
+    text = tiny_suite_text(model_dir)
+    text = text[: text.index("[train]")] + text[text.index("[eval]"):] + sets
+    (tmp_path / "instruct.jsonl").write_text(
+        (Path(__file__).parent / "assets" / "instruct.jsonl").read_text(encoding="utf-8"),
+        encoding="utf-8")
+    (tmp_path / "s.toml").write_text(text, encoding="utf-8")
+    return tmp_path / "s.toml"
+
+
+def _rows(run: Path, eval_set: str, arm: str = "baseline") -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").open(encoding="utf-8")]
+    return sorted((r for r in rows if r["set"] == eval_set and r["arm"] == arm),
+                  key=lambda r: int(r["id"]))
+
+
+def _metrics(run: Path, arm: str = "baseline") -> dict[str, Any]:
+    return json.loads((run / "run.json").read_text(encoding="utf-8"))["arms"][arm]["metrics"]
+
+
+@pytest.mark.parametrize("shots", [0, 3])
+def test_a_multiple_choice_task_equals_lm_eval_per_document(tmp_path, tiny_model_dir, tasks,
+                                                            shots):
+    suite = _suite(tmp_path, tiny_model_dir, f'''
+[eval.sets.mc]
+lm_eval_task = "{tasks / 'toy_mc.yaml'}"
+num_fewshot = {shots}
+limit = 10
+''')
+    run = cli_run(suite, tmp_path / "out")
+    results, samples = _lm_eval(tiny_model_dir, tasks / "toy_mc.yaml", shots, limit=10)
+    rows = _rows(run, "mc")
+    assert [int(r["id"]) for r in rows] == [s["doc_id"] for s in samples] == list(range(10))
+    for r, s in zip(rows, samples):
+        assert (r["acc"], r["acc_norm"]) == (s["acc"], s["acc_norm"]), r["id"]
+        theirs = [float(resp[0][0]) for resp in s["resps"]]
+        assert r["loglikelihoods"] == pytest.approx(theirs, rel=1e-4)
+        assert r["prompt"] == s["arguments"][0][0]  # the same few-shot context
+    m = _metrics(run)
+    assert m["mc/acc"] == pytest.approx(results["acc,none"], abs=1e-12)
+    assert m["mc/acc_norm"] == pytest.approx(results["acc_norm,none"], abs=1e-12)
+
+
+def test_the_same_questions_as_a_native_set_give_the_same_accuracy(tmp_path, tiny_model_dir,
+                                                                   tasks):
+    (tmp_path / "mc.jsonl").write_text((tasks / "mc.jsonl").read_text(encoding="utf-8"),
+                                       encoding="utf-8")
+    suite = _suite(tmp_path, tiny_model_dir, f'''
+[eval.sets.task]
+lm_eval_task = "{tasks / 'toy_mc.yaml'}"
+
+[eval.sets.native]
+path = "mc.jsonl"
+task = "multiple_choice"
+prompt_template = "Question: {{{{ question }}}}\\nAnswer:"
+''')
+    run = cli_run(suite, tmp_path / "out")
+    task_rows = {r["prompt"]: r for r in _rows(run, "task")}
+    native = [r for r in json.loads("[" + ",".join(
+        (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines()) + "]")
+        if r["set"] == "native"]
+    assert len(native) == len(task_rows) == len(QUESTIONS)
+    for r in native:
+        assert task_rows[r["prompt"]]["loglikelihoods"] == pytest.approx(r["loglikelihoods"],
+                                                                           rel=1e-5)
+        assert (task_rows[r["prompt"]]["acc"], task_rows[r["prompt"]]["acc_norm"]) == (
+            r["acc"], r["acc_norm"])
+    m = _metrics(run)
+    assert (m["task/acc"], m["task/acc_norm"]) == (m["native/acc"], m["native/acc_norm"])
+
+
+def test_a_generate_until_task_equals_lm_eval_per_document(tmp_path, tiny_model_dir, tasks):
+    suite = _suite(tmp_path, tiny_model_dir, f'''
+[eval.sets.sums]
+lm_eval_task = "{tasks / 'toy_gen.yaml'}"
+''')
+    run = cli_run(suite, tmp_path / "out")
+    results, samples = _lm_eval(tiny_model_dir, tasks / "toy_gen.yaml", 0)
+    rows = _rows(run, "sums")
+    assert [r["prediction"] for r in rows] == [s["filtered_resps"][0] for s in samples]
+    assert [r["exact_match"] for r in rows] == [s["exact_match"] for s in samples]
+    assert [r["exact_match"] for r in rows] == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert _metrics(run)["sums/exact_match"] == pytest.approx(results["exact_match,none"])
+
+
+def test_loglikelihood_and_rolling_tasks_equal_lm_eval(tmp_path, tiny_model_dir, tasks):
+    suite = _suite(tmp_path, tiny_model_dir, f'''
+[eval.sets.text]
+lm_eval_task = "{tasks / 'toy_roll.yaml'}"
+max_length = 16
+
+[eval.sets.sums]
+lm_eval_task = "{tasks / 'toy_ll.yaml'}"
+''')
+    run = cli_run(suite, tmp_path / "out")
+    m = _metrics(run)
+    roll, roll_samples = _lm_eval_rolling(tiny_model_dir, tasks / "toy_roll.yaml", 16)
+    for key in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+        assert m[f"text/{key}"] == pytest.approx(roll[f"{key},none"], rel=1e-5)
+    ll, ll_samples = _lm_eval(tiny_model_dir, tasks / "toy_ll.yaml", 0)
+    assert m["sums/doc_perplexity"] == pytest.approx(ll["perplexity,none"], rel=1e-5)
+    assert m["sums/acc"] == ll["acc,none"]
+    rows = _rows(run, "sums")
+    assert [r["doc_ll"] for r in rows] == pytest.approx([s["perplexity"] for s in ll_samples],
+                                                        rel=1e-5)
+    rows = _rows(run, "text")
+    assert [r["n_words"] for r in rows] == [s["word_perplexity"][1] for s in roll_samples]
+    # 16-token windows: every text here spans several, so the rolling windows are exercised.
+    assert all(r["n_bytes"] > 16 for r in rows)
+
+
+def _lm_eval_rolling(model_dir: Path, yaml: Path, max_length: int
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=str(model_dir), batch_size=4, device="cpu", dtype="float32",
+              max_length=max_length)
+    with contextlib.chdir(yaml.parent):
+        out = simple_evaluate(model=lm, tasks=[str(yaml)], log_samples=True, bootstrap_iters=0)
+    return out["results"][yaml.stem], sorted(out["samples"][yaml.stem],
+                                             key=lambda s: s["doc_id"])
+
+
+def test_a_task_accuracy_is_paired_with_mcnemar(suite_dir, tasks):
+    (suite_dir / "tiny.toml").write_text(
+        (suite_dir / "tiny.toml").read_text(encoding="utf-8") + f'''
+[eval.sets.mc]
+lm_eval_task = "{tasks / 'toy_mc.yaml'}"
+''', encoding="utf-8")
+    run = cli_run(suite_dir / "tiny.toml", suite_dir / "out")
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    row = next(c for c in record["comparisons"] if c["metric"] == "mc/acc")
+    base, lora = _rows(run, "mc"), _rows(run, "mc", "lora")
+    b = sum(x["acc"] > y["acc"] for x, y in zip(base, lora))
+    c = sum(x["acc"] < y["acc"] for x, y in zip(base, lora))
+    assert row["test"] == "mcnemar-exact"
+    expected = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+    assert row["p_value"] == pytest.approx(expected, rel=1e-12)
+    info = record["data"]["eval_sets"]["mc"]
+    assert info["output_type"] == "multiple_choice" and info["fewshot_seed"] == 1234
+    assert info["task_metrics"] == {"acc": "acc", "acc_norm": "acc_norm"}
+    gate = runner.invoke(app, ["gate", str(run), "--rule", "mc/acc:-100%:vs-zero-shot"])
+    assert gate.exit_code == 0, gate.output
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "Benchmarks" in report and "mc" in report
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _one_line_exit_2(res: Any, *needles: str) -> None:
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    line = next(ln for ln in res.output.splitlines() if all(n in ln for n in needles))
+    assert line
+
+
+def test_a_task_without_lm_eval_installed_says_what_to_install(tmp_path, tiny_model_dir,
+                                                               tasks, monkeypatch):
+    suite = _suite(tmp_path, tiny_model_dir, f'''
+[eval.sets.mc]
+lm_eval_task = "{tasks / 'toy_mc.yaml'}"
+''')
+    for mod in [m for m in sys.modules if m == "lm_eval" or m.startswith("lm_eval.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval -> ImportError
+    res = runner.invoke(app, ["run", str(suite), "--out", str(tmp_path / "out")])
+    _one_line_exit_2(res, "pip install 'harness[lm-eval]'")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("run.json"))
+
+
+@pytest.mark.parametrize("spec, needles", [
+    ('lm_eval_task = "no_such_task_anywhere"', ("eval.sets.x.lm_eval_task", "no such task")),
+    ('lm_eval_task = "missing.yaml"', ("eval.sets.x.lm_eval_task", "no task YAML")),
+    ('lm_eval_task = "{mc}"\npath = "mc.jsonl"', ("path", "takes its data")),
+    ('lm_eval_task = "{mc}"\nmetrics = ["acc"]', ("metrics", "task's own metrics")),
+    ('lm_eval_task = "{mc}"\nfilter = "strict-match"', ("eval.sets.x.filter", "none")),
+    ('path = "mc.jsonl"\nresponse_template = "x"\nlimit = 3', ("limit", "lm_eval_task")),
+])
+def test_bad_task_input_is_one_line_and_exit_2(tmp_path, tiny_model_dir, tasks, spec, needles):
+    suite = _suite(tmp_path, tiny_model_dir,
+                   "\n[eval.sets.x]\n" + spec.format(mc=tasks / "toy_mc.yaml") + "\n")
+    res = runner.invoke(app, ["run", str(suite), "--out", str(tmp_path / "out")])
+    _one_line_exit_2(res, *needles)
+    assert not any((tmp_path / "out").rglob("predictions.jsonl"))
+
+
+def test_a_hub_task_offline_is_unchecked_in_validate(tmp_path, tiny_model_dir, monkeypatch):
+    """arc_easy's data set is on the hub: offline, validate lists it and still passes."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    suite = _suite(tmp_path, tiny_model_dir, '\n[eval.sets.arc]\nlm_eval_task = "arc_easy"\n')
+    res = runner.invoke(app, ["validate", str(suite)])
+    assert res.exit_code == 0, res.output
+    assert any("arc_easy" in ln and "not checked (offline)" in ln
+               for ln in res.output.splitlines()), res.output
+
+
+def test_a_metric_harness_cannot_pair_is_named(tmp_path, tiny_model_dir, tasks):
+    """f1's aggregation is corpus-level (sklearn over all documents): with no metric left,
+    the set is refused, naming it."""
+    (tasks / "toy_f1.yaml").write_text(
+        MC_YAML.replace("task: toy_mc", "task: toy_f1").replace(
+            "  - metric: acc\n  - metric: acc_norm\n", "  - metric: f1\n"), encoding="utf-8")
+    suite = _suite(tmp_path, tiny_model_dir,
+                   f'\n[eval.sets.x]\nlm_eval_task = "{tasks / "toy_f1.yaml"}"\n')
+    res = runner.invoke(app, ["run", str(suite), "--out", str(tmp_path / "out")])
+    _one_line_exit_2(res, "f1 (aggregation f1)", "can be paired")
