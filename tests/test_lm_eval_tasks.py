@@ -359,3 +359,40 @@ def test_a_metric_harness_cannot_pair_is_named(tmp_path, tiny_model_dir, tasks):
                    f'\n[eval.sets.x]\nlm_eval_task = "{tasks / "toy_f1.yaml"}"\n')
     res = runner.invoke(app, ["run", str(suite), "--out", str(tmp_path / "out")])
     _one_line_exit_2(res, "f1 (aggregation f1)", "can be paired")
+
+
+def test_a_task_set_goes_through_seeds_the_cache_and_shards(suite_dir, tasks):
+    """train.seeds gives a recipe row for the task's accuracy; a second run reuses the cached
+    zero-shot arm with the same rows; two shards of the seeds merge into the one run's
+    numbers."""
+    suite = suite_dir / "tiny.toml"
+    suite.write_text(suite.read_text(encoding="utf-8") + f'''
+[eval.sets.mc]
+lm_eval_task = "{tasks / 'toy_mc.yaml'}"
+num_fewshot = 2
+''', encoding="utf-8")
+    fast = ["--set", "train.max_steps=4", "--set", "eval.max_new_tokens=2", "--set",
+            "data.eval_size=4", "--set", "stats.n_resamples=200", "--set",
+            "train.seeds=[0, 1]"]
+    first = cli_run(suite, suite_dir / "a", *[s for s in fast if s != "--set"])
+    record = json.loads((first / "run.json").read_text(encoding="utf-8"))
+    assert {r["metric"] for r in record["seed_comparisons"]} >= {"mc/acc", "mc/acc_norm"}
+    again = cli_run(suite, suite_dir / "b", *[s for s in fast if s != "--set"])
+    again_record = json.loads((again / "run.json").read_text(encoding="utf-8"))
+    assert again_record["arms"]["baseline"].get("cached") is True
+    assert _rows(again, "mc") == _rows(first, "mc")
+    shards = []
+    for i in range(2):
+        res = runner.invoke(app, ["run", str(suite), "--out", str(suite_dir / f"s{i}"),
+                                  "--shard", f"{i}/2", *fast])
+        assert res.exit_code == 0, res.output
+        shards.append(next(p for p in (suite_dir / f"s{i}" / "tiny").iterdir()
+                           if not p.name.startswith(".")))
+    res = runner.invoke(app, ["merge", *map(str, shards), "--out", str(suite_dir / "m")])
+    assert res.exit_code == 0, res.output
+    merged = json.loads(next((suite_dir / "m").rglob("run.json")).read_text(encoding="utf-8"))
+    for arm in ("lora@s0", "lora@s1"):
+        assert merged["arms"][arm]["metrics"]["mc/acc"] == record["arms"][arm]["metrics"]["mc/acc"]
+    ours = {(c["candidate"], c["metric"]): c["p_value"] for c in record["comparisons"]}
+    theirs = {(c["candidate"], c["metric"]): c["p_value"] for c in merged["comparisons"]}
+    assert theirs[("lora@s1", "mc/acc")] == ours[("lora@s1", "mc/acc")]

@@ -60,8 +60,11 @@ def baseline_key_fields(suite: Suite, spec: EvalSpec, source: ModelSource, devic
         "versions": [harness.__version__, v["torch"], v["transformers"], v["bitsandbytes"]],
     }
     if sets:
+        # An lm-eval task's scoring (filters, process_results) is lm-eval's code: its version
+        # joins the key beside the requests' fingerprint.
         fields["sets"] = [{"name": s.name, "fingerprint": s.fingerprint,
-                           "spec": s.spec.model_dump(mode="json")} for s in sets]
+                           "spec": s.spec.model_dump(mode="json"),
+                           **({"task": s.task.summary()} if s.task else {})} for s in sets]
     return fields
 
 

@@ -433,9 +433,7 @@ def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
     for s in run.sets:
         if s.task is not None:  # lm-eval tokenizes each arm's requests as it answers them
             out.append(evaluation.Target(
-                s.name, s.examples, (), s.metrics, lm_task=s.task,
-                max_length=s.spec.max_length if "max_length" in s.spec.model_fields_set
-                else None))
+                s.name, s.examples, (), s.metrics, lm_task=s.task, max_length=s.spec.max_length))
             continue
         if s.spec.multiple_choice:
             items: list[Any] = [encoding.encode_choices(ex, tok, s.spec.as_data())

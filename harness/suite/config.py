@@ -269,6 +269,7 @@ LM_EVAL_FEWSHOT_SEED = 1234
 LM_EVAL_SET_KEYS = frozenset({"task", "lm_eval_task", "num_fewshot", "limit", "fewshot_seed",
                               "filter", "max_length", "forgetting", "metrics"})
 LM_EVAL_KEYS = ("lm_eval_task", "limit", "fewshot_seed", "filter")
+SET_MAX_LENGTH = 512  # tokens per item of a set read from a file
 
 # The variables a multiple-choice row gives its templates, each from the column of its own
 # name unless ``fields`` maps it to another.
@@ -312,7 +313,8 @@ class EvalSetSpec(_Strict):
     system_prompt: Optional[str] = None
     eval_size: Union[Rows, Literal["all"]] = "all"
     seed: Seed = 0
-    max_length: Tokens = 512
+    # None: an lm_eval_task set's default, the model's context (as lm-eval's HFLM takes it).
+    max_length: Optional[Tokens] = SET_MAX_LENGTH
     truncation_side: Literal["left", "right"] = "right"
     metrics: list[MetricName] = ["loss", "perplexity"]
     # A forgetting check: the report leads with what fine-tuning cost on this set.
@@ -324,7 +326,7 @@ class EvalSetSpec(_Strict):
         """A multiple-choice set scores acc and acc_norm unless it names its metrics; an
         lm-eval set is task "lm_eval" and scores the task's own metrics (found when it loads)."""
         if isinstance(data, dict) and data.get("lm_eval_task") is not None:
-            data = {"task": "lm_eval", "metrics": [], **data}
+            data = {"task": "lm_eval", "metrics": [], "max_length": None, **data}
         if isinstance(data, dict) and data.get("task") == "multiple_choice":
             data = {"metrics": list(M.MULTIPLE_CHOICE_CHOICES), **data}
         return data
@@ -343,8 +345,11 @@ class EvalSetSpec(_Strict):
             return self
         if (self.path is None) == (self.dataset is None):
             raise ValueError("set exactly one of path or dataset")
+        if self.max_length is None:
+            raise ValueError("max_length: a number of tokens (only an lm_eval_task set leaves "
+                             "it to the model)")
         for key in LM_EVAL_KEYS:
-            if key in self.model_fields_set:
+            if key in self._changed():
                 raise ValueError(f"{key}: only an lm_eval_task set reads it (this set has "
                                  f"task = {self.task!r})")
         if self.multiple_choice:
@@ -372,11 +377,18 @@ class EvalSetSpec(_Strict):
             raise ValueError('task = "lm_eval" needs lm_eval_task (a task name or YAML file)')
         if self.metrics:
             raise ValueError("metrics: an lm_eval_task set scores the task's own metrics")
-        theirs = sorted(k for k in self.model_fields_set if k not in LM_EVAL_SET_KEYS)
+        theirs = sorted(k for k in self._changed() if k not in LM_EVAL_SET_KEYS)
         if theirs:
             raise ValueError(f"{theirs[0]}: an lm_eval_task set takes its data, prompts and "
                              f"metrics from the task; it reads only "
                              f"{', '.join(sorted(LM_EVAL_SET_KEYS - {'task', 'metrics'}))}")
+
+    def _changed(self) -> set[str]:
+        """The keys whose value is not the default: a suite re-read from its dump (sweep
+        cells, the record) lists every key, so being given is not being set."""
+        fields = type(self).model_fields
+        return {k for k in self.model_fields_set
+                if getattr(self, k) != fields[k].get_default(call_default_factory=True)}
 
     def _check_generate_keys(self) -> None:
         if self.response_template is None:
@@ -413,7 +425,8 @@ class EvalSetSpec(_Strict):
             train_split=self.split, format=self.format, fields=self.fields,
             prompt_template=self.prompt_template, response_template=self.response_template or "",
             chat_template=self.chat_template, system_prompt=self.system_prompt,
-            eval_size=self.eval_size, seed=self.seed, max_length=self.max_length,
+            eval_size=self.eval_size, seed=self.seed,
+            max_length=SET_MAX_LENGTH if self.max_length is None else self.max_length,
             truncation_side=self.truncation_side,
         )
 
