@@ -27,6 +27,8 @@ def test_the_table_keeps_the_metrics_and_their_order():
     """Tables, reports and comparisons list metrics in this order (metrics.sort_key)."""
     assert M.ALL_KEYS == ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum",
                           "exact_match", "chrf", "bleu", "bertscore", "acc", "acc_norm",
+                          "acc_mutual_info", "doc_perplexity", "word_perplexity",
+                          "byte_perplexity", "bits_per_byte",
                           "eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes")
     assert len(set(M.ALL_KEYS)) == len(M.TABLE)
 
@@ -79,7 +81,8 @@ def test_a_mean_metric_is_the_mean_of_its_column(entry: M.Metric):
 def test_right_or_wrong_metrics_are_accuracy_and_its_length_normalised_form():
     assert [(m.key, m.label, m.choice) for m in M.TABLE if m.binary] == [
         ("acc", "Accuracy", "acc"),
-        ("acc_norm", "Accuracy (length-normalised)", "acc_norm")]
+        ("acc_norm", "Accuracy (length-normalised)", "acc_norm"),
+        ("acc_mutual_info", "Accuracy (mutual information)", None)]  # lm-eval tasks only
     assert M.MULTIPLE_CHOICE_CHOICES == ("acc", "acc_norm")
     assert M.from_rows("mc/acc", [{"acc": v} for v in (1.0, 0.0, 1.0, 1.0)]) == 0.75
 
@@ -128,3 +131,25 @@ def test_the_table_imports_no_scorer_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name, agg", sorted(M.LM_EVAL))
+def test_lm_eval_task_metrics_equal_lm_evals_own_aggregation(name: str, agg: str):
+    """Each lm-eval metric harness pairs, recomputed from per-document sums, equals lm-eval's
+    registered aggregation of the same per-document values (what process_results gives)."""
+    pytest.importorskip("lm_eval.api.metrics")  # registers the aggregations
+    from lm_eval.api import registry
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lls = rng.uniform(-40.0, -0.5, size=9)
+    counts = rng.integers(1, 30, size=9)
+    paired = agg in ("weighted_perplexity", "bits_per_byte")
+    values = (list(zip(lls.tolist(), counts.tolist())) if paired
+              else lls.tolist() if agg == "perplexity" else rng.integers(0, 2, 9).tolist())
+    key = M.LM_EVAL[(name, agg)]
+    cols = M.columns(key)
+    rows = [dict(zip(cols, v if paired else (v,))) for v in values]
+    theirs = registry.AGGREGATION_REGISTRY[agg](values)
+    assert M.from_rows(key, rows) == pytest.approx(float(theirs), rel=1e-12)
+    assert M.lower_is_better(key) == (agg != "mean")

@@ -29,7 +29,7 @@ from pydantic_core import PydanticKnownError
 
 from harness import metrics as M
 from harness.errors import InputError
-from harness.suite import arms, gaterules
+from harness.suite import arms, gaterules, setrules
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 # true / false only: pydantic's lax bool reads "yes", "y", "on" and 1 as true, and
@@ -251,31 +251,6 @@ else:  # the metric table's choices, in its order: pydantic accepts these and na
     MetricName = Literal[M.CHOICES]
 
 
-def _generate_set_metrics(metrics: list[str]) -> list[str]:
-    """A generate set's (the suite's own [eval] or a set's) metrics: acc / acc_norm pick one
-    of several choices by log-likelihood, so they need a multiple-choice set."""
-    picked = [m for m in metrics if m in M.MULTIPLE_CHOICE_CHOICES]
-    if picked:
-        raise ValueError(f"{', '.join(map(repr, picked))}: scored on a multiple-choice set only "
-                         '(an [eval.sets.<name>] with task = "multiple_choice")')
-    return metrics
-
-
-# simple_evaluate's default few-shot seed (lm_eval.evaluator, fewshot_random_seed): with it,
-# a task's few-shot contexts are the ones lm-eval itself builds.
-LM_EVAL_FEWSHOT_SEED = 1234
-# The keys an lm_eval_task set reads (max_length: the model's context, as lm-eval's HFLM
-# uses, unless set); and those only it reads.
-LM_EVAL_SET_KEYS = frozenset({"task", "lm_eval_task", "num_fewshot", "limit", "fewshot_seed",
-                              "filter", "max_length", "forgetting", "metrics"})
-LM_EVAL_KEYS = ("lm_eval_task", "limit", "fewshot_seed", "filter")
-SET_MAX_LENGTH = 512  # tokens per item of a set read from a file
-
-# The variables a multiple-choice row gives its templates, each from the column of its own
-# name unless ``fields`` maps it to another.
-CHOICE_FIELDS = ("question", "choices", "answer")
-
-
 class EvalSetSpec(_Strict):
     """``[eval.sets.<name>]``: an extra eval set every arm is scored on too, e.g. general text
     for a forgetting check. Read like [data], all rows are eval items (no training split).
@@ -297,7 +272,7 @@ class EvalSetSpec(_Strict):
     lm_eval_task: Optional[NonEmpty] = None
     limit: Optional[Rows] = None  # lm_eval only: its first N documents, as lm-eval's --limit
     # lm_eval only: the few-shot sampler's seed (lm-eval's own default, so contexts match it)
-    fewshot_seed: Seed = LM_EVAL_FEWSHOT_SEED
+    fewshot_seed: Seed = setrules.LM_EVAL_FEWSHOT_SEED
     # lm_eval only: which of the task's filters scores (default: its first; "none" when it
     # has none), e.g. "strict-match" or "flexible-extract" of gsm8k.
     filter: Optional[NonEmpty] = None
@@ -314,7 +289,7 @@ class EvalSetSpec(_Strict):
     eval_size: Union[Rows, Literal["all"]] = "all"
     seed: Seed = 0
     # None: an lm_eval_task set's default, the model's context (as lm-eval's HFLM takes it).
-    max_length: Optional[Tokens] = SET_MAX_LENGTH
+    max_length: Optional[Tokens] = setrules.SET_MAX_LENGTH
     truncation_side: Literal["left", "right"] = "right"
     metrics: list[MetricName] = ["loss", "perplexity"]
     # A forgetting check: the report leads with what fine-tuning cost on this set.
@@ -336,66 +311,14 @@ class EvalSetSpec(_Strict):
     def _generate_metrics(cls, v: list[str], info: ValidationInfo) -> list[str]:
         if info.data.get("task") == "lm_eval":
             return v
-        return v if info.data.get("task") == "multiple_choice" else _generate_set_metrics(v)
+        if info.data.get("task") == "multiple_choice":
+            return v
+        return setrules.generate_set_metrics(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalSetSpec:
-        if self.lm_eval:
-            self._check_lm_eval_keys()
-            return self
-        if (self.path is None) == (self.dataset is None):
-            raise ValueError("set exactly one of path or dataset")
-        if self.max_length is None:
-            raise ValueError("max_length: a number of tokens (only an lm_eval_task set leaves "
-                             "it to the model)")
-        for key in LM_EVAL_KEYS:
-            if key in self._changed():
-                raise ValueError(f"{key}: only an lm_eval_task set reads it (this set has "
-                                 f"task = {self.task!r})")
-        if self.multiple_choice:
-            self._check_choice_keys()
-        else:
-            self._check_generate_keys()
+        setrules.check(self)
         return self
-
-    def _check_choice_keys(self) -> None:
-        if self.response_template is not None:
-            raise ValueError("response_template: a multiple_choice set scores each choice "
-                             "(choice_template), not a response; remove it")
-        if not self.prompt_template:
-            raise ValueError("prompt_template: a multiple_choice set needs the prompt its "
-                             "choices continue")
-        wrong = [m for m in self.metrics if m not in M.MULTIPLE_CHOICE_CHOICES]
-        if wrong:
-            raise ValueError(f"metrics: {wrong} cannot score a multiple_choice set; it scores "
-                             f"{list(M.MULTIPLE_CHOICE_CHOICES)}")
-
-    def _check_lm_eval_keys(self) -> None:
-        """The task defines its data, prompts and metrics: keys that would say otherwise are
-        refused rather than silently ignored."""
-        if self.lm_eval_task is None:
-            raise ValueError('task = "lm_eval" needs lm_eval_task (a task name or YAML file)')
-        if self.metrics:
-            raise ValueError("metrics: an lm_eval_task set scores the task's own metrics")
-        theirs = sorted(k for k in self._changed() if k not in LM_EVAL_SET_KEYS)
-        if theirs:
-            raise ValueError(f"{theirs[0]}: an lm_eval_task set takes its data, prompts and "
-                             f"metrics from the task; it reads only "
-                             f"{', '.join(sorted(LM_EVAL_SET_KEYS - {'task', 'metrics'}))}")
-
-    def _changed(self) -> set[str]:
-        """The keys whose value is not the default: a suite re-read from its dump (sweep
-        cells, the record) lists every key, so being given is not being set."""
-        fields = type(self).model_fields
-        return {k for k in self.model_fields_set
-                if getattr(self, k) != fields[k].get_default(call_default_factory=True)}
-
-    def _check_generate_keys(self) -> None:
-        if self.response_template is None:
-            raise ValueError("response_template: required key is missing")
-        for key in ("choice_template", "num_fewshot"):
-            if getattr(self, key) is not None:
-                raise ValueError(f"{key}: only a task = \"multiple_choice\" set reads it")
 
     @property
     def multiple_choice(self) -> bool:
@@ -412,7 +335,7 @@ class EvalSetSpec(_Strict):
     @property
     def choice_fields(self) -> dict[str, str]:
         """Template variable -> column of a multiple-choice row (``fields`` over defaults)."""
-        return {**{v: v for v in CHOICE_FIELDS}, **self.fields}
+        return {**{v: v for v in setrules.CHOICE_FIELDS}, **self.fields}
 
     @property
     def choice_text(self) -> str:
@@ -426,7 +349,7 @@ class EvalSetSpec(_Strict):
             prompt_template=self.prompt_template, response_template=self.response_template or "",
             chat_template=self.chat_template, system_prompt=self.system_prompt,
             eval_size=self.eval_size, seed=self.seed,
-            max_length=SET_MAX_LENGTH if self.max_length is None else self.max_length,
+            max_length=setrules.SET_MAX_LENGTH if self.max_length is None else self.max_length,
             truncation_side=self.truncation_side,
         )
 
@@ -461,7 +384,7 @@ class EvalSpec(_Strict):
     bertscore_model: Optional[NonEmpty] = None
     bertscore_layers: Optional[Rank] = None
 
-    _generate_metrics = field_validator("metrics")(_generate_set_metrics)
+    _generate_metrics = field_validator("metrics")(setrules.generate_set_metrics)
 
     @property
     def generate(self) -> bool:

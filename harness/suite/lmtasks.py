@@ -187,6 +187,7 @@ def _task_metrics(task: Any, table: str) -> tuple[dict[str, str], list[str]]:
     """harness key -> lm-eval metric name for each metric of the task harness can pair
     (metrics.LM_EVAL), and a line for each it cannot (its aggregation is not one harness
     recomputes from per-document sums)."""
+    import lm_eval.api.metrics  # noqa: F401  (registers the aggregations by name)
     from lm_eval.api.registry import AGGREGATION_REGISTRY
 
     agg_names = {id(fn): name for name, fn in AGGREGATION_REGISTRY.items()}
