@@ -138,8 +138,8 @@ def test_lm_eval_task_metrics_equal_lm_evals_own_aggregation(name: str, agg: str
     """Each lm-eval metric harness pairs, recomputed from per-document sums, equals lm-eval's
     registered aggregation of the same per-document values (what process_results gives)."""
     pytest.importorskip("lm_eval.api.metrics")  # registers the aggregations
-    from lm_eval.api import registry
     import numpy as np
+    from lm_eval.api import registry
 
     rng = np.random.default_rng(0)
     lls = rng.uniform(-40.0, -0.5, size=9)
