@@ -185,8 +185,10 @@ def record(benchmark: Any) -> Callable[..., None]:
     def _record(**info: Any) -> None:
         import torch
 
+        # The machine's load over the last 1 / 5 / 15 minutes: what the neighbours did to it.
         info = {**info, "torch_threads": torch.get_num_threads(),
-                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                "load_average": tuple(round(x, 2) for x in os.getloadavg())}
         benchmark.extra_info.update(info)
         print("\n  " + "  ".join(f"{k}={_fmt(v)}" for k, v in info.items()))
 

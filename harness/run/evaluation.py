@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from harness import metrics as M
-from harness.run import distributed, memory, scoring, taskrequests, textmetrics
+from harness.run import distributed, encoding, memory, scoring, taskrequests, textmetrics
 from harness.run.encoding import Encoded
 from harness.suite.config import EvalSpec
 from harness.suite.lmtasks import LmTask
@@ -42,6 +42,23 @@ class Target:
     @property
     def generate(self) -> bool:
         return bool(M.GENERATION_CHOICES & set(self.metrics))
+
+
+def set_target(eval_set: Any, tok: Any) -> Target:
+    """An extra set (a data.EvalSet) as the arm scores it: its examples encoded with ``tok``
+    (an existing adapter may bring its own tokenizer), a multiple-choice set's as a context
+    and its choices' continuations."""
+    spec = eval_set.spec
+    if eval_set.task is not None:  # lm-eval: each arm's requests tokenized as it answers them
+        return Target(eval_set.name, eval_set.examples, (), eval_set.metrics,
+                      lm_task=eval_set.task, max_length=spec.max_length)
+    if spec.multiple_choice:
+        items: list[Any] = [encoding.encode_choices(ex, tok, spec.as_data())
+                            for ex in eval_set.examples]
+    else:
+        items, _ = encoding.encode_all(eval_set.examples, tok, spec.as_data())
+    return Target(eval_set.name, eval_set.examples, items, tuple(spec.metrics),
+                  multiple_choice=spec.multiple_choice)
 
 
 @dataclass(frozen=True)

@@ -429,20 +429,7 @@ def _eval_arm(run: _Run, name: str, model: Any, tok: Any, items, examples, devic
 
 def _set_targets(run: _Run, tok: Any) -> list[evaluation.Target]:
     """[eval.sets.*], encoded with ``tok`` (an existing adapter may bring its own)."""
-    out = []
-    for s in run.sets:
-        if s.task is not None:  # lm-eval tokenizes each arm's requests as it answers them
-            out.append(evaluation.Target(
-                s.name, s.examples, (), s.metrics, lm_task=s.task, max_length=s.spec.max_length))
-            continue
-        if s.spec.multiple_choice:
-            items: list[Any] = [encoding.encode_choices(ex, tok, s.spec.as_data())
-                                for ex in s.examples]
-        else:
-            items, _ = encoding.encode_all(s.examples, tok, s.spec.as_data())
-        out.append(evaluation.Target(s.name, s.examples, items, tuple(s.spec.metrics),
-                                     multiple_choice=s.spec.multiple_choice))
-    return out
+    return [evaluation.set_target(s, tok) for s in run.sets]
 
 
 def _compare(run: _Run, name: str) -> None:
