@@ -21,7 +21,9 @@ suite's own eval set keeps the bare names.
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -151,6 +153,8 @@ TABLE: tuple[Metric, ...] = (
     # Scored only by an lm-evaluation-harness task that names them (LM_EVAL).
     Metric("acc_mutual_info", "Accuracy (mutual information)", None, ("acc_mutual_info",),
            partial(_mean_of, "acc_mutual_info"), item_mean=True, binary=True, decimals=4),
+    Metric("acc_bytes", "Accuracy (per byte)", None, ("acc_bytes",),
+           partial(_mean_of, "acc_bytes"), item_mean=True, binary=True, decimals=4),
     _task_perplexity("doc_perplexity", "Perplexity (per document)", ("doc_ll",),
                      partial(_exp_neg, "doc_ll", None)),
     _task_perplexity("word_perplexity", "Word perplexity", ("rolling_ll", "n_words"),
@@ -194,6 +198,7 @@ LM_EVAL: dict[tuple[str, str], str] = {
     ("acc", "mean"): "acc",
     ("acc_norm", "mean"): "acc_norm",
     ("acc_mutual_info", "mean"): "acc_mutual_info",
+    ("acc_bytes", "mean"): "acc_bytes",
     ("exact_match", "mean"): "exact_match",
     ("perplexity", "perplexity"): "doc_perplexity",
     ("word_perplexity", "weighted_perplexity"): "word_perplexity",
@@ -226,46 +231,78 @@ def finite(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     return {k: None if k in bad else v for k, v in metrics.items()}, bad
 
 
+# An lm-evaluation-harness task's own mean-aggregated metric that the table does not name
+# (``contains``, ``f1_mean``...): keyed ``<set>/<name>``, the mean of its per-item column.
+TASK_METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def entry(key: str) -> Metric | None:
+    """The table's entry for ``key``'s metric; for a set's metric the table does not name, a
+    task's own mean (``task_mean``); None for an unknown bare name."""
+    eval_set, name = split(key)
+    found = BY_KEY.get(name)
+    if found is None and eval_set and TASK_METRIC_NAME.fullmatch(name):
+        return task_mean(name)
+    return found
+
+
+@functools.cache
+def task_mean(name: str) -> Metric:
+    """An lm-eval task's metric aggregated by the mean of per-document values, higher better."""
+    return Metric(name, name, None, (name,), partial(_mean_of, name), item_mean=True,
+                  decimals=4)
+
+
 def is_known(key: str) -> bool:
     """A metric name, bare or of an extra set (system metrics are per arm, never per set)."""
-    eval_set, name = split(key)
-    return name in ALL_KEYS if eval_set is None else name in QUALITY_KEYS and bool(eval_set)
+    found = entry(key)
+    return found is not None and (split(key)[0] is None or found.per_item)
 
 
-def sort_key(key: str) -> tuple[int, str, int]:
-    """The suite's own set first, then extra sets by name; metrics in ALL_KEYS order."""
+def sort_key(key: str) -> tuple[bool, str, int, str]:
+    """The suite's own set first, then extra sets by name; metrics in ALL_KEYS order, then a
+    task's own metrics by name."""
     eval_set, name = split(key)
-    return (eval_set is not None, eval_set or "", ALL_KEYS.index(name))
+    rank = ALL_KEYS.index(name) if name in BY_KEY else len(ALL_KEYS)
+    return (eval_set is not None, eval_set or "", rank, name)
 
 
 def lower_is_better(metric: str) -> bool:
-    return base(metric) in LOWER_IS_BETTER
+    found = entry(metric)
+    return bool(found and found.lower_is_better)
 
 
 def is_per_item(metric: str) -> bool:
     """Whether a paired, item-level statistic exists for this metric."""
-    return base(metric) in QUALITY_KEYS
+    found = entry(metric)
+    return bool(found and found.per_item)
 
 
 def is_binary(metric: str) -> bool:
     """Whether each item is right or wrong (its paired p-value is McNemar's)."""
-    return base(metric) in BINARY_KEYS
+    found = entry(metric)
+    return bool(found and found.binary)
+
+
+def is_item_mean(metric: str) -> bool:
+    """Whether it is the mean of a per-item score (the permutation test flips signs)."""
+    found = entry(metric)
+    return bool(found and found.item_mean)
 
 
 def columns(metric: str) -> tuple[str, ...]:
     """The per-item columns whose sums determine the metric."""
-    name = base(metric)
-    entry = BY_KEY.get(name)
-    return entry.columns if entry and entry.columns else (name,)
+    found = entry(metric)
+    return found.columns if found and found.columns else (base(metric),)
 
 
 def from_sums(metric: str, sums: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     """The metric from column sums over a (re)sample of n items; arrays broadcast over
     resamples (each sum has the same shape, e.g. (n_resamples,))."""
-    value = BY_KEY[base(metric)].value_from_sums
-    if value is None:
+    found = entry(metric)
+    if found is None or found.value_from_sums is None:
         raise KeyError(f"{metric} has no per-item columns")
-    return value(sums, n)
+    return found.value_from_sums(sums, n)
 
 
 def keys_of(choices: Iterable[str]) -> list[str]:

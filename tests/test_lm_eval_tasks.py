@@ -396,3 +396,47 @@ num_fewshot = 2
     ours = {(c["candidate"], c["metric"]): c["p_value"] for c in record["comparisons"]}
     theirs = {(c["candidate"], c["metric"]): c["p_value"] for c in merged["comparisons"]}
     assert theirs[("lora@s1", "mc/acc")] == ours[("lora@s1", "mc/acc")]
+
+
+CUSTOM_UTILS = """
+def process(doc, results):
+    lls = [ll for ll, _ in results]
+    gold = lls[doc["answer"]]
+    # the share of the other choices the answer beats: a score in [0, 1], not right / wrong
+    beaten = sum(ll < gold for i, ll in enumerate(lls) if i != doc["answer"])
+    return {"beaten": beaten / (len(lls) - 1), "acc": beaten / (len(lls) - 1)}
+"""
+
+
+def _custom_task(tasks: Path, metrics: str) -> Path:
+    (tasks / "custom_utils.py").write_text(CUSTOM_UTILS, encoding="utf-8")
+    text = MC_YAML.replace("task: toy_mc", "task: toy_custom").replace(
+        "  - metric: acc\n  - metric: acc_norm\n", metrics)
+    path = tasks / "toy_custom.yaml"
+    path.write_text(text + "process_results: !function custom_utils.process\n",
+                    encoding="utf-8")
+    return path
+
+
+def test_a_tasks_own_mean_metric_is_paired_as_lm_eval_scores_it(tmp_path, tiny_model_dir,
+                                                                 tasks):
+    """A custom process_results with its own metric name: the per-document values and the
+    mean equal lm-eval's; the comparison row is the sign-flip test of a mean."""
+    yaml = _custom_task(tasks, "  - metric: beaten\n    aggregation: mean\n"
+                               "    higher_is_better: true\n")
+    suite = _suite(tmp_path, tiny_model_dir, f'\n[eval.sets.c]\nlm_eval_task = "{yaml}"\n')
+    run = cli_run(suite, tmp_path / "out")
+    results, samples = _lm_eval(tiny_model_dir, yaml, 0)
+    assert [r["beaten"] for r in _rows(run, "c")] == [s["beaten"] for s in samples]
+    assert len({s["beaten"] for s in samples}) > 2  # fractions, not only 0 and 1
+    assert _metrics(run)["c/beaten"] == pytest.approx(results["beaten,none"], rel=1e-12)
+
+
+def test_a_fractional_accuracy_is_refused_not_paired_as_right_or_wrong(tmp_path,
+                                                                       tiny_model_dir, tasks):
+    yaml = _custom_task(tasks, "  - metric: acc\n")
+    suite = _suite(tmp_path, tiny_model_dir, f'\n[eval.sets.c]\nlm_eval_task = "{yaml}"\n')
+    res = runner.invoke(app, ["run", str(suite), "--out", str(tmp_path / "out")])
+    assert res.exit_code != 0
+    assert "harness pairs acc as right (1) or wrong (0)" in res.output
+    assert "eval.sets.c" in res.output

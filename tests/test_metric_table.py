@@ -27,7 +27,7 @@ def test_the_table_keeps_the_metrics_and_their_order():
     """Tables, reports and comparisons list metrics in this order (metrics.sort_key)."""
     assert M.ALL_KEYS == ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum",
                           "exact_match", "chrf", "bleu", "bertscore", "acc", "acc_norm",
-                          "acc_mutual_info", "doc_perplexity", "word_perplexity",
+                          "acc_mutual_info", "acc_bytes", "doc_perplexity", "word_perplexity",
                           "byte_perplexity", "bits_per_byte",
                           "eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes")
     assert len(set(M.ALL_KEYS)) == len(M.TABLE)
@@ -82,7 +82,8 @@ def test_right_or_wrong_metrics_are_accuracy_and_its_length_normalised_form():
     assert [(m.key, m.label, m.choice) for m in M.TABLE if m.binary] == [
         ("acc", "Accuracy", "acc"),
         ("acc_norm", "Accuracy (length-normalised)", "acc_norm"),
-        ("acc_mutual_info", "Accuracy (mutual information)", None)]  # lm-eval tasks only
+        ("acc_mutual_info", "Accuracy (mutual information)", None),  # lm-eval tasks only
+        ("acc_bytes", "Accuracy (per byte)", None)]
     assert M.MULTIPLE_CHOICE_CHOICES == ("acc", "acc_norm")
     assert M.from_rows("mc/acc", [{"acc": v} for v in (1.0, 0.0, 1.0, 1.0)]) == 0.75
 
@@ -153,3 +154,18 @@ def test_lm_eval_task_metrics_equal_lm_evals_own_aggregation(name: str, agg: str
     theirs = registry.AGGREGATION_REGISTRY[agg](values)
     assert M.from_rows(key, rows) == pytest.approx(float(theirs), rel=1e-12)
     assert M.lower_is_better(key) == (agg != "mean")
+
+
+def test_a_sets_metric_the_table_lacks_is_a_tasks_own_mean():
+    """An lm-eval task's own mean-aggregated metric (keyed <set>/<name>): per item, the mean
+    of its column, higher better, listed after the table's metrics; never a bare name, and
+    never a per-arm system metric of a set."""
+    rows = [{"contains": v} for v in (1.0, 0.0, 0.5, 1.0)]
+    assert M.is_known("qa/contains") and M.is_per_item("qa/contains")
+    assert not M.is_known("contains") and not M.is_known("qa/eval_tokens_per_s")
+    assert not M.is_known("qa/not-a-name")
+    assert M.from_rows("qa/contains", rows) == 0.625
+    assert not M.lower_is_better("qa/contains") and not M.is_binary("qa/contains")
+    assert M.is_item_mean("qa/contains")
+    assert sorted(["qa/contains", "qa/acc", "loss"], key=M.sort_key) == [
+        "loss", "qa/acc", "qa/contains"]

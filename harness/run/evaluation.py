@@ -140,7 +140,8 @@ def _score_task(model: Any, tok: Any, t: Target, spec: EvalSpec, advance: Callab
              "n_tokens": None, "gen_tokens": None,
              **({"gold": ex.gold} if ex.choices else {}), **doc}
             for ex, doc in zip(t.examples, scored)]
-    return rows, {M.keyed(t.name, k): M.from_rows(k, rows) for k in t.metrics}
+    keys = [M.keyed(t.name, k) for k in t.metrics]  # a task's own metric is known keyed
+    return rows, {k: M.from_rows(k, rows) for k in keys}
 
 
 def choice_row(arm: str, eval_set: str | None, ex: Example, lls: Sequence[float]

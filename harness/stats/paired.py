@@ -482,7 +482,7 @@ def _fill_paired(rows: list[dict[str, Any]], paired: PairedItems, settings: Stat
             r["test"] = MCNEMAR
             continue
         r["p_value"] = permutation_p(_observed(paired, r["metric"]), d["perm"])
-        r["test"] = "sign-flip" if M.base(r["metric"]) in M.MEAN_KEYS else "label-swap"
+        r["test"] = "sign-flip" if M.is_item_mean(r["metric"]) else "label-swap"
     for r, adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         r["p_value_holm"] = adj
         r["significant"] = bool(adj <= settings.alpha)

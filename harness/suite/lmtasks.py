@@ -120,8 +120,12 @@ class LmTask:
         answers = [inst.filtered_resps[self.filter_key] for inst in self._instances[i]]
         values = self.task.process_results(doc, answers)
         row: dict[str, Any] = {}
-        for key, name in self.metrics.items():
-            row.update(_columns(key, values[name]))
+        try:
+            for key, name in self.metrics.items():
+                row.update(_columns(key, values[name]))
+        except DataError as e:
+            raise DataError(f"eval.sets.{self.set_name} ({self.spec.lm_eval_task}), "
+                            f"document {i}: {e}") from None
         if self.output_type == "multiple_choice":
             row.update(_choice_view(self.task.doc_to_choice(doc), answers))
         elif self.output_type == "generate_until":
@@ -158,12 +162,19 @@ def _choice_view(choices: Sequence[Any], answers: Sequence[Any]) -> dict[str, An
 def _columns(key: str, value: Any) -> dict[str, float]:
     """A document's value of metric ``key`` as its predictions.jsonl columns: a number in the
     key's one column, a (log-likelihood, words or bytes) pair in its two."""
-    cols = M.columns(key)
+    keyed = M.keyed("task", key)  # any set: the key's own entry, a task's mean included
+    cols = M.columns(keyed)
     parts = value if isinstance(value, (tuple, list)) else (value,)
     if len(parts) != len(cols):
         raise DataError(f"lm-eval metric for {key} gave {value!r}, expected {len(cols)} "
                         "value(s)")
-    return {c: float(v) for c, v in zip(cols, parts)}
+    out = {c: float(v) for c, v in zip(cols, parts)}
+    if M.is_binary(keyed) and out[cols[0]] not in (0.0, 1.0):
+        # A custom process_results (truthfulqa_mc2's acc is a probability mass) is not right
+        # or wrong: McNemar would count it wrong, so it is refused, never paired as such.
+        raise DataError(f"lm-eval metric {key} gave {value!r} for a document; harness pairs "
+                        f"{key} as right (1) or wrong (0)")
+    return out
 
 
 def _by_doc(instances: Sequence[Any]) -> dict[int, list[Any]]:
@@ -196,7 +207,7 @@ def _task_metrics(task: Any, table: str) -> tuple[dict[str, str], list[str]]:
     skipped: list[str] = []
     for name, fn in task.aggregation().items():
         agg = agg_names.get(id(fn), getattr(fn, "__name__", str(fn)))
-        key = M.LM_EVAL.get((name, agg))
+        key = M.LM_EVAL.get((name, agg)) or _task_mean_key(name, agg)
         if key is None or M.lower_is_better(key) == bool(higher.get(name, True)):
             skipped.append(f"{name} (aggregation {agg})")
         else:
@@ -206,6 +217,14 @@ def _task_metrics(task: Any, table: str) -> tuple[dict[str, str], list[str]]:
                          f"{', '.join(skipped)}; harness pairs "
                          f"{', '.join(sorted({f'{n} ({a})' for n, a in M.LM_EVAL}))}")
     return keys, skipped
+
+
+def _task_mean_key(name: str, agg: str) -> str | None:
+    """A mean-aggregated metric the table does not name (``contains``, squad's ``f1``...) is
+    keyed by its own name: the mean of its per-document column (metrics.task_mean)."""
+    if agg == "mean" and name not in M.BY_KEY and M.TASK_METRIC_NAME.fullmatch(name):
+        return name
+    return None
 
 
 @contextlib.contextmanager

@@ -53,11 +53,12 @@ def metric(name: str, v: Any, signed: bool = False) -> str:
     if x is None:
         return DASH
     key = M.base(name)
+    sign = "+" if signed else ""
+    found = M.entry(name)
+    if found is not None and found.decimals is not None:  # acc_bytes is a score, not a size
+        return format(x, f"{sign},.{found.decimals}f")
     if key.endswith("_bytes"):
         return ("+" if signed and x > 0 else "-" if x < 0 else "") + byte_size(abs(x))
-    sign = "+" if signed else ""
-    if key in M.DECIMALS:
-        return format(x, f"{sign},.{M.DECIMALS[key]}f")
     return format(x, f"{sign}.4g")
 
 
