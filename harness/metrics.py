@@ -109,6 +109,28 @@ def _bits_per_byte(sums: Sums, n: int) -> np.ndarray:
         return -np.asarray(sums["rolling_ll"]) / np.asarray(sums["n_bytes"]) / math.log(2)
 
 
+def _counts(sums: Sums, prefix: str, *kinds: str) -> list[np.ndarray]:
+    return [np.asarray(sums[f"{prefix}_{k}"], dtype=np.float64) for k in kinds]
+
+
+def _binary_f1(sums: Sums, n: int) -> np.ndarray:
+    """2 TP / (2 TP + FP + FN), label 1 positive; 0 when there is neither a positive answer
+    nor a positive prediction (sklearn's f1_score with its zero_division default)."""
+    tp, fp, fn = _counts(sums, "f1", "tp", "fp", "fn")
+    denominator = 2 * tp + fp + fn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, 2 * tp / denominator, 0.0)
+
+
+def _mcc(sums: Sums, n: int) -> np.ndarray:
+    """Matthews' correlation of binary answers and predictions; 0 when a row or column of the
+    confusion matrix is empty (sklearn's matthews_corrcoef)."""
+    tp, tn, fp, fn = _counts(sums, "mcc", "tp", "tn", "fp", "fn")
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, (tp * tn - fp * fn) / denominator, 0.0)
+
+
 def _item_score(key: str, label: str, choice: str) -> Metric:
     """A generated-text metric that is the mean of a per-item score in 0..1: 4 decimals show
     gains the size of the phi-2 XSum report's ROUGE-2 (+0.0007)."""
@@ -155,6 +177,11 @@ TABLE: tuple[Metric, ...] = (
            partial(_mean_of, "acc_mutual_info"), item_mean=True, binary=True, decimals=4),
     Metric("acc_bytes", "Accuracy (per byte)", None, ("acc_bytes",),
            partial(_mean_of, "acc_bytes"), item_mean=True, binary=True, decimals=4),
+    # Corpus-level scores of binary (0 / 1) answers and predictions, from summed confusion
+    # counts (lm-eval's f1 and matthews_corrcoef aggregations, e.g. GLUE's MRPC and CoLA).
+    Metric("f1", "F1 (binary)", None, ("f1_tp", "f1_fp", "f1_fn"), _binary_f1, decimals=4),
+    Metric("mcc", "Matthews correlation", None, ("mcc_tp", "mcc_tn", "mcc_fp", "mcc_fn"), _mcc,
+           decimals=4),
     _task_perplexity("doc_perplexity", "Perplexity (per document)", ("doc_ll",),
                      partial(_exp_neg, "doc_ll", None)),
     _task_perplexity("word_perplexity", "Word perplexity", ("rolling_ll", "n_words"),
@@ -191,7 +218,8 @@ LABELS = {m.key: m.label for m in TABLE}
 
 # An lm-evaluation-harness task's metric -> its key here, by (lm-eval's metric name, the name
 # of its aggregation). The per-document value lm-eval's process_results gives is a number
-# (the key's one column) or a (log-likelihood, words or bytes) pair (its two columns).
+# (the key's one column), a (log-likelihood, words or bytes) pair (its two columns), or an
+# (answer, prediction) pair of binary labels (CONFUSION_KEYS).
 # lm-eval's "perplexity" is the exp of minus the mean *document* log-likelihood: harness's own
 # perplexity is token-weighted, so the task's gets its own key.
 LM_EVAL: dict[tuple[str, str], str] = {
@@ -204,7 +232,12 @@ LM_EVAL: dict[tuple[str, str], str] = {
     ("word_perplexity", "weighted_perplexity"): "word_perplexity",
     ("byte_perplexity", "weighted_perplexity"): "byte_perplexity",
     ("bits_per_byte", "bits_per_byte"): "bits_per_byte",
+    ("f1", "f1"): "f1",
+    ("mcc", "matthews_corrcoef"): "mcc",
 }
+# The metrics whose per-document value is an (answer, prediction) pair of 0 / 1 labels, kept
+# as confusion-count columns (``<key>_tp`` ...).
+CONFUSION_KEYS = ("f1", "mcc")
 
 SET_SEP = "/"  # <set>/<metric>: a metric of an extra eval set
 

@@ -350,15 +350,46 @@ def test_a_hub_task_offline_is_unchecked_in_validate(tmp_path, tiny_model_dir, m
 
 
 def test_a_metric_harness_cannot_pair_is_named(tmp_path, tiny_model_dir, tasks):
-    """f1's aggregation is corpus-level (sklearn over all documents): with no metric left,
-    the set is refused, naming it."""
-    (tasks / "toy_f1.yaml").write_text(
-        MC_YAML.replace("task: toy_mc", "task: toy_f1").replace(
-            "  - metric: acc\n  - metric: acc_norm\n", "  - metric: f1\n"), encoding="utf-8")
+    """brier_score's aggregation is not one harness recomputes from per-document sums: with
+    no metric left, the set is refused, naming it."""
+    (tasks / "toy_brier.yaml").write_text(
+        MC_YAML.replace("task: toy_mc", "task: toy_brier").replace(
+            "  - metric: acc\n  - metric: acc_norm\n", "  - metric: brier_score\n"),
+        encoding="utf-8")
     suite = _suite(tmp_path, tiny_model_dir,
-                   f'\n[eval.sets.x]\nlm_eval_task = "{tasks / "toy_f1.yaml"}"\n')
+                   f'\n[eval.sets.x]\nlm_eval_task = "{tasks / "toy_brier.yaml"}"\n')
     res = runner.invoke(app, ["run", str(suite), "--out", str(tmp_path / "out")])
-    _one_line_exit_2(res, "f1 (aggregation f1)", "can be paired")
+    _one_line_exit_2(res, "brier_score (aggregation brier_score)", "can be paired")
+
+
+WORDS = ["apple", "river", "stone", "cloud", "violet", "thunder", "maple", "ember", "quartz",
+         "harbor", "lantern", "meadow", "falcon", "copper", "willow", "saffron", "glacier"]
+# Two choices of varied words per question, so the tiny model's picks vary (a constant pick
+# makes MCC 0 whatever the labels).
+BINARY = [{"question": f"Which word fits line {i}?",
+           "choices": [WORDS[i], WORDS[(5 * i + 3) % len(WORDS)]],
+           "answer": int(i % 3 == 0)} for i in range(16)]
+
+
+def test_binary_f1_and_mcc_equal_lm_eval(tmp_path, tiny_model_dir, tasks):
+    """GLUE-style corpus scores (lm-eval's f1 and matthews_corrcoef aggregations over
+    (answer, prediction) pairs) from harness's summed confusion counts."""
+    _jsonl(tasks / "binary.jsonl", BINARY)
+    yaml = tasks / "toy_binary.yaml"
+    yaml.write_text(MC_YAML.replace("task: toy_mc", "task: toy_binary").replace(
+        "mc.jsonl", "binary.jsonl").replace("fewshot_split: test\n", "").replace(
+        "  - metric: acc\n  - metric: acc_norm\n",
+        "  - metric: f1\n  - metric: mcc\n  - metric: acc\n"), encoding="utf-8")
+    suite = _suite(tmp_path, tiny_model_dir, f'\n[eval.sets.b]\nlm_eval_task = "{yaml}"\n')
+    run = cli_run(suite, tmp_path / "out")
+    results, samples = _lm_eval(tiny_model_dir, yaml, 0)
+    m = _metrics(run)
+    assert m["b/f1"] == pytest.approx(results["f1,none"], rel=1e-12, abs=1e-15)
+    assert m["b/mcc"] == pytest.approx(results["mcc,none"], rel=1e-12, abs=1e-15)
+    assert m["b/acc"] == results["acc,none"]
+    preds = [s["f1"][1] for s in samples]
+    assert [r["f1_tp"] + r["f1_fp"] for r in _rows(run, "b")] == [float(p) for p in preds]
+    assert 0 < sum(preds) < len(preds) and m["b/mcc"] != 0  # not a degenerate confusion
 
 
 def test_a_task_set_goes_through_seeds_the_cache_and_shards(suite_dir, tasks):

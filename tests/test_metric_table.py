@@ -27,7 +27,7 @@ def test_the_table_keeps_the_metrics_and_their_order():
     """Tables, reports and comparisons list metrics in this order (metrics.sort_key)."""
     assert M.ALL_KEYS == ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum",
                           "exact_match", "chrf", "bleu", "bertscore", "acc", "acc_norm",
-                          "acc_mutual_info", "acc_bytes", "doc_perplexity", "word_perplexity",
+                          "acc_mutual_info", "acc_bytes", "f1", "mcc", "doc_perplexity", "word_perplexity",
                           "byte_perplexity", "bits_per_byte",
                           "eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes")
     assert len(set(M.ALL_KEYS)) == len(M.TABLE)
@@ -134,10 +134,13 @@ def test_the_table_imports_no_scorer_library():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("degenerate", [False, True])
 @pytest.mark.parametrize("name, agg", sorted(M.LM_EVAL))
-def test_lm_eval_task_metrics_equal_lm_evals_own_aggregation(name: str, agg: str):
+def test_lm_eval_task_metrics_equal_lm_evals_own_aggregation(name: str, agg: str,
+                                                             degenerate: bool):
     """Each lm-eval metric harness pairs, recomputed from per-document sums, equals lm-eval's
-    registered aggregation of the same per-document values (what process_results gives)."""
+    registered aggregation of the same per-document values (what process_results gives);
+    ``degenerate``: every answer and prediction 0 (F1 and MCC's empty denominators)."""
     pytest.importorskip("lm_eval.api.metrics")  # registers the aggregations
     import numpy as np
     from lm_eval.api import registry
@@ -145,15 +148,23 @@ def test_lm_eval_task_metrics_equal_lm_evals_own_aggregation(name: str, agg: str
     rng = np.random.default_rng(0)
     lls = rng.uniform(-40.0, -0.5, size=9)
     counts = rng.integers(1, 30, size=9)
-    paired = agg in ("weighted_perplexity", "bits_per_byte")
-    values = (list(zip(lls.tolist(), counts.tolist())) if paired
-              else lls.tolist() if agg == "perplexity" else rng.integers(0, 2, 9).tolist())
+    labels = np.zeros((9, 2), dtype=int) if degenerate else rng.integers(0, 2, size=(9, 2))
     key = M.LM_EVAL[(name, agg)]
-    cols = M.columns(key)
-    rows = [dict(zip(cols, v if paired else (v,))) for v in values]
+    if key in M.CONFUSION_KEYS:
+        values = [tuple(int(x) for x in pair) for pair in labels]
+        rows = [{f"{key}_tp": float(g and p), f"{key}_fp": float(p and not g),
+                 f"{key}_fn": float(g and not p), f"{key}_tn": float(not g and not p)}
+                for g, p in values]
+    elif agg in ("weighted_perplexity", "bits_per_byte"):
+        values = list(zip(lls.tolist(), counts.tolist()))
+        rows = [dict(zip(M.columns(key), v)) for v in values]
+    else:
+        values = lls.tolist() if agg == "perplexity" else labels[:, 0].tolist()
+        rows = [{M.columns(key)[0]: v} for v in values]
     theirs = registry.AGGREGATION_REGISTRY[agg](values)
-    assert M.from_rows(key, rows) == pytest.approx(float(theirs), rel=1e-12)
-    assert M.lower_is_better(key) == (agg != "mean")
+    assert M.from_rows(key, rows) == pytest.approx(float(theirs), rel=1e-12, abs=1e-15)
+    assert M.lower_is_better(key) == (agg in ("perplexity", "weighted_perplexity",
+                                               "bits_per_byte"))
 
 
 def test_a_sets_metric_the_table_lacks_is_a_tasks_own_mean():

@@ -163,6 +163,8 @@ def _columns(key: str, value: Any) -> dict[str, float]:
     """A document's value of metric ``key`` as its predictions.jsonl columns: a number in the
     key's one column, a (log-likelihood, words or bytes) pair in its two."""
     keyed = M.keyed("task", key)  # any set: the key's own entry, a task's mean included
+    if key in M.CONFUSION_KEYS:
+        return _confusion(key, value)
     cols = M.columns(keyed)
     parts = value if isinstance(value, (tuple, list)) else (value,)
     if len(parts) != len(cols):
@@ -175,6 +177,22 @@ def _columns(key: str, value: Any) -> dict[str, float]:
         raise DataError(f"lm-eval metric {key} gave {value!r} for a document; harness pairs "
                         f"{key} as right (1) or wrong (0)")
     return out
+
+
+def _confusion(key: str, value: Any) -> dict[str, float]:
+    """An (answer, prediction) pair as 0 / 1 confusion counts; labels other than 0 and 1 (a
+    multi-class task) are refused: the binary score would not be lm-eval's."""
+    try:
+        gold, pred = (int(v) for v in value)
+        ok = {gold, pred} <= {0, 1} and [gold, pred] == [float(v) for v in value]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DataError(f"lm-eval metric {key} gave {value!r} for a document; harness pairs "
+                        f"{key} over binary (0 / 1) answers and predictions")
+    cells = {"tp": gold and pred, "fp": pred and not gold, "fn": gold and not pred,
+             "tn": not gold and not pred}
+    return {c: float(bool(cells[c.rsplit("_", 1)[1]])) for c in M.columns(key)}
 
 
 def _by_doc(instances: Sequence[Any]) -> dict[int, list[Any]]:
