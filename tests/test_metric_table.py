@@ -27,8 +27,8 @@ def test_the_table_keeps_the_metrics_and_their_order():
     """Tables, reports and comparisons list metrics in this order (metrics.sort_key)."""
     assert M.ALL_KEYS == ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum",
                           "exact_match", "chrf", "bleu", "bertscore", "acc", "acc_norm",
-                          "acc_mutual_info", "acc_bytes", "f1", "mcc", "doc_perplexity", "word_perplexity",
-                          "byte_perplexity", "bits_per_byte",
+                          "acc_mutual_info", "acc_bytes", "f1", "mcc", "doc_perplexity",
+                          "word_perplexity", "byte_perplexity", "bits_per_byte",
                           "eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes")
     assert len(set(M.ALL_KEYS)) == len(M.TABLE)
 
