@@ -131,6 +131,14 @@ def _mcc(sums: Sums, n: int) -> np.ndarray:
         return np.where(denominator > 0, (tp * tn - fp * fn) / denominator, 0.0)
 
 
+def _ter(sums: Sums, n: int) -> np.ndarray:
+    """sacrebleu's corpus TER: 100 x summed edits / summed (average) reference lengths; 100
+    for edits against empty references, 0 when both are empty."""
+    edits, ref_len = _counts(sums, "ter", "edits", "ref_len")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 100 * np.where(ref_len > 0, edits / ref_len, np.where(edits > 0, 1.0, 0.0))
+
+
 def _item_score(key: str, label: str, choice: str) -> Metric:
     """A generated-text metric that is the mean of a per-item score in 0..1: 4 decimals show
     gains the size of the phi-2 XSum report's ROUGE-2 (+0.0007)."""
@@ -182,6 +190,8 @@ TABLE: tuple[Metric, ...] = (
     Metric("f1", "F1 (binary)", None, ("f1_tp", "f1_fp", "f1_fn"), _binary_f1, decimals=4),
     Metric("mcc", "Matthews correlation", None, ("mcc_tp", "mcc_tn", "mcc_fp", "mcc_fn"), _mcc,
            decimals=4),
+    Metric("ter", "TER", None, ("ter_edits", "ter_ref_len"), _ter, lower_is_better=True,
+           decimals=2),
     _task_perplexity("doc_perplexity", "Perplexity (per document)", ("doc_ll",),
                      partial(_exp_neg, "doc_ll", None)),
     _task_perplexity("word_perplexity", "Word perplexity", ("rolling_ll", "n_words"),
@@ -234,7 +244,13 @@ LM_EVAL: dict[tuple[str, str], str] = {
     ("bits_per_byte", "bits_per_byte"): "bits_per_byte",
     ("f1", "f1"): "f1",
     ("mcc", "matthews_corrcoef"): "mcc",
+    ("bleu", "bleu"): "bleu",
+    ("chrf", "chrf"): "chrf",
+    ("ter", "ter"): "ter",
 }
+# The metrics whose per-document value is (references, prediction): sacrebleu's sufficient
+# statistics of each document become its columns (harness.run.textmetrics.corpus_columns).
+TEXT_PAIR_KEYS = ("bleu", "chrf", "ter")
 # The metrics whose per-document value is an (answer, prediction) pair of 0 / 1 labels, kept
 # as confusion-count columns (``<key>_tp`` ...).
 CONFUSION_KEYS = ("f1", "mcc")

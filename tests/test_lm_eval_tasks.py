@@ -471,3 +471,23 @@ def test_a_fractional_accuracy_is_refused_not_paired_as_right_or_wrong(tmp_path,
     assert res.exit_code != 0
     assert "harness pairs acc as right (1) or wrong (0)" in res.output
     assert "eval.sets.c" in res.output
+
+
+def test_bleu_chrf_and_ter_of_a_generate_task_equal_lm_eval(tmp_path, tiny_model_dir, tasks):
+    """Corpus BLEU, chrF and TER (lm-eval's sacrebleu aggregations) from summed per-document
+    sacrebleu statistics; three of the five answers are the model's own text, so chrF and TER
+    are neither 0 nor 100 (BLEU is 0 for both: the texts have no 4-grams)."""
+    yaml = tasks / "toy_text.yaml"
+    yaml.write_text(GEN_YAML.replace("task: toy_gen", "task: toy_text").replace(
+        "  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n",
+        "  - metric: bleu\n  - metric: chrf\n  - metric: ter\n"), encoding="utf-8")
+    suite = _suite(tmp_path, tiny_model_dir, f'\n[eval.sets.t]\nlm_eval_task = "{yaml}"\n')
+    run = cli_run(suite, tmp_path / "out")
+    results, samples = _lm_eval(tiny_model_dir, yaml, 0)
+    m = _metrics(run)
+    for key in ("bleu", "chrf", "ter"):
+        assert m[f"t/{key}"] == pytest.approx(results[f"{key},none"], rel=1e-9), key
+    assert 0 < m["t/chrf"] < 100 and 0 < m["t/ter"] < 100
+    rows = _rows(run, "t")
+    assert [r["prediction"] for r in rows] == [s["filtered_resps"][0] for s in samples]
+    assert "text_pairs" not in rows[0]

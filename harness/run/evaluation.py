@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from harness import metrics as M
+from harness.errors import DataError
 from harness.run import distributed, encoding, memory, scoring, taskrequests, textmetrics
 from harness.run.encoding import Encoded
+from harness.suite import lmtasks
 from harness.suite.config import EvalSpec
 from harness.suite.lmtasks import LmTask
 from harness.suite.prompts import Example
@@ -134,7 +136,8 @@ def _score_task(model: Any, tok: Any, t: Target, spec: EvalSpec, advance: Callab
                                   batch_size=spec.batch_size,
                                   gen_batch_size=spec.gen_batch_size,
                                   max_length=t.max_length, seed=spec.seed, advance=advance)
-    scored = t.lm_task.score(distributed.gather(answers, len(docs)))
+    scored = _with_text_columns(t.lm_task.score(distributed.gather(answers, len(docs))),
+                                t.metrics, t.name)
     rows = [{"arm": arm, "set": t.name, "id": ex.id, "prompt": ex.prompt,
              "reference": ex.response, "prediction": None, "loss": None, "nll_sum": None,
              "n_tokens": None, "gen_tokens": None,
@@ -142,6 +145,25 @@ def _score_task(model: Any, tok: Any, t: Target, spec: EvalSpec, advance: Callab
             for ex, doc in zip(t.examples, scored)]
     keys = [M.keyed(t.name, k) for k in t.metrics]  # a task's own metric is known keyed
     return rows, {k: M.from_rows(k, rows) for k in keys}
+
+
+def _with_text_columns(scored: list[dict[str, Any]], keys: Sequence[str], name: str | None
+                       ) -> list[dict[str, Any]]:
+    """An lm-eval task's bleu / chrf / ter: each document's (references, prediction) as
+    sacrebleu's statistics columns, whose sums give lm-eval's corpus score."""
+    pairs = [doc.pop(lmtasks.TEXT_PAIRS, None) for doc in scored]
+    wanted = [k for k in keys if k in M.TEXT_PAIR_KEYS]
+    if not wanted:
+        return scored
+    if len({len(p[0]) for p in pairs}) != 1:
+        raise DataError(f"eval.sets.{name}: documents have different numbers of references; "
+                        "sacrebleu's corpus scores need the same number for each")
+    streams = list(zip(*(p[0] for p in pairs)))
+    for key in wanted:
+        for doc, cols in zip(scored, textmetrics.corpus_columns(key, [p[1] for p in pairs],
+                                                                  streams)):
+            doc.update(cols)
+    return scored
 
 
 def choice_row(arm: str, eval_set: str | None, ex: Example, lls: Sequence[float]

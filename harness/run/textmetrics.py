@@ -69,6 +69,19 @@ def chrf(predictions: Sequence[str], references: Sequence[str]) -> list[Row]:
              "chrf": scorer._compute_score_from_stats(list(s)).score} for s in stats]
 
 
+def corpus_columns(key: str, predictions: Sequence[str],
+                   reference_streams: Sequence[Sequence[str]]) -> list[Row]:
+    """Per-item sacrebleu statistics of ``key`` (bleu, chrf or ter) with one or more
+    references per item (``reference_streams[k][i]``: item i's k-th reference, sacrebleu's
+    layout): the columns whose sums give sacrebleu's corpus score (metrics.from_sums)."""
+    from sacrebleu.metrics import BLEU, CHRF, TER
+
+    scorer = {"bleu": BLEU, "chrf": CHRF, "ter": TER}[key]()
+    stats = scorer._extract_corpus_statistics(list(predictions),
+                                              [list(r) for r in reference_streams])
+    return [dict(zip(M.columns(key), map(float, s), strict=True)) for s in stats]
+
+
 BERTSCORE_MODEL = "roberta-large"  # bert-score's English default: a 1.4 GB hub download
 
 

@@ -27,6 +27,9 @@ from harness.suite.config import EvalSetSpec, resolve
 from harness.suite.prompts import Example
 
 INSTALL = "pip install 'harness[lm-eval]'"
+# A scored row's (references, prediction) for the task's bleu / chrf / ter: the run turns
+# them into sacrebleu's per-document statistics (harness.run.textmetrics) and drops the field.
+TEXT_PAIRS = "text_pairs"
 OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until")
 
 
@@ -126,6 +129,9 @@ class LmTask:
         except DataError as e:
             raise DataError(f"eval.sets.{self.set_name} ({self.spec.lm_eval_task}), "
                             f"document {i}: {e}") from None
+        texts = [values[n] for k, n in self.metrics.items() if k in M.TEXT_PAIR_KEYS]
+        if texts:
+            row[TEXT_PAIRS] = _text_pair(texts[0], i, self.set_name)
         if self.output_type == "multiple_choice":
             row.update(_choice_view(self.task.doc_to_choice(doc), answers))
         elif self.output_type == "generate_until":
@@ -149,6 +155,25 @@ def _text(x: Any) -> str:
     return x if isinstance(x, str) else json.dumps(x, default=str)
 
 
+def _text_pair(value: Any, i: int, set_name: str) -> tuple[list[str], str]:
+    """lm-eval's (references, prediction) of a bleu / chrf / ter document, as its
+    ``_sacreformat`` reads it: one reference or a list of them, the prediction a string or a
+    list of one."""
+    try:
+        refs, pred = value
+        refs = [refs] if isinstance(refs, str) else [str(r) for r in refs]
+        pred = pred if isinstance(pred, str) else _only(pred)
+    except (TypeError, ValueError):
+        raise DataError(f"eval.sets.{set_name}, document {i}: lm-eval gave {value!r} where "
+                        "(references, prediction) was expected") from None
+    return refs, pred
+
+
+def _only(items: Any) -> str:
+    (one,) = items
+    return str(one)
+
+
 def _choice_view(choices: Sequence[Any], answers: Sequence[Any]) -> dict[str, Any]:
     """The picks the browser shows, as lm-eval's multiple_choice scoring makes them: the
     highest log-likelihood, and the highest per character of the choice (acc_norm)."""
@@ -165,6 +190,8 @@ def _columns(key: str, value: Any) -> dict[str, float]:
     keyed = M.keyed("task", key)  # any set: the key's own entry, a task's mean included
     if key in M.CONFUSION_KEYS:
         return _confusion(key, value)
+    if key in M.TEXT_PAIR_KEYS:
+        return {}  # scored from the document's TEXT_PAIRS by the run (sacrebleu's statistics)
     cols = M.columns(keyed)
     parts = value if isinstance(value, (tuple, list)) else (value,)
     if len(parts) != len(cols):
