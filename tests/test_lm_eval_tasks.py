@@ -491,3 +491,42 @@ def test_bleu_chrf_and_ter_of_a_generate_task_equal_lm_eval(tmp_path, tiny_model
     rows = _rows(run, "t")
     assert [r["prediction"] for r in rows] == [s["filtered_resps"][0] for s in samples]
     assert "text_pairs" not in rows[0]
+
+
+def test_under_torchrun_a_task_equals_a_one_process_run(tmp_path, tiny_model_dir, tasks):
+    """Two ranks (gloo) answer strided shares of the documents; rank 0 writes the rows, which
+    equal a one-process run's."""
+    import os
+    import shutil
+    import subprocess
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun not installed")
+    suite = _suite(tmp_path, tiny_model_dir, f'''
+[eval.sets.mc]
+lm_eval_task = "{tasks / 'toy_mc.yaml'}"
+num_fewshot = 2
+
+[eval.sets.sums]
+lm_eval_task = "{tasks / 'toy_gen.yaml'}"
+''')
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1"}
+    outs = []
+    for name, cmd in [("two", [torchrun, "--nproc-per-node", "2", "-m", "harness"]),
+                      ("one", [sys.executable, "-m", "harness"])]:
+        res = subprocess.run([*cmd, "run", str(suite), "--out", str(tmp_path / name)], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+        (run,) = list((tmp_path / name / "tiny").iterdir())
+        outs.append(run)
+    for eval_set in ("mc", "sums"):
+        two, one = _rows(outs[0], eval_set), _rows(outs[1], eval_set)
+        assert [r["id"] for r in two] == [r["id"] for r in one]
+        assert [r["prediction"] for r in two] == [r["prediction"] for r in one]
+        for a, b in zip(two, one):
+            if eval_set == "mc":
+                assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], rel=1e-5)
+    m2, m1 = _metrics(outs[0]), _metrics(outs[1])
+    assert (m2["mc/acc"], m2["sums/exact_match"]) == (m1["mc/acc"], m1["sums/exact_match"])
