@@ -530,3 +530,64 @@ lm_eval_task = "{tasks / 'toy_gen.yaml'}"
                 assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], rel=1e-5)
     m2, m1 = _metrics(outs[0]), _metrics(outs[1])
     assert (m2["mc/acc"], m2["sums/exact_match"]) == (m1["mc/acc"], m1["sums/exact_match"])
+
+
+GROUP_YAML = """group: toy_group
+task:
+  - toy_mc
+  - toy_mc_small
+aggregate_metric_list:
+  - metric: acc
+    weight_by_size: {weighted}
+  - metric: acc_norm
+    weight_by_size: {weighted}
+"""
+
+
+def _group(tasks: Path, weighted: bool) -> Path:
+    _jsonl(tasks / "mc_small.jsonl", QUESTIONS[:5])
+    (tasks / "toy_mc_small.yaml").write_text(
+        MC_YAML.replace("task: toy_mc", "task: toy_mc_small").replace("mc.jsonl",
+                                                                      "mc_small.jsonl"),
+        encoding="utf-8")
+    name = "toy_group" if weighted else "toy_group_unweighted"
+    path = tasks / f"{name}.yaml"
+    path.write_text(GROUP_YAML.replace("toy_group", name).format(weighted=weighted),
+                    encoding="utf-8")
+    return path
+
+
+def test_a_group_pools_its_tasks_documents_as_lm_eval_weights_them(tmp_path, tiny_model_dir,
+                                                                    tasks):
+    """A group (MMLU's shape: its tasks averaged weighted by size) is one set of all its
+    documents, ids <task>/<doc>: its accuracy is lm-eval's group score."""
+    yaml = _group(tasks, weighted=True)
+    suite = _suite(tmp_path, tiny_model_dir,
+                   f'\n[eval.sets.g]\nlm_eval_task = "{yaml}"\nnum_fewshot = 1\n')
+    run = cli_run(suite, tmp_path / "out")
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=str(tiny_model_dir), batch_size=4, device="cpu", dtype="float32")
+    with contextlib.chdir(tasks):
+        out = simple_evaluate(model=lm, tasks=["toy_group"], num_fewshot=1, log_samples=True,
+                              bootstrap_iters=0,
+                              task_manager=TaskManager(include_path=str(tasks),
+                                                       include_defaults=False))
+    m = _metrics(run)
+    assert m["g/acc"] == pytest.approx(out["results"]["toy_group"]["acc,none"], rel=1e-12)
+    assert m["g/acc_norm"] == pytest.approx(out["results"]["toy_group"]["acc_norm,none"],
+                                            rel=1e-12)
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").open(encoding="utf-8")]
+    ours = {r["id"]: r["acc"] for r in rows if r["set"] == "g"}
+    theirs = {f"{task}/{s['doc_id']}": s["acc"]
+              for task in ("toy_mc", "toy_mc_small") for s in out["samples"][task]}
+    assert ours == theirs and len(ours) == len(QUESTIONS) + 5
+
+
+def test_a_group_not_weighted_by_size_is_refused(tmp_path, tiny_model_dir, tasks):
+    yaml = _group(tasks, weighted=False)
+    suite = _suite(tmp_path, tiny_model_dir, f'\n[eval.sets.g]\nlm_eval_task = "{yaml}"\n')
+    res = runner.invoke(app, ["run", str(suite), "--out", str(tmp_path / "out")])
+    _one_line_exit_2(res, "eval.sets.g.lm_eval_task", "weighted by size")

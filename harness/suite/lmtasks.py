@@ -62,38 +62,65 @@ def _lm_eval() -> Any:
     return lm_eval
 
 
-class LmTask:
-    """One lm-eval task, built and its requests made, for one eval set."""
+@dataclass(frozen=True)
+class _Part:
+    """One lm-eval task of a set (a group's subtask, or the set's one task): its documents as
+    ``doc_iterator`` gives them and each one's Instances in request order."""
 
-    def __init__(self, set_name: str, spec: EvalSetSpec, task: Any, table: str) -> None:
-        self.set_name, self.spec, self.task = set_name, spec, task
-        self.output_type: str = task.OUTPUT_TYPE
-        if self.output_type not in OUTPUT_TYPES:
-            raise InputError(f"{table}.lm_eval_task: output_type {self.output_type!r} is not "
-                             f"one harness answers ({', '.join(OUTPUT_TYPES)})")
-        self.filter_key = _filter_key(task, spec.filter, table)
-        self.metrics, self.skipped = _task_metrics(task, table)
-        self._raw = list(task.doc_iterator(rank=0, limit=spec.limit, world_size=1))
-        self._instances = _by_doc(task.instances)
-        self.docs = tuple(Doc(str(i), tuple(Request(x.request_type, tuple(x.args))
-                                            for x in self._instances[i]))
-                          for i, _ in self._raw)
+    task: Any
+    raw: list[tuple[int, Any]]
+    instances: dict[int, list[Any]]
+    filter_key: str
+    prefix: str  # "" for a single task; "<task>/" before a group's doc ids
+
+
+class LmTask:
+    """One lm-eval task, or a group whose subtasks' documents are pooled, built and its
+    requests made, for one eval set."""
+
+    def __init__(self, set_name: str, spec: EvalSetSpec, tasks: Sequence[Any], table: str,
+                 group: Any = None) -> None:
+        self.set_name, self.spec, self.group = set_name, spec, group
+        types = sorted({t.OUTPUT_TYPE for t in tasks})
+        if len(types) != 1 or types[0] not in OUTPUT_TYPES:
+            raise InputError(f"{table}.lm_eval_task: output type(s) {', '.join(types)}; "
+                             f"harness answers one of {', '.join(OUTPUT_TYPES)} per set")
+        self.output_type: str = types[0]
+        self.metrics, self.skipped = _task_metrics(tasks[0], table)
+        for t in tasks[1:]:
+            if _task_metrics(t, table)[0] != self.metrics:
+                raise InputError(f"{table}.lm_eval_task: the group's tasks score different "
+                                 f"metrics ({tasks[0].task_name}, {t.task_name}); give each "
+                                 "task its own set")
+        if group is not None:
+            _check_pooled(group, self.metrics, table)
+        self._parts = [_Part(t, list(t.doc_iterator(rank=0, limit=spec.limit, world_size=1)),
+                             _by_doc(t.instances), _filter_key(t, spec.filter, table),
+                             f"{t.task_name}/" if group is not None else "")
+                       for t in tasks]
+        self.docs = tuple(Doc(f"{p.prefix}{i}", tuple(Request(x.request_type, tuple(x.args))
+                                                      for x in p.instances[i]))
+                          for p in self._parts for i, _ in p.raw)
 
     @property
     def keys(self) -> tuple[str, ...]:
         """The harness metric keys this set scores (bare: evaluation prefixes the set)."""
         return tuple(self.metrics)
 
+    def _each(self) -> list[tuple[_Part, int, Any]]:
+        return [(p, i, doc) for p in self._parts for i, doc in p.raw]
+
     def examples(self) -> tuple[Example, ...]:
         """One Example per document: its first request's context, its target, and for a
         multiple-choice task the choices, their continuations and the answer's index."""
-        return tuple(self._example(d, doc) for d, (_, doc) in zip(self.docs, self._raw))
+        return tuple(self._example(d, p.task, doc)
+                     for d, (p, _, doc) in zip(self.docs, self._each()))
 
-    def _example(self, d: Doc, doc: Any) -> Example:
-        target = self.task.doc_to_target(doc)
+    def _example(self, d: Doc, task: Any, doc: Any) -> Example:
+        target = task.doc_to_target(doc)
         if self.output_type != "multiple_choice":
             return Example(d.id, str(d.requests[0].args[0]), _text(target))
-        choices = tuple(str(c) for c in self.task.doc_to_choice(doc))
+        choices = tuple(str(c) for c in task.doc_to_choice(doc))
         gold = target if isinstance(target, int) and 0 <= target < len(choices) else None
         return Example(d.id, str(d.requests[0].args[0]),
                        choices[gold] if gold is not None else _text(target), choices=choices,
@@ -103,37 +130,38 @@ class LmTask:
         """sha256 over every document's id, requests and target: equal iff the same requests
         (prompts, few-shot examples, choices, generation settings) were made."""
         h = hashlib.sha256()
-        for d, (_, doc) in zip(self.docs, self._raw):
+        for d, (p, _, doc) in zip(self.docs, self._each()):
             item = [d.id, [[r.kind, list(r.args)] for r in d.requests],
-                    _text(self.task.doc_to_target(doc))]
+                    _text(p.task.doc_to_target(doc))]
             h.update(json.dumps(item, sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
 
     def score(self, responses: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         """Each document's metric columns (and what the example browser shows) from one arm's
-        responses, ``responses[i][j]`` answering request j of document i: lm-eval's filters
-        and ``process_results`` turn them into the task's per-document metrics."""
-        for (i, _), answers in zip(self._raw, responses):
-            for inst, answer in zip(self._instances[i], answers):
+        responses, ``responses[k][j]`` answering request j of document k (``docs`` order):
+        lm-eval's filters and ``process_results`` turn them into its per-document metrics."""
+        for (p, i, _), answers in zip(self._each(), responses):
+            for inst, answer in zip(p.instances[i], answers):
                 inst.resps, inst.filtered_resps = [answer] * inst.repeats, {}
-        self.task.apply_filters()
-        return [self._doc_row(i, doc) for i, doc in self._raw]
+        for p in self._parts:
+            p.task.apply_filters()
+        return [self._doc_row(p, i, doc) for p, i, doc in self._each()]
 
-    def _doc_row(self, i: int, doc: Any) -> dict[str, Any]:
-        answers = [inst.filtered_resps[self.filter_key] for inst in self._instances[i]]
-        values = self.task.process_results(doc, answers)
+    def _doc_row(self, p: _Part, i: int, doc: Any) -> dict[str, Any]:
+        answers = [inst.filtered_resps[p.filter_key] for inst in p.instances[i]]
+        values = p.task.process_results(doc, answers)
+        where = f"eval.sets.{self.set_name} ({self.spec.lm_eval_task}), document {p.prefix}{i}"
         row: dict[str, Any] = {}
         try:
             for key, name in self.metrics.items():
                 row.update(_columns(key, values[name]))
         except DataError as e:
-            raise DataError(f"eval.sets.{self.set_name} ({self.spec.lm_eval_task}), "
-                            f"document {i}: {e}") from None
+            raise DataError(f"{where}: {e}") from None
         texts = [values[n] for k, n in self.metrics.items() if k in M.TEXT_PAIR_KEYS]
         if texts:
-            row[TEXT_PAIRS] = _text_pair(texts[0], i, self.set_name)
+            row[TEXT_PAIRS] = _text_pair(texts[0], where)
         if self.output_type == "multiple_choice":
-            row.update(_choice_view(self.task.doc_to_choice(doc), answers))
+            row.update(_choice_view(p.task.doc_to_choice(doc), answers))
         elif self.output_type == "generate_until":
             row["prediction"] = _text(answers[0])
         return row
@@ -142,20 +170,37 @@ class LmTask:
         """What the record keeps of the task: enough to rebuild the same requests."""
         import lm_eval
 
+        first = self._parts[0]
         return {"lm_eval_task": self.spec.lm_eval_task, "lm_eval_version": lm_eval.__version__,
-                "task_name": self.task.config.task, "output_type": self.output_type,
-                "num_fewshot": self.task.config.num_fewshot,
+                "task_name": self.group.name if self.group else first.task.config.task,
+                "tasks": [p.task.task_name for p in self._parts] if self.group else None,
+                "output_type": self.output_type,
+                "num_fewshot": first.task.config.num_fewshot,
                 "fewshot_seed": self.spec.fewshot_seed,
-                "limit": self.spec.limit, "filter": self.filter_key,
-                "task_metrics": {k: n for k, n in self.metrics.items()},
+                "limit": self.spec.limit, "filter": first.filter_key,
+                "task_metrics": dict(self.metrics),
                 "skipped_metrics": list(self.skipped)}
+
+
+def _check_pooled(group: Any, metrics: dict[str, str], table: str) -> None:
+    """A group's set pools its subtasks' documents, so each metric is the mean over all of
+    them: lm-eval's group score only when every group level weights its members by size."""
+    for g in [group, *group.get_all_groups()]:
+        configs = {c.metric: c for c in (g.aggregate_metric_list or [])}
+        for name in metrics.values():
+            c = configs.get(name)
+            if c is None or not c.weight_by_size or c.aggregation not in ("mean", None):
+                raise InputError(
+                    f"{table}.lm_eval_task: group {g.name} does not average {name} weighted "
+                    "by size, so its score is not the mean over its documents; give its "
+                    "tasks as separate sets")
 
 
 def _text(x: Any) -> str:
     return x if isinstance(x, str) else json.dumps(x, default=str)
 
 
-def _text_pair(value: Any, i: int, set_name: str) -> tuple[list[str], str]:
+def _text_pair(value: Any, where: str) -> tuple[list[str], str]:
     """lm-eval's (references, prediction) of a bleu / chrf / ter document, as its
     ``_sacreformat`` reads it: one reference or a list of them, the prediction a string or a
     list of one."""
@@ -164,8 +209,8 @@ def _text_pair(value: Any, i: int, set_name: str) -> tuple[list[str], str]:
         refs = [refs] if isinstance(refs, str) else [str(r) for r in refs]
         pred = pred if isinstance(pred, str) else _only(pred)
     except (TypeError, ValueError):
-        raise DataError(f"eval.sets.{set_name}, document {i}: lm-eval gave {value!r} where "
-                        "(references, prediction) was expected") from None
+        raise DataError(f"{where}: lm-eval gave {value!r} where (references, prediction) was "
+                        "expected") from None
     return refs, pred
 
 
@@ -287,10 +332,11 @@ def _quiet() -> Iterator[None]:
 
 
 def load_task(name: str, spec: EvalSetSpec, base_dir: Path) -> LmTask:
-    """Build the set's task, its few-shot settings as ``simple_evaluate`` applies them, and
-    its requests for the first ``limit`` documents. A task YAML's relative ``data_files``
-    resolve against the YAML's folder. Bad input raises InputError; a hub data set that
-    cannot be reached raises DatasetUnavailable (validate lists it as unchecked)."""
+    """Build the set's task (or group), its few-shot settings as ``simple_evaluate`` applies
+    them, and its requests for the first ``limit`` documents (of each task). A task YAML's
+    relative ``data_files`` resolve against the YAML's folder, where its group's tasks are
+    found too. Bad input raises InputError; a hub data set that cannot be reached raises
+    DatasetUnavailable (validate lists it as unchecked)."""
     table = f"eval.sets.{name}"
     lm_eval = _lm_eval()
     source = spec.lm_eval_task or ""
@@ -299,18 +345,41 @@ def load_task(name: str, spec: EvalSetSpec, base_dir: Path) -> LmTask:
     if local and not path.is_file():
         raise InputError(f"{table}.lm_eval_task: no task YAML at {path}")
     with _quiet():
-        manager = lm_eval.tasks.TaskManager(include_defaults=not local)
-        task = _loaded(manager, str(path) if local else source, path.parent if local else None,
-                       table)
-        _set_fewshot(task, spec)
-        task.build_all_requests(limit=spec.limit, rank=0, world_size=1)
-    return LmTask(name, spec, task, table)
+        manager = lm_eval.tasks.TaskManager(
+            include_path=str(path.parent) if local else None, include_defaults=not local)
+        loaded = _loaded(manager, _yaml_name(path, table) if local else source,
+                         path.parent if local else None, table)
+        tasks = list(loaded["tasks"].values())
+        for task in tasks:
+            _set_fewshot(task, spec)
+            task.build_all_requests(limit=spec.limit, rank=0, world_size=1)
+    kids = {k for members in (loaded.get("group_map") or {}).values() for k in members}
+    top = [g for g in loaded["groups"].values() if g.name not in kids]
+    return LmTask(name, spec, tasks, table, group=top[0] if top else None)
 
 
-def _loaded(manager: Any, source: str, folder: Path | None, table: str) -> Any:
+def _yaml_name(path: Path, table: str) -> str:
+    """The task or group name a YAML declares (lm-eval loads a group by name, not path)."""
+    import yaml
+
+    class _Tags(yaml.SafeLoader):  # !function and the like: only the name is read here
+        pass
+
+    _Tags.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_Tags)  # noqa: S506
+    except (OSError, yaml.YAMLError) as e:
+        raise InputError(f"{table}.lm_eval_task {path}: {one_line(e)}") from None
+    found = (config.get("group") or config.get("task")) if isinstance(config, dict) else None
+    if not isinstance(found, str):
+        raise InputError(f"{table}.lm_eval_task {path}: no task or group name in the YAML")
+    return found
+
+
+def _loaded(manager: Any, source: str, folder: Path | None, table: str) -> dict[str, Any]:
     try:
         with contextlib.chdir(folder) if folder else contextlib.nullcontext():
-            tasks = manager.load([source])["tasks"]
+            return dict(manager.load([source]))
     except ConnectionError as e:
         raise DatasetUnavailable(f"{table}.lm_eval_task {source!r}: cannot load its data "
                                  f"set: {one_line(e)}") from e
@@ -319,10 +388,6 @@ def _loaded(manager: Any, source: str, folder: Path | None, table: str) -> Any:
                          "(a task name, or the path of a task YAML file)") from None
     except Exception as e:  # noqa: BLE001 - a task YAML / data file problem, in its words
         raise DataError(f"{table}.lm_eval_task {source!r}: {one_line(e)}") from e
-    if len(tasks) != 1:
-        raise InputError(f"{table}.lm_eval_task = {source!r} is a group of {len(tasks)} tasks "
-                         f"({', '.join(sorted(tasks)[:5])}...); give one set per task")
-    return next(iter(tasks.values()))
 
 
 def _set_fewshot(task: Any, spec: EvalSetSpec) -> None:
