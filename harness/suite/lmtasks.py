@@ -10,6 +10,7 @@ none. lm-eval is an optional dependency, imported here only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -338,15 +339,16 @@ def load_task(name: str, spec: EvalSetSpec, base_dir: Path) -> LmTask:
     found too. Bad input raises InputError; a hub data set that cannot be reached raises
     DatasetUnavailable (validate lists it as unchecked)."""
     table = f"eval.sets.{name}"
-    lm_eval = _lm_eval()
+    lm_eval_tasks()
     source = spec.lm_eval_task or ""
     path = resolve(base_dir, source)
     local = source.endswith((".yaml", ".yml")) or path.is_file()
     if local and not path.is_file():
         raise InputError(f"{table}.lm_eval_task: no task YAML at {path}")
     with _quiet():
-        manager = lm_eval.tasks.TaskManager(
-            include_path=str(path.parent) if local else None, include_defaults=not local)
+        manager = (lm_eval_tasks().TaskManager(include_path=str(path.parent),
+                                               include_defaults=False)
+                   if local else _catalogue())
         loaded = _loaded(manager, _yaml_name(path, table) if local else source,
                          path.parent if local else None, table)
         tasks = list(loaded["tasks"].values())
@@ -356,6 +358,19 @@ def load_task(name: str, spec: EvalSetSpec, base_dir: Path) -> LmTask:
     kids = {k for members in (loaded.get("group_map") or {}).values() for k in members}
     top = [g for g in loaded["groups"].values() if g.name not in kids]
     return LmTask(name, spec, tasks, table, group=top[0] if top else None)
+
+
+@functools.cache
+def _catalogue() -> Any:
+    """lm-eval's own task index: indexing its ~230 task folders takes ~6 s on 2 cores, once
+    per process however many sets name a task. (A local YAML's folder is indexed afresh:
+    it is small, and its files may change between runs of one process.)"""
+    return lm_eval_tasks().TaskManager()
+
+
+def lm_eval_tasks() -> Any:
+    """``lm_eval.tasks``, or LmEvalMissing saying what to install."""
+    return _lm_eval().tasks
 
 
 def _yaml_name(path: Path, table: str) -> str:
