@@ -591,3 +591,38 @@ def test_a_group_not_weighted_by_size_is_refused(tmp_path, tiny_model_dir, tasks
     suite = _suite(tmp_path, tiny_model_dir, f'\n[eval.sets.g]\nlm_eval_task = "{yaml}"\n')
     res = runner.invoke(app, ["run", str(suite), "--out", str(tmp_path / "out")])
     _one_line_exit_2(res, "eval.sets.g.lm_eval_task", "weighted by size")
+
+
+def test_an_interrupted_run_with_a_task_resumes(suite_dir, tasks, monkeypatch):
+    """SIGTERM during the adapter's evaluation, then `harness resume`: the zero-shot arm's
+    task rows are kept as journaled, the adapter is scored on the task, and the task's
+    accuracy is paired."""
+    from harness.run import pipeline
+
+    suite = suite_dir / "tiny.toml"
+    suite.write_text(suite.read_text(encoding="utf-8") + f'''
+[eval.sets.mc]
+lm_eval_task = "{tasks / 'toy_mc.yaml'}"
+num_fewshot = 2
+''', encoding="utf-8")
+    real = pipeline._eval_arm
+
+    def interrupted(*a, **k):
+        if a[1] == "lora":
+            raise KeyboardInterrupt("SIGTERM")
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "_eval_arm", interrupted)
+    res = runner.invoke(app, ["run", str(suite), "--out", str(suite_dir / "out"), "--set",
+                              "train.max_steps=4"])
+    assert res.exit_code == 1, res.output
+    (failed,) = list((suite_dir / "out" / "tiny").iterdir())
+    before = _rows(failed, "mc")
+    monkeypatch.setattr(pipeline, "_eval_arm", real)
+    res = runner.invoke(app, ["resume", str(failed)])
+    assert res.exit_code == 0, res.output
+    record = json.loads((failed / "run.json").read_text(encoding="utf-8"))
+    assert record["status"] == "success"
+    assert _rows(failed, "mc") == before and len(_rows(failed, "mc", "lora")) == len(QUESTIONS)
+    assert any(c["metric"] == "mc/acc" and c["test"] == "mcnemar-exact"
+               for c in record["comparisons"])
