@@ -192,6 +192,9 @@ TABLE: tuple[Metric, ...] = (
            decimals=4),
     Metric("ter", "TER", None, ("ter_edits", "ter_ref_len"), _ter, lower_is_better=True,
            decimals=2),
+    # Per document sum_k (p_k - 1[k = answer])^2 over the choices' normalised probabilities.
+    Metric("brier_score", "Brier score", None, ("brier_score",),
+           partial(_mean_of, "brier_score"), item_mean=True, lower_is_better=True, decimals=4),
     _task_perplexity("doc_perplexity", "Perplexity (per document)", ("doc_ll",),
                      partial(_exp_neg, "doc_ll", None)),
     _task_perplexity("word_perplexity", "Word perplexity", ("rolling_ll", "n_words"),
@@ -247,6 +250,7 @@ LM_EVAL: dict[tuple[str, str], str] = {
     ("bleu", "bleu"): "bleu",
     ("chrf", "chrf"): "chrf",
     ("ter", "ter"): "ter",
+    ("brier_score", "brier_score"): "brier_score",
 }
 # The metrics whose per-document value is (references, prediction): sacrebleu's sufficient
 # statistics of each document become its columns (harness.run.textmetrics.corpus_columns).
@@ -304,8 +308,11 @@ def task_mean(name: str) -> Metric:
 
 def is_known(key: str) -> bool:
     """A metric name, bare or of an extra set (system metrics are per arm, never per set)."""
+    eval_set, _ = split(key)
     found = entry(key)
-    return found is not None and (split(key)[0] is None or found.per_item)
+    if eval_set is None:
+        return found is not None
+    return bool(eval_set) and found is not None and found.per_item
 
 
 def sort_key(key: str) -> tuple[bool, str, int, str]:

@@ -350,16 +350,33 @@ def test_a_hub_task_offline_is_unchecked_in_validate(tmp_path, tiny_model_dir, m
 
 
 def test_a_metric_harness_cannot_pair_is_named(tmp_path, tiny_model_dir, tasks):
-    """brier_score's aggregation is not one harness recomputes from per-document sums: with
+    """A median-aggregated metric is not one harness recomputes from per-document sums: with
     no metric left, the set is refused, naming it."""
-    (tasks / "toy_brier.yaml").write_text(
-        MC_YAML.replace("task: toy_mc", "task: toy_brier").replace(
-            "  - metric: acc\n  - metric: acc_norm\n", "  - metric: brier_score\n"),
-        encoding="utf-8")
+    (tasks / "toy_median.yaml").write_text(
+        MC_YAML.replace("task: toy_mc", "task: toy_median").replace(
+            "  - metric: acc\n  - metric: acc_norm\n",
+            "  - metric: acc\n    aggregation: median\n"), encoding="utf-8")
     suite = _suite(tmp_path, tiny_model_dir,
-                   f'\n[eval.sets.x]\nlm_eval_task = "{tasks / "toy_brier.yaml"}"\n')
+                   f'\n[eval.sets.x]\nlm_eval_task = "{tasks / "toy_median.yaml"}"\n')
     res = runner.invoke(app, ["run", str(suite), "--out", str(tmp_path / "out")])
-    _one_line_exit_2(res, "brier_score (aggregation brier_score)", "can be paired")
+    _one_line_exit_2(res, "acc (aggregation median)", "can be paired")
+
+
+def test_a_brier_score_equals_lm_eval(tmp_path, tiny_model_dir, tasks):
+    """lm-eval's brier_score needs the same number of choices in every document."""
+    _jsonl(tasks / "four.jsonl", [{"question": f"Item {i}: pick one.",
+                                   "choices": CHOICES[i % 3: i % 3 + 4], "answer": i % 4}
+                                  for i in range(8)])
+    yaml = tasks / "toy_brier.yaml"
+    yaml.write_text(MC_YAML.replace("task: toy_mc", "task: toy_brier").replace(
+        "mc.jsonl", "four.jsonl").replace("fewshot_split: test\n", "").replace(
+        "  - metric: acc\n  - metric: acc_norm\n", "  - metric: brier_score\n"),
+        encoding="utf-8")
+    suite = _suite(tmp_path, tiny_model_dir, f'\n[eval.sets.b]\nlm_eval_task = "{yaml}"\n')
+    run = cli_run(suite, tmp_path / "out")
+    results, _ = _lm_eval(tiny_model_dir, yaml, 0)
+    assert _metrics(run)["b/brier_score"] == pytest.approx(results["brier_score,none"],
+                                                           rel=1e-6)
 
 
 WORDS = ["apple", "river", "stone", "cloud", "violet", "thunder", "maple", "ember", "quartz",

@@ -27,7 +27,7 @@ def test_the_table_keeps_the_metrics_and_their_order():
     """Tables, reports and comparisons list metrics in this order (metrics.sort_key)."""
     assert M.ALL_KEYS == ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum",
                           "exact_match", "chrf", "bleu", "bertscore", "acc", "acc_norm",
-                          "acc_mutual_info", "acc_bytes", "f1", "mcc", "ter",
+                          "acc_mutual_info", "acc_bytes", "f1", "mcc", "ter", "brier_score",
                           "doc_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte",
                           "eval_tokens_per_s", "gen_tokens_per_s", "peak_memory_bytes")
     assert len(set(M.ALL_KEYS)) == len(M.TABLE)
@@ -158,6 +158,11 @@ def test_lm_eval_task_metrics_equal_lm_evals_own_aggregation(name: str, agg: str
             values[0] = ("", "")  # an empty reference and prediction
         rows = textmetrics.corpus_columns(key, [p for _, p in values],
                                           [[r for r, _ in values]])
+    elif key == "brier_score":
+        probs = rng.dirichlet(np.ones(4), size=9)
+        values = [(int(g), p.tolist()) for g, p in zip(labels[:, 0] * 3, probs)]
+        rows = [{"brier_score": float(np.sum((np.asarray(p) - np.eye(4)[g]) ** 2))}
+                for g, p in values]
     elif key in M.CONFUSION_KEYS:
         values = [tuple(int(x) for x in pair) for pair in labels]
         rows = [{f"{key}_tp": float(g and p), f"{key}_fp": float(p and not g),
@@ -172,7 +177,7 @@ def test_lm_eval_task_metrics_equal_lm_evals_own_aggregation(name: str, agg: str
     theirs = registry.AGGREGATION_REGISTRY[agg](values)
     assert M.from_rows(key, rows) == pytest.approx(float(theirs), rel=1e-9, abs=1e-12)
     assert M.lower_is_better(key) == (agg in ("perplexity", "weighted_perplexity",
-                                               "bits_per_byte", "ter"))
+                                               "bits_per_byte", "ter", "brier_score"))
 
 
 def test_a_sets_metric_the_table_lacks_is_a_tasks_own_mean():

@@ -236,6 +236,8 @@ def _columns(key: str, value: Any) -> dict[str, float]:
     keyed = M.keyed("task", key)  # any set: the key's own entry, a task's mean included
     if key in M.CONFUSION_KEYS:
         return _confusion(key, value)
+    if key == "brier_score":
+        return {key: _brier(value)}
     if key in M.TEXT_PAIR_KEYS:
         return {}  # scored from the document's TEXT_PAIRS by the run (sacrebleu's statistics)
     cols = M.columns(keyed)
@@ -250,6 +252,18 @@ def _columns(key: str, value: Any) -> dict[str, float]:
         raise DataError(f"lm-eval metric {key} gave {value!r} for a document; harness pairs "
                         f"{key} as right (1) or wrong (0)")
     return out
+
+
+def _brier(value: Any) -> float:
+    """lm-eval's (answer index, choice probabilities) as the document's squared error, whose
+    mean over documents is its brier_score aggregation."""
+    try:
+        gold, probs = value
+        p = np.asarray(probs, dtype=np.float64)
+        return float(np.sum((p - np.eye(len(p))[int(gold)]) ** 2))
+    except (TypeError, ValueError, IndexError):
+        raise DataError(f"lm-eval metric brier_score gave {value!r}, expected (answer index, "
+                        "choice probabilities)") from None
 
 
 def _confusion(key: str, value: Any) -> dict[str, float]:
