@@ -134,14 +134,15 @@ def tasks(tmp_path_factory, tiny_model_dir) -> Path:
     return d
 
 
-def _lm_eval(model_dir: Path, yaml: Path, num_fewshot: int, limit: int | None = None
-             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _lm_eval(model_dir: Path, yaml: Path, num_fewshot: int | None, limit: int | None = None,
+             max_length: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """lm-eval's own results and per-document samples (HFLM, batch 4, CPU, float32); run
     from the YAML's folder, where its relative data_files resolve."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=str(model_dir), batch_size=4, device="cpu", dtype="float32")
+    lm = HFLM(pretrained=str(model_dir), batch_size=4, device="cpu", dtype="float32",
+              **({"max_length": max_length} if max_length else {}))
     with contextlib.chdir(yaml.parent):
         out = simple_evaluate(model=lm, tasks=[str(yaml)], num_fewshot=num_fewshot,
                               limit=limit, log_samples=True, bootstrap_iters=0)
@@ -246,7 +247,8 @@ lm_eval_task = "{tasks / 'toy_ll.yaml'}"
 ''')
     run = cli_run(suite, tmp_path / "out")
     m = _metrics(run)
-    roll, roll_samples = _lm_eval_rolling(tiny_model_dir, tasks / "toy_roll.yaml", 16)
+    roll, roll_samples = _lm_eval(tiny_model_dir, tasks / "toy_roll.yaml", None,
+                                  max_length=16)
     for key in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
         assert m[f"text/{key}"] == pytest.approx(roll[f"{key},none"], rel=1e-5)
     ll, ll_samples = _lm_eval(tiny_model_dir, tasks / "toy_ll.yaml", 0)
@@ -259,19 +261,6 @@ lm_eval_task = "{tasks / 'toy_ll.yaml'}"
     assert [r["n_words"] for r in rows] == [s["word_perplexity"][1] for s in roll_samples]
     # 16-token windows: every text here spans several, so the rolling windows are exercised.
     assert all(r["n_bytes"] > 16 for r in rows)
-
-
-def _lm_eval_rolling(model_dir: Path, yaml: Path, max_length: int
-                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-
-    lm = HFLM(pretrained=str(model_dir), batch_size=4, device="cpu", dtype="float32",
-              max_length=max_length)
-    with contextlib.chdir(yaml.parent):
-        out = simple_evaluate(model=lm, tasks=[str(yaml)], log_samples=True, bootstrap_iters=0)
-    return out["results"][yaml.stem], sorted(out["samples"][yaml.stem],
-                                             key=lambda s: s["doc_id"])
 
 
 def test_a_task_accuracy_is_paired_with_mcnemar(suite_dir, tasks):
