@@ -108,8 +108,12 @@ def gate_command(
         "`rougeL:-1%:sig`, `general/perplexity:+5%:vs-zero-shot` (each adapter arm against "
         "the candidate run's own zero-shot arm); replaces the suite's rule for that metric. "
         "Repeatable.")] = None,
+    allow_noop: Annotated[bool, typer.Option(
+        "--allow-noop", help="Do not fail an adapter arm the run found to do nothing (zero "
+        "update, or per-item losses equal to the zero-shot arm's).")] = False,
 ) -> None:
-    """Fail (exit 1) when the candidate regresses against the baseline beyond the rules.
+    """Fail (exit 1) when the candidate regresses against the baseline beyond the rules, or
+    has an adapter arm that does nothing (unless `--allow-noop`).
 
     A rule ending in `:vs-zero-shot` compares each adapter arm with the zero-shot arm of the
     same run (a forgetting check within one run); without `--baseline` only those rules
@@ -128,7 +132,7 @@ def gate_command(
     try:
         cand = load_run(candidate)
         base = load_run(baseline) if baseline is not None else None
-        outcome = gate.run_gate(cand, base, cli_rules=rule or [])
+        outcome = gate.run_gate(cand, base, cli_rules=rule or [], allow_noop=allow_noop)
     except HarnessError as e:
         fail(e)
     for w in outcome.warnings:

@@ -33,6 +33,7 @@ from harness.run import (
     logs,
     memory,
     modeling,
+    noop,
     pairing,
     preflight,
     resume,
@@ -284,6 +285,7 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
             _write_model_card(run, name, cell, M.finite(evaluated.metrics)[0])
             _record_arm(run, name, evaluated, adapter=adapter, source=arms.TRAINED,
                         merged_for_eval=merged)
+            _flag_noop(run, name, run.dir.path / adapter)
             _compare(run, name)
             _done(run, name)
     except Exception as e:  # noqa: BLE001 - a failing sweep cell must not stop the others
@@ -313,6 +315,7 @@ def _existing_arms(run: _Run, checked: Preflight, base: modeling.LazyModel, tok:
                                   checked.loaded_splits.eval, device)
             _record_arm(run, ad.name, evaluated, adapter=ad.source, source=arms.EXISTING,
                         origin=adapterload.origin(ad, model, folder))
+            _flag_noop(run, ad.name, folder)
             _compare(run, ad.name)
             _done(run, ad.name)
         except Exception as e:  # noqa: BLE001 - one broken adapter must not stop the others
@@ -320,6 +323,17 @@ def _existing_arms(run: _Run, checked: Preflight, base: modeling.LazyModel, tok:
                 "model": run.suite.model.label, "adapter": ad.source, "source": arms.EXISTING,
                 "metrics": {}})
             _arm_failed(arm, e, run.stage)
+
+
+def _flag_noop(run: _Run, name: str, folder: Path | None) -> None:
+    """An adapter whose weights make no update, or whose per-item losses are the zero-shot
+    arm's: a loud warning, and ``noop`` on the arm, which gate fails unless --allow-noop."""
+    rows = [r for r in run.predictions if r["arm"] in (name, arms.BASELINE)]
+    reason = noop.zero_update(folder) or noop.same_losses(
+        [r for r in rows if r["arm"] == arms.BASELINE], [r for r in rows if r["arm"] == name])
+    if reason:
+        run.record["arms"][name]["noop"] = reason
+        _warn(run, record.noop_warning(name, reason))
 
 
 def _for_eval(model: Any, cell: Suite) -> tuple[Any, bool]:

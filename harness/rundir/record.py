@@ -83,6 +83,7 @@ class ArmEntry(_ArmKeys, total=False):
     cached: bool  # a zero-shot arm read from the baseline cache
     origin: dict[str, Any]  # an existing adapter: where its weights came from
     merged_for_eval: bool  # a trained arm evaluated with its adapter merged in
+    noop: str  # why the adapter does nothing (harness.run.noop); gate fails the arm
 
 
 class _ComparisonKeys(TypedDict):
@@ -229,6 +230,11 @@ def overall_status(record: Mapping[str, Any]) -> Status:
     if others and all(a.get("status") == Status.FAILED for a in others):
         return Status.FAILED
     return Status.SUCCESS
+
+
+def noop_warning(arm: str, reason: str) -> str:
+    """The run's warning for an adapter arm that does nothing (``arms.<arm>.noop``)."""
+    return f"arm {arm} does nothing: {reason}"
 
 
 def iso_time(t: float) -> str:
@@ -443,7 +449,7 @@ _ROW = {"metric": Kind(("a string",)), "baseline": _TEXT, "candidate": _TEXT,
         **{k: _NUMBER for k in _ROW_NUMBERS}}
 _ARM = Obj({"model": _TEXT, "adapter": _TEXT, "source": _TEXT, "status": _TEXT,
             "metrics": Obj(each=_NUMBER, null=True), "non_finite": _ANY_OBJ,
-            "measured": _ANY_OBJ, "cached": _FLAG, "error": _ERROR})
+            "measured": _ANY_OBJ, "cached": _FLAG, "error": _ERROR, "noop": _TEXT})
 RECORD_SHAPE = Obj({
     "suite": Kind(("a string",)), "run_id": Kind(("a string",)), "status": _TEXT,
     "error": _ERROR, "config": _ANY_OBJ, "env": _ANY_OBJ,

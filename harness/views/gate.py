@@ -176,10 +176,11 @@ def gate_rules(record: Mapping[str, Any], cli_rules: Sequence[str]) -> list[Rule
 
 
 def run_gate(candidate: LoadedRun, baseline: LoadedRun | None, *,
-             cli_rules: list[str]) -> GateOutcome:
+             cli_rules: list[str], allow_noop: bool = False) -> GateOutcome:
     """Apply the rules to every candidate arm: against its baseline-run counterpart, and
     (``:vs-zero-shot`` rules) against the candidate run's own zero-shot arm. With no baseline
-    run only the ``:vs-zero-shot`` rules apply."""
+    run only the ``:vs-zero-shot`` rules apply. An adapter arm the run found to do nothing
+    (``noop``) fails the gate whatever the rules say, unless ``allow_noop``."""
     rules = gate_rules(candidate.record, cli_rules)
     within = [r for r in rules if r.vs_zero_shot]
     across, notes = _across_rules(rules, baseline, within)
@@ -192,8 +193,9 @@ def run_gate(candidate: LoadedRun, baseline: LoadedRun | None, *,
     if across and baseline is not None:
         checks += _against_baseline_run(candidate, baseline, across, notes)
     checks += _against_zero_shot(candidate, within)
-    code = 1 if any(c.status == "fail" for c in checks) else 0
-    md = render(candidate, baseline, checks, notes, code)
+    noops = [] if allow_noop else noop_failures(candidate)
+    code = 1 if noops or any(c.status == "fail" for c in checks) else 0
+    md = render(candidate, baseline, checks, notes, code, noops)
     warnings = notes + [f"{c.rule.text} on arm {c.arm}: {c.message}" for c in checks
                         if c.status in ("warn", "skip")]
     return GateOutcome(code, md, warnings, tuple(checks))
@@ -243,6 +245,14 @@ def _against_zero_shot(run: LoadedRun, rules: list[Rule]) -> list[Check]:
     # a cached zero-shot arm's speed and memory come from another process: _check_arm skips
     # those rules with the reason (measured.reason)
     return [c for arm in arms for c in _check_arm(run, run, arm, A.BASELINE, rules)]
+
+
+def noop_failures(run: LoadedRun) -> list[str]:
+    """One line per adapter arm the run recorded as doing nothing (its ``noop`` reason)."""
+    recorded = run.record.get("arms") or {}
+    return [f"arm {name} does nothing: {recorded[name]['noop']} (--allow-noop accepts it)"
+            for name in A.adapters(recorded)
+            if isinstance(recorded[name], Mapping) and recorded[name].get("noop")]
 
 
 def _failed_candidate(candidate: LoadedRun, baseline: LoadedRun | None) -> GateOutcome:
@@ -349,11 +359,14 @@ RESULT = {"pass": "✅ pass", "fail": "❌ FAIL", "warn": "⚠️ warn", "skip":
 
 
 def render(candidate: LoadedRun, baseline: LoadedRun | None, checks: Sequence[Check],
-           warnings: Sequence[str], code: int) -> str:
+           warnings: Sequence[str], code: int, noops: Sequence[str] = ()) -> str:
     """The Markdown summary printed by the CLI and appended to $GITHUB_STEP_SUMMARY. Values
     from the records (arm names, paths, messages) go through ``md_cell``: no raw HTML."""
     failed = sum(c.status == "fail" for c in checks)
-    verdict = "✅ pass" if code == 0 else f"❌ FAIL ({failed} regression{'s' * (failed != 1)})"
+    why = [f"{failed} regression{'s' * (failed != 1)}"] if failed else []
+    why += [f"{len(noops)} adapter{'s' * (len(noops) != 1)} that do{'es' * (len(noops) == 1)} "
+            "nothing"] if noops else []
+    verdict = "✅ pass" if code == 0 else f"❌ FAIL ({', '.join(why)})"
     against = (f"vs baseline {F.run_label(baseline)}" if baseline is not None
                else "vs its own zero-shot arm")
     lines = [f"## harness gate: {verdict}", "",
@@ -362,6 +375,7 @@ def render(candidate: LoadedRun, baseline: LoadedRun | None, checks: Sequence[Ch
     lines += [_md_row(["Rule", "Arm", "Baseline", "Candidate", "Change", "CI of change",
                        "Result"]), "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     lines += [_check_line(c) for c in checks]
+    lines += _bullets("Adapters that do nothing", noops)
     lines += _bullets("Warnings", warnings)
     return "\n".join(lines) + "\n"
 

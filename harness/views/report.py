@@ -22,7 +22,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from harness.rundir.record import LoadedRun, Status
+from harness.rundir.record import LoadedRun, Status, noop_warning
 from harness.rundir.results import REPORT_FILES, atomic_write_text
 from harness.views import formatting as F
 from harness.views import templating
@@ -83,12 +83,21 @@ def render_markdown(run: LoadedRun) -> str:
 # ------------------------------------------------------------------ context shared by both
 
 
+def _noops(rec: dict[str, Any]) -> list[str]:
+    """Adapter arms the run found to do nothing: the report leads with them."""
+    arms = as_dict(rec.get("arms"))
+    return [noop_warning(n, str(as_dict(a)["noop"])) for n, a in arms.items()
+            if as_dict(a).get("noop")]
+
+
 def _context(run: LoadedRun, d: ReportData) -> dict[str, Any]:
     rec, headline, forgetting = d.record, headline_tables(d), forgetting_rows(d)
     entries = contenders(d, headline)
     return {
         "suite": run.suite, "run_id": run.run_id, "status": str(rec.get("status", "unknown")),
-        "error": _error(rec), "warnings": d.warnings, "summary": _summary(rec, d),
+        "error": _error(rec), "noops": _noops(rec),
+        "warnings": [w for w in d.warnings if w not in _noops(rec)],
+        "summary": _summary(rec, d),
         "versions": _versions(as_dict(rec.get("env"))), "headline": headline,
         "cards": headline_cards(entries, forgetting_sets(d)),
         "leaderboard": leaderboard(d, entries), "benchmarks": benchmark_tables(d),
