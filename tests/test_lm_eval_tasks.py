@@ -632,3 +632,25 @@ num_fewshot = 2
     assert _rows(failed, "mc") == before and len(_rows(failed, "mc", "lora")) == len(QUESTIONS)
     assert any(c["metric"] == "mc/acc" and c["test"] == "mcnemar-exact"
                for c in record["comparisons"])
+
+
+def test_a_skipped_metric_and_an_unapplied_num_fewshot_are_warnings(tmp_path, tiny_model_dir,
+                                                                    tasks):
+    """A task that fixes 0 few-shot examples keeps 0 (as lm-eval does) and the run says so;
+    a metric with an aggregation harness cannot pair is named, the others are scored."""
+    yaml = tasks / "toy_fixed.yaml"
+    yaml.write_text(MC_YAML.replace("task: toy_mc", "task: toy_fixed").replace(
+        "  - metric: acc_norm\n", "  - metric: acc_norm\n    aggregation: median\n")
+        + "num_fewshot: 0\n", encoding="utf-8")
+    suite = _suite(tmp_path, tiny_model_dir,
+                   f'\n[eval.sets.f]\nlm_eval_task = "{yaml}"\nnum_fewshot = 2\n')
+    run = cli_run(suite, tmp_path / "out")
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    said = record["warnings"]
+    assert any("eval.sets.f: lm-eval metric(s) not scored" in w and
+               "acc_norm (aggregation median)" in w for w in said), said
+    assert any("eval.sets.f.num_fewshot = 2 is not applied: toy_fixed" in w for w in said)
+    assert "f/acc" in record["arms"]["baseline"]["metrics"]
+    assert "f/acc_norm" not in record["arms"]["baseline"]["metrics"]
+    assert all(r["prompt"].startswith("Question:") for r in _rows(run, "f"))  # no examples
+    assert record["data"]["eval_sets"]["f"]["num_fewshot"] == 0

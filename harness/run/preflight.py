@@ -63,7 +63,8 @@ def check(suite: Suite, offline_ok: bool = False) -> Preflight:
                             for spec in suite.adapters) if a is not None]
     variants = _variants(suite, splits) if splits else []
     sets = _unless_unreachable(lambda: data.load_eval_sets(suite), offline_ok, unchecked) or []
-    warnings = _suite_warnings(suite) + [w for a in existing for w in a.warnings]
+    warnings = (_suite_warnings(suite) + [w for a in existing for w in a.warnings]
+                + [w for s in sets if s.task is not None for w in s.task.warnings])
     return Preflight(source, splits, cells, variants, warnings, unchecked, existing, sets)
 
 

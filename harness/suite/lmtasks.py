@@ -108,6 +108,20 @@ class LmTask:
         """The harness metric keys this set scores (bare: evaluation prefixes the set)."""
         return tuple(self.metrics)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the run should say about the set: metrics it does not pair, a num_fewshot the
+        task's config overrides (lm-eval keeps a task's fixed 0, as harness does)."""
+        table = f"eval.sets.{self.set_name}"
+        out = [f"{table}: lm-eval metric(s) not scored, their aggregation is not one harness "
+               f"pairs: {', '.join(self.skipped)}"] if self.skipped else []
+        fixed = sorted({p.task.task_name for p in self._parts
+                        if self.spec.num_fewshot and p.task.get_config("num_fewshot") == 0})
+        if fixed:
+            out.append(f"{table}.num_fewshot = {self.spec.num_fewshot} is not applied: "
+                       f"{', '.join(fixed)} fix(es) 0 few-shot examples in the task config")
+        return out
+
     def _each(self) -> list[tuple[_Part, int, Any]]:
         return [(p, i, doc) for p in self._parts for i, doc in p.raw]
 
