@@ -8,6 +8,13 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+ExportOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--export", metavar="ARM=FORMAT",
+                 help="Also evaluate the adapter arm ARM exported as FORMAT (merged: merged "
+                      "into the base's weights) as arm ARM+FORMAT, paired against ARM. "
+                      "Repeatable; adds to the suite's [[exports]]."),
+]
 AdapterOpt = Annotated[
     Optional[list[str]],
     typer.Option("--adapter", metavar="NAME=DIR",

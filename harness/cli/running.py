@@ -14,7 +14,7 @@ import typer
 
 from harness.cli.checking import offline_without_network
 from harness.cli.console import EXIT_INPUT, err, error, fail, show
-from harness.cli.options import AdapterOpt, SetOpt
+from harness.cli.options import AdapterOpt, ExportOpt, SetOpt
 from harness.errors import HarnessError
 
 
@@ -22,6 +22,7 @@ def run_command(
     suite: Annotated[Path, typer.Argument(metavar="SUITE", help="Suite TOML file.")],
     set_: SetOpt = None,
     adapter: AdapterOpt = None,
+    export: ExportOpt = None,
     eval_only: Annotated[bool, typer.Option(
         "--eval-only", help="Skip the suite's [train] / [sweep]: the zero-shot baseline and "
         "the existing adapters only.")] = False,
@@ -53,7 +54,7 @@ def run_command(
 
     try:
         part = Shard.parse(shard) if shard is not None else None
-        s = suitefile.load_suite(suite, set_ or [], adapter or [])
+        s = suitefile.load_suite(suite, set_ or [], adapter or [], export or [])
     except HarnessError as e:
         fail(e)
     if eval_only:

@@ -9,7 +9,7 @@ from typing import Any
 
 from harness import metrics as M
 from harness.rundir.record import Status
-from harness.stats import measured, seedstats
+from harness.stats import measured, retained, seedstats
 from harness.stats import paired as stats
 from harness.suite import arms, config
 
@@ -53,3 +53,20 @@ def seed_comparisons(record: dict[str, Any], predictions: list[dict[str, Any]],
             metrics=sorted((k for k in base if M.is_per_item(k)), key=M.sort_key),
             settings=settings)
     return rows
+
+
+def export_comparison(record: dict[str, Any], predictions: list[dict[str, Any]], export: str,
+                      source: str, settings: config.StatsSettings) -> dict[str, Any]:
+    """Export arm ``export`` against its source adapter arm: per metric the share of the
+    adapter's gain over the zero-shot arm that the export keeps (with its paired bootstrap
+    CI), and the greedy-output agreement on the suite's own items."""
+    rows = {role: [r for r in predictions if r["arm"] == arm]
+            for role, arm in (("base", arms.BASELINE), ("adapter", source),
+                              ("export", export))}
+    have = record["arms"][export]["metrics"]
+    metrics = sorted((k for k, v in have.items() if v is not None and M.is_per_item(k)),
+                     key=M.sort_key)
+    return {"export": export, "from": source,
+            "retained": retained.export_rows(rows, metrics, n_resamples=settings.n_resamples,
+                                             seed=settings.seed, alpha=settings.alpha),
+            "agreement": retained.agreement(rows["adapter"], rows["export"])}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +27,12 @@ from harness.errors import (
 )
 from harness.run import (
     adapterload,
+    adapters,
     cache,
     distributed,
     encoding,
     evaluation,
+    exports,
     logs,
     memory,
     modeling,
@@ -179,6 +182,7 @@ def _execute(run: _Run, checked: Preflight) -> None:
         if name not in run.done:
             _train_arm(run, name, cell, path, tok, device, (enc_train, enc_val, enc_eval),
                        checked.loaded_splits)
+    _export_arms(run, checked, path, tok, enc_eval, device)
     _compare_seeds(run)
 
 
@@ -323,6 +327,40 @@ def _existing_arms(run: _Run, checked: Preflight, base: modeling.LazyModel, tok:
                 "model": run.suite.model.label, "adapter": ad.source, "source": arms.EXISTING,
                 "metrics": {}})
             _arm_failed(arm, e, run.stage)
+
+
+def _export_arms(run: _Run, checked: Preflight, path: str, tok: Any, enc_eval, device: str
+                 ) -> None:
+    """[[exports]]: each adapter arm's export built, evaluated as arm <from>+<format> and
+    paired against its source (how much of the gain it keeps). A source arm that did not
+    succeed here (it failed, or another shard trains it) has nothing to export: a warning."""
+    existing = {ad.name: ad for ad in checked.existing}
+    unquantized = run.suite.model.model_copy(update={"quantization": None})  # QLoRA: merged
+    for spec in run.suite.exports:
+        name, source = spec.arm, run.record["arms"].get(spec.from_) or {}
+        if name in run.done:
+            continue
+        if source.get("status") != Status.SUCCESS:
+            _warn(run, f"export {name}: arm {spec.from_} was not evaluated here; not exported")
+            continue
+        run.stage = f"export:{name}"
+        folder = (run.dir.path / source["adapter"] if source.get("source") == arms.TRAINED
+                  else adapters.adapter_folder(existing[spec.from_].source,
+                                               existing[spec.from_].revision))
+        assert folder is not None, "a successful adapter arm has its folder"
+        keep = run.dir.path / results.EXPORTS_DIR / name if spec.keep else None
+        built = exports.merged(partial(modeling.load_model, unquantized, path, device), folder,
+                               tok, device, keep)
+        run.stage = f"eval:{name}"
+        evaluated = _eval_arm(run, name, built.model, tok, enc_eval,
+                              checked.loaded_splits.eval, device)
+        _record_arm(run, name, evaluated, adapter=None, source=arms.EXPORT,
+                    export={**built.info, "from": spec.from_})
+        _compare(run, name)
+        run.record.setdefault("export_comparisons", []).append(
+            pairing.export_comparison(run.record, run.predictions, name, spec.from_,
+                                      _settings(run.suite)))
+        _done(run, name)
 
 
 def _flag_noop(run: _Run, name: str, folder: Path | None) -> None:

@@ -84,6 +84,19 @@ def _check_arm_names(suite: Suite, cells: list[tuple[str, Suite]]) -> None:
     if clash:
         raise InputError(f"adapters: {clash} also name trained arms; give the existing "
                          "adapters other names")
+    _check_exports(suite, [name for name, _ in cells] + [a.name for a in suite.adapters])
+
+
+def _check_exports(suite: Suite, adapter_arms: list[str]) -> None:
+    """Each export names an adapter arm of this run, once per format."""
+    for i, e in enumerate(suite.exports):
+        if e.from_ not in adapter_arms:
+            raise InputError(f"exports[{i}].from = {e.from_!r}: no such adapter arm; this run "
+                             f"has {', '.join(adapter_arms) or 'none'}")
+    arms_made = [e.arm for e in suite.exports]
+    twice = sorted({a for a in arms_made if arms_made.count(a) > 1})
+    if twice:
+        raise InputError(f"exports: {twice} asked for more than once")
 
 
 def _unless_unreachable(check, offline_ok: bool, unchecked: list[str]):

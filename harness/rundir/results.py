@@ -37,6 +37,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 TRAIN_LOG_FILE = "train_log.jsonl"
 REPORT_FILES = ("report.html", "report.md")  # views.report.write_reports writes these, in order
 ADAPTERS_DIR = "adapters"
+EXPORTS_DIR = "exports"  # [[exports]] with keep = true: the deployable artifacts
 MODEL_CARD_FILE = "README.md"  # inside adapters/<arm>/: the hub's name for a model card
 TENSORBOARD_DIR = "tensorboard"  # tensorboard/<arm>/ when train.report_to names it
 SCRATCH_DIR = "scratch"  # working files of a stage while it runs; gone when it ends

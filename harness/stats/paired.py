@@ -391,7 +391,7 @@ def _discordant(p: PairedItems, metric: str) -> tuple[int, int]:
         int(np.count_nonzero((base == 0) & (cand == 1)))
 
 
-def _interval(values: np.ndarray, alpha: float) -> tuple[float | None, float | None]:
+def interval(values: np.ndarray, alpha: float) -> tuple[float | None, float | None]:
     values = values[np.isfinite(values)]  # a resample whose baseline is 0 has no relative gain
     if values.size == 0:
         return None, None
@@ -473,9 +473,9 @@ def _fill_paired(rows: list[dict[str, Any]], paired: PairedItems, settings: Stat
     dist = _resample(paired, [r["metric"] for r in rows], settings)
     for r in rows:
         d = dist[r["metric"]]
-        r["ci_low"], r["ci_high"] = _interval(d["diff"], settings.alpha)
+        r["ci_low"], r["ci_high"] = interval(d["diff"], settings.alpha)
         if r["baseline_value"] != 0:
-            r["rel_ci_low"], r["rel_ci_high"] = _interval(d["rel"], settings.alpha)
+            r["rel_ci_low"], r["rel_ci_high"] = interval(d["rel"], settings.alpha)
         r["paired"], r["n_items"] = True, paired.n
         if M.is_binary(r["metric"]):
             r["p_value"], r["p_value_mid"] = mcnemar(*_discordant(paired, r["metric"]))

@@ -19,7 +19,8 @@ RESERVED = frozenset({BASELINE})
 ZERO_SHOT = "zero-shot"
 TRAINED = "trained"
 EXISTING = "existing"
-SOURCES = (ZERO_SHOT, TRAINED, EXISTING)
+EXPORT = "export"  # an adapter arm exported ([[exports]]): arm <from>+<format>
+SOURCES = (ZERO_SHOT, TRAINED, EXISTING, EXPORT)
 
 BASELINE_LABEL = "Zero-shot"  # how reports name the base model's own arm
 

@@ -498,6 +498,21 @@ class AdapterSpec(_Strict):
     revision: Optional[NonEmpty] = None  # hub only
 
 
+class ExportSpec(_Strict):
+    """``[[exports]]``: what is deployed instead of the adapter arm ``from`` (``merged``: the
+    adapter merged into the base's weights), evaluated as the arm ``<from>+<format>``."""
+
+    # TOML's ``from`` is a Python keyword; a suite re-read from its dump says ``from_``.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    from_: FolderName = Field(alias="from")
+    format: Literal["merged"]
+    keep: Flag = False  # save the artifact in the run directory (exports/<arm>/)
+
+    @property
+    def arm(self) -> str:
+        return f"{self.from_}+{self.format}"
+
+
 # ---------------------------------------------------------------- the suite
 
 
@@ -512,6 +527,7 @@ class Suite(_Strict):
     gate: GateSpec = GateSpec()
     sweep: Optional[SweepSpec] = None
     adapters: list[AdapterSpec] = []
+    exports: list[ExportSpec] = []
     # Where relative paths resolve: the suite file's folder. Not a TOML key.
     base_dir: Path = Field(default=Path("."), exclude=True)
 

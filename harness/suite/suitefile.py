@@ -25,9 +25,10 @@ from harness.suite.config import SUITE_FILE, Suite
 
 
 def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-               adapters: list[str] | tuple[str, ...] = ()) -> Suite:
-    """Read, override (``--set a.b=v``), add ``--adapter NAME=PATH`` arms, and validate a
-    suite file.
+               adapters: list[str] | tuple[str, ...] = (),
+               exports: list[str] | tuple[str, ...] = ()) -> Suite:
+    """Read, override (``--set a.b=v``), add ``--adapter NAME=PATH`` arms and ``--export
+    ARM=FORMAT`` exports, and validate a suite file.
 
     Every problem is reported at once, one line each: bad ``--set`` arguments, then schema
     errors, each naming the ``--set`` that caused it or else the file and line.
@@ -40,11 +41,12 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raise ConfigError(f"{path}: TOML syntax error: {e}") from e
     problems: list[str] = []
     origins = _apply_overrides(raw, overrides, problems)
-    for item in adapters:
-        try:
-            add_adapter(raw, item)
-        except ConfigError as e:
-            problems.append(str(e))
+    for add, items in ((add_adapter, adapters), (add_export, exports)):
+        for item in items:
+            try:
+                add(raw, item)
+            except ConfigError as e:
+                problems.append(str(e))
     try:
         suite = validate_suite(raw, path=path, text=text, origins=origins)
     except ConfigError as e:
@@ -148,6 +150,14 @@ def add_adapter(raw: dict[str, Any], item: str) -> None:
     if local.exists() or where.startswith((".", "/", "~")):
         where = str(local.resolve())
     raw.setdefault("adapters", []).append({"name": name.strip(), "path": where})
+
+
+def add_export(raw: dict[str, Any], item: str) -> None:
+    """``ARM=FORMAT`` from the command line: one more ``[[exports]]`` entry."""
+    arm, sep, fmt = item.partition("=")
+    if not sep or not arm.strip() or not fmt.strip():
+        raise ConfigError(f"--export {item!r}: expected ARM=FORMAT (e.g. lora=merged)")
+    raw.setdefault("exports", []).append({"from": arm.strip(), "format": fmt.strip()})
 
 
 # A path typed on the command line means what the shell means: relative to the current folder,

@@ -1,0 +1,117 @@
+"""Exports as arms, through the CLI on the tiny model: `--export lora=merged` (or
+`[[exports]]`) evaluates the adapter merged into the base as arm `lora+merged`, paired against
+`lora`: per-item losses equal the (unmerged) adapter's, greedy text identical, the whole gain
+kept; the kept folder loads in plain transformers with the recorded losses and sha256; an
+existing adapter exports too; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+from .conftest import cli_run
+from .test_noop import _adapter, _with_adapters
+
+runner = CliRunner()
+FAST = ["train.max_steps=6", "eval.merge_adapter=false", "stats.n_resamples=200"]
+
+
+def _rows(run: Path, arm: str) -> dict[str, dict[str, Any]]:
+    rows = [json.loads(x) for x in (run / "predictions.jsonl").open(encoding="utf-8")]
+    return {r["id"]: r for r in rows if r["arm"] == arm and r["set"] is None}
+
+
+def _record(run: Path) -> dict[str, Any]:
+    return json.loads((run / "run.json").read_text(encoding="utf-8"))
+
+
+def _plain_losses(folder: Path, run: Path) -> dict[str, float]:
+    """Mean NLL of each eval item's reference tokens: the kept folder loaded with
+    AutoModelForCausalLM alone, the items' prompt + reference as the run tokenized them
+    (harness's encoding, as tests of adapters do), one plain forward each."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.run import encoding
+    from harness.suite import data, suitefile
+
+    suite = suitefile.load_suite(run.parent.parent.parent / "tiny.toml")
+    tok = AutoTokenizer.from_pretrained(folder)
+    items, _ = encoding.encode_all(data.load_splits(suite).eval, tok, suite.data)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    out = {}
+    with torch.inference_mode():
+        for e in items:
+            ids = torch.tensor([e.input_ids])
+            logits = model(ids).logits[0, :-1].float()
+            labels = torch.tensor(e.labels[1:])
+            keep = labels != -100
+            out[e.id] = float(torch.nn.functional.cross_entropy(logits[keep], labels[keep]))
+    return out
+
+
+def test_a_merged_export_is_the_adapter_and_keeps_its_gain(suite_dir):
+    suite = suite_dir / "tiny.toml"
+    suite.write_text(suite.read_text(encoding="utf-8")
+                     + '\n[[exports]]\nfrom = "lora"\nformat = "merged"\nkeep = true\n',
+                     encoding="utf-8")
+    run = cli_run(suite, suite_dir / "out", *FAST)
+    record = _record(run)
+    arm = record["arms"]["lora+merged"]
+    assert arm["source"] == "export" and arm["status"] == "success"
+    lora, merged = _rows(run, "lora"), _rows(run, "lora+merged")
+    for i, r in lora.items():
+        assert merged[i]["loss"] == pytest.approx(r["loss"], rel=1e-5)
+        assert merged[i]["prediction"] == r["prediction"]
+    (pair,) = record["export_comparisons"]
+    assert pair["agreement"] == {"same": len(lora), "n_items": len(lora), "share": 1.0}
+    loss = next(r for r in pair["retained"] if r["metric"] == "loss")
+    assert loss["retained"] == pytest.approx(1.0, abs=1e-4)
+    assert loss["ci_low"] == pytest.approx(1.0, abs=1e-3) and loss["n_resamples"] == 200
+    kept = run / "exports" / "lora+merged"
+    export = arm["export"]
+    digest = hashlib.sha256(b"".join(p.read_bytes()
+                                     for p in sorted(kept.glob("*.safetensors"))))
+    assert export["sha256"] == digest.hexdigest()
+    assert export["bytes"] == sum(p.stat().st_size for p in kept.glob("*.safetensors"))
+    assert export["from"] == "lora" and export["runtime"] == "transformers"
+    plain = _plain_losses(kept, run)
+    assert {i: merged[i]["loss"] for i in plain} == pytest.approx(plain, rel=1e-5)
+    comparisons = [c for c in record["comparisons"] if c["candidate"] == "lora+merged"]
+    assert any(c["metric"] == "loss" for c in comparisons)  # against the zero-shot arm too
+
+
+def test_an_existing_adapter_exports_from_the_command_line(suite_dir, tiny_model_dir):
+    made = {"ext": _adapter(tiny_model_dir, suite_dir / "ext", "random")}
+    run = cli_run(_with_adapters(suite_dir, made), suite_dir / "out", "stats.n_resamples=200")
+    assert "ext+merged" not in _record(run)["arms"]
+    res = runner.invoke(app, ["run", str(suite_dir / "adapters.toml"), "--out",
+                              str(suite_dir / "out2"), "--export", "ext=merged"])
+    assert res.exit_code == 0, res.output
+    (run2,) = list((suite_dir / "out2" / "tiny").iterdir())
+    ext, merged = _rows(run2, "ext"), _rows(run2, "ext+merged")
+    assert {i: r["loss"] for i, r in merged.items()} == pytest.approx(
+        {i: r["loss"] for i, r in ext.items()}, rel=1e-5)
+    assert _record(run2)["arms"]["ext+merged"]["export"]["path"] is None  # not kept
+    assert not (run2 / "exports").exists()
+
+
+@pytest.mark.parametrize("export, needles", [
+    ("nosuch=merged", ("exports[0].from = 'nosuch'", "lora")),
+    ("lora=gguf-q9", ("format",)),
+    ("lora", ("--export 'lora'", "ARM=FORMAT")),
+])
+def test_a_bad_export_is_one_line_and_exit_2(suite_dir, export, needles):
+    res = runner.invoke(app, ["run", str(suite_dir / "tiny.toml"), "--out",
+                              str(suite_dir / "out"), "--export", export])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert any(all(n in line for n in needles) for line in res.output.splitlines()), res.output
+    assert not (suite_dir / "out").exists() or not any((suite_dir / "out").rglob("run.json"))
