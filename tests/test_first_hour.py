@@ -170,9 +170,10 @@ def test_the_suite_reference_names_every_key_config_reads():
         if text is None:
             missing.append(f"[{table}]")
             continue
-        for name, f in model.model_fields.items():
+        for field, f in model.model_fields.items():
             if f.exclude:
                 continue
+            name = f.alias or field  # the TOML key: [[exports]] from (a Python keyword)
             as_table = f"{table}.{name}".lstrip(".") in sections
             if not as_table and not re.search(rf"(^|[\s#;{{,]){name}\s*=", text, re.M):
                 missing.append(f"{table}.{name}".lstrip("."))
