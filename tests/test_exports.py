@@ -115,3 +115,42 @@ def test_a_bad_export_is_one_line_and_exit_2(suite_dir, export, needles):
     assert "Traceback" not in res.output
     assert any(all(n in line for n in needles) for line in res.output.splitlines()), res.output
     assert not (suite_dir / "out").exists() or not any((suite_dir / "out").rglob("run.json"))
+
+
+def test_harness_export_writes_a_folder_that_gives_the_recorded_losses(suite_dir):
+    """`harness export RUN lora --format merged --out DIR`: the folder loads in plain
+    transformers and gives the per-item losses the run recorded for `lora` (evaluated
+    unmerged); its card names the base, the adapter's sha256 and the run."""
+    run = cli_run(suite_dir / "tiny.toml", suite_dir / "out", *FAST)
+    out = suite_dir / "deploy"
+    res = runner.invoke(app, ["export", str(run), "lora", "--format", "merged", "--out",
+                              str(out)])
+    assert res.exit_code == 0, res.output
+    plain = _plain_losses(out, run)
+    lora = _rows(run, "lora")
+    assert plain == pytest.approx({i: lora[i]["loss"] for i in plain}, rel=1e-5)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    adapter_sha = hashlib.sha256(
+        (run / "adapters" / "lora" / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert adapter_sha in card and _record(run)["run_id"] in card
+    assert f"base_model: {_record(run)['config']['model']['name_or_path']}" in card
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["baseline"], ("arm 'baseline'", "lora")),
+    (["nosuch"], ("arm 'nosuch'", "lora")),
+    (["lora", "--format", "gguf-q4_0"], ("--format 'gguf-q4_0'", "merged")),
+    (["lora", "--out", "FULL"], ("not empty",)),
+])
+def test_a_bad_harness_export_is_one_line_and_exit_2(suite_dir, args, needles):
+    run = cli_run(suite_dir / "tiny.toml", suite_dir / "out", "train.max_steps=2")
+    full = suite_dir / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine", encoding="utf-8")
+    args = [str(full) if a == "FULL" else a for a in args]
+    out = [] if "--out" in args else ["--out", str(suite_dir / "new")]
+    res = runner.invoke(app, ["export", str(run), *args, *out])
+    assert res.exit_code == 2, res.output
+    assert any(all(n in line for n in needles) for line in res.output.splitlines()), res.output
+    assert not (suite_dir / "new").exists()
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]

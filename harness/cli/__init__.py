@@ -52,6 +52,7 @@ for _name, _command in (
     ("gate", reading.gate_command),
     ("report", reading.report_command),
     ("merge", running.merge_command),
+    ("export", running.export_command),
 ):
     app.command(_name, cls=PlainCommand)(_command)
 

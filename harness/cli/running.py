@@ -225,3 +225,30 @@ def merge_command(
     if failed:
         error(f"{len(failed)} arm(s) failed: {', '.join(failed)} (see run.json)")
         raise typer.Exit(1)
+
+
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory.")],
+    arm: Annotated[str, typer.Argument(metavar="ARM", help="An adapter arm of the run.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", metavar="FORMAT", help="merged: the adapter merged into the base's "
+        "weights (a transformers folder).")] = "merged",
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", help="A new or empty folder for the artifact.")] = Path("export"),
+) -> None:
+    """Write the deployable artifact of an adapter arm: the folder `AutoModelForCausalLM`
+    loads, with a model card naming the base, the adapter's sha256 and the run.
+
+    Example:
+
+    ```
+    harness export results/default/RUN_ID lora --format merged --out deploy/lora-merged
+    ```
+    """
+    from harness.run import exports
+
+    try:
+        info = exports.export_arm(run_dir, arm, fmt, out)
+    except HarnessError as e:
+        fail(e)
+    show(f"{arm} ({fmt}): {out} ({info['bytes']:,} bytes of weights, sha256 {info['sha256']})")

@@ -16,10 +16,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness.run import memory
+from harness.errors import InputError
+from harness.run import adapters, memory
+from harness.rundir.record import Status
+from harness.suite import arms, config
+from harness.views import templating
 
 RUNTIME = "transformers"  # what evaluates a merged export: the same stack as the adapter
 
@@ -72,3 +77,56 @@ def _weights(folder: Path) -> tuple[int, str]:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return sum(f.stat().st_size for f in files), h.hexdigest()
+
+
+FORMATS = ("merged",)
+
+
+def export_arm(run_dir: Path, arm: str, fmt: str, out: Path) -> dict[str, Any]:
+    """``harness export``: arm ``arm`` of the run in ``run_dir`` built as ``fmt`` into ``out``
+    (a new or empty folder), with a model card naming the base, the adapter's sha256 and the
+    run that evaluated it. InputError, with nothing written, for an arm that is not an
+    adapter of the run, a format harness does not build, or an ``out`` that holds files."""
+    from harness.run import modeling
+    from harness.rundir.record import load_run
+
+    loaded = load_run(run_dir)
+    folder, sha = _adapter_of(loaded.record, Path(loaded.path), arm)
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r}: harness exports {', '.join(FORMATS)}")
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"--out {out}: not empty; give a new or empty folder")
+    suite = config.Suite.model_validate(loaded.record["config"])
+    source = modeling.resolve_source(suite)
+    path = modeling.ensure_converted(source)
+    device = modeling.pick_device(suite.model)
+    tok = modeling.load_tokenizer(suite.model, path)
+    unquantized = suite.model.model_copy(update={"quantization": None})
+    built = merged(partial(modeling.load_model, unquantized, path, device), folder, tok,
+                   device, out)
+    card = templating.render("export_card.md.j2", base_model=source.label, arm=arm,
+                             fmt=fmt, adapter_sha256=sha, run_id=loaded.record.get("run_id"),
+                             suite=loaded.record.get("suite"), info=built.info)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    return built.info
+
+
+def _adapter_of(record: dict[str, Any], run_dir: Path, arm: str) -> tuple[Path, str | None]:
+    """The folder of adapter arm ``arm`` (trained: in the run; existing: where it was
+    evaluated from) and its weights' sha256."""
+    found = (record.get("arms") or {}).get(arm)
+    have = [n for n, a in (record.get("arms") or {}).items()
+            if isinstance(a, dict) and a.get("source") in (arms.TRAINED, arms.EXISTING)
+            and a.get("status") == Status.SUCCESS]
+    if arm not in have or not isinstance(found, dict):
+        raise InputError(f"arm {arm!r}: not a successful adapter arm of this run; it has "
+                         f"{', '.join(have) or 'none'}")
+    if found["source"] == arms.TRAINED:
+        folder: Path | None = run_dir / str(found["adapter"])
+    else:
+        origin = found.get("origin") or {}
+        folder = adapters.adapter_folder(str(origin.get("path") or found["adapter"]),
+                                         origin.get("revision"))
+    if folder is None or not folder.is_dir():
+        raise InputError(f"arm {arm!r}: its adapter folder {folder} is not on this machine")
+    return folder, adapters.weights_sha256(folder)
