@@ -154,3 +154,42 @@ def test_a_bad_harness_export_is_one_line_and_exit_2(suite_dir, args, needles):
     assert any(all(n in line for n in needles) for line in res.output.splitlines()), res.output
     assert not (suite_dir / "new").exists()
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
+
+
+def test_quantized_exports_are_measured_and_load_as_recorded(qlora_model_dir, tmp_path):
+    """merged-nf4 and merged-int8: the merged weights loaded back through bitsandbytes. Each
+    is an arm whose retained share of the adapter's loss gain is measured with its CI; the
+    kept nf4 folder loads in plain transformers (quantized, from its own config) with the
+    losses the run recorded."""
+    pytest.importorskip("bitsandbytes")
+    from .conftest import ASSETS, tiny_suite_text
+
+    (tmp_path / "instruct.jsonl").write_text((ASSETS / "instruct.jsonl").read_text())
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(tiny_suite_text(qlora_model_dir) + '''
+[[exports]]
+from = "lora"
+format = "merged-nf4"
+keep = true
+
+[[exports]]
+from = "lora"
+format = "merged-int8"
+''', encoding="utf-8")
+    run = cli_run(suite, tmp_path / "out", *FAST)
+    record = _record(run)
+    lora = _rows(run, "lora")
+    for fmt in ("merged-nf4", "merged-int8"):
+        arm = record["arms"][f"lora+{fmt}"]
+        assert arm["export"]["runtime"] == "transformers+bitsandbytes"
+        rows = _rows(run, f"lora+{fmt}")
+        shift = max(abs(rows[i]["loss"] - r["loss"]) / r["loss"] for i, r in lora.items())
+        assert 0 < shift < 0.05  # quantized: close to the adapter, not equal
+        pair = next(p for p in record["export_comparisons"] if p["export"] == f"lora+{fmt}")
+        loss = next(r for r in pair["retained"] if r["metric"] == "loss")
+        assert loss["ci_low"] <= loss["retained"] <= loss["ci_high"]
+    kept = run / "exports" / "lora+merged-nf4"
+    assert json.loads((kept / "config.json").read_text())["quantization_config"]["load_in_4bit"]
+    plain = _plain_losses(kept, run)
+    nf4 = _rows(run, "lora+merged-nf4")
+    assert plain == pytest.approx({i: nf4[i]["loss"] for i in plain}, rel=1e-4)

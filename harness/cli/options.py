@@ -11,8 +11,8 @@ from typer.core import TyperCommand, TyperGroup
 ExportOpt = Annotated[
     Optional[list[str]],
     typer.Option("--export", metavar="ARM=FORMAT",
-                 help="Also evaluate the adapter arm ARM exported as FORMAT (merged: merged "
-                      "into the base's weights) as arm ARM+FORMAT, paired against ARM. "
+                 help="Also evaluate the adapter arm ARM exported as FORMAT (merged, "
+                      "merged-nf4, merged-int8) as arm ARM+FORMAT, paired against ARM. "
                       "Repeatable; adds to the suite's [[exports]]."),
 ]
 AdapterOpt = Annotated[

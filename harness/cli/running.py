@@ -232,7 +232,8 @@ def export_command(
     arm: Annotated[str, typer.Argument(metavar="ARM", help="An adapter arm of the run.")],
     fmt: Annotated[str, typer.Option(
         "--format", metavar="FORMAT", help="merged: the adapter merged into the base's "
-        "weights (a transformers folder).")] = "merged",
+        "weights (a transformers folder); merged-nf4 / merged-int8: those weights "
+        "quantized with bitsandbytes.")] = "merged",
     out: Annotated[Path, typer.Option(
         "--out", metavar="DIR", help="A new or empty folder for the artifact.")] = Path("export"),
 ) -> None:

@@ -3,8 +3,10 @@ can evaluate it as an arm of its own (``<from>+<format>``) and pair it with its 
 
 ``merged``: the adapter merged into the base's weights (peft ``merge_and_unload``), in the
 base's dtype; a QLoRA adapter merges into the de-quantized (unquantized) base, as people
-deploy it. The artifact is saved as a transformers folder to measure its size and sha256;
-it is kept in the run directory only when the suite asks (``keep``): weights are large.
+deploy it. ``merged-nf4`` / ``merged-int8``: those merged weights loaded back through
+bitsandbytes (4-bit NF4, 8-bit), as a quantized deployment serves them. The artifact is
+saved as a transformers folder to measure its size and sha256; it is kept in the run
+directory only when the suite asks (``keep``): weights are large.
 """
 
 from __future__ import annotations
@@ -14,19 +16,23 @@ import hashlib
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.run import adapters, memory
+from harness.run import adapters, memory, modeling
 from harness.rundir.record import Status
 from harness.suite import arms, config
+from harness.suite.config import ModelSpec, Quantization
 from harness.views import templating
 
 RUNTIME = "transformers"  # what evaluates a merged export: the same stack as the adapter
+# merged-<q>: the merged weights loaded back through bitsandbytes, as they are served.
+QUANTIZED: dict[str, dict[str, Any]] = {"merged-nf4": {"bits": 4, "quant_type": "nf4"},
+                                        "merged-int8": {"bits": 8}}
+FORMATS = ("merged", *QUANTIZED)
 
 
 @dataclass(frozen=True)
@@ -35,24 +41,46 @@ class Built:
     info: dict[str, Any]  # the record's arms.<arm>.export
 
 
-def merged(load_base: Callable[[], Any], adapter: Path, tok: Any, device: str,
-           keep: Path | None) -> Built:
-    """The adapter in ``adapter`` merged into a freshly loaded, unquantized base; saved into
-    ``keep`` (or a temporary folder) for its bytes and sha256."""
+def build(fmt: str, base: ModelSpec, path: str, adapter: Path, tok: Any, device: str,
+          keep: Path | None) -> Built:
+    """Export ``fmt`` of the adapter in ``adapter``: merged into a freshly loaded, unquantized
+    ``base`` (a QLoRA adapter into the de-quantized weights, as it is deployed), then for a
+    quantized format loaded back through bitsandbytes; saved into ``keep`` (or a temporary
+    folder) for its bytes and sha256."""
     from peft import PeftModel
 
+    unquantized = base.model_copy(update={"quantization": None})
     start = time.perf_counter()
-    with memory.PeakMemory(device) as peak:
-        model = PeftModel.from_pretrained(load_base(), str(adapter)).merge_and_unload()
+    with memory.PeakMemory(device) as peak, _folder(None) as scratch:
+        model = PeftModel.from_pretrained(modeling.load_model(unquantized, path, device),
+                                          str(adapter)).merge_and_unload()
+        if fmt in QUANTIZED:
+            _save(model, tok, scratch)
+            model = modeling.load_model(_quantized(unquantized, fmt, device), str(scratch),
+                                        device)
         seconds = time.perf_counter() - start
         with _folder(keep) as out:
-            model.save_pretrained(str(out))
-            tok.save_pretrained(str(out))
+            _save(model, tok, out)
             size, digest = _weights(out)
     return Built(model.eval(), {
-        "format": "merged", "runtime": RUNTIME, "bytes": size, "sha256": digest,
-        "seconds": round(seconds, 3), "peak_memory_bytes": peak.bytes,
-        "path": str(keep) if keep else None, "dtype": str(next(model.parameters()).dtype)})
+        "format": fmt, "runtime": RUNTIME + ("+bitsandbytes" if fmt in QUANTIZED else ""),
+        "bytes": size, "sha256": digest, "seconds": round(seconds, 3),
+        "peak_memory_bytes": peak.bytes, "path": str(keep) if keep else None,
+        "dtype": str(next(model.parameters()).dtype)})
+
+
+def _quantized(spec: ModelSpec, fmt: str, device: str) -> ModelSpec:
+    """The spec that loads merged weights as ``fmt``: compute in float32 on a CPU (its 4-bit
+    kernels), else in the suite's quantization compute dtype or bfloat16."""
+    compute = (spec.quantization.compute_dtype if spec.quantization
+               else "float32" if device == "cpu" else "bfloat16")
+    return spec.model_copy(update={"quantization": Quantization(
+        **QUANTIZED[fmt], compute_dtype=compute)})
+
+
+def _save(model: Any, tok: Any, folder: Path) -> None:
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
 
 
 @contextlib.contextmanager
@@ -79,15 +107,12 @@ def _weights(folder: Path) -> tuple[int, str]:
     return sum(f.stat().st_size for f in files), h.hexdigest()
 
 
-FORMATS = ("merged",)
-
 
 def export_arm(run_dir: Path, arm: str, fmt: str, out: Path) -> dict[str, Any]:
     """``harness export``: arm ``arm`` of the run in ``run_dir`` built as ``fmt`` into ``out``
     (a new or empty folder), with a model card naming the base, the adapter's sha256 and the
     run that evaluated it. InputError, with nothing written, for an arm that is not an
     adapter of the run, a format harness does not build, or an ``out`` that holds files."""
-    from harness.run import modeling
     from harness.rundir.record import load_run
 
     loaded = load_run(run_dir)
@@ -101,9 +126,7 @@ def export_arm(run_dir: Path, arm: str, fmt: str, out: Path) -> dict[str, Any]:
     path = modeling.ensure_converted(source)
     device = modeling.pick_device(suite.model)
     tok = modeling.load_tokenizer(suite.model, path)
-    unquantized = suite.model.model_copy(update={"quantization": None})
-    built = merged(partial(modeling.load_model, unquantized, path, device), folder, tok,
-                   device, out)
+    built = build(fmt, suite.model, path, folder, tok, device, out)
     card = templating.render("export_card.md.j2", base_model=source.label, arm=arm,
                              fmt=fmt, adapter_sha256=sha, run_id=loaded.record.get("run_id"),
                              suite=loaded.record.get("suite"), info=built.info)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -335,7 +334,6 @@ def _export_arms(run: _Run, checked: Preflight, path: str, tok: Any, enc_eval, d
     paired against its source (how much of the gain it keeps). A source arm that did not
     succeed here (it failed, or another shard trains it) has nothing to export: a warning."""
     existing = {ad.name: ad for ad in checked.existing}
-    unquantized = run.suite.model.model_copy(update={"quantization": None})  # QLoRA: merged
     for spec in run.suite.exports:
         name, source = spec.arm, run.record["arms"].get(spec.from_) or {}
         if name in run.done:
@@ -349,8 +347,7 @@ def _export_arms(run: _Run, checked: Preflight, path: str, tok: Any, enc_eval, d
                                                existing[spec.from_].revision))
         assert folder is not None, "a successful adapter arm has its folder"
         keep = run.dir.path / results.EXPORTS_DIR / name if spec.keep else None
-        built = exports.merged(partial(modeling.load_model, unquantized, path, device), folder,
-                               tok, device, keep)
+        built = exports.build(spec.format, run.suite.model, path, folder, tok, device, keep)
         run.stage = f"eval:{name}"
         evaluated = _eval_arm(run, name, built.model, tok, enc_eval,
                               checked.loaded_splits.eval, device)
