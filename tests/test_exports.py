@@ -86,6 +86,13 @@ def test_a_merged_export_is_the_adapter_and_keeps_its_gain(suite_dir):
     assert {i: merged[i]["loss"] for i in plain} == pytest.approx(plain, rel=1e-5)
     comparisons = [c for c in record["comparisons"] if c["candidate"] == "lora+merged"]
     assert any(c["metric"] == "loss" for c in comparisons)  # against the zero-shot arm too
+    report = (run / "report.md").read_text(encoding="utf-8")
+    section = report[report.index("## Deployment"):report.index("## Zero-shot vs adapter")]
+    assert "### lora+merged (merged of lora, transformers)" in section
+    assert f"same greedy text on {len(lora)} of {len(lora)} items" in section
+    loss_line = next(line for line in section.splitlines() if line.startswith("| Loss |"))
+    assert "| 100.0% |" in loss_line
+    assert 'id="deployment"' in (run / "report.html").read_text(encoding="utf-8")
 
 
 def test_an_existing_adapter_exports_from_the_command_line(suite_dir, tiny_model_dir):

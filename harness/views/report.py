@@ -29,6 +29,7 @@ from harness.views import templating
 from harness.views.formatting import DASH
 from harness.views.report_benchmarks import benchmark_tables
 from harness.views.report_data import ReportData, as_dict, ci_label, memory_kind, read_data
+from harness.views.report_deployment import deployment_tables
 from harness.views.report_examples import example_browser
 from harness.views.report_headline import (
     contenders,
@@ -101,6 +102,7 @@ def _context(run: LoadedRun, d: ReportData) -> dict[str, Any]:
         "versions": _versions(as_dict(rec.get("env"))), "headline": headline,
         "cards": headline_cards(entries, forgetting_sets(d)),
         "leaderboard": leaderboard(d, entries), "benchmarks": benchmark_tables(d),
+        "deployment": deployment_tables(d),
         "p_label": P_HOLM_LABEL, "ci_label": ci_label(d.alpha),
         "alpha": d.alpha, "arm_table": arm_table(d), "training": training_table(d),
         "existing": existing_table(d), "forgetting": forgetting,
