@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 
-from .conftest import cli_run
+from .conftest import CHAT_TEMPLATE, cli_run
 from .test_noop import _adapter, _with_adapters
 
 runner = CliRunner()
@@ -32,9 +32,10 @@ def _record(run: Path) -> dict[str, Any]:
     return json.loads((run / "run.json").read_text(encoding="utf-8"))
 
 
-def _plain_losses(folder: Path, run: Path) -> dict[str, float]:
+def _plain_losses(folder: Path, run: Path, gguf_file: str | None = None) -> dict[str, float]:
     """Mean NLL of each eval item's reference tokens: the kept folder loaded with
-    AutoModelForCausalLM alone, the items' prompt + reference as the run tokenized them
+    AutoModelForCausalLM alone (a GGUF file through transformers' GGUF loader, tokenized with
+    the run's own tokenizer), the items' prompt + reference as the run tokenized them
     (harness's encoding, as tests of adapters do), one plain forward each."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -43,9 +44,10 @@ def _plain_losses(folder: Path, run: Path) -> dict[str, float]:
     from harness.suite import data, suitefile
 
     suite = suitefile.load_suite(run.parent.parent.parent / "tiny.toml")
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(suite.model.name_or_path if gguf_file else folder)
     items, _ = encoding.encode_all(data.load_splits(suite).eval, tok, suite.data)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    extra = {"gguf_file": gguf_file, "dtype": torch.float32} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(folder, **extra).eval()
     out = {}
     with torch.inference_mode():
         for e in items:
@@ -200,3 +202,67 @@ format = "merged-int8"
     plain = _plain_losses(kept, run)
     nf4 = _rows(run, "lora+merged-nf4")
     assert plain == pytest.approx({i: nf4[i]["loss"] for i in plain}, rel=1e-4)
+
+
+def _gguf_text(path: Path, key: str) -> str:
+    """A string field of a GGUF file, read with the gguf package's own reader."""
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields[key]
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def test_gguf_exports_are_read_back_by_transformers(suite_dir):
+    """gguf-f16 is the merged weights to fp16 rounding; q8_0 and q4_0 lose a measured share
+    of the gain; the kept q8_0 file's metadata reads back with gguf's reader, and transformers'
+    GGUF loader gives the losses the run recorded for it."""
+    suite = suite_dir / "tiny.toml"
+    suite.write_text(suite.read_text(encoding="utf-8")
+                     + '\n[[exports]]\nfrom = "lora"\nformat = "gguf-q8_0"\nkeep = true\n',
+                     encoding="utf-8")
+    res = runner.invoke(app, ["run", str(suite), "--out", str(suite_dir / "out"),
+                              *[x for s in FAST for x in ("--set", s)],
+                              "--export", "lora=merged", "--export", "lora=gguf-f16",
+                              "--export", "lora=gguf-q4_0"])
+    assert res.exit_code == 0, res.output
+    (run,) = list((suite_dir / "out" / "tiny").iterdir())
+    record = _record(run)
+    merged, f16 = _rows(run, "lora+merged"), _rows(run, "lora+gguf-f16")
+    assert {i: r["loss"] for i, r in f16.items()} == pytest.approx(
+        {i: r["loss"] for i, r in merged.items()}, rel=1e-3)
+    kept = {}
+    for fmt in ("gguf-f16", "gguf-q8_0", "gguf-q4_0"):
+        info = record["arms"][f"lora+{fmt}"]["export"]
+        assert info["runtime"].startswith("transformers-gguf")
+        pair = next(p for p in record["export_comparisons"] if p["export"] == f"lora+{fmt}")
+        kept[fmt] = next(r for r in pair["retained"] if r["metric"] == "loss")["retained"]
+    assert kept["gguf-q4_0"] != pytest.approx(1.0, abs=1e-6)  # q4_0 moves the numbers
+    path = run / "exports" / "lora+gguf-q8_0" / "model.gguf"
+    assert _gguf_text(path, "general.architecture") == "llama"
+    assert _gguf_text(path, "tokenizer.ggml.model") == "gpt2"
+    assert _gguf_text(path, "tokenizer.chat_template") == CHAT_TEMPLATE
+    assert record["arms"]["lora+gguf-q8_0"]["export"]["sha256"] == hashlib.sha256(
+        path.read_bytes()).hexdigest()
+    plain = _plain_losses(path.parent, run, gguf_file="model.gguf")
+    q8 = _rows(run, "lora+gguf-q8_0")
+    assert plain == pytest.approx({i: q8[i]["loss"] for i in plain}, rel=1e-5)
+
+
+def test_a_gguf_export_of_an_architecture_the_writer_cannot_map_is_refused(tmp_path):
+    """A GPT-2 model: `validate` is exit 2 naming the formats that would work."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from .conftest import ASSETS, build_tokenizer, tiny_suite_text
+
+    tok = build_tokenizer()
+    model_dir = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2,
+                               n_positions=256)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    (tmp_path / "instruct.jsonl").write_text((ASSETS / "instruct.jsonl").read_text())
+    text = tiny_suite_text(model_dir).replace('["q_proj", "v_proj", "lm_head"]', '["c_attn"]')
+    (tmp_path / "s.toml").write_text(
+        text + '\n[[exports]]\nfrom = "lora"\nformat = "gguf-q8_0"\n', encoding="utf-8")
+    res = runner.invoke(app, ["validate", str(tmp_path / "s.toml")])
+    assert res.exit_code == 2, res.output
+    assert "gguf-q8_0 of a gpt2 model" in res.output and "merged-nf4" in res.output

@@ -12,7 +12,8 @@ ExportOpt = Annotated[
     Optional[list[str]],
     typer.Option("--export", metavar="ARM=FORMAT",
                  help="Also evaluate the adapter arm ARM exported as FORMAT (merged, "
-                      "merged-nf4, merged-int8) as arm ARM+FORMAT, paired against ARM. "
+                      "merged-nf4, merged-int8, gguf-f16, gguf-q8_0, gguf-q4_0) as arm "
+                      "ARM+FORMAT, paired against ARM. "
                       "Repeatable; adds to the suite's [[exports]]."),
 ]
 AdapterOpt = Annotated[

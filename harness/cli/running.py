@@ -233,7 +233,8 @@ def export_command(
     fmt: Annotated[str, typer.Option(
         "--format", metavar="FORMAT", help="merged: the adapter merged into the base's "
         "weights (a transformers folder); merged-nf4 / merged-int8: those weights "
-        "quantized with bitsandbytes.")] = "merged",
+        "quantized with bitsandbytes; gguf-f16 / gguf-q8_0 / gguf-q4_0: a GGUF file.")
+    ] = "merged",
     out: Annotated[Path, typer.Option(
         "--out", metavar="DIR", help="A new or empty folder for the artifact.")] = Path("export"),
 ) -> None:

@@ -4,7 +4,9 @@ can evaluate it as an arm of its own (``<from>+<format>``) and pair it with its 
 ``merged``: the adapter merged into the base's weights (peft ``merge_and_unload``), in the
 base's dtype; a QLoRA adapter merges into the de-quantized (unquantized) base, as people
 deploy it. ``merged-nf4`` / ``merged-int8``: those merged weights loaded back through
-bitsandbytes (4-bit NF4, 8-bit), as a quantized deployment serves them. The artifact is
+bitsandbytes (4-bit NF4, 8-bit), as a quantized deployment serves them. ``gguf-f16`` /
+``gguf-q8_0`` / ``gguf-q4_0``: those merged weights written as a GGUF file (harness.run.
+ggufwriter) and read back through transformers' GGUF loader. The artifact is
 saved as a transformers folder to measure its size and sha256; it is kept in the run
 directory only when the suite asks (``keep``): weights are large.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.run import adapters, memory, modeling
+from harness.run import adapters, ggufwriter, memory, modeling
 from harness.rundir.record import Status
 from harness.suite import arms, config
 from harness.suite.config import ModelSpec, Quantization
@@ -32,7 +34,11 @@ RUNTIME = "transformers"  # what evaluates a merged export: the same stack as th
 # merged-<q>: the merged weights loaded back through bitsandbytes, as they are served.
 QUANTIZED: dict[str, dict[str, Any]] = {"merged-nf4": {"bits": 4, "quant_type": "nf4"},
                                         "merged-int8": {"bits": 8}}
-FORMATS = ("merged", *QUANTIZED)
+FORMATS = ("merged", *QUANTIZED, *ggufwriter.FORMATS)
+GGUF_FILE = "model.gguf"
+# What evaluates a GGUF export: transformers' GGUF loader, which de-quantizes every tensor to
+# float32 (the quantization error stays in the weights; llama.cpp's kernels are not run).
+GGUF_RUNTIME = "transformers-gguf (de-quantized to float32)"
 
 
 @dataclass(frozen=True)
@@ -54,19 +60,42 @@ def build(fmt: str, base: ModelSpec, path: str, adapter: Path, tok: Any, device:
     with memory.PeakMemory(device) as peak, _folder(None) as scratch:
         model = PeftModel.from_pretrained(modeling.load_model(unquantized, path, device),
                                           str(adapter)).merge_and_unload()
+        extra: dict[str, Any] = {}
         if fmt in QUANTIZED:
             _save(model, tok, scratch)
             model = modeling.load_model(_quantized(unquantized, fmt, device), str(scratch),
                                         device)
-        seconds = time.perf_counter() - start
         with _folder(keep) as out:
-            _save(model, tok, out)
+            if fmt in ggufwriter.FORMATS:
+                extra = ggufwriter.write(model, tok, out / GGUF_FILE, fmt)
+                model = _gguf_model(out, device)
+            else:
+                _save(model, tok, out)
+            seconds = time.perf_counter() - start
             size, digest = _weights(out)
     return Built(model.eval(), {
-        "format": fmt, "runtime": RUNTIME + ("+bitsandbytes" if fmt in QUANTIZED else ""),
-        "bytes": size, "sha256": digest, "seconds": round(seconds, 3),
-        "peak_memory_bytes": peak.bytes, "path": str(keep) if keep else None,
-        "dtype": str(next(model.parameters()).dtype)})
+        "format": fmt, "runtime": _runtime(fmt), "bytes": size, "sha256": digest,
+        "seconds": round(seconds, 3), "peak_memory_bytes": peak.bytes,
+        "path": str(keep) if keep else None, "dtype": str(next(model.parameters()).dtype),
+        **extra})
+
+
+def _runtime(fmt: str) -> str:
+    if fmt in ggufwriter.FORMATS:
+        return GGUF_RUNTIME
+    return RUNTIME + ("+bitsandbytes" if fmt in QUANTIZED else "")
+
+
+def _gguf_model(folder: Path, device: str) -> Any:
+    """The GGUF file read back by transformers' GGUF loader, as a user of transformers
+    would load it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_FILE,
+                                                 dtype=torch.float32)
+    model.to(device)  # type: ignore[arg-type]  # transformers types `to` as taking a model
+    return model
 
 
 def _quantized(spec: ModelSpec, fmt: str, device: str) -> ModelSpec:
@@ -97,8 +126,9 @@ def _folder(keep: Path | None) -> Iterator[Path]:
 
 
 def _weights(folder: Path) -> tuple[int, str]:
-    """Bytes and sha256 of the weight files (safetensors shards, in name order)."""
-    files = sorted(folder.glob("*.safetensors"))
+    """Bytes and sha256 of the weight files (safetensors shards or the GGUF file, in name
+    order)."""
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.gguf")])
     h = hashlib.sha256()
     for f in files:
         with f.open("rb") as fh:

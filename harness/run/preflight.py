@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from harness.errors import DatasetUnavailable, InputError, ModelUnavailable
-from harness.run import adapters, modeling, shapes
+from harness.run import adapters, ggufwriter, modeling, shapes
 from harness.suite import arms, data, suitefile, sweep
 from harness.suite.config import Suite
 
@@ -58,6 +58,7 @@ def check(suite: Suite, offline_ok: bool = False) -> Preflight:
                                     unchecked)
     if shape is not None:
         _check_targets(shape, cells)
+        _check_gguf(suite, shape)
     existing = [a for a in (_unless_unreachable(lambda s=spec: adapters.inspect(suite, s, shape),
                                                 offline_ok, unchecked)
                             for spec in suite.adapters) if a is not None]
@@ -97,6 +98,15 @@ def _check_exports(suite: Suite, adapter_arms: list[str]) -> None:
     twice = sorted({a for a in arms_made if arms_made.count(a) > 1})
     if twice:
         raise InputError(f"exports: {twice} asked for more than once")
+
+
+def _check_gguf(suite: Suite, shape: shapes.ModelShape) -> None:
+    """A GGUF export of a model the writer cannot map is refused before anything runs."""
+    gguf = [e for e in suite.exports if e.format in ggufwriter.FORMATS]
+    if gguf and shape.model_type not in ggufwriter.ARCHITECTURES:
+        raise InputError(f"exports: {gguf[0].format} of a {shape.model_type} model: the GGUF "
+                         f"writer maps {', '.join(ggufwriter.ARCHITECTURES)} models; "
+                         "merged, merged-nf4 and merged-int8 work for any")
 
 
 def _unless_unreachable(check, offline_ok: bool, unchecked: list[str]):

@@ -505,7 +505,8 @@ class ExportSpec(_Strict):
     # TOML's ``from`` is a Python keyword; a suite re-read from its dump says ``from_``.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     from_: FolderName = Field(alias="from")
-    format: Literal["merged", "merged-nf4", "merged-int8"]
+    format: Literal["merged", "merged-nf4", "merged-int8", "gguf-f16", "gguf-q8_0",
+                    "gguf-q4_0"]
     keep: Flag = False  # save the artifact in the run directory (exports/<arm>/)
 
     @property
