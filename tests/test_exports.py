@@ -148,7 +148,7 @@ def test_harness_export_writes_a_folder_that_gives_the_recorded_losses(suite_dir
 @pytest.mark.parametrize("args, needles", [
     (["baseline"], ("arm 'baseline'", "lora")),
     (["nosuch"], ("arm 'nosuch'", "lora")),
-    (["lora", "--format", "gguf-q4_0"], ("--format 'gguf-q4_0'", "merged")),
+    (["lora", "--format", "gguf-q9_9"], ("--format 'gguf-q9_9'", "merged")),
     (["lora", "--out", "FULL"], ("not empty",)),
 ])
 def test_a_bad_harness_export_is_one_line_and_exit_2(suite_dir, args, needles):
@@ -266,3 +266,17 @@ def test_a_gguf_export_of_an_architecture_the_writer_cannot_map_is_refused(tmp_p
     res = runner.invoke(app, ["validate", str(tmp_path / "s.toml")])
     assert res.exit_code == 2, res.output
     assert "gguf-q8_0 of a gpt2 model" in res.output and "merged-nf4" in res.output
+
+
+def test_harness_export_writes_a_gguf_file_transformers_reads(suite_dir):
+    run = cli_run(suite_dir / "tiny.toml", suite_dir / "out", *FAST)
+    out = suite_dir / "deploy"
+    res = runner.invoke(app, ["export", str(run), "lora", "--format", "gguf-q8_0", "--out",
+                              str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.gguf"]
+    assert 'gguf_file="model.gguf"' in (out / "README.md").read_text(encoding="utf-8")
+    assert _gguf_text(out / "model.gguf", "general.architecture") == "llama"
+    plain = _plain_losses(out, run, gguf_file="model.gguf")
+    lora = _rows(run, "lora")
+    assert plain == pytest.approx({i: lora[i]["loss"] for i in plain}, rel=1e-2)  # q8_0
