@@ -92,6 +92,12 @@ def test_a_merged_export_is_the_adapter_and_keeps_its_gain(suite_dir):
     section = report[report.index("## Deployment"):report.index("## Zero-shot vs adapter")]
     assert "### lora+merged (merged of lora, transformers)" in section
     assert f"same greedy text on {len(lora)} of {len(lora)} items" in section
+    # the base as loaded: the tiny Llama's float32 parameters and buffers, counted apart
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(record["config"]["model"]["name_or_path"])
+    assert export["base_bytes"] == sum(t.numel() * t.element_size()
+                                       for t in [*base.parameters(), *base.buffers()])
     loss_line = next(line for line in section.splitlines() if line.startswith("| Loss |"))
     assert "| 100.0% |" in loss_line
     assert 'id="deployment"' in (run / "report.html").read_text(encoding="utf-8")

@@ -58,8 +58,9 @@ def build(fmt: str, base: ModelSpec, path: str, adapter: Path, tok: Any, device:
     unquantized = base.model_copy(update={"quantization": None})
     start = time.perf_counter()
     with memory.PeakMemory(device) as peak, _folder(None) as scratch:
-        model = PeftModel.from_pretrained(modeling.load_model(unquantized, path, device),
-                                          str(adapter)).merge_and_unload()
+        base_model = modeling.load_model(unquantized, path, device)
+        base_bytes = memory.weight_bytes(base_model)  # the base as deployed beside an adapter
+        model = PeftModel.from_pretrained(base_model, str(adapter)).merge_and_unload()
         extra: dict[str, Any] = {}
         if fmt in QUANTIZED:
             _save(model, tok, scratch)
@@ -77,7 +78,7 @@ def build(fmt: str, base: ModelSpec, path: str, adapter: Path, tok: Any, device:
         "format": fmt, "runtime": _runtime(fmt), "bytes": size, "sha256": digest,
         "seconds": round(seconds, 3), "peak_memory_bytes": peak.bytes,
         "path": str(keep) if keep else None, "dtype": str(next(model.parameters()).dtype),
-        **extra})
+        "base_bytes": base_bytes, **extra})
 
 
 def _runtime(fmt: str) -> str:

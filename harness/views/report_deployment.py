@@ -1,7 +1,7 @@
 """The report's Deployment section: per export arm ([[exports]]), its size beside the
-adapter's, and per metric the adapter's and the export's value, the share of the adapter's
-gain over zero-shot the export keeps with its paired CI, and how often its greedy text is the
-adapter's (run.json's ``export_comparisons``)."""
+adapter's and the base's (as loaded), and per metric the adapter's and the export's value,
+the share of the adapter's gain over zero-shot the export keeps with its paired CI, and how
+often its greedy text is the adapter's (run.json's ``export_comparisons``)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def deployment_tables(d: ReportData) -> list[dict[str, Any]]:
             "arm": name, "from": source, "format": info.get("format"),
             "runtime": info.get("runtime"), "size": F.byte_size(info.get("bytes")),
             "adapter_size": F.byte_size(as_dict(training.get(source)).get("adapter_bytes")),
+            "base_size": F.byte_size(info.get("base_bytes")),
             "agreement": (f"{agreement['same']} of {agreement['n_items']}"
                           if agreement.get("n_items") else F.DASH),
             "rows": [_row(as_dict(r), arms, name, source) for r in pair.get("retained") or []],
