@@ -346,7 +346,9 @@ def _export_arms(run: _Run, checked: Preflight, path: str, tok: Any, enc_eval, d
                   else adapters.adapter_folder(existing[spec.from_].source,
                                                existing[spec.from_].revision))
         assert folder is not None, "a successful adapter arm has its folder"
-        keep = run.dir.path / results.EXPORTS_DIR / name if spec.keep else None
+        # Under torchrun every rank builds its own copy to evaluate; rank 0 alone keeps it.
+        keep = (run.dir.path / results.EXPORTS_DIR / name
+                if spec.keep and distributed.rank() == 0 else None)
         built = exports.build(spec.format, run.suite.model, path, folder, tok, device, keep)
         run.stage = f"eval:{name}"
         evaluated = _eval_arm(run, name, built.model, tok, enc_eval,
