@@ -165,6 +165,16 @@ def export_arm(run_dir: Path, arm: str, fmt: str, out: Path) -> dict[str, Any]:
     return built.info
 
 
+def source_folder(entry: dict[str, Any], run_dir: Path) -> Path | None:
+    """Where the adapter of a record's arm entry is: a trained arm's in the run directory,
+    an existing arm's where it was evaluated from (a hub adapter's cached snapshot)."""
+    if entry.get("source") == arms.TRAINED:
+        return run_dir / str(entry["adapter"])
+    origin = entry.get("origin") or {}
+    return adapters.adapter_folder(str(origin.get("path") or entry["adapter"]),
+                                   origin.get("revision"))
+
+
 def _adapter_of(record: dict[str, Any], run_dir: Path, arm: str) -> tuple[Path, str | None]:
     """The folder of adapter arm ``arm`` (trained: in the run; existing: where it was
     evaluated from) and its weights' sha256."""
@@ -175,12 +185,7 @@ def _adapter_of(record: dict[str, Any], run_dir: Path, arm: str) -> tuple[Path, 
     if arm not in have or not isinstance(found, dict):
         raise InputError(f"arm {arm!r}: not a successful adapter arm of this run; it has "
                          f"{', '.join(have) or 'none'}")
-    if found["source"] == arms.TRAINED:
-        folder: Path | None = run_dir / str(found["adapter"])
-    else:
-        origin = found.get("origin") or {}
-        folder = adapters.adapter_folder(str(origin.get("path") or found["adapter"]),
-                                         origin.get("revision"))
+    folder = source_folder(found, run_dir)
     if folder is None or not folder.is_dir():
         raise InputError(f"arm {arm!r}: its adapter folder {folder} is not on this machine")
     return folder, adapters.weights_sha256(folder)

@@ -26,7 +26,6 @@ from harness.errors import (
 )
 from harness.run import (
     adapterload,
-    adapters,
     cache,
     distributed,
     encoding,
@@ -333,7 +332,6 @@ def _export_arms(run: _Run, checked: Preflight, path: str, tok: Any, enc_eval, d
     """[[exports]]: each adapter arm's export built, evaluated as arm <from>+<format> and
     paired against its source (how much of the gain it keeps). A source arm that did not
     succeed here (it failed, or another shard trains it) has nothing to export: a warning."""
-    existing = {ad.name: ad for ad in checked.existing}
     for spec in run.suite.exports:
         name, source = spec.arm, run.record["arms"].get(spec.from_) or {}
         if name in run.done:
@@ -342,9 +340,7 @@ def _export_arms(run: _Run, checked: Preflight, path: str, tok: Any, enc_eval, d
             _warn(run, f"export {name}: arm {spec.from_} was not evaluated here; not exported")
             continue
         run.stage = f"export:{name}"
-        folder = (run.dir.path / source["adapter"] if source.get("source") == arms.TRAINED
-                  else adapters.adapter_folder(existing[spec.from_].source,
-                                               existing[spec.from_].revision))
+        folder = exports.source_folder(source, run.dir.path)
         assert folder is not None, "a successful adapter arm has its folder"
         # Under torchrun every rank builds its own copy to evaluate; rank 0 alone keeps it.
         keep = (run.dir.path / results.EXPORTS_DIR / name
