@@ -461,13 +461,17 @@ def _meta_copy(shape: ModelShape, folder: Path) -> Any:
     return model
 
 
+def weights_file(folder: Path | None) -> Path | None:
+    """The adapter's weight file (safetensors, else .bin), or None."""
+    if folder is None:
+        return None
+    return next((Path(folder) / n for n in WEIGHT_FILES if (Path(folder) / n).is_file()), None)
+
+
 def weights_sha256(folder: Path) -> str | None:
     """sha256 of the adapter's weight file: what was evaluated, byte for byte."""
-    for name in WEIGHT_FILES:
-        f = folder / name
-        if f.is_file():
-            return hashes.sha256_of(f)
-    return None
+    f = weights_file(folder)
+    return hashes.sha256_of(f) if f is not None else None
 
 
 def adapter_tokenizer(folder: Path | None):

@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.run import adapters
+
 # Per-item loss equality, relative to the loss (nats/token): float noise between two
 # evaluations of the same weights is ~1e-7 relative; any trained adapter moves losses far more.
 LOSS_TOL = 1e-6
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def zero_update(folder: Path | None) -> str | None:
@@ -35,16 +36,9 @@ def zero_update(folder: Path | None) -> str | None:
 
 
 def _tensors(folder: Path | None) -> dict[str, Any]:
-    if folder is None:
+    path = adapters.weights_file(folder)
+    if path is None:
         return {}
-    for name in WEIGHT_FILES:
-        path = Path(folder) / name
-        if path.is_file():
-            return _read(path)
-    return {}
-
-
-def _read(path: Path) -> dict[str, Any]:
     import torch
 
     if path.suffix == ".safetensors":
