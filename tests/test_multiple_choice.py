@@ -27,17 +27,24 @@ CHOICES = ["blue", "green", "red wine", "a yellow-ish colour", "été"]
 ROWS = [{"id": f"q{i}", "question": f"Item {i}: which colour is the sky on day {i}?",
          "choices": CHOICES[: 2 + i % 4], "answer": (i % (2 + i % 4)) if i % 2
          else CHOICES[i % (2 + i % 4)]} for i in range(10)]
-MC_SET = '''
-[eval.sets.mc]
+
+
+def mc_set(name: str, eval_size: int, num_fewshot: int, extra: str = "") -> str:
+    """A multiple-choice set over mc.jsonl, every key written out (``extra``: more keys)."""
+    return f'''
+[eval.sets.{name}]
 path = "mc.jsonl"
 task = "multiple_choice"
-fields = { question = "question", choices = "choices", answer = "answer" }
-prompt_template = "{{ question }}\\nAnswer:"
-choice_template = " {{ choice }}"
+fields = {{ question = "question", choices = "choices", answer = "answer" }}
+prompt_template = "{{{{ question }}}}\\nAnswer:"
+choice_template = " {{{{ choice }}}}"
 metrics = ["acc", "acc_norm"]
-eval_size = 6
-num_fewshot = 3
-'''
+eval_size = {eval_size}
+num_fewshot = {num_fewshot}
+{extra}'''
+
+
+MC_SET = mc_set("mc", 6, 3)
 
 
 def write(tmp_path: Path, model_dir: Path, extra: str = MC_SET, rows=ROWS,

@@ -17,7 +17,7 @@ from scipy.stats import binomtest
 from harness.views import formatting as F
 
 from .conftest import cli_run
-from .test_multiple_choice import CHOICES, write
+from .test_multiple_choice import CHOICES, mc_set, write
 
 # Choices in the words of the weather bulletins the adapter is trained on beside others: its
 # picks move towards the former, so the arms disagree on some of the thirty scored items (ten
@@ -26,18 +26,7 @@ WEATHER = ["rain 70%.", "NW wind 15 km/h", "12°C, showery", *CHOICES]
 ROWS = [{"id": f"q{i}", "question": f"Item {i}: what is the weather on day {i}?",
          "choices": WEATHER[i % 3: i % 3 + 2 + i % 4], "answer": i % (2 + i % 4)}
         for i in range(40)]
-BENCH = '''
-[eval.sets.bench]
-path = "mc.jsonl"
-task = "multiple_choice"
-fields = { question = "question", choices = "choices", answer = "answer" }
-prompt_template = "{{ question }}\\nAnswer:"
-choice_template = " {{ choice }}"
-metrics = ["acc", "acc_norm"]
-eval_size = 30
-num_fewshot = 1
-forgetting = true
-'''
+BENCH = mc_set("bench", 30, 1, "forgetting = true\n")
 
 
 @pytest.fixture(scope="module")
