@@ -140,7 +140,7 @@ def train_once(model_dir: Path, quantized: bool, checkpointing: bool,
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    model = adapterload.attach_lora(modeling.load_model(suite.model, str(model_dir), "cuda"),
+    model = adapterload.attach_adapter(modeling.load_model(suite.model, str(model_dir), "cuda"),
                                  suite.train, suite.model.quantization)
     lora_params, _ = modeling.count_params(model)
     torch.cuda.synchronize()

@@ -38,7 +38,7 @@ def fresh_lora_model(suite: Any, path: str) -> Any:
     from harness.run import adapterload, modeling
 
     torch.manual_seed(suite.train.seed)  # same LoRA initialisation for every contender
-    model = adapterload.attach_lora(modeling.load_model(suite.model, path, "cpu"), suite.train,
+    model = adapterload.attach_adapter(modeling.load_model(suite.model, path, "cpu"), suite.train,
                                  suite.model.quantization)
     model.train()
     return model

@@ -39,7 +39,7 @@ gradient_checkpointing = {str(checkpointing).lower()}
 def _attach(tmp_path: Path, model_dir: Path, compute: str, checkpointing: bool = False):
     suite = _qlora_suite(tmp_path, model_dir, compute, checkpointing)
     base = modeling.load_model(suite.model, str(model_dir), "cpu")
-    return adapterload.attach_lora(base, suite.train, suite.model.quantization)
+    return adapterload.attach_adapter(base, suite.train, suite.model.quantization)
 
 
 def _dtypes(model, part: str) -> set:

@@ -312,7 +312,7 @@ def test_report_suites_against_published_counts(tmp_path):
     text = plan.render_plan(p)
     rows = [ln for ln in text.splitlines() if ln.startswith("exp")]
     assert [r.split()[0] for r in rows] == [c.name for c in p.cells]  # one line per cell
-    assert "all cells: batch 2x4" in text and "warmup 5" in text
+    assert "all cells: method lora, batch 2x4" in text and "warmup 5" in text
 
 
 def test_eval_only_suite(tmp_path, llama_dir):

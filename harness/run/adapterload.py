@@ -1,4 +1,4 @@
-"""Adapters onto a base model: a fresh LoRA attached for training (`attach_lora`), and
+"""Adapters onto a base model: a fresh adapter attached for training (`attach_adapter`), and
 existing adapters loaded onto the suite's base and switched between (their files are
 inspected in harness/adapters.py first): adapters of one peft type load beside each other
 on one base, another type unloads the others, and an adapter file that writes into the base's
@@ -12,21 +12,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from harness.errors import ModelSourceError
-from harness.run import adapters, modeling
+from harness.run import adapters, modeling, peftconfig
 from harness.suite.config import ModelSpec, Quantization, TrainSpec
-
-
-def lora_config(train: TrainSpec):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=train.r,
-        lora_alpha=train.alpha,  # type: ignore[arg-type]  # peft annotates int, uses a float
-        lora_dropout=train.dropout,
-        target_modules=train.target_modules,
-        bias=train.bias,
-        task_type="CAUSAL_LM",
-    )
 
 
 def name_base(model, base: str) -> None:
@@ -38,9 +25,11 @@ def name_base(model, base: str) -> None:
         cfg.base_model_name_or_path = base
 
 
-def attach_lora(model, train: TrainSpec, quant: Quantization | None = None):
-    """Wrap for training; a model loaded with ``quant`` (QLoRA) is frozen first (fp16 compute:
-    peft's k-bit preparation)."""
+def attach_adapter(model, train: TrainSpec, quant: Quantization | None = None, *,
+                   total_steps: int | None = None, base_folder: Path | None = None):
+    """Wrap for training with the recipe's peft method; a model loaded with ``quant`` (QLoRA)
+    is frozen first (fp16 compute: peft's k-bit preparation). ``total_steps``: AdaLoRA's
+    schedule; ``base_folder``: the base's safetensors, which LoftQ reads."""
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
@@ -59,9 +48,12 @@ def attach_lora(model, train: TrainSpec, quant: Quantization | None = None):
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
     try:
-        return get_peft_model(model, lora_config(train))
+        wrapped = get_peft_model(model, peftconfig.peft_config(train, total_steps))
     except ValueError as e:
         raise ModelSourceError(f"train.target_modules: {e}") from e
+    if train.method == "loftq":
+        peftconfig.loftq_init(wrapped, base_folder)
+    return wrapped
 
 
 def _freeze_without_upcast(model) -> None:

@@ -271,16 +271,20 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
         # this arm's eval resumes from the last one (0 steps left) instead of retraining.
         with run.dir.scratch(name) as checkpoints:
             run.stage = f"train:{name}"
-            model = adapterload.attach_lora(modeling.load_model(cell.model, path, device),
-                                         cell.train, cell.model.quantization)
+            steps = train.schedule(cell.train, len(enc_train)).total_steps
+            model = adapterload.attach_adapter(
+                modeling.load_model(cell.model, path, device), cell.train,
+                cell.model.quantization, total_steps=steps, base_folder=Path(path))
             trainable, total = modeling.count_params(model)
-            result = _fit(run, name, cell.train, model, tok, (enc_train, enc_val), device,
-                          checkpoints)
+            with memory.PeakMemory(device, model) as peak:
+                result = _fit(run, name, cell.train, model, tok, (enc_train, enc_val), device,
+                              checkpoints)
             adapterload.name_base(result.model, run.base_name)
             adapter, size = run.dir.save_adapter(name, result.model)
-            run.record["training"][name] = {**result.summary, "trainable_params": trainable,
-                                            "total_params": total, "adapter_bytes": size,
-                                            "config": config.dump(cell)["train"]}
+            run.record["training"][name] = {
+                **result.summary, "trainable_params": trainable, "total_params": total,
+                "adapter_bytes": size, "peak_train_memory_bytes": peak.bytes,
+                "config": {**config.dump(cell)["train"], **cell.train.knobs}}
             run.stage = f"eval:{name}"
             model, merged = _for_eval(result.model, cell)
             evaluated = _eval_arm(run, name, model, tok, enc_eval, splits.eval, device)

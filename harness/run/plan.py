@@ -22,9 +22,9 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.errors import DatasetUnavailable, ModelUnavailable
-from harness.run import adapters, modeling, train
-from harness.run.shapes import Layer, ModelShape, lora_targets, model_shape
+from harness.errors import ConfigError, DatasetUnavailable, ModelUnavailable, one_line
+from harness.run import adapters, modeling, peftconfig, train
+from harness.run.shapes import ModelShape, lora_targets, model_shape
 from harness.run.train import Schedule
 from harness.suite import arms, data, sweep
 from harness.suite.config import ModelSpec, Suite, TrainSpec
@@ -182,22 +182,23 @@ def cell_plan(name: str, cell: Suite, shape: ModelShape | None, n_train: int | N
         return CellPlan(name=name, train=spec, lora_layers=None, lora_params=None,
                         bias_params=None, unmatched_targets=(),
                         schedule=train.schedule(spec, n_train), memory=None)
-    matched, unmatched = lora_targets(shape, spec.target_modules)
-    lora = sum(spec.r * (layer.in_features + layer.out_features) for layer in matched)
-    bias = _trainable_bias(shape, matched, spec.bias)
+    schedule = train.schedule(spec, n_train)
+    targets = spec.knob("target_modules")
+    matched, unmatched = lora_targets(shape, targets) if targets is not None else ([], ())
+    trainable, added = _meta_counts(shape, spec, schedule.total_steps)
     return CellPlan(
-        name=name, train=spec, lora_layers=len(matched), lora_params=lora, bias_params=bias,
-        unmatched_targets=unmatched, schedule=train.schedule(spec, n_train),
-        memory=train_memory(shape, cell, lora + bias),
+        name=name, train=spec, lora_layers=len(matched) or None, lora_params=added,
+        bias_params=max(trainable - added, 0), unmatched_targets=unmatched,
+        schedule=schedule, memory=train_memory(shape, cell, trainable),
     )
 
 
-def _trainable_bias(shape: ModelShape, matched: Sequence[Layer], bias: str) -> int:
-    if bias == "all":
-        return shape.bias_params
-    if bias == "lora_only":
-        return sum(x.bias for x in matched)
-    return 0
+def _meta_counts(shape: ModelShape, spec: TrainSpec, steps: int | None) -> tuple[int, int]:
+    try:
+        return peftconfig.meta_counts(shape.meta, spec, steps)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"train.method = {spec.method!r}: peft cannot apply it to "
+                          f"{shape.architecture}: {one_line(e)}") from e
 
 
 # ---------------------------------------------------------------- data and schedule
@@ -386,7 +387,7 @@ def _single(plan: Plan, c: CellPlan) -> list[str]:
     t, sc = c.train, c.schedule
     return [
         f"arm {c.name}",
-        f"  LoRA          r {t.r}, alpha {t.alpha:g}, dropout {t.dropout:g}, bias {t.bias}",
+        f"  method        {_method(t)}",
         *_wrap(f"  targets       {_layers(c)}{_targets(t)}", indent=16),
         f"  trainable     {_trainable(c, plan)}",
         *_unmatched(c),
@@ -419,7 +420,7 @@ def _train_memory(m: Memory | None) -> list[str]:
 def _sweep(plan: Plan) -> list[str]:
     """One row per cell with the columns that differ; the rest once, above the table."""
     columns = list(zip(*[_row(plan, c) for c in plan.cells]))
-    heads = ("r", "lr", "batch", "steps/ep", "steps", "warmup", "trainable", "train mem")
+    heads = ("method", "r", "lr", "batch", "steps/ep", "steps", "warmup", "trainable", "train mem")
     same = [f"{h} {col[0]}" for h, col in zip(heads, columns) if len(set(col)) == 1]
     table = [("arm", *(h for h, col in zip(heads, columns) if len(set(col)) > 1))]
     table += [(c.name, *(v for v, col in zip(row, columns) if len(set(col)) > 1))
@@ -451,7 +452,8 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
 def _row(plan: Plan, c: CellPlan) -> tuple[str, ...]:
     sc = c.schedule
     sized = c.trainable is not None and plan.shape is not None
-    return (str(c.train.r), _lr(c.train.learning_rate), f"{sc.batch_size}x{sc.accumulation}",
+    return (c.train.method, str(c.train.knob("r") or "-"), _lr(c.train.learning_rate),
+            f"{sc.batch_size}x{sc.accumulation}",
             _n(sc.steps_per_epoch), _n(sc.total_steps), _n(sc.warmup_steps),
             f"{_human(c.trainable or 0)} {_pct(c, plan)}" if sized else "?",
             "?" if c.memory is None else f"{c.memory.total / GIB:.1f} GiB")
@@ -470,8 +472,19 @@ def _unmatched(c: CellPlan, prefix: str = "  ") -> list[str]:
             for t in c.unmatched_targets]
 
 
+def _method(t: TrainSpec) -> str:
+    """"lora: r 8, alpha 16, dropout 0.05, bias none": the knobs besides the targets."""
+    knobs = [f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float)
+             else f"{k.replace('_', ' ')} {v}" for k, v in t.knobs.items()
+             if k not in ("target_modules", "feedforward_modules") and v is not None]
+    return f"{t.method}: {', '.join(knobs)}" if knobs else t.method
+
+
 def _targets(t: TrainSpec) -> str:
-    return t.target_modules if isinstance(t.target_modules, str) else " ".join(t.target_modules)
+    targets = t.knob("target_modules")
+    if targets is None:
+        return "peft's default for the architecture"
+    return targets if isinstance(targets, str) else " ".join(targets)
 
 
 def _wrap(line: str, indent: int) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from harness.errors import one_line
-from harness.run import distributed
+from harness.run import distributed, peftconfig
 from harness.run.encoding import Encoded
 from harness.suite.config import TrainSpec
 
@@ -206,7 +206,8 @@ def train_adapter(
     trainer = _trainer_class()(
         model=model, args=args, data_collator=collator, train_dataset=_Items(train_items),
         eval_dataset=_Items(val_items) if val_items else None,
-        callbacks=[_log_callback(arm, log_row, on_step), tally, *reporters],
+        callbacks=[_log_callback(arm, log_row, on_step), tally, *reporters,
+                   *([peftconfig.budget_callback(model)] if spec.method == "adalora" else [])],
     )
     tally.attach(trainer)
     trainer.resume_only = resume_only

@@ -10,17 +10,14 @@ import torch afterwards, to build the model on the meta device: shapes, no weigh
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
-    StrictBool,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -29,55 +26,25 @@ from pydantic_core import PydanticKnownError
 
 from harness import metrics as M
 from harness.errors import InputError
-from harness.suite import arms, gaterules, setrules
-
-NonEmpty = Annotated[str, Field(min_length=1)]
-# true / false only: pydantic's lax bool reads "yes", "y", "on" and 1 as true, and
-# `trust_remote_code = "no"` must not become anything but an error.
-Flag = StrictBool
-_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def _folder_name(v: str) -> str:
-    """Suite, sweep-cell and template names become folder names: '..' would escape --out and
-    '.' would drop the suite folder, so a name starts with a letter or digit."""
-    if not _FOLDER_NAME.fullmatch(v):
-        raise ValueError(f"{v!r} cannot name a folder: use letters, digits, '_', '.' and '-', "
-                         "starting with a letter or digit")
-    return v
-
-
-FolderName = Annotated[str, AfterValidator(_folder_name)]
-
-# ---------------------------------------------------------------- numbers
-# Every count of a suite has a range, declared through the types below: lower bounds are each
-# key's own, upper bounds are shared limits far beyond any real run (the shipped suites train
-# at most 810 steps, in batches of at most 8, for at most 3 epochs) yet low enough that
-# nothing downstream overflows or runs for years. Without them `train.epochs = 1e300` passed
-# validate, `plan` printed a 301-digit step count and `run` trained until killed. Non-finite
-# floats are refused by `_Strict` (allow_inf_nan=False). `--set` and sweep values are checked
-# by the same types, since they are validated with the file.
-MAX_EPOCHS = 10_000
-MAX_STEPS = 10_000_000  # optimizer steps and every step count (warmup, logging, eval, save)
-MAX_BATCH = 65_536  # rows per batch, gradient accumulation, beams
-MAX_TOKENS = 1_048_576  # max_length, max_new_tokens: the longest contexts are ~1M tokens
-MAX_ROWS = 1_000_000_000  # train / validation / eval sizes
-MAX_SEED = 2**32 - 1  # NumPy's seeding (transformers.set_seed) refuses more, and negatives
-MAX_RANK = 65_536  # LoRA rank, BERTScore layer
-MAX_ARMS = 1_000  # trained arms (sweep cells x seeds): a 10-key grid of 10 values is 10**10
-
-Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
-StepsOrZero = Annotated[int, Field(ge=0, le=MAX_STEPS)]
-Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
-Rows = Annotated[int, Field(ge=1, le=MAX_ROWS)]
-Tokens = Annotated[int, Field(ge=8, le=MAX_TOKENS)]
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-Rank = Annotated[int, Field(ge=1, le=MAX_RANK)]
-# Scales (learning rate, alpha, weight decay, gradient norm, temperature) are only finite: a
-# huge one diverges the adapter, and that arm is recorded failed, nothing hangs.
-Scale = Annotated[float, Field(ge=0)]
-PositiveScale = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0, lt=1)]
+from harness.suite import arms, gaterules, methods, setrules
+from harness.suite.numbers import (
+    MAX_ARMS,
+    MAX_BATCH,
+    MAX_ROWS,
+    MAX_SEED,
+    MAX_TOKENS,
+    Batch,
+    Flag,
+    FolderName,
+    NonEmpty,
+    PositiveScale,
+    Rank,
+    Rows,
+    Seed,
+    Tokens,
+)
+from harness.suite.numbers import Strict as _Strict
+from harness.suite.training import TrainSpec as TrainSpec
 
 
 def _gate_rule(v: str) -> str:
@@ -86,13 +53,6 @@ def _gate_rule(v: str) -> str:
     except InputError as e:
         raise ValueError(str(e)) from None
     return v
-
-
-class _Strict(BaseModel):
-    # allow_inf_nan=False: TOML reads `inf` and `nan` as floats, and `learning_rate = inf`
-    # passed every `gt=0` check and trained a NaN adapter. Every float key of every table
-    # is refused non-finite here, once ("Input should be a finite number").
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- [model]
@@ -174,71 +134,6 @@ class DataSpec(_Strict):
             raise ValueError("set exactly one of data.path / data.train_path or data.dataset")
         if self.path and (self.train_path or self.eval_path):
             raise ValueError("data.path and data.train_path/eval_path are exclusive")
-        return self
-
-
-# ---------------------------------------------------------------- [train]
-
-
-class TrainSpec(_Strict):
-    """LoRA recipe and the Trainer knobs the seed reports name. QLoRA = this + 4-bit model."""
-
-    r: Rank = 8
-    alpha: PositiveScale = 16
-    dropout: Fraction = 0.05
-    target_modules: Union[list[str], Literal["all-linear"]] = ["q_proj", "v_proj"]
-    bias: Literal["none", "all", "lora_only"] = "none"
-
-    learning_rate: PositiveScale = 2e-4
-    epochs: Annotated[float, Field(gt=0, le=MAX_EPOCHS)] = 1.0
-    max_steps: Optional[Steps] = None
-    batch_size: Batch = 8
-    eval_batch_size: Optional[Batch] = None
-    gradient_accumulation_steps: Batch = 1
-    scheduler: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-        "constant_with_warmup", "inverse_sqrt",
-    ] = "linear"
-    warmup_ratio: Fraction = 0.0
-    warmup_steps: StepsOrZero = 0
-    optimizer: Literal[
-        "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit",
-        "paged_adamw_8bit", "paged_adamw_32bit",
-    ] = "adamw_torch"
-    weight_decay: Scale = 0.0
-    max_grad_norm: Scale = 1.0
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    seed: Seed = 0
-    # Train the recipe once per seed (arms <arm>@s<seed>); the report then compares the recipe
-    # with its baseline across seeds (seedstats), beside each seed's paired results.
-    seeds: Optional[Annotated[list[Seed], Field(min_length=1, max_length=MAX_ARMS)]] = None
-    logging_steps: Steps = 10
-    eval_strategy: Literal["no", "epoch", "steps"] = "epoch"
-    eval_steps: Optional[Steps] = None
-    save_strategy: Literal["no", "epoch", "steps"] = "no"
-    save_steps: Optional[Steps] = None
-    save_total_limit: Optional[Steps] = None
-    # With save_strategy = "no": a scratch checkpoint every this many optimizer steps, only so
-    # `harness resume` can continue a killed run; the newest alone is kept, and it is deleted
-    # when training ends. Unset: ~10% of the steps (a multiple of logging_steps); 0: none.
-    checkpoint_steps: Optional[StepsOrZero] = None
-    load_best_model_at_end: Flag = False
-    gradient_checkpointing: Flag = False
-    group_by_length: Flag = True
-    # On CUDA out-of-memory, halve the per-device batch (accelerate) instead of failing.
-    auto_find_batch_size: Flag = True
-    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TrainSpec:
-        if self.eval_strategy == "steps" and self.eval_steps is None:
-            raise ValueError("train.eval_strategy = 'steps' needs train.eval_steps")
-        if self.save_strategy == "steps" and self.save_steps is None:
-            raise ValueError("train.save_strategy = 'steps' needs train.save_steps")
-        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"train.seeds repeats a seed: {self.seeds}")
-        if self.load_best_model_at_end and self.save_strategy != self.eval_strategy:
-            raise ValueError("train.load_best_model_at_end needs save_strategy == eval_strategy")
         return self
 
 
@@ -545,6 +440,10 @@ class Suite(_Strict):
             raise ValueError("train.load_best_model_at_end needs data.validation_size > 0")
         if t and t.precision == "fp16" and self.model.device == "cpu":
             raise ValueError("train.precision = 'fp16' needs a GPU; use fp32 or bf16 on a CPU")
+        q = self.model.quantization
+        problem = t and methods.quantization_problem(t.method, q.bits if q else None)
+        if problem:
+            raise ValueError(problem)
         if t and self.n_trained_arms > MAX_ARMS:
             raise ValueError(f"sweep: {self.n_trained_arms:,} trained arms (cells x train.seeds), "
                              f"at most {MAX_ARMS:,}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import ConfigError, InputError
-from harness.suite import arms
+from harness.suite import arms, methods
 from harness.suite.config import Suite
 from harness.suite.suitefile import with_overrides
 
@@ -46,7 +46,8 @@ def _cells(suite: Suite) -> list[tuple[str, Suite]]:
         return []
     if suite.sweep is None:
         return [(arms.DEFAULT_ADAPTER, suite)]
-    cells = [(c.name, dict(c.set)) for c in suite.sweep.cells] + grid_cells(suite.sweep.grid)
+    cells = ([(c.name, dict(c.set)) for c in suite.sweep.cells]
+             + grid_cells(suite.sweep.grid, suite.train.method))
     if not cells:
         raise ConfigError(f"{suite.name}: [sweep] has neither cells nor grid")
     names = [n for n, _ in cells]
@@ -58,16 +59,28 @@ def _cells(suite: Suite) -> list[tuple[str, Suite]]:
     return [(name, _cell(suite, name, sets)) for name, sets in cells]
 
 
-def grid_cells(grid: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Cartesian product; names like `r8_learning_rate0.0002` from the keys' last parts."""
+def grid_cells(grid: dict[str, list[Any]], method: str = "lora"
+               ) -> list[tuple[str, dict[str, Any]]]:
+    """Cartesian product; names like `r8_learning_rate0.0002` from the keys' last parts. A
+    grid key the cell's method does not take is left out of that cell (``train.r`` means
+    nothing to ia3), so the ia3 cells of a method x rank grid are one cell, not one per rank."""
     if not grid:
         return []
     keys = list(grid)
-    out = []
+    out: list[tuple[str, dict[str, Any]]] = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        name = "_".join(f"{k.rsplit('.', 1)[-1]}{_slug(v)}" for k, v in zip(keys, values))
-        out.append((name, dict(zip(keys, values))))
+        given = dict(zip(keys, values))
+        cell_method = given.get("train.method", method)
+        sets = {k: v for k, v in given.items() if _applies(cell_method, k)}
+        name = "_".join(f"{k.rsplit('.', 1)[-1]}{_slug(v)}" for k, v in sets.items())
+        if len(sets) == len(given) or all(n != name for n, _ in out):
+            out.append((name, sets))
     return out
+
+
+def _applies(method: Any, key: str) -> bool:
+    table, _, leaf = key.partition(".")
+    return table != "train" or not isinstance(method, str) or methods.takes(method, leaf)
 
 
 def _slug(value: Any) -> str:
@@ -82,6 +95,11 @@ def _cell(suite: Suite, name: str, sets: dict[str, Any]) -> Suite:
     if bad:
         raise ConfigError(f"sweep cell {name!r}: cannot override {bad}: the zero-shot baseline "
                           "and eval items are shared by all cells")
+    own = suite.train.method if suite.train is not None else None
+    if sets.get("train.method", own) != own:
+        # the suite's own knobs are its method's: a cell switching to ia3 drops [train] r
+        sets = {**{f"train.{k}": None for k in methods.ALL_KNOBS
+                   if not methods.takes(sets["train.method"], k)}, **sets}
     try:
         return with_overrides(suite, {**sets, "sweep": None})
     except ConfigError as e:
