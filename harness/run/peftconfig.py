@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ModelSourceError
 from harness.suite.training import TrainSpec
 
 _PEFT_TYPES = {"ia3": "IA3", "loha": "LOHA", "lokr": "LOKR", "vera": "VERA",
@@ -57,12 +58,58 @@ def _lora_init(train: TrainSpec, meta: bool) -> bool | str:
 
 
 def loftq_init(model: Any, base_folder: Path | None) -> None:
-    """Set the LoRA pairs of a 4-bit ``model`` so that base + A·B is closest to the full-
-    precision weights, read from the base's safetensors files (peft's LoftQ for a quantized
-    base)."""
-    from peft.utils.loftq_utils import replace_lora_weights_loftq
+    """LoftQ for a 4-bit base: each LoRA pair set so that 4-bit base + scaling * B @ A is the
+    closest rank-r fit to the full-precision weight, read from the base's safetensors: the
+    rank-r SVD of W - dequant(Q), split as sqrt(S) on each side (peft's decomposition).
 
-    replace_lora_weights_loftq(model, model_path=str(base_folder) if base_folder else None)
+    Not peft's ``replace_lora_weights_loftq``: it moves every weight to CUDA (or XPU)
+    unconditionally, so it fails on a CPU, and it ignores the pair's scaling alpha / r: with
+    the default alpha 16 at r 8 the pair enters the forward doubled and overshoots the
+    residual it was fitted to."""
+    import bitsandbytes as bnb
+    import torch
+    from peft.tuners.lora import Linear4bit
+
+    weights = _full_precision(base_folder)
+    prefix = "base_model.model."
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, Linear4bit):
+                continue
+            key = name.removeprefix(prefix) + ".weight"
+            full = weights(key).to(torch.float32)
+            q = module.base_layer.weight
+            residual = full - bnb.functional.dequantize_4bit(q.data, q.quant_state).float()
+            for adapter in module.lora_A:
+                r, scale = module.r[adapter], module.scaling[adapter]
+                u, s, vh = torch.linalg.svd(residual, full_matrices=False)
+                root = torch.sqrt(s[:r] / scale)  # scale * (u sqrt) (sqrt vh) = rank-r fit
+                a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+                a.copy_((root[:, None] * vh[:r]).to(a.dtype))
+                b.copy_((u[:, :r] * root[None, :]).to(b.dtype))
+
+
+def _full_precision(folder: Path | None):
+    """name -> tensor over the base's safetensors files (one or sharded)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors")) if folder else []
+    if not files:
+        raise ModelSourceError(f"train.method = 'loftq' reads the base's full-precision "
+                               f"weights from safetensors files; {folder} has none")
+    index = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            index.update({k: f for k in handle.keys()})
+
+    def get(key: str):
+        if key not in index:
+            raise ModelSourceError(f"train.method = 'loftq': {key} is not in the base's "
+                                   f"safetensors files ({folder})")
+        with safe_open(str(index[key]), framework="pt") as handle:
+            return handle.get_tensor(key)
+
+    return get
 
 
 def budget_callback(model: Any) -> Any:
