@@ -115,7 +115,7 @@ def test_method_trains_and_reloads_with_plain_peft(method, tiny_model_dir, tmp_p
 
 
 
-@pytest.mark.parametrize("method", ["dora", "loftq", "ia3"])
+@pytest.mark.parametrize("method", methods.FOUR_BIT)
 def test_method_over_a_4bit_base(method, qlora_model_dir, tmp_path):
     """QLoRA with another method: bitsandbytes' CPU 4-bit path, the adapter reloaded onto a
     fresh 4-bit base by plain peft. LoftQ sets the LoRA pair from the base's safetensors so
