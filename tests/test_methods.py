@@ -225,3 +225,33 @@ def _human(n: int) -> str:
     from harness.run.plan import _human as shown
 
     return re.escape(shown(n))
+
+
+def test_trained_adapters_of_every_kind_judge_again_as_existing_arms(tiny_model_dir, tmp_path):
+    """An adapter of each saved peft type (LoRA with DoRA, IA3, LoHa, LoKr, VeRA, AdaLoRA),
+    trained by one run, evaluated by an eval-only run as `--adapter`: the same losses."""
+    suite = method_suite(tmp_path, tiny_model_dir, "lora")
+    text = suite.read_text(encoding="utf-8").replace("r = 8\n", "")
+    grid = '["dora", "ia3", "loha", "lokr", "vera", "adalora"]'
+    suite.write_text(text + f'\n[sweep]\ngrid = {{ "train.method" = {grid} }}\n',
+                     encoding="utf-8")
+    first = _run(suite)
+    trained = load_run(first)
+    eval_only = tmp_path / "again" / "again.toml"
+    eval_only.parent.mkdir()
+    shutil.copy(ASSETS / "instruct.jsonl", eval_only.parent / "instruct.jsonl")
+    text = suite.read_text(encoding="utf-8")
+    eval_only.write_text(text[: text.index("[train]")] + text[text.index("[eval]"):
+                                                            text.index("[sweep]")])
+    arms = [f"method{m}" for m in json.loads(grid)]
+    args = ["run", str(eval_only), "--out", str(tmp_path / "again" / "out")]
+    for arm in arms:
+        args += ["--adapter", f"{arm}={first / 'adapters' / arm}"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    (second,) = (tmp_path / "again" / "out" / "tiny").iterdir()
+    again = load_run(second)
+    for arm in arms:
+        ours = {r["id"]: r["loss"] for r in again.items(arm)}
+        before = {r["id"]: r["loss"] for r in trained.items(arm)}
+        assert max(abs(ours[k] - before[k]) for k in ours) < 1e-4, arm

@@ -326,8 +326,10 @@ def _check_weights(folder: Path, cfg: dict[str, Any], stored: Shapes | None, sha
 
 
 # Adapter tensors peft shares across layers or keeps outside the file (it leaves them out of
-# its own missing-keys warning too).
-_SHARED = ("vblora_vector_bank", "prompt_encoder", ".tinylora_v.", ".unilora_theta_d.")
+# its own missing-keys warning too). VeRA's per-layer vera_A / vera_B are views of one frozen
+# random pair, saved once as base_model.vera_A / vera_B (or regrown from its PRNG key).
+_SHARED = ("vblora_vector_bank", "prompt_encoder", ".tinylora_v.", ".unilora_theta_d.",
+           ".vera_A.", ".vera_B.")
 
 
 def _check_names(what: str, stored: Shapes, given: Shapes, model: Shapes,
