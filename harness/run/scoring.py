@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from harness.run import decoding
 from harness.run.encoding import IGNORE_INDEX, Encoded, EncodedChoices
 from harness.run.modeling import count_params
 from harness.suite.config import EvalSpec
@@ -119,10 +120,16 @@ class Prefix:
             if extra > 0:
                 self._wide.crop(-extra)  # a negative count removes tokens in transformers 4-5
             return self._wide
-        cache = copy.deepcopy(self._one)
-        cache.batch_repeat_interleave(rows)
+        cache = self.private_cache(rows)
         if self._wide is None or rows > self._rows:
             self._wide, self._rows = cache, rows
+        return cache
+
+    def private_cache(self, rows: int) -> Any:
+        """The prefix's cache repeated for ``rows``, the caller's own: greedy decoding drops
+        the rows that finished, which would spoil the shared wide copy."""
+        cache = copy.deepcopy(self._one)
+        cache.batch_repeat_interleave(rows)
         return cache
 
     def forget_wide(self) -> None:
@@ -314,7 +321,9 @@ def _whole_loglikelihoods(model: Any, item: EncodedChoices, pad_id: int) -> list
 def generate(
     model: Any, tokenizer: Any, items: Sequence[Encoded], spec: EvalSpec, advance: Advance = _noop
 ) -> Generations:
-    """Batched, left-padded generation with ``max_new_tokens``; greedy unless the suite samples."""
+    """Batched, left-padded generation with ``max_new_tokens``; greedy unless the suite samples.
+    Greedy runs harness's own loop (harness.run.decoding: shared prefix cached, finished rows
+    leave the batch); sampling and beams run `model.generate`."""
     import torch
 
     texts: list[str] = [""] * len(items)
@@ -322,13 +331,12 @@ def generate(
     gen_cfg = generation_config(model, tokenizer, spec)
     eos = set(as_list(gen_cfg.eos_token_id))
     with torch.inference_mode():
-        _warm_up_generation(model, items, gen_cfg)
+        run = _generator(model, items, gen_cfg, eos)
         torch.manual_seed(spec.seed)
         start = time.perf_counter()
         for batch in length_sorted_batches([e.prompt_len for e in items], spec.gen_batch_size):
             prompts = [items[i].prompt_ids for i in batch]
-            new = split_on_oom(lambda b: _generate_batch(model, b, gen_cfg).tolist(), prompts)
-            for i, row in zip(batch, new):
+            for i, row in zip(batch, split_on_oom(run, prompts)):
                 n = _count_until_eos(row, eos)
                 counts[i] = n
                 texts[i] = tokenizer.decode(row[:n], skip_special_tokens=True).strip()
@@ -337,16 +345,36 @@ def generate(
     return Generations(texts, counts, sum(counts) / wall if wall > 0 else 0.0)
 
 
-def _warm_up_generation(model: Any, items: Sequence[Encoded], gen_cfg: Any) -> None:
+def _generator(model: Any, items: Sequence[Encoded], gen_cfg: Any, eos: set[int]
+               ) -> Callable[[list[Any]], list[Any]]:
+    """prompts -> new token rows, warmed up (untimed): harness's greedy loop where it applies
+    and the model takes its arguments (remote code may not), else `model.generate`."""
+    def slow(prompts: list[Any], max_new: int = gen_cfg.max_new_tokens) -> list[Any]:
+        cfg = copy.deepcopy(gen_cfg)
+        cfg.max_new_tokens = max_new
+        return _generate_batch(model, prompts, cfg).tolist()
+
+    if items and decoding.supported(model, gen_cfg):
+        prefix = shared_prefix(model, items)
+
+        def fast(prompts: list[Any], max_new: int = gen_cfg.max_new_tokens) -> list[Any]:
+            return decoding.greedy(model, prompts, max_new, eos, gen_cfg.pad_token_id, prefix)
+        try:
+            _warm_up_generation(fast, items)
+            return fast
+        except (TypeError, AttributeError, ValueError):
+            pass
+    _warm_up_generation(slow, items)
+    return slow
+
+
+def _warm_up_generation(run: Callable[..., list[Any]], items: Sequence[Encoded]) -> None:
     """Two tokens for the shortest prompt, untimed. The first calls of a process pay CUDA
     context and kernel selection (on an H100 the zero-shot arm, always first, measured 1,630
     eval tokens/s against the adapter's 8,970 without warm-up), which would bias every
     throughput comparison against the baseline."""
-    if not items:
-        return
-    short = copy.deepcopy(gen_cfg)
-    short.max_new_tokens, short.do_sample = 2, False
-    _generate_batch(model, [min(items, key=lambda e: e.prompt_len).prompt_ids], short)
+    if items:
+        run([min(items, key=lambda e: e.prompt_len).prompt_ids], 2)
 
 
 def generation_config(model: Any, tokenizer: Any, spec: EvalSpec):

@@ -1,0 +1,85 @@
+"""Greedy decoding of one batch without `model.generate`'s general machinery, for the one
+case every eval set uses: greedy, one beam, stop at EOS or after ``max_new`` tokens.
+
+What it does that `generate` does not:
+- the prompt prefix all items share (a chat template's system prompt: 26 of the default
+  suite's ~74 prompt tokens) comes from a KV cache computed once (``scoring.Prefix``), so the
+  prefill runs only each row's own suffix;
+- a row that produced EOS leaves the batch (its KV rows are dropped), so the later steps of a
+  batch whose answers differ in length run on the rows still writing;
+- nothing per step but the forward, an argmax and one host transfer of the [B] new tokens.
+The text is the same greedy text (tested against `generate` token for token); sampling and
+beam search stay with `generate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def supported(model: Any, gen_cfg: Any) -> bool:
+    """Greedy, one beam, no stop strings, and a model whose forward takes a KV cache that
+    can drop rows (transformers' DynamicCache)."""
+    return (not gen_cfg.do_sample and (gen_cfg.num_beams or 1) == 1
+            and not getattr(gen_cfg, "stop_strings", None)
+            and getattr(model.config, "is_encoder_decoder", False) is False)
+
+
+def greedy(model: Any, prompts: Sequence[Sequence[int]], max_new: int, eos: set[int],
+           pad_id: int, prefix: Any = None) -> list[list[int]]:
+    """The new tokens of each prompt, up to and including its EOS (at most ``max_new``).
+    ``prefix``: a ``scoring.Prefix`` every prompt starts with, or None."""
+    import torch
+
+    device = next(model.parameters()).device
+    skip = prefix.length if prefix is not None else 0
+    ids, mask, pos = _left_padded([p[skip:] for p in prompts], skip, pad_id)
+    cache = prefix.private_cache(len(prompts)) if prefix is not None else _empty_cache()
+    out: list[list[int]] = [[] for _ in prompts]
+    alive = list(range(len(prompts)))
+    step = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                 position_ids=pos.to(device), past_key_values=cache, use_cache=True,
+                 logits_to_keep=1)
+    pos, mask = pos[:, -1:] + 1, mask.to(device)
+    for _ in range(max_new):
+        nxt = step.logits[:, -1].argmax(-1)  # [B']
+        tokens = nxt.tolist()  # the loop's one host transfer per step
+        for row, tok in zip(alive, tokens):
+            out[row].append(tok)
+        keep = [k for k, tok in enumerate(tokens) if tok not in eos]
+        if not keep or len(out[alive[0]]) == max_new:
+            break
+        if len(keep) < len(alive):
+            index = torch.tensor(keep, device=device)
+            step.past_key_values.batch_select_indices(index)
+            nxt, mask, pos = nxt[index], mask[index], pos[index.cpu()]
+            alive = [alive[k] for k in keep]
+        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+        step = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos.to(device),
+                     past_key_values=step.past_key_values, use_cache=True)
+        pos = pos + 1
+    return out
+
+
+def _left_padded(suffixes: Sequence[Sequence[int]], skip: int, pad_id: int):
+    """(ids [B, W], attention mask [B, skip + W], position ids [B, W]) of left-padded
+    suffixes after a ``skip``-token prefix every row shares: the pads sit between prefix and
+    suffix, masked, and each row's positions run on from the prefix without gaps."""
+    import torch
+
+    width = max(len(s) for s in suffixes)
+    ids = torch.full((len(suffixes), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(suffixes), skip + width), dtype=torch.long)
+    mask[:, :skip] = 1
+    for row, s in enumerate(suffixes):
+        ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[row, skip + width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
+    return ids, mask, pos
+
+
+def _empty_cache() -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache()
