@@ -412,7 +412,9 @@ def _dot(d: Dot, xs: Callable[[float], float], ys: Scale) -> str:
     x, y = xs(d.x), ys(d.y)
     whisker = _whisker(x, (d.low, d.high), ys) if d.low is not None and d.high is not None else ""
     fill = d.color if d.marked else HOLLOW
+    tip = f"<title>{escape(d.tip or d.label)}</title>"
+    # the label right of the point, or left of it in the plot's last quarter (room to end)
+    label = (_text(x + 8, y - 8, d.label, "value", "start") if x < W * 0.75
+             else _text(x - 8, y - 8, d.label, "value", "end"))
     return (whisker + f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="5.5" fill="{fill}" '
-            f'stroke="{d.color}" stroke-width="2"><title>{escape(d.tip or d.label)}</title></circle>'
-            + (_text(x + 8, y - 8, d.label, "value", "start") if x < W * 0.75
-               else _text(x - 8, y - 8, d.label, "value", "end")))
+            f'stroke="{d.color}" stroke-width="2">{tip}</circle>' + label)
