@@ -97,7 +97,7 @@ def _point(record: Mapping[str, Any], metric: str, name: str, arms: list[str],
                             if c.get("baseline") == A.BASELINE and c.get("candidate") == name
                             and c.get("metric") == metric), {})
     config = as_dict(as_dict(training.get(arms[0])).get("config"))
-    method = (config.get("method") or DEFAULT_METHOD) if config else None
+    method = str(config.get("method") or DEFAULT_METHOD) if config else None
     costs = {k: _mean([F.number(as_dict(training.get(a)).get(k)) for a in arms])
              for k in COST_KEYS}
     return Point(name, tuple(arms), method, config.get("r"), F.number(row.get("abs_diff")),
@@ -118,16 +118,24 @@ def _with_pareto(points: list[Point], lower: bool) -> list[Point]:
 
 def _optimal(p: Point, points: list[Point], cost: str, sign: float) -> bool | None:
     """No other point at least as good and as cheap, better on one; None without both."""
-    if p.diff is None or p.costs[cost] is None:
+    me = _judged(p, cost, sign)
+    if me is None:
         return None
-    gain, spend = sign * p.diff, p.costs[cost]
+    gain, spend = me
     for q in points:
-        if q is p or q.diff is None or q.costs[cost] is None:
+        other = _judged(q, cost, sign) if q is not p else None
+        if other is None:
             continue
-        q_gain, q_spend = sign * q.diff, q.costs[cost]
+        q_gain, q_spend = other
         if q_gain >= gain and q_spend <= spend and (q_gain > gain or q_spend < spend):
             return False
     return True
+
+
+def _judged(p: Point, cost: str, sign: float) -> tuple[float, float] | None:
+    """(gain, cost) with the gain signed so that higher is better; None without either."""
+    spend = p.costs[cost]
+    return None if p.diff is None or spend is None else (sign * p.diff, spend)
 
 
 def pareto_marks(p: Point) -> str:
@@ -149,10 +157,15 @@ def arm_columns(record: Mapping[str, Any], front: Frontier | None, arm: str) -> 
     if not entry:
         return out
     config = as_dict(entry.get("config"))
-    out.update(method=(config.get("method") or DEFAULT_METHOD) if config else None,
-               r=config.get("r"), **{k: entry.get(k) for k in COST_KEYS})
+    out.update(method=str(config.get("method") or DEFAULT_METHOD) if config else None,
+               r=_as_stored(config.get("r")), **{k: _as_stored(entry.get(k)) for k in COST_KEYS})
     point = next((p for p in front.points if arm in p.arms), None) if front else None
     if front and point:
         out["frontier_metric"] = front.metric
         out.update({f"pareto_{short}": point.pareto.get(k) for k, _, short in COSTS})
     return out
+
+
+def _as_stored(v: Any) -> Any:
+    """A finite number as run.json holds it (an int stays an int), else None."""
+    return v if F.number(v) is not None else None
