@@ -57,7 +57,8 @@ def _md_table(md: str, title: str) -> list[list[str]]:
     """The first table under ``## title``, less its header."""
     table = md.split(f"## {title}")[1].split("\n| ", 1)[1].split("\n\n")[0]
     rows = ("| " + table).splitlines()[2:]
-    return [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    # cells split where GitHub splits them: at a | not escaped as \|
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", r.strip("|"))] for r in rows]
 
 
 # ---------------------------------------------------------------- the real sweep
@@ -180,3 +181,30 @@ def test_model_index_of_an_extra_eval_set_names_that_set(tmp_path: Path):
         arm = r.metric_args["arm"]
         assert r.metric_value == rec["arms"][arm]["metrics"][f"general/{r.metric_type}"]
     assert {r.metric_type for r in general} == {"loss", "perplexity"}
+
+
+def test_arm_and_method_names_are_escaped_in_the_frontier(tmp_path: Path):
+    evil = "<img src=x onerror=alert(1)>|x"
+    path = make_run(tmp_path, arms={"baseline": (0.30, 2.5), evil: (0.40, 2.0),
+                                    "dora": (0.50, 1.7)})
+    edit_record(path, comparisons=comparisons(path), training={
+        evil: _costs(1000, 10.0, 2**30, method=evil), "dora": _costs(1200, 30.0, 2**29, "dora")})
+    run = load_run(path)
+    html, md = report.render_html(run), report.render_markdown(run)
+    section = html.split('<section id="frontier">')[1].split("</section>")[0]
+    assert section.count('<svg class="chart"') == 3
+    assert "<img" not in section and "&lt;img src=x onerror=alert(1)&gt;" in section
+    rows = _md_table(md, "Quality and cost")
+    assert len(rows) == 2 and all(len(r) == 8 for r in rows)  # the | did not split a cell
+
+
+def test_a_lower_is_better_headline_counts_a_drop_as_the_gain(tmp_path: Path):
+    """Loss alone: the arm whose loss fell most is on the frontier though it cost more."""
+    path = make_run(tmp_path, arms={"baseline": (0.30, 2.5), "big": (0.30, 1.8),
+                                    "small": (0.30, 2.2)})
+    edit_record(path, comparisons=[c for c in comparisons(path) if c["metric"] == "loss"],
+                training={"big": _costs(2000, 20.0, 2**30), "small": _costs(1000, 10.0, 2**29)})
+    rows = {r[0]: r for r in _md_table(report.render_markdown(load_run(path)),
+                                       "Quality and cost")}
+    assert float(rows["big"][3].split()[0]) < float(rows["small"][3].split()[0]) < 0
+    assert rows["big"][7] == rows["small"][7] == "params, time, memory"
