@@ -159,3 +159,23 @@ def cli_run(suite: Path, out: Path, *sets: str) -> Path:
     assert res.exit_code == 0, res.output
     name = next(p for p in out.iterdir() if p.is_dir())
     return next(p for p in name.iterdir() if not p.name.startswith("."))
+
+
+METHOD_GRID = '''
+[sweep]
+grid = { "train.method" = ["lora", "dora", "ia3"], "train.r" = [4, 8] }
+'''
+
+
+@pytest.fixture(scope="session")
+def method_sweep(tmp_path_factory, tiny_model_dir) -> Path:
+    """A real 3-method x 2-rank sweep of the tiny suite through the CLI: lora and dora at r 4
+    and 8, and ia3 once (it takes no r), 4 steps each, 8 eval items. Its own cache: a session
+    fixture runs before each test's own (``_isolated_cache``)."""
+    root = tmp_path_factory.mktemp("method-sweep")
+    shutil.copy(ASSETS / "instruct.jsonl", root / "instruct.jsonl")
+    (root / "tiny.toml").write_text(tiny_suite_text(tiny_model_dir) + METHOD_GRID, "utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_CACHE", str(root / "cache"))
+        return cli_run(root / "tiny.toml", root / "results", "train.max_steps=4",
+                       "data.eval_size=8")

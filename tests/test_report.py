@@ -163,7 +163,9 @@ def test_script_hash_matches_the_inline_script(rich: Path):
 
 def test_plots_are_inline_svg(rich: Path):
     html = report.render_html(load_run(rich))
-    assert html.count('<svg class="chart"') == 5  # loss, ROUGE, gain, throughput, memory
+    # loss, ROUGE, gain, throughput, memory; then the frontier against trainable parameters
+    # and train time (no arm recorded its peak training memory: that plot is not drawn)
+    assert html.count('<svg class="chart"') == 7
     assert "<polyline" in html and "optimizer step" in html  # loss curves with axis label
     assert 'class="whisker"' in html  # CI error bars on the ROUGE bars
     assert "Relative improvement over baseline" in html and "<circle" in html

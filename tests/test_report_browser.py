@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.rundir.record import load_run
-from harness.views import report
+from harness.views import plots, report
 
 from .test_report import ESCAPED_SCRIPT, rich_run
 from .test_report_headline import forgetting_run
@@ -49,7 +49,8 @@ def test_page_loads_with_tables_plots_and_sorted_examples(html_file: Path, tmp_p
     dom = chromium(tmp_path, "--dump-dom", html_file.as_uri())
     assert 'data-js="ready"' in dom  # the inline script ran (so the CSP hash matched)
     assert 'data-sorted="gain"' in dom
-    assert dom.count('<svg class="chart"') == 5 and dom.count("<table") >= 6
+    # five plots, and the frontier against parameters and train time (test_report)
+    assert dom.count('<svg class="chart"') == 7 and dom.count("<table") >= 6
     assert len(re.findall(r'<tr data-id="item-\d+"', dom)) == 50
     assert ESCAPED_SCRIPT in dom and "<script>alert" not in dom
 
@@ -109,3 +110,25 @@ def test_browser_filters_the_forgetting_set_and_sorts_by_loss(default_like: Path
     assert all(bool(hidden) == (s != "general") for _, s, hidden in rows)  # only general shown
     changes = [float(d) for d, _, _ in rows]
     assert changes == sorted(changes, reverse=True)  # largest loss increase first
+
+
+def _rgb(hex_color: str) -> tuple[int, int, int]:
+    return tuple(int(hex_color[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def test_frontier_plots_of_a_method_sweep(method_sweep: Path, tmp_path: Path):
+    """The real lora / dora / ia3 x rank sweep: three scatter plots of five arms each; the
+    section alone (the report's own head and styles) paints each method in its colour."""
+    page = (method_sweep / "report.html").as_uri()
+    dom = chromium(tmp_path, "--dump-dom", page)
+    section = dom.split('<section id="frontier">')[1].split("</section>")[0]
+    assert section.count('<svg class="chart"') == 3 and section.count('class="dot"') == 15
+    assert "Trainable parameters" in section and "Peak training memory (MiB)" in section
+    # The other plots share the palette: look at this section without them.
+    html = (method_sweep / "report.html").read_text()
+    alone = tmp_path / "frontier.html"
+    alone.write_text(html.split("<body")[0] + '<body><main class="wrap"><section id="frontier">'
+                     + section + "</section></main></body></html>")
+    shot = tmp_path / "frontier.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1400", alone.as_uri())
+    assert {_rgb(c) for c in plots.PALETTE[:3]} <= colors_of(shot)  # lora, dora, ia3

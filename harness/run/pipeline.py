@@ -51,7 +51,7 @@ from harness.stats import measured
 from harness.stats import paired as stats
 from harness.suite import arms, config, data
 from harness.suite.config import Suite
-from harness.views import report, templating
+from harness.views import modelcard, report, templating
 
 if TYPE_CHECKING:
     from harness.suite.sweep import Shard
@@ -428,7 +428,10 @@ def _write_model_card(run: _Run, name: str, cell: Suite, metrics: dict[str, Any]
                          measured.block(run.record.get("env") or {}))
     rows = [(k, base[k], v, mark if measured.is_system(k) else None) for k, v in metrics.items()
             if isinstance(v, (int, float)) and isinstance(base.get(k), (int, float))]
-    text = templating.render("model_card.md.j2", base_model=run.base_name,
+    assert cell.train is not None
+    front = modelcard.front_matter(run.record, arm=name, base_model=run.base_name,
+                                   method=cell.train.method, metrics=metrics)
+    text = templating.render("model_card.md.j2", front_matter=front,
                              suite=cell.name, arm=name, train=cell.train, rows=rows)
     run.dir.write_text(f"{results.ADAPTERS_DIR}/{name}/{results.MODEL_CARD_FILE}", text)
 

@@ -20,6 +20,11 @@ Which comparisons are made:
   (harness/measured.py): never across runs, nor with a cached baseline or an arm a killed run
   measured before `harness resume`; those rows are left out with a note saying why.
 - Failed runs and failed arms are skipped with a note; a run given twice is used once.
+- Each row also carries its candidate's training: method, r, trainable_params,
+  train_runtime_s, peak_train_memory_bytes (as run.json holds them; empty for an arm harness did
+  not train or a record older than the measurement) and whether the arm is Pareto-optimal on
+  each cost within its own run (harness.views.frontier: gain on ``frontier_metric``; a seed
+  arm carries its recipe's flags). The CSV and JSON carry them; md and html do not.
 
 All comparisons land in one table, rows grouped by metric (so one metric across many arms
 FineTome sweep report's table reads this way), then in the order the runs and arms were given.
@@ -45,6 +50,7 @@ from harness.stats import paired as stats
 from harness.suite import arms as A
 from harness.suite import config
 from harness.views import formatting as F
+from harness.views import frontier
 
 FORMATS = ("md", "csv", "json", "html")  # also the choices of `harness compare --format`
 PAIRED, UNPAIRED, NO_ITEMS, STORED = (
@@ -53,7 +59,7 @@ CSV_FIELDS = (
     "metric", "candidate_run", "candidate_arm", "baseline_run", "baseline_arm",
     "baseline_value", "candidate_value", "abs_diff", "rel_gain", "ci_low", "ci_high",
     "rel_ci_low", "rel_ci_high", "p_value", "p_value_holm", "significant", "better",
-    "lower_is_better", "pairing", "n_items", "test",
+    "lower_is_better", "pairing", "n_items", "test", *frontier.ARM_COLUMNS,
 )
 
 
@@ -114,7 +120,9 @@ def build_table(runs: Sequence[LoadedRun], *, alpha: float = config.DEFAULT_ALPH
     within = _within_pairings(usable, arms, labels, notes)
     cross = _cross_pairings(usable, arms, labels, notes)
     # grouped by metric, then in the order the pairings were made (runs, then arms, as given)
-    computed = [(i, _compare(p, settings)) for i, p in enumerate(within + cross)]
+    fronts = {id(r): frontier.frontier(r.record) for r in usable}
+    computed = [(i, [{**row, **_arm_columns(p.cand, fronts)} for row in _compare(p, settings)])
+                for i, p in enumerate(within + cross)]
     keyed = [((M.sort_key(r["metric"]), i), r) for i, rs in computed for r in rs]
     rows = [r for _, r in sorted(keyed, key=lambda kr: kr[0])]
     notes += system_notes(within + cross)
@@ -122,6 +130,11 @@ def build_table(runs: Sequence[LoadedRun], *, alpha: float = config.DEFAULT_ALPH
     if not rows:
         notes.append("nothing to compare: no run has an adapter arm beside a baseline arm")
     return CompareTable(rows, notes, [_run_summary(r, labels) for r in usable], alpha, settings)
+
+
+def _arm_columns(side: Side, fronts: dict[int, frontier.Frontier | None]) -> dict[str, Any]:
+    """The candidate's method, rank, training costs and Pareto flags (within its own run)."""
+    return frontier.arm_columns(side.run.record, fronts[id(side.run)], side.arm)
 
 
 # A difference between two seeds of one recipe has SD sqrt(2) x the seed SD; beyond 1.96 of

@@ -1,7 +1,8 @@
-"""Small inline-SVG charts for the HTML report: line, grouped-bar and interval (forest) plots.
+"""Small inline-SVG charts for the HTML report: line, grouped-bar, interval (forest) and
+scatter plots.
 
-No matplotlib: reports render in a plain CI job from records alone, and three chart kinds fit
-in a couple of hundred lines. Every label is escaped. The SVG carries no ``xmlns`` URL (inline
+No matplotlib: reports render in a plain CI job from records alone, and four chart kinds fit
+in a few hundred lines. Every label is escaped. The SVG carries no ``xmlns`` URL (inline
 SVG in HTML5 does not need one), so a report holds no http(s) strings of its own.
 """
 
@@ -64,6 +65,21 @@ class Interval:
     color: str
     strong: bool = False  # significant (kept for callers; the fill follows ``tone``)
     tone: str = ""  # formatting.tone: "good" / "bad" fill the marker green / red
+
+
+@dataclass(frozen=True)
+class Dot:
+    """One point of a scatter plot with an optional vertical interval; ``marked`` points are
+    filled and joined by the frontier line, the others hollow."""
+
+    label: str  # written beside the point
+    x: float
+    y: float
+    low: float | None
+    high: float | None
+    color: str
+    marked: bool = False
+    tip: str = ""  # the hover text; the label when empty
 
 
 @dataclass(frozen=True)
@@ -342,3 +358,63 @@ def _arrow(x: float, y: float, lo_x: float, hi_x: float, color: str,
     pts = f"{edge + 8 * d:.1f},{y:.1f} {edge:.1f},{y - 6:.1f} {edge:.1f},{y + 6:.1f}"
     return (f'<polygon class="clip" points="{pts}" fill="{fill or color}" stroke="{color}" '
             f'stroke-width="1.5">{tip}</polygon>')
+
+
+def scatter_chart(dots: list[Dot], *, title: str, x_label: str, y_label: str,
+                  log_x: bool = False, legend: Sequence[tuple[str, str]] = (),
+                  x_fmt: Callable[[float], str] = fmt_tick) -> Markup | None:
+    """Points with vertical whiskers, a zero line, each point's label beside it, and the
+    marked points joined left to right (dashed); ``log_x`` for counts spanning decades (3.6k
+    trainable parameters beside 1.2M). None when no point has a usable x."""
+    dots = [d for d in dots if d.x > 0 or not log_x]
+    if not dots:
+        return None
+    height, left, right, bottom = 320, 64, W - 24, 320 - 44
+    top = 28 + 16 * _legend_rows([n for n, _ in legend], left, right) if legend else 20
+    ys_all = [v for d in dots for v in (d.y, d.low, d.high) if v is not None]
+    yt = nice_ticks(min(0.0, *ys_all), max(0.0, *ys_all))
+    xt, xs = _x_axis([d.x for d in dots], log_x, left, right)
+    ys = Scale(yt[0], yt[-1], bottom, top)
+    body = [_y_axis(ys, yt, left, right, y_label),
+            f'<line class="zero" x1="{left}" x2="{right}" y1="{ys(0):.1f}" y2="{ys(0):.1f}"/>']
+    body += [_text(xs(t), bottom + 16, x_fmt(t), "tick") for t in xt]
+    body.append(_text((left + right) / 2, height - 6, x_label, "axis"))
+    body.append(_frontier_line([d for d in dots if d.marked], xs, ys))
+    body += [_dot(d, xs, ys) for d in dots]
+    if legend:
+        body.append(_legend([(n, c, False) for n, c in legend], left, 16, right))
+    return _svg(title, "".join(body), height)
+
+
+def _x_axis(values: list[float], log_x: bool, left: float, right: float
+            ) -> tuple[list[float], Callable[[float], float]]:
+    """Ticks and the x position of a value: whole decades on a log axis (at least one)."""
+    if not log_x:  # 5% of the range spare on each side: a point on the edge loses its label
+        pad = 0.05 * (max(values) - min(values))
+        xt = nice_ticks(min(values) - pad, max(values) + pad)
+        return xt, Scale(xt[0], xt[-1], left, right)
+    # a fifth of a decade spare on each side, for the same reason
+    lo = math.floor(math.log10(min(values)) - 0.2)
+    hi = max(math.ceil(math.log10(max(values)) + 0.2), lo + 1)
+    scale = Scale(lo, hi, left, right)
+    return [10.0 ** k for k in range(lo, hi + 1)], lambda v: scale(math.log10(v))
+
+
+def _frontier_line(dots: list[Dot], xs: Callable[[float], float], ys: Scale) -> str:
+    if len(dots) < 2:
+        return ""
+    coords = " ".join(f"{xs(d.x):.1f},{ys(d.y):.1f}" for d in sorted(dots, key=lambda d: d.x))
+    return (f'<polyline class="frontier" fill="none" stroke="{BASELINE_COLOR}" '
+            f'stroke-width="1.5" stroke-dasharray="5 3" points="{coords}"/>')
+
+
+def _dot(d: Dot, xs: Callable[[float], float], ys: Scale) -> str:
+    x, y = xs(d.x), ys(d.y)
+    whisker = _whisker(x, (d.low, d.high), ys) if d.low is not None and d.high is not None else ""
+    fill = d.color if d.marked else HOLLOW
+    tip = f"<title>{escape(d.tip or d.label)}</title>"
+    # the label right of the point, or left of it in the plot's last quarter (room to end)
+    label = (_text(x + 8, y - 8, d.label, "value", "start") if x < W * 0.75
+             else _text(x - 8, y - 8, d.label, "value", "end"))
+    return (whisker + f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="5.5" fill="{fill}" '
+            f'stroke="{d.color}" stroke-width="2">{tip}</circle>' + label)

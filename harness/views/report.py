@@ -31,6 +31,7 @@ from harness.views.report_benchmarks import benchmark_tables
 from harness.views.report_data import ReportData, as_dict, ci_label, memory_kind, read_data
 from harness.views.report_deployment import deployment_tables
 from harness.views.report_examples import example_browser
+from harness.views.report_frontier import frontier_plots, frontier_table
 from harness.views.report_headline import (
     contenders,
     forgetting_change_label,
@@ -74,7 +75,7 @@ def render_html(run: LoadedRun) -> str:
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     return templating.render(
         HTML_TEMPLATE, **_context(run, data), plots=charts(data), examples=example_browser(data),
-        script=Markup(script), script_hash=digest)
+        frontier_plots=frontier_plots(data), script=Markup(script), script_hash=digest)
 
 
 def render_markdown(run: LoadedRun) -> str:
@@ -102,7 +103,7 @@ def _context(run: LoadedRun, d: ReportData) -> dict[str, Any]:
         "versions": _versions(as_dict(rec.get("env"))), "headline": headline,
         "cards": headline_cards(entries, forgetting_sets(d)),
         "leaderboard": leaderboard(d, entries), "benchmarks": benchmark_tables(d),
-        "deployment": deployment_tables(d),
+        "deployment": deployment_tables(d), "frontier": frontier_table(d),
         "p_label": P_HOLM_LABEL, "ci_label": ci_label(d.alpha),
         "alpha": d.alpha, "arm_table": arm_table(d), "training": training_table(d),
         "existing": existing_table(d), "forgetting": forgetting,
