@@ -51,6 +51,7 @@ from harness.stats import measured
 from harness.stats import paired as stats
 from harness.suite import arms, config, data
 from harness.suite.config import Suite
+from harness.tracking import dispatch
 from harness.views import report, templating
 
 if TYPE_CHECKING:
@@ -541,8 +542,24 @@ def _save(run: _Run) -> record.RunOutcome:
         rec["error"] = failed[0]["error"] if failed else None
     try:
         record.save(run.dir, rec, run.predictions, report.render_into)
+        _track(run)
     except OSError as e:
         record.save_failed_write(run.dir, rec, e, _error(e, "write"))
     if rec["status"] == Status.SUCCESS:
         run.journal.close()  # a failed run keeps its working files: `harness resume` reads them
     return record.RunOutcome(path=run.dir.finalize(), record=rec)
+
+
+def _track(run: _Run) -> None:
+    """The written run, sent to the trackers [tracking] names; one that fails is a warning,
+    kept by writing the record again through its one writer."""
+    spec = run.suite.tracking
+    if not spec.configured or not distributed.is_main():
+        return
+    with logs.library_output_to(run.dir.path / logs.LOG_FILE):  # MLflow's database set-up
+        failed = dispatch.log_run(run.dir.path, run.record, spec.resolved(run.suite.resolve),
+                                  note=run.progress.stage)
+    for text in failed:
+        _warn(run, text)
+    if failed:
+        record.save(run.dir, run.record, run.predictions, report.render_into)
