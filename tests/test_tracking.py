@@ -47,7 +47,8 @@ class Tracked:
     record: dict[str, Any]
 
 
-def _tracked_run(folder: Path, model: Path, cache: Path, tracking: str, **env: str) -> Tracked:
+def _tracked_run(folder: Path, model: Path, cache: Path, tracking: str, *sets: str,
+                 **env: str) -> Tracked:
     suite = _suite(folder, model, tracking)
     elsewhere = folder / "cwd"  # the process runs elsewhere: stores still land beside the suite
     elsewhere.mkdir()
@@ -58,7 +59,7 @@ def _tracked_run(folder: Path, model: Path, cache: Path, tracking: str, **env: s
                      "WANDB_CACHE_DIR": str(folder / "wandb-cache"),
                      "WANDB_CONFIG_DIR": str(folder / "wandb-config"), **env}.items():
             mp.setenv(k, v)
-        run = cli_run(suite, folder / "out")
+        run = cli_run(suite, folder / "out", *sets)
     return Tracked(folder, run, json.loads((run / "run.json").read_text("utf-8")))
 
 
@@ -80,15 +81,16 @@ tensorboard = true
 
 @pytest.fixture(scope="module")
 def file_store(tmp_path_factory, tiny_model_dir, cache, tracked) -> Tracked:
-    """MLflow in a local file store (MLflow 3 asks for MLFLOW_ALLOW_FILE_STORE) and W&B
-    given a folder under a file, which it cannot create. After ``tracked``: same cache."""
+    """MLflow in a local file store (MLflow 3 asks for MLFLOW_ALLOW_FILE_STORE), named by
+    ``--set`` (so relative to the current folder, as the shell means it), and W&B given a
+    folder under a file, which it cannot create. After ``tracked``: same cache."""
     folder = tmp_path_factory.mktemp("file-store")
     (folder / "a-file").write_text("not a folder", encoding="utf-8")
     return _tracked_run(folder, tiny_model_dir, cache, '''
 [tracking]
-mlflow = { tracking_uri = "file:mlruns", experiment = "files" }
+mlflow = { tracking_uri = "sqlite:///not-this.db", experiment = "files" }
 wandb = { project = "harness", mode = "offline", dir = "a-file/wb" }
-''', MLFLOW_ALLOW_FILE_STORE="true")
+''', "tracking.mlflow.tracking_uri=file:mlruns", MLFLOW_ALLOW_FILE_STORE="true")
 
 
 # ---------------------------------------------------------------- MLflow
@@ -150,8 +152,8 @@ def test_mlflow_sqlite_store_holds_a_parent_run_and_a_child_per_arm(tracked, tmp
 
 def test_mlflow_file_store_reads_back_equal_to_run_json(file_store):
     rec = file_store.record
-    store = file_store.folder / "mlruns"
-    assert store.is_dir()
+    store = file_store.folder / "cwd" / "mlruns"  # --set: from the current folder
+    assert store.is_dir() and not (file_store.folder / "not-this.db").exists()
     _, parent, children = _mlflow_runs(store.as_uri(), "files", rec)
     assert sorted(children) == ARMS
     for arm, child in children.items():

@@ -26,16 +26,16 @@ def log(run_dir: Path, record: Mapping[str, Any], target: WandbTarget) -> str:
     if target.dir is not None:
         Path(target.dir).mkdir(parents=True, exist_ok=True)
     try:
-        for arm in record["arms"]:
-            _arm_run(wandb, run_dir, record, arm, target)
+        folders = [_arm_run(wandb, run_dir, record, arm, target) for arm in record["arms"]]
     finally:
         wandb.teardown()  # stop W&B's service process: the run is over
-    where = f"offline in {target.dir or 'wandb/'}" if target.mode == "offline" else "online"
+    where = f"offline in {folders[-1]}" if target.mode == "offline" and folders else "online"
     return f"W&B group {record['run_id']} in project {target.project} ({where})"
 
 
 def _arm_run(wandb: Any, run_dir: Path, record: Mapping[str, Any], arm: str,
-             target: WandbTarget) -> None:
+             target: WandbTarget) -> Path:
+    """One arm's W&B run; returns the folder W&B keeps its runs in (``<dir>/wandb``)."""
     config = {**entries.run_params(record), **entries.arm_params(record, arm)}
     run = wandb.init(
         project=target.project, entity=target.entity, mode=target.mode, dir=target.dir,
@@ -50,6 +50,7 @@ def _arm_run(wandb: Any, run_dir: Path, record: Mapping[str, Any], arm: str,
         _artifact(wandb, run, run_dir, record, arm)
     finally:
         run.finish(exit_code=0 if record["arms"][arm].get("status") == Status.SUCCESS else 1)
+    return Path(run.dir).parents[1]  # run.dir: <dir>/wandb/offline-run-<time>-<id>/files
 
 
 def _artifact(wandb: Any, run: Any, run_dir: Path, record: Mapping[str, Any], arm: str) -> None:
