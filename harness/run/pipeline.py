@@ -115,8 +115,8 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
         for arm in run.record["arms"].values():
             if arm.get("status") == Status.RUNNING:
                 _arm_failed(arm, e, run.stage)
-        if isinstance(e, KeyboardInterrupt):
-            path = _save(run).path
+        if isinstance(e, KeyboardInterrupt):  # tracked once `harness resume` finishes it
+            path = _save(run, track=False).path
             raise RunInterrupted(f"interrupted by {str(e) or 'SIGINT'}: the run was recorded as "
                                  f"failed in {path}; continue it with `harness resume "
                                  f"{path}`") from e
@@ -532,7 +532,7 @@ def _error(e: BaseException, stage: str) -> dict[str, Any]:
             "traceback": "".join(tb[-8:])}
 
 
-def _save(run: _Run) -> record.RunOutcome:
+def _save(run: _Run, track: bool = True) -> record.RunOutcome:
     now = time.time()
     rec = run.record
     rec["finished_at"] = record.iso_time(now)
@@ -542,7 +542,8 @@ def _save(run: _Run) -> record.RunOutcome:
         rec["error"] = failed[0]["error"] if failed else None
     try:
         record.save(run.dir, rec, run.predictions, report.render_into)
-        _track(run)
+        if track:
+            _track(run)
     except OSError as e:
         record.save_failed_write(run.dir, rec, e, _error(e, "write"))
     if rec["status"] == Status.SUCCESS:
