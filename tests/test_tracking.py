@@ -59,7 +59,9 @@ def _tracked_run(folder: Path, model: Path, cache: Path, tracking: str, *sets: s
                      "WANDB_CACHE_DIR": str(folder / "wandb-cache"),
                      "WANDB_CONFIG_DIR": str(folder / "wandb-config"), **env}.items():
             mp.setenv(k, v)
+        hooks = sys.exit, sys.excepthook
         run = cli_run(suite, folder / "out", *sets)
+        assert (sys.exit, sys.excepthook) == hooks  # W&B's own are taken back off
     return Tracked(folder, run, json.loads((run / "run.json").read_text("utf-8")))
 
 

@@ -6,6 +6,7 @@ comparisons in the run's summary, and the reports (and the adapter's model card)
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,14 @@ def log(run_dir: Path, record: Mapping[str, Any], target: WandbTarget) -> str:
 
     if target.dir is not None:
         Path(target.dir).mkdir(parents=True, exist_ok=True)
+    hooks = sys.exit, sys.excepthook
     try:
         folders = [_arm_run(wandb, run_dir, record, arm, target) for arm in record["arms"]]
     finally:
         wandb.teardown()  # stop W&B's service process: the run is over
+        # wandb.init replaces both (to see how a script ends) and leaves them replaced: the
+        # process is harness's, whose exit codes they must not touch
+        sys.exit, sys.excepthook = hooks
     where = f"offline in {folders[-1]}" if target.mode == "offline" and folders else "online"
     return f"W&B group {record['run_id']} in project {target.project} ({where})"
 
