@@ -322,11 +322,17 @@ def test_validate_refuses_an_unknown_tracking_key(suite_dir, table, key):
     _one_line_exit_2(_validate(suite_dir, table), key)
 
 
-def test_a_tracker_that_is_not_installed_is_refused_with_its_install_line(suite_dir,
-                                                                          monkeypatch):
-    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
-    res = _validate(suite_dir, '[tracking]\nwandb = { project = "p", mode = "offline" }\n')
-    _one_line_exit_2(res, "tracking.wandb", "pip install 'harness[wandb]'")
+@pytest.mark.parametrize("blocked, table, needles", [
+    ("wandb", 'wandb = { project = "p", mode = "offline" }', ("tracking.wandb", "[wandb]")),
+    ("sqlalchemy", 'mlflow = { tracking_uri = "sqlite:///m.db" }',
+     ("tracking.mlflow", "sqlalchemy", "[mlflow]")),
+    ("tensorboard", "tensorboard = true", ("tracking.tensorboard", "[tensorboard]")),
+])
+def test_a_tracker_that_is_not_installed_is_refused_with_its_install_line(
+        suite_dir, monkeypatch, blocked, table, needles):
+    monkeypatch.setitem(sys.modules, blocked, None)  # import <blocked> -> ImportError
+    res = _validate(suite_dir, f"[tracking]\n{table}\n")
+    _one_line_exit_2(res, "pip install 'harness", *needles)
 
 
 def test_a_sweep_cell_cannot_override_tracking(suite_dir):

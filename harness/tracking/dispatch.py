@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from harness.errors import one_line
-from harness.suite.tracking import TrackingSpec
+from harness.suite.tracking import MlflowTarget, TrackingSpec
 from harness.tracking import mlflowstore, tensorboardevents, wandbruns
 
 Logger = Callable[[Path, Mapping[str, Any]], str]  # (run dir, record) -> where it went
@@ -30,14 +31,19 @@ def missing(spec: TrackingSpec) -> list[str]:
     out = []
     for name, _ in _loggers(spec):
         modules, install = PACKAGES[name]
-        if name == "mlflow" and spec.mlflow and (spec.mlflow.tracking_uri or "").startswith(
-                "sqlite:"):
+        if name == "mlflow" and spec.mlflow and _mlflow_uri(spec.mlflow).startswith("sqlite:"):
             modules += SQLITE_MODULES
         absent = [m for m in modules if not _importable(m)]
         if absent:
             out.append(f"tracking.{name}: {', '.join(absent)} not installed; install it with: "
                        f"{install}")
     return out
+
+
+def _mlflow_uri(target: MlflowTarget) -> str:
+    """The store MLflow will open: the suite's, else MLFLOW_TRACKING_URI, else MLflow 3's
+    default, a SQLite file."""
+    return target.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:"
 
 
 def _importable(module: str) -> bool:
