@@ -17,8 +17,8 @@ from .conftest import REPO
 PACKAGE = REPO / "harness"
 # Lowest first: a module may import its own layer and the layers below it, never one above.
 # `errors` and `metrics` (the metric table) are single modules every folder may use.
-LAYERS = ("errors", "metrics", "suite", "stats", "rundir", "views", "run", "cli")
-TORCH_FREE = ("suite", "stats", "rundir", "views")
+LAYERS = ("errors", "metrics", "suite", "stats", "rundir", "views", "tracking", "run", "cli")
+TORCH_FREE = ("suite", "stats", "rundir", "views", "tracking")
 HEAVY = ("torch", "transformers", "peft")
 MAX_LINES = 600
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 LOG_FILE = "harness.log"
 LIBRARIES = ("transformers", "peft", "accelerate", "bitsandbytes", "torch", "datasets",
-             "huggingface_hub", "py.warnings")
+             "huggingface_hub", "py.warnings", "mlflow", "alembic", "wandb")
 
 
 @contextlib.contextmanager

@@ -51,6 +51,7 @@ from harness.stats import measured
 from harness.stats import paired as stats
 from harness.suite import arms, config, data
 from harness.suite.config import Suite
+from harness.tracking import dispatch
 from harness.views import modelcard, report, templating
 
 if TYPE_CHECKING:
@@ -114,8 +115,8 @@ def run_suite(suite: Suite, out_dir: Path, progress: Progress | None = None,
         for arm in run.record["arms"].values():
             if arm.get("status") == Status.RUNNING:
                 _arm_failed(arm, e, run.stage)
-        if isinstance(e, KeyboardInterrupt):
-            path = _save(run).path
+        if isinstance(e, KeyboardInterrupt):  # tracked once `harness resume` finishes it
+            path = _save(run, track=False).path
             raise RunInterrupted(f"interrupted by {str(e) or 'SIGINT'}: the run was recorded as "
                                  f"failed in {path}; continue it with `harness resume "
                                  f"{path}`") from e
@@ -534,7 +535,7 @@ def _error(e: BaseException, stage: str) -> dict[str, Any]:
             "traceback": "".join(tb[-8:])}
 
 
-def _save(run: _Run) -> record.RunOutcome:
+def _save(run: _Run, track: bool = True) -> record.RunOutcome:
     now = time.time()
     rec = run.record
     rec["finished_at"] = record.iso_time(now)
@@ -544,8 +545,25 @@ def _save(run: _Run) -> record.RunOutcome:
         rec["error"] = failed[0]["error"] if failed else None
     try:
         record.save(run.dir, rec, run.predictions, report.render_into)
+        if track:
+            _track(run)
     except OSError as e:
         record.save_failed_write(run.dir, rec, e, _error(e, "write"))
     if rec["status"] == Status.SUCCESS:
         run.journal.close()  # a failed run keeps its working files: `harness resume` reads them
     return record.RunOutcome(path=run.dir.finalize(), record=rec)
+
+
+def _track(run: _Run) -> None:
+    """The written run, sent to the trackers [tracking] names; one that fails is a warning,
+    kept by writing the record again through its one writer."""
+    spec = run.suite.tracking
+    if not spec.configured or not distributed.is_main():
+        return
+    with logs.library_output_to(run.dir.path / logs.LOG_FILE):  # MLflow's database set-up
+        failed = dispatch.log_run(run.dir.path, run.record, spec.resolved(run.suite.resolve),
+                                  note=run.progress.stage)
+    for text in failed:
+        _warn(run, text)
+    if failed:
+        record.save(run.dir, run.record, run.predictions, report.render_into)

@@ -13,6 +13,7 @@ from harness.errors import DatasetUnavailable, InputError, ModelUnavailable
 from harness.run import adapters, ggufwriter, modeling, shapes
 from harness.suite import arms, data, suitefile, sweep
 from harness.suite.config import Suite
+from harness.tracking import dispatch as tracking
 
 if TYPE_CHECKING:
     from harness.suite.sweep import Shard
@@ -47,6 +48,9 @@ def check(suite: Suite, offline_ok: bool = False) -> Preflight:
     """Everything that can be checked without loading weights; raises InputError subclasses.
     ``offline_ok`` (validate): a hub dataset or model config that cannot be reached is listed
     in ``unchecked`` instead of failing, and everything else is still checked."""
+    absent = tracking.missing(suite.tracking)
+    if absent:  # before any data is read: the run could not say where its numbers went
+        raise InputError("\n".join(absent))
     source = modeling.resolve_source(suite)
     unchecked: list[str] = []
     splits = _unless_unreachable(lambda: data.load_splits(suite), offline_ok, unchecked)

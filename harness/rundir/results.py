@@ -40,6 +40,8 @@ ADAPTERS_DIR = "adapters"
 EXPORTS_DIR = "exports"  # [[exports]] with keep = true: the deployable artifacts
 MODEL_CARD_FILE = "README.md"  # inside adapters/<arm>/: the hub's name for a model card
 TENSORBOARD_DIR = "tensorboard"  # tensorboard/<arm>/ when train.report_to names it
+# tracking/tensorboard/<arm>/: each arm's eval metrics and comparisons ([tracking] tensorboard)
+TRACKING_TENSORBOARD_DIR = "tracking/tensorboard"
 SCRATCH_DIR = "scratch"  # working files of a stage while it runs; gone when it ends
 
 

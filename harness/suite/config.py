@@ -44,6 +44,7 @@ from harness.suite.numbers import (
     Tokens,
 )
 from harness.suite.numbers import Strict as _Strict
+from harness.suite.tracking import TrackingSpec
 from harness.suite.training import TrainSpec as TrainSpec
 
 
@@ -424,6 +425,7 @@ class Suite(_Strict):
     sweep: Optional[SweepSpec] = None
     adapters: list[AdapterSpec] = []
     exports: list[ExportSpec] = []
+    tracking: TrackingSpec = TrackingSpec()  # read-only consumers of the finished record
     # Where relative paths resolve: the suite file's folder. Not a TOML key.
     base_dir: Path = Field(default=Path("."), exclude=True)
 

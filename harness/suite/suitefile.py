@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from harness.errors import ConfigError
 from harness.suite.config import SUITE_FILE, Suite
+from harness.suite.tracking import local_uri
 
 # ---------------------------------------------------------------- loading
 
@@ -170,6 +171,10 @@ def _from_cwd(key: str, value: Any) -> Any:
         return value
     if key in _DATA_PATH_KEYS or (key == "model.name_or_path" and Path(value).exists()):
         return str(Path(value).resolve())  # a model name that is no local folder: a hub id
+    if key == "tracking.wandb.dir":
+        return str(Path(value).expanduser().resolve())
+    if key == "tracking.mlflow.tracking_uri":  # a server's URI is kept as it is
+        return local_uri(value, lambda p: Path(p).expanduser().resolve())
     return value
 
 

@@ -21,8 +21,9 @@ from harness.suite import arms, methods
 from harness.suite.config import Suite
 from harness.suite.suitefile import with_overrides
 
-# Tables a cell may not override: the baseline and the eval items are shared by all cells.
-_SHARED = ("name", "model", "data", "eval", "stats", "sweep")
+# Tables a cell may not override: the baseline, the eval items and where the run is tracked
+# are shared by all cells.
+_SHARED = ("name", "model", "data", "eval", "stats", "sweep", "tracking")
 
 
 def expand(suite: Suite) -> list[tuple[str, Suite]]:
@@ -93,8 +94,8 @@ def _slug(value: Any) -> str:
 def _cell(suite: Suite, name: str, sets: dict[str, Any]) -> Suite:
     bad = [k for k in sets if k.split(".")[0] in _SHARED]
     if bad:
-        raise ConfigError(f"sweep cell {name!r}: cannot override {bad}: the zero-shot baseline "
-                          "and eval items are shared by all cells")
+        raise ConfigError(f"sweep cell {name!r}: cannot override {bad}: the zero-shot baseline, "
+                          "eval items and trackers are shared by all cells")
     own = suite.train.method if suite.train is not None else None
     if sets.get("train.method", own) != own:
         # the suite's own knobs are its method's: a cell switching to ia3 drops [train] r
