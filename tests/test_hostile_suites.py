@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.suite import config
+from harness.suite import config, numbers
 
 from .test_bad_input import check_refused, edit
 
@@ -80,9 +80,9 @@ def test_infinite_epochs_refused_everywhere(suite_dir):
 
 def test_largest_allowed_values_still_validate(suite_dir):
     """The bounds are far beyond any real suite: the shipped limits themselves pass."""
-    sets = [f"train.max_steps={config.MAX_STEPS}", f"eval.max_new_tokens={config.MAX_TOKENS}",
-            f"data.max_length={config.MAX_TOKENS}", f"stats.n_resamples={config.MAX_RESAMPLES}",
-            f"train.seed={config.MAX_SEED}", f"train.batch_size={config.MAX_BATCH}"]
+    sets = [f"train.max_steps={numbers.MAX_STEPS}", f"eval.max_new_tokens={numbers.MAX_TOKENS}",
+            f"data.max_length={numbers.MAX_TOKENS}", f"stats.n_resamples={config.MAX_RESAMPLES}",
+            f"train.seed={numbers.MAX_SEED}", f"train.batch_size={numbers.MAX_BATCH}"]
     res = invoke("validate", suite_dir / "tiny.toml", *[a for s in sets for a in ("--set", s)])
     assert res.exit_code == 0, res.output
 
@@ -127,7 +127,7 @@ def test_sweep_grid_value_is_bounded_too(suite_dir):
     assert res.exit_code == 2, res.output
     (line,) = error_lines(res.output)
     assert line.endswith("sweep cell 'max_steps1000000000000000.0': train.max_steps: Input "
-                         f"should be less than or equal to {config.MAX_STEPS} "
+                         f"should be less than or equal to {numbers.MAX_STEPS} "
                          "(got 1000000000000000.0)"), line
     assert "tiny.toml" not in res.output
 

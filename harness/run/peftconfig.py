@@ -44,7 +44,8 @@ def peft_config(train: TrainSpec, total_steps: int | None = None, *, meta: bool 
         # tinit/tfinal 0: the budget schedule spans the whole training (peft's defaults)
         return peft.AdaLoraConfig(target_r=k["r"], init_r=k["init_r"],
                                   total_step=max(total_steps or 1, 1), **common)
-    return peft.LoraConfig(r=k["r"], init_lora_weights=_lora_init(train, meta),
+    init: Any = _lora_init(train, meta)  # peft types it as a Literal of its init names
+    return peft.LoraConfig(r=k["r"], init_lora_weights=init,
                            use_dora=method == "dora", use_rslora=method == "rslora", **common)
 
 

@@ -84,8 +84,9 @@ class TrainSpec(Strict):
     @classmethod
     def _taken(cls, v: Any, info: ValidationInfo) -> Any:
         method = info.data.get("method")  # validated first: declared first
-        if v is not None and method is not None and not methods.takes(method, info.field_name):
-            raise ValueError(f"method {method!r} does not take {info.field_name} (its knobs: "
+        key = str(info.field_name)
+        if v is not None and method is not None and not methods.takes(method, key):
+            raise ValueError(f"method {method!r} does not take {key} (its knobs: "
                              f"{', '.join(methods.KNOBS[method])})")
         return v
 
