@@ -23,11 +23,6 @@ from harness.suite.numbers import (
     Tokens,
 )
 
-# Tokens per packed forward when a suite sets no train.batch_tokens: the default suite's whole
-# step (8 examples, ~800 tokens) is one forward; 4,096 also keeps a 1B model's activations at
-# bf16 within a 24 GB GPU (measured numbers: README "Speed").
-DEFAULT_BATCH_TOKENS = 4096
-
 
 class TrainSpec(Strict):
     """The adapter recipe (a peft method and its knobs) and the Trainer knobs the seed reports
@@ -85,7 +80,10 @@ class TrainSpec(Strict):
     # Padding-free training: each optimizer step's examples (the sampler's, as unpacked) are
     # concatenated into rows of at most batch_tokens tokens, positions restarting per example.
     packing: Flag = True
-    batch_tokens: Optional[Tokens] = None  # unset: DEFAULT_BATCH_TOKENS
+    # Unset: batch_size x the longest train example, the most an unpacked micro-batch holds, so
+    # packing never needs more activation memory than padding did (and a step of
+    # gradient_accumulation_steps micro-batches still merges into fewer forwards).
+    batch_tokens: Optional[Tokens] = None
     # On CUDA out-of-memory, halve the per-device batch (accelerate) instead of failing.
     auto_find_batch_size: Flag = True
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []
