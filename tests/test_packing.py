@@ -99,10 +99,14 @@ def test_packed_training_takes_the_unpacked_steps(sets, suite_dir, tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-4)
-    t_packed = json.loads((packed / "run.json").read_text())["training"]
+    record = json.loads((packed / "run.json").read_text())
     t_plain = json.loads((plain / "run.json").read_text())["training"]
-    (tp,), (tu,) = t_packed.values(), t_plain.values()
+    (tp,), (tu,) = record["training"].values(), t_plain.values()
     assert tp["packed"] and tp["padding_efficiency"] == 1.0
+    # unset: one padded micro-batch's tokens (batch 8 x the longest train item, which the
+    # record counts before the suite's max_length of 160 cuts it)
+    longest = min(record["data"]["lengths"]["train"]["max"], 160)
+    assert tp["batch_tokens"] == (120 if sets else 8 * longest)
     assert not tu["packed"] and tu["padding_efficiency"] < 1.0
     assert tp["train_tokens"] == tu["train_tokens"]  # the same examples, fewer computed
 
