@@ -163,7 +163,10 @@ def _trainer_class():
             raw, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
             if not raw:
                 return raw, None
-            entries = packing.step_entries(raw, self.batch_tokens, distributed.active())
+            # after an out-of-memory back-off (auto_find_batch_size) packs shrink with the batch
+            budget = max(1, self.batch_tokens * self._train_batch_size
+                         // self.args.train_batch_size)
+            entries = packing.step_entries(raw, budget, distributed.active())
             packs = [p for e in entries for p in e["packs"]]
             return entries, self._get_num_items_in_batch(packs, device)
 
