@@ -55,6 +55,8 @@ def test_training_ran_on_two_ranks(runs):
     assert (t2["world_size"], t1["world_size"]) == (2, 1)
     assert t2["effective_batch_size"] == 2 * t1["effective_batch_size"]  # batch_size per device
     assert t2["train_tokens"] > t1["train_tokens"]  # both ranks' micro-batches counted
+    # packed on both ranks (one padding-free row per micro-batch under DDP)
+    assert t2["packed"] and t2["padding_efficiency"] == 1.0 == t1["padding_efficiency"]
     assert two.record["status"] == "success"
     rows = (runs[0] / "train_log.jsonl").read_text().splitlines()
     assert len(rows) == len((runs[1] / "train_log.jsonl").read_text().splitlines())  # rank 0 only

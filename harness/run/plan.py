@@ -9,7 +9,8 @@ device), not from a formula per architecture:
   per epoch (the last partial accumulation still steps), ``ceil(epochs * per_epoch)`` in all
   unless ``max_steps`` is set; warmup is ``warmup_steps`` or ``ceil(ratio * total)``.
 - Memory is a rough single-GPU estimate: weights as loaded + LoRA weights, gradients and
-  optimizer states + activations of one micro-batch at ``max_length`` + ~1 GiB CUDA context.
+  optimizer states + activations of one forward (a padded micro-batch at ``max_length``, or
+  a pack of train.batch_tokens) + ~1 GiB CUDA context.
 
 A hub model whose config is not in the local cache, offline, still gets its plan: data,
 arms, eval sets and optimizer steps need no config; parameters, LoRA sizes and memory are
@@ -67,7 +68,7 @@ class Memory:
     weights: int  # as trained (QLoRA: peft upcasts the unquantized rest to fp32)
     adapter_state: int  # LoRA weights + gradients (fp32) + optimizer states
     activations: int | None
-    tokens: int  # batch_size * max_length: the micro-batch the activations assume
+    tokens: int  # of the one forward the activations assume (plan.forward_tokens)
     context: int = CONTEXT_BYTES
 
     @property
@@ -252,9 +253,18 @@ def train_memory(shape: ModelShape, cell: Suite, trainable: int) -> Memory:
     assert spec is not None
     # LoRA weights and their gradients are fp32 (peft upcasts adapters), plus optimizer states.
     state = trainable * (4 + 4 + _OPTIMIZER_BYTES.get(spec.optimizer, 8))
-    tokens = spec.batch_size * cell.data.max_length
+    tokens = forward_tokens(spec, cell.data.max_length)
     return Memory(weights=weight_bytes(shape, cell.model, training=True), adapter_state=state,
                   activations=activation_bytes(shape, cell, tokens), tokens=tokens)
+
+
+def forward_tokens(spec: TrainSpec, max_length: int) -> int:
+    """Tokens of one forward at most: a padded micro-batch (batch_size x max_length), or a
+    pack (a step's examples up to train.batch_tokens; an example longer than that alone)."""
+    padded = spec.batch_size * max_length
+    if not spec.packing or spec.batch_tokens is None:  # the default budget is one micro-batch
+        return padded
+    return min(padded * spec.gradient_accumulation_steps, max(spec.batch_tokens, max_length))
 
 
 def activation_bytes(shape: ModelShape, cell: Suite, tokens: int) -> int | None:

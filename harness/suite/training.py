@@ -20,6 +20,7 @@ from harness.suite.numbers import (
     Steps,
     StepsOrZero,
     Strict,
+    Tokens,
 )
 
 
@@ -76,6 +77,13 @@ class TrainSpec(Strict):
     load_best_model_at_end: Flag = False
     gradient_checkpointing: Flag = False
     group_by_length: Flag = True
+    # Padding-free training: each optimizer step's examples (the sampler's, as unpacked) are
+    # concatenated into rows of at most batch_tokens tokens, positions restarting per example.
+    packing: Flag = True
+    # Unset: batch_size x the longest train example, the most an unpacked micro-batch holds, so
+    # packing never needs more activation memory than padding did (and a step of
+    # gradient_accumulation_steps micro-batches still merges into fewer forwards).
+    batch_tokens: Optional[Tokens] = None
     # On CUDA out-of-memory, halve the per-device batch (accelerate) instead of failing.
     auto_find_batch_size: Flag = True
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []

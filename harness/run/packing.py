@@ -1,0 +1,129 @@
+"""Padding-free packed training: an optimizer step's examples as rows of concatenated tokens.
+
+The Trainer's sampler and micro-batches stay what they are unpacked (batch_size examples
+each, gradient_accumulation_steps of them per optimizer step), so a step sees the same
+examples. The step's examples are then regrouped, in sampler order, into packs of at most
+``batch_tokens`` tokens; each pack is one row (transformers' DataCollatorWithFlattening:
+positions restart per example, each example's first label is -100). Attention stays within
+an example: packed rows run SDPA per example (``ATTENTION``), so a pack of 8 examples of ~100
+tokens attends over 8 x 100^2 pairs, not 800^2. The LM head runs only at the positions that
+are scored (``logits_to_keep``), and the loss is the Trainer's: summed over tokens and divided
+by the step's scored tokens (``num_items_in_batch``), so per-step losses equal unpacked ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+ATTENTION = "harness_packed_sdpa"  # the attention implementation name packed rows run under
+_BOUNDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def plan(examples: Sequence[dict], budget: int) -> list[list[dict]]:
+    """Greedy, in order: a pack grows until the next example would pass ``budget`` tokens.
+    An example longer than the budget is a pack of its own (nothing is cut)."""
+    packs: list[list[dict]] = []
+    size = 0
+    for ex in examples:
+        n = len(ex["input_ids"])
+        if not packs or size + n > budget:
+            packs.append([])
+            size = 0
+        packs[-1].append(ex)
+        size += n
+    return packs
+
+
+def collate(examples: Sequence[dict]) -> dict[str, Any]:
+    """One packed row. ``shift_labels`` are the scored targets only and ``logits_to_keep``
+    their positions: the LM head and the loss skip the prompt (3 in 4 tokens here)."""
+    from transformers import DataCollatorWithFlattening
+
+    row = DataCollatorWithFlattening(return_flash_attn_kwargs=True)(
+        [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples],
+        return_tensors="pt")
+    targets = row.pop("labels")[0, 1:]  # position i predicts token i + 1
+    keep = (targets != -100).nonzero().squeeze(1)
+    scored = targets[keep].unsqueeze(0)
+    # labels only switch the model's loss on; shift_labels are what it scores
+    return {**row, "labels": scored, "shift_labels": scored, "logits_to_keep": keep}
+
+
+def step_entries(micro_batches: Sequence[Sequence[dict]], budget: int,
+                 keep_micro_batches: bool) -> list[dict[str, Any]]:
+    """The Trainer's ``len(micro_batches)`` entries for one optimizer step, each a list of
+    packs. Every pack but the last goes into the first entry, the last pack alone into the
+    last entry: a process group syncs gradients at the last entry's one backward (the ones
+    before run under no_sync). ``keep_micro_batches`` (several processes: DDP, FSDP and
+    DeepSpeed count one backward per micro-batch): each micro-batch is one pack, unbudgeted."""
+    if keep_micro_batches:
+        return [{"packs": [collate(mb)]} for mb in micro_batches]
+    packs = [collate(p) for p in plan([e for mb in micro_batches for e in mb], budget)]
+    entries: list[dict[str, Any]] = [{"packs": []} for _ in micro_batches]
+    entries[0]["packs"] = packs[:-1]
+    entries[-1]["packs"].append(packs[-1])
+    return entries
+
+
+def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+              **kwargs: Any) -> tuple[Any, None]:
+    """SDPA per example of a packed row (``cu_seq_lens_q`` bounds them), causal within each;
+    anything else (eval's padded batches) is plain SDPA with its mask."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    rest = {k: v for k, v in kwargs.items() if k not in _BOUNDS and k != "is_causal"}
+    cuts = bounds.tolist()
+    outs = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
+                                   None, is_causal=True, **rest)[0]
+            for s, e in zip(cuts, cuts[1:])]
+    return torch.cat(outs, dim=1), None  # (1, tokens, heads, head_dim), as SDPA returns
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # eval's padded batches keep masks
+
+
+def unpackable(model: Any) -> str | None:
+    """Why ``model`` cannot train packed (None: it can). Packed rows need an attention that
+    keeps examples apart: SDPA (ours, per example) or FlashAttention (varlen, natively)."""
+    base = _base(model)
+    impl = getattr(base.config, "_attn_implementation", None)
+    if base.config.is_encoder_decoder:
+        return "an encoder-decoder model"
+    if not getattr(base, "_supports_attention_backend", False):
+        return f"{type(base).__name__} does not pass sequence bounds to its attention"
+    if impl != "sdpa" and not str(impl).startswith("flash_attention"):
+        return f"attention {impl!r} (packing needs sdpa or flash_attention_*)"
+    return None
+
+
+@contextlib.contextmanager
+def packed_attention(model: Any) -> Iterator[None]:
+    """Train under ``ATTENTION`` when the model runs SDPA; FlashAttention is left as it is."""
+    base = _base(model)
+    before = base.config._attn_implementation
+    if before != "sdpa":
+        yield
+        return
+    _register()
+    base.set_attn_implementation(ATTENTION)
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(before)
+
+
+def _base(model: Any) -> Any:
+    """The transformers model under peft's wrappers."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
