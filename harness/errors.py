@@ -1,10 +1,29 @@
 """Exceptions raised by library code; only harness.cli turns them into messages and exit codes."""
 
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
 
 def one_line(e: BaseException) -> str:
     """The first line of an exception's message (libraries raise pages), else its type."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def quieted(logger: str, level: int = logging.CRITICAL) -> Iterator[None]:
+    """A library's own logger held at ``level`` for a block: where harness says the one
+    clear line itself (a bad data file), or the library's set-up lines are no news."""
+    log = logging.getLogger(logger)
+    before = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 class HarnessError(Exception):

@@ -35,7 +35,8 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], max_new: int, eos: set[
     device = next(model.parameters()).device
     skip = prefix.length if prefix is not None else 0
     ids, mask, pos = _left_padded([p[skip:] for p in prompts], skip, pad_id)
-    cache = prefix.private_cache(len(prompts)) if prefix is not None else _empty_cache()
+    # no prefix: the model makes the cache its architecture needs (sliding-window layers)
+    cache = prefix.private_cache(len(prompts)) if prefix is not None else None
     out: list[list[int]] = [[] for _ in prompts]
     alive = list(range(len(prompts)))
     step = model(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -50,7 +51,7 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], max_new: int, eos: set[
         keep = [k for k, tok in enumerate(tokens) if tok not in eos]
         if not keep or len(out[alive[0]]) == max_new:
             break
-        if len(keep) < len(alive):
+        if len(keep) < len(alive) and hasattr(step.past_key_values, "batch_select_indices"):
             index = torch.tensor(keep, device=device)
             step.past_key_values.batch_select_indices(index)
             nxt, mask, pos = nxt[index], mask[index], pos[index.cpu()]
@@ -77,9 +78,3 @@ def _left_padded(suffixes: Sequence[Sequence[int]], skip: int, pad_id: int):
         mask[row, skip + width - len(s):] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
     return ids, mask, pos
-
-
-def _empty_cache() -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache()

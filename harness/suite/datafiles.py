@@ -7,13 +7,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DataError, DatasetUnavailable, one_line
+from harness.errors import DataError, DatasetUnavailable, one_line, quieted
 from harness.suite.config import DataSpec, resolve
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -88,7 +86,9 @@ def _load_file(path: Path, fmt: str, key: str, text: str | None) -> Rows:
     # answers "NA", "null", "None") a missing value. Short rows are marked missing below.
     kwargs = {"keep_default_na": False} if fmt == "csv" else {}
     try:
-        with _quiet("datasets"):
+        # datasets logs its own error for a bad file (two lines, or a logging traceback when
+        # the stream has gone); ours is the one clear line
+        with quieted("datasets"):
             ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     except Exception as e:  # noqa: BLE001 - datasets raises many types for a bad file
         bad = _bad_json(text) if fmt == "json" and text is not None else None
@@ -98,17 +98,6 @@ def _load_file(path: Path, fmt: str, key: str, text: str | None) -> Rows:
     return ds.to_list()
 
 
-@contextmanager
-def _quiet(logger: str):
-    """datasets logs its own error for a bad file (two lines, or a logging traceback when the
-    stream has gone); ours is the one clear line."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _bad_json(text: str) -> tuple[int, str] | None:

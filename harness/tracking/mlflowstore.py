@@ -5,14 +5,14 @@ comparisons as metrics; the training curve by step; the adapter's model card). W
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.errors import quieted
 from harness.rundir.record import Status
 from harness.suite.tracking import MlflowTarget
 from harness.tracking import entries
@@ -31,21 +31,12 @@ def log(run_dir: Path, record: Mapping[str, Any], target: MlflowTarget) -> str:
     """Log the run; returns where (the parent run's id and the store)."""
     from mlflow.tracking import MlflowClient
 
-    with _quiet():
+    # MLflow sets its own logger to INFO when imported (after the run's redirect of library
+    # output): its database set-up lines are no news. Warnings still show.
+    with quieted("mlflow", logging.WARNING):
         return _log(MlflowClient(tracking_uri=target.tracking_uri), run_dir, record, target)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """MLflow sets its own logger to INFO when imported (after the run's redirect of library
-    output): its database set-up lines are no news to the user. Warnings still show."""
-    logger = logging.getLogger("mlflow")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _log(client: Any, run_dir: Path, record: Mapping[str, Any], target: MlflowTarget) -> str:
