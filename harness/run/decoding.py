@@ -19,8 +19,8 @@ from typing import Any
 
 
 def supported(model: Any, gen_cfg: Any) -> bool:
-    """Greedy, one beam, no stop strings, and a model whose forward takes a KV cache that
-    can drop rows (transformers' DynamicCache)."""
+    """Greedy, one beam, no stop strings, a decoder-only model. (Whether its forward takes
+    the loop's arguments is found by the warm-up; a cache that cannot drop rows keeps them.)"""
     return (not gen_cfg.do_sample and (gen_cfg.num_beams or 1) == 1
             and not getattr(gen_cfg, "stop_strings", None)
             and getattr(model.config, "is_encoder_decoder", False) is False)

@@ -81,9 +81,9 @@ def loftq_init(model: Any, base_folder: Path | None) -> None:
             full = weights(key).to(torch.float32)
             q = module.base_layer.weight
             residual = full - bnb.functional.dequantize_4bit(q.data, q.quant_state).float()
+            u, s, vh = torch.linalg.svd(residual, full_matrices=False)  # once per layer
             for adapter in module.lora_A:
                 r, scale = module.r[adapter], module.scaling[adapter]
-                u, s, vh = torch.linalg.svd(residual, full_matrices=False)
                 root = torch.sqrt(s[:r] / scale)  # scale * (u sqrt) (sqrt vh) = rank-r fit
                 a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
                 a.copy_((root[:, None] * vh[:r]).to(a.dtype))

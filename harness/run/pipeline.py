@@ -279,7 +279,7 @@ def _train_arm(run: _Run, name: str, cell: Suite, path: str, tok: Any, device: s
             trainable, total = modeling.count_params(model)
             with memory.PeakMemory(device, model) as peak:
                 result = _fit(run, name, cell.train, model, tok, (enc_train, enc_val), device,
-                              checkpoints)
+                              checkpoints, steps)
             adapterload.name_base(result.model, run.base_name)
             adapter, size = run.dir.save_adapter(name, result.model)
             run.record["training"][name] = {
@@ -393,12 +393,12 @@ def _arm_failed(arm: dict[str, Any], e: BaseException, stage: str) -> None:
 
 
 def _fit(run: _Run, name: str, spec: config.TrainSpec, model: Any, tok: Any, enc: tuple,
-         device: str, checkpoints: Path) -> train.TrainResult:
-    """Train with the checkpoints in ``checkpoints``, a scratch folder of the run (the adapter
-    is saved from the returned model), and TensorBoard's events in the run. A checkpoint
-    already there was left by a killed run of this arm: training continues from it."""
+         device: str, checkpoints: Path, steps: int | None) -> train.TrainResult:
+    """Train ``steps`` optimizer steps (the schedule's) with the checkpoints in
+    ``checkpoints``, a scratch folder of the run (the adapter is saved from the returned
+    model), and TensorBoard's events in the run. A checkpoint already there was left by a
+    killed run of this arm: training continues from it."""
     enc_train, enc_val = enc
-    steps = train.schedule(spec, len(enc_train)).total_steps
     run.progress.stage(f"training {name}: {len(enc_train)} examples, {steps} optimizer steps")
     advance = run.progress.task(f"train {name}", steps)
     cut = train.newest_checkpoint(checkpoints)

@@ -350,9 +350,11 @@ def _generator(model: Any, items: Sequence[Encoded], gen_cfg: Any, eos: set[int]
     """prompts -> new token rows, warmed up (untimed): harness's greedy loop where it applies
     and the model takes its arguments (remote code may not), else `model.generate`."""
     def slow(prompts: list[Any], max_new: int = gen_cfg.max_new_tokens) -> list[Any]:
-        cfg = copy.deepcopy(gen_cfg)
-        cfg.max_new_tokens = max_new
-        return _generate_batch(model, prompts, cfg).tolist()
+        cfg = gen_cfg
+        if max_new != gen_cfg.max_new_tokens:  # the warm-up's two tokens
+            cfg = copy.deepcopy(gen_cfg)
+            cfg.max_new_tokens = max_new
+        return generate_tokens(model, prompts, cfg).tolist()
 
     if items and decoding.supported(model, gen_cfg):
         prefix = shared_prefix(model, items)
@@ -392,10 +394,6 @@ def generation_config(model: Any, tokenizer: Any, spec: EvalSpec):
         pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(e for e in eos if e is not None),
         **kw,
     )
-
-
-def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], gen_cfg: Any) -> Any:
-    return generate_tokens(model, prompts, gen_cfg)
 
 
 def generate_tokens(model: Any, prompts: Sequence[Sequence[int]], gen_cfg: Any,
