@@ -121,3 +121,52 @@ def test_a_batch_token_budget_below_8_is_exit_2(suite_dir, tmp_path):
     assert res.exit_code == 2
     assert "batch_tokens" in res.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("run.json"))
+
+
+def _sharing(lengths: list[int], shared: list[int], prompt: int) -> list[dict]:
+    """Examples that all start with ``shared`` and leave their first ``prompt`` tokens
+    unscored."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for n in lengths:
+        ids = shared + torch.randint(5, 300, (n,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return out
+
+
+def test_a_shared_prefix_runs_once_and_changes_no_logit(tiny_model_dir):
+    """A row of prefix + each example's rest gives, at every scored position, the logits of
+    each example's own forward; the prefix stops before the first scored target."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    model.eval()
+    examples = _sharing([7, 12, 1, 9], shared=[11, 12, 13, 14, 15, 16], prompt=5)
+    assert packing.shared_prefix(examples) == 4  # token 5 is the first target: not shared
+    row = packing.collate(examples, share=True)
+    assert row[packing.PREFIX] == 4
+    assert row["input_ids"].shape[1] == sum(len(e["input_ids"]) for e in examples) - 3 * 4
+    assert packing.shared_tokens(row) == 12
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=torch.tensor([e["input_ids"]])).logits[0, :-1]
+                           for e in examples])
+        with packing.packed_attention(model):
+            inputs = {k: v for k, v in row.items() if k not in ("labels", "shift_labels")}
+            packed = model(**inputs).logits[0]
+    scored = torch.cat([torch.tensor(e["labels"][1:]) != -100 for e in examples])
+    torch.testing.assert_close(packed, alone[scored], rtol=0, atol=1e-5)
+    targets = torch.cat([torch.tensor(e["input_ids"][1:]) for e in examples])
+    assert row["shift_labels"][0].tolist() == targets[scored].tolist()
+    unshared = packing.collate(examples)
+    assert packing.PREFIX not in unshared and packing.shared_tokens(unshared) == 0
+
+
+@pytest.mark.parametrize(("examples", "expected"), [
+    ([{"input_ids": [1, 2, 3], "labels": [-100] * 3}] * 2, 2),  # each keeps 1 own token
+    (_sharing([3], shared=[9, 9, 9], prompt=3), 0),  # one example: nothing to share
+    ([{"input_ids": [1, 2, 3, 4], "labels": [-100] * 4},
+      {"input_ids": [1, 2, 7, 4], "labels": [-100] * 4}], 2),  # they part at token 2
+    (_sharing([3, 3], shared=[9, 9, 9], prompt=1), 0),  # token 1 is a target already
+], ids=["keeps-one-own-token", "single", "parting", "first-token-scored"])
+def test_the_shared_prefix_stops_where_it_must(examples, expected):
+    assert packing.shared_prefix(examples) == expected

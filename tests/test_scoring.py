@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.run import memory, scoring, textmetrics
+from harness.run import encoding, memory, scoring, textmetrics
 from harness.run.encoding import encode
 from harness.suite.config import DataSpec, EvalSpec
 from harness.suite.prompts import Example
@@ -70,7 +70,7 @@ def test_shared_prefix_runs_once_and_scores_stay_exact(model, tok, prefixed_item
     prefix = scoring.shared_prefix(model, prefixed_items)
     assert prefix is not None
     assert scoring.MIN_SHARED_PREFIX <= prefix.length < min(e.prompt_len for e in prefixed_items)
-    common = scoring._common_prefix_len([e.input_ids for e in prefixed_items])
+    common = encoding.common_prefix_len([e.input_ids for e in prefixed_items])
     assert prefix.length == min(common, min(e.prompt_len for e in prefixed_items) - 1)
     scores, _ = scoring.teacher_forced(model, prefixed_items, 4, tok.pad_token_id)
     for e, s in zip(prefixed_items, scores):
@@ -124,8 +124,8 @@ def test_no_shared_prefix_when_items_share_little(model, items):
 
 
 def test_common_prefix_len():
-    assert scoring._common_prefix_len([[1, 2, 3, 4], [1, 2, 3], [1, 2, 9, 4]]) == 2
-    assert scoring._common_prefix_len([[5, 1], [6, 1]]) == 0
+    assert encoding.common_prefix_len([[1, 2, 3, 4], [1, 2, 3], [1, 2, 9, 4]]) == 2
+    assert encoding.common_prefix_len([[5, 1], [6, 1]]) == 0
 
 
 def test_generation_batch_defaults_to_at_least_32():

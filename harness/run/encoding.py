@@ -127,6 +127,23 @@ def encode_all(
     return enc, stats
 
 
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all of ``seqs`` share: a chat template's system prompt and a
+    fixed instruction are computed once for all of them (eval batches, packed training)."""
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def first_target(labels: Sequence[int]) -> int:
+    """Index of the first scored label (``len(labels)`` when none is): the prompt's length."""
+    return next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))
+
+
 def length_stats(enc: Sequence[Encoded]) -> dict[str, Any]:
     """Token lengths before truncation, as the phi-2 XSum report gave them (mean, median,
     truncated)."""

@@ -9,6 +9,14 @@ an example: packed rows run SDPA per example (``ATTENTION``), so a pack of 8 exa
 tokens attends over 8 x 100^2 pairs, not 800^2. The LM head runs only at the positions that
 are scored (``logits_to_keep``), and the loss is the Trainer's: summed over tokens and divided
 by the step's scored tokens (``num_items_in_batch``), so per-step losses equal unpacked ones.
+
+The prompt tokens a pack's examples all start with (a chat template's system prompt and the
+instruction: 26 of the default suite's ~102 tokens per item) run once per pack: the row is
+that prefix, then each example's rest, whose positions go on from the prefix and whose
+attention sees the prefix and itself (``PREFIX``). Same logits, same loss, same gradients
+(the prefix's gradient is the sum over the examples that read it); what changes is that LoRA
+dropout draws one mask for the shared tokens instead of one per example. Only unscored
+tokens are shared, so every scored target keeps its own example's context.
 """
 
 from __future__ import annotations
@@ -17,7 +25,10 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from harness.run import encoding
+
 ATTENTION = "harness_packed_sdpa"  # the attention implementation name packed rows run under
+PREFIX = "harness_shared_prefix"  # a packed row's kwarg: its first segment is a shared prefix
 _BOUNDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
@@ -36,14 +47,31 @@ def plan(examples: Sequence[dict], budget: int) -> list[list[dict]]:
     return packs
 
 
-def collate(examples: Sequence[dict]) -> dict[str, Any]:
+def shared_prefix(examples: Sequence[dict]) -> int:
+    """The leading tokens all ``examples`` share, stopping before the first scored target of
+    any of them (each example's first own token is predicted from the shared prefix, so it
+    must be no target; eval's ``scoring.shared_prefix`` stops at the same place). 0 for
+    fewer than 2 examples: nothing to share."""
+    if len(examples) < 2:
+        return 0
+    shared = encoding.common_prefix_len([e["input_ids"] for e in examples])
+    return max(0, min(shared, *(encoding.first_target(e["labels"]) - 1 for e in examples)))
+
+
+def collate(examples: Sequence[dict], share: bool = False) -> dict[str, Any]:
     """One packed row. ``shift_labels`` are the scored targets only and ``logits_to_keep``
-    their positions: the LM head and the loss skip the prompt (3 in 4 tokens here)."""
+    their positions: the LM head and the loss skip the prompt (3 in 4 tokens here).
+    ``share``: the examples' shared prefix (``shared_prefix``) runs once, as the row's first
+    segment, and the rest of each example continues its positions."""
     from transformers import DataCollatorWithFlattening
 
-    row = DataCollatorWithFlattening(return_flash_attn_kwargs=True)(
-        [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples],
-        return_tensors="pt")
+    n = shared_prefix(examples) if share else 0
+    parts = ([{"input_ids": examples[0]["input_ids"][:n], "labels": [-100] * n}] if n else [])
+    parts += [{"input_ids": e["input_ids"][n:], "labels": e["labels"][n:]} for e in examples]
+    row = DataCollatorWithFlattening(return_flash_attn_kwargs=True)(parts, return_tensors="pt")
+    if n:
+        row["position_ids"][0, n:] += n  # each example's own tokens go on from the prefix
+        row[PREFIX] = n
     targets = row.pop("labels")[0, 1:]  # position i predicts token i + 1
     keep = (targets != -100).nonzero().squeeze(1)
     scored = targets[keep].unsqueeze(0)
@@ -51,16 +79,26 @@ def collate(examples: Sequence[dict]) -> dict[str, Any]:
     return {**row, "labels": scored, "shift_labels": scored, "logits_to_keep": keep}
 
 
+def shared_tokens(pack: dict[str, Any]) -> int:
+    """Tokens of the pack's examples that its shared prefix stood in for: (examples - 1) x
+    prefix (the first example's copy is the one computed)."""
+    n = int(pack.get(PREFIX, 0))
+    examples = len(pack["cu_seq_lens_q"]) - 2  # bounds of prefix + examples, minus 1
+    return n * (examples - 1) if n else 0
+
+
 def step_entries(micro_batches: Sequence[Sequence[dict]], budget: int,
-                 keep_micro_batches: bool) -> list[dict[str, Any]]:
+                 keep_micro_batches: bool, share: bool = False) -> list[dict[str, Any]]:
     """The Trainer's ``len(micro_batches)`` entries for one optimizer step, each a list of
     packs. Every pack but the last goes into the first entry, the last pack alone into the
     last entry: a process group syncs gradients at the last entry's one backward (the ones
     before run under no_sync). ``keep_micro_batches`` (several processes: DDP, FSDP and
-    DeepSpeed count one backward per micro-batch): each micro-batch is one pack, unbudgeted."""
+    DeepSpeed count one backward per micro-batch): each micro-batch is one pack, unbudgeted.
+    ``share``: see ``collate``."""
     if keep_micro_batches:
-        return [{"packs": [collate(mb)]} for mb in micro_batches]
-    packs = [collate(p) for p in plan([e for mb in micro_batches for e in mb], budget)]
+        return [{"packs": [collate(mb, share)]} for mb in micro_batches]
+    packs = [collate(p, share)
+             for p in plan([e for mb in micro_batches for e in mb], budget)]
     entries: list[dict[str, Any]] = [{"packs": []} for _ in micro_batches]
     entries[0]["packs"] = packs[:-1]
     entries[-1]["packs"].append(packs[-1])
@@ -70,19 +108,41 @@ def step_entries(micro_batches: Sequence[Sequence[dict]], budget: int,
 def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
               **kwargs: Any) -> tuple[Any, None]:
     """SDPA per example of a packed row (``cu_seq_lens_q`` bounds them), causal within each;
-    anything else (eval's padded batches) is plain SDPA with its mask."""
+    after a shared prefix (``PREFIX``) each example also sees all of the prefix. Anything
+    else (eval's padded batches) is plain SDPA with its mask."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.get("cu_seq_lens_q")
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    rest = {k: v for k, v in kwargs.items() if k not in _BOUNDS and k != "is_causal"}
+    n = int(kwargs.get(PREFIX, 0))
+    rest = {k: v for k, v in kwargs.items()
+            if k not in _BOUNDS and k not in ("is_causal", PREFIX)}
     cuts = bounds.tolist()
-    outs = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
-                                   None, is_causal=True, **rest)[0]
-            for s, e in zip(cuts, cuts[1:])]
+    outs = []
+    for s, e in zip(cuts, cuts[1:]):
+        if s < n or not n:  # the prefix itself, or an example with nothing shared
+            outs.append(sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e],
+                                               value[:, :, s:e], None, is_causal=True,
+                                               **rest)[0])
+            continue
+        k = torch.cat([key[:, :, :n], key[:, :, s:e]], dim=2)
+        v = torch.cat([value[:, :, :n], value[:, :, s:e]], dim=2)
+        outs.append(sdpa_attention_forward(module, query[:, :, s:e], k, v,
+                                           _after_prefix(n, e - s, query.device),
+                                           is_causal=False, **rest)[0])
     return torch.cat(outs, dim=1), None  # (1, tokens, heads, head_dim), as SDPA returns
+
+
+def _after_prefix(n: int, length: int, device: Any) -> Any:
+    """[1, 1, length, n + length] bool: every query sees the ``n`` prefix keys and its own
+    example causally (SDPA's is_causal would align the triangle to the top-left corner)."""
+    import torch
+
+    mask = torch.ones((length, n + length), dtype=torch.bool, device=device)
+    mask[:, n:] = torch.ones((length, length), dtype=torch.bool, device=device).tril()
+    return mask[None, None]
 
 
 def _register() -> None:
@@ -105,6 +165,12 @@ def unpackable(model: Any) -> str | None:
     if impl != "sdpa" and not str(impl).startswith("flash_attention"):
         return f"attention {impl!r} (packing needs sdpa or flash_attention_*)"
     return None
+
+
+def shares_prefix(model: Any) -> bool:
+    """Whether packed rows can run a shared prefix once: only under ``ATTENTION`` (SDPA).
+    FlashAttention's varlen kernel knows only disjoint sequences."""
+    return _base(model).config._attn_implementation in ("sdpa", ATTENTION)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.run import decoding
+from harness.run import decoding, encoding
 from harness.run.encoding import IGNORE_INDEX, Encoded, EncodedChoices
 from harness.run.modeling import count_params
 from harness.suite.config import EvalSpec
@@ -148,7 +148,7 @@ def shared_prefix(model: Any, items: Sequence[Encoded]) -> Prefix | None:
 
     if len(items) < 2:
         return None
-    n = min(_common_prefix_len([e.input_ids for e in items]),
+    n = min(encoding.common_prefix_len([e.input_ids for e in items]),
             min(e.prompt_len for e in items) - 1)
     if n < MIN_SHARED_PREFIX:
         return None
@@ -164,16 +164,6 @@ def shared_prefix(model: Any, items: Sequence[Encoded]) -> Prefix | None:
     if cache is None or not all(hasattr(cache, f) for f in ("batch_repeat_interleave", "crop")):
         return None  # legacy tuple caches (old remote code): recompute the prefix per batch
     return Prefix(n, cache)
-
-
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    first, n = seqs[0], min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        i = 0
-        while i < n and s[i] == first[i]:
-            i += 1
-        n = i
-    return n
 
 
 def _batch_nll(

@@ -123,6 +123,8 @@ def _trainer_class():
 
         real_tokens = 0
         computed_tokens = 0
+        shared_tokens = 0  # examples' tokens a shared prefix stood in for (packing.collate)
+        share_prefix = False  # packs run the prefix their examples share once
         resume_only = False  # its checkpoints are only for `harness resume`: best effort
         checkpoint_error: str | None = None  # why they stopped (a full disk)
         batch_tokens: int | None = None  # packed training's budget per pack; None: unpacked
@@ -141,8 +143,10 @@ def _trainer_class():
             loss = torch.zeros((), device=self.args.device)  # an entry may hold no pack
             for pack in packs:
                 tokens = int(pack["input_ids"].numel())  # no padding: all of them are real
-                self.real_tokens += tokens
+                shared = packing.shared_tokens(pack)
+                self.real_tokens += tokens + shared
                 self.computed_tokens += tokens
+                self.shared_tokens += shared
                 loss = loss + super().training_step(model, pack, num_items_in_batch)
             return loss
 
@@ -166,7 +170,8 @@ def _trainer_class():
             # after an out-of-memory back-off (auto_find_batch_size) packs shrink with the batch
             budget = max(1, self.batch_tokens * self._train_batch_size
                          // self.args.train_batch_size)
-            entries = packing.step_entries(raw, budget, distributed.active())
+            entries = packing.step_entries(raw, budget, distributed.active(),
+                                           self.share_prefix)
             packs = [p for e in entries for p in e["packs"]]
             return entries, self._get_num_items_in_batch(packs, device)
 
@@ -258,6 +263,7 @@ def train_adapter(
     tally.attach(trainer)
     trainer.resume_only = resume_only
     trainer.batch_tokens = _batch_tokens(spec, model, train_items)
+    trainer.share_prefix = trainer.batch_tokens is not None and packing.shares_prefix(model)
     trainer.remove_callback(PrinterCallback)  # prints raw dicts; train_log.jsonl has them
     attention = (packing.packed_attention(model) if trainer.batch_tokens
                  else contextlib.nullcontext())
@@ -305,7 +311,8 @@ def _tally_callback(resume_from: Path | None, save_last: bool = False):
         def __init__(self) -> None:
             self.trainer: Any = None
             self.before: dict[str, Any] = {"real_tokens": 0, "computed_tokens": 0,
-                                           "loss_sum": 0.0, "runtime_s": 0.0, "step": 0}
+                                           "shared_tokens": 0, "loss_sum": 0.0,
+                                           "runtime_s": 0.0, "step": 0}
             self.epoch_rng: dict[str, Any] | None = None
             self.started = time.perf_counter()
             if resume_from is not None:
@@ -317,6 +324,7 @@ def _tally_callback(resume_from: Path | None, save_last: bool = False):
             self.trainer = trainer
             trainer.real_tokens = int(self.before["real_tokens"])
             trainer.computed_tokens = int(self.before["computed_tokens"])
+            trainer.shared_tokens = int(self.before["shared_tokens"])
 
         def on_epoch_begin(self, args, state, control, **kw):
             # state.epoch is e + (steps done in e) / steps per epoch, exactly e + 1.0 after
@@ -353,6 +361,7 @@ def _tally_callback(resume_from: Path | None, save_last: bool = False):
                 return {"args": {}, "attributes": {}}
             return {"args": {}, "attributes": {
                 "real_tokens": t.real_tokens, "computed_tokens": t.computed_tokens,
+                "shared_tokens": t.shared_tokens,
                 "loss_sum": self.loss_sum(), "epoch_rng": self.epoch_rng,
                 "runtime_s": float(self.before["runtime_s"]) + time.perf_counter()
                 - self.started}}
@@ -388,6 +397,7 @@ def _summary(trainer: Any, out: Any, spec: TrainSpec, tally: Any) -> dict[str, A
     # Under DDP each rank counts its own micro-batches: the run's tokens are the ranks' sum.
     real = sum(distributed.all_values(trainer.real_tokens))
     computed = sum(distributed.all_values(trainer.computed_tokens))
+    shared = sum(distributed.all_values(trainer.shared_tokens))
     world = distributed.world_size()
     return {
         "global_steps": state.global_step,
@@ -402,9 +412,10 @@ def _summary(trainer: Any, out: Any, spec: TrainSpec, tally: Any) -> dict[str, A
         "best_checkpoint": Path(state.best_model_checkpoint).name
         if state.best_model_checkpoint and spec.save_strategy != "no" else None,
         "train_tokens": real,
-        "computed_tokens": computed,
+        "computed_tokens": computed,  # token positions run: padding in, shared prefixes once
+        "shared_prefix_tokens": shared,  # examples' tokens a prefix run once per pack served
         "train_tokens_per_s": round(real / runtime, 2) if runtime else None,
-        "padding_efficiency": round(real / computed, 4) if computed else None,
+        "padding_efficiency": round(real / (computed + shared), 4) if computed else None,
         "packed": trainer.batch_tokens is not None,  # padding-free rows (train.packing)
         "batch_tokens": trainer.batch_tokens,
         "train_batch_size": state.train_batch_size,  # per device; smaller after an OOM back-off
