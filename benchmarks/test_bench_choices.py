@@ -74,6 +74,8 @@ def choices_vs_lm_eval(lm: Any, eval_set: Any, target: Any, tokenizer: Any, batc
     """Both sides alternate chunk by chunk (harness's length-sorted batches of ``batch``
     items; lm-eval gets those documents' requests and batches them its own way), ``rounds``
     passes over the set."""
+    from conftest import evaluating
+
     from harness.run import encoding, evaluation, scoring
 
     model, pad, spec = lm.model, tokenizer.pad_token_id, eval_set.spec.as_data()
@@ -92,9 +94,10 @@ def choices_vs_lm_eval(lm: Any, eval_set: Any, target: Any, tokenizer: Any, batc
 
     def ours(i: int) -> None:
         chunk = chunks[i % len(chunks)]
-        lls = timer.run("harness", lambda: scoring.choice_loglikelihoods(
-            model, [encoding.encode_choices(examples[d], tokenizer, spec) for d in chunk],
-            pad, batch))
+        with evaluating(model, timer):
+            lls = timer.run("harness", lambda: scoring.choice_loglikelihoods(
+                model, [encoding.encode_choices(examples[d], tokenizer, spec) for d in chunk],
+                pad, batch))
         ours_ll.update(zip(chunk, lls))
 
     def theirs(i: int) -> None:
@@ -109,7 +112,7 @@ def choices_vs_lm_eval(lm: Any, eval_set: Any, target: Any, tokenizer: Any, batc
     rows = [evaluation.choice_row("base", SET, examples[d], ours_ll[d]) for d in range(n)]
     theirs_picks = [_lm_eval_picks(theirs_ll[d], examples[d].choices) for d in range(n)]
     rel = [abs(a - b) / abs(b) for d in range(n) for a, b in zip(ours_ll[d], theirs_ll[d])]
-    ours_pass = timer.mean("harness") * len(chunks)
+    ours_pass = timer.mean("harness") * len(chunks) + timer.mean("prepack")
     theirs_pass = timer.mean("lm_eval") * len(chunks)
     ctx = sum(len(e.context_ids) for e in items)
     return {
@@ -125,6 +128,7 @@ def choices_vs_lm_eval(lm: Any, eval_set: Any, target: Any, tokenizer: Any, batc
         "harness_docs_per_s": round(n / ours_pass, 2),
         "ratio": round(theirs_pass / ours_pass, 3),
         "batch_ratio_min_max": timer.pair_ratios("lm_eval", "harness"),
+        "prepack_s": round(timer.mean("prepack"), 3),
         "max_rel_diff_loglik": max(rel),
         "acc_picks_equal": sum(r["pick"] == p for r, (p, _) in zip(rows, theirs_picks)),
         "acc_norm_picks_equal": sum(r["pick_norm"] == p for r, (_, p) in zip(rows, theirs_picks)),

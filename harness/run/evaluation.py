@@ -18,7 +18,15 @@ import numpy as np
 
 from harness import metrics as M
 from harness.errors import DataError
-from harness.run import distributed, encoding, memory, scoring, taskrequests, textmetrics
+from harness.run import (
+    distributed,
+    encoding,
+    linearpack,
+    memory,
+    scoring,
+    taskrequests,
+    textmetrics,
+)
 from harness.run.encoding import Encoded
 from harness.suite import lmtasks
 from harness.suite.config import EvalSpec
@@ -73,11 +81,12 @@ class ArmEval:
 
 def evaluate(model: Any, tok: Any, targets: Sequence[Target], spec: EvalSpec, *, arm: str,
              device: str, task: Task) -> ArmEval:
-    """Score ``model`` on every target; peak memory spans the whole evaluation of the arm."""
+    """Score ``model`` on every target; peak memory spans the whole evaluation of the arm
+    (on the CPU the linear layers' prepacked weights too: ``linearpack``)."""
     model.eval()
     rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
-    with memory.PeakMemory(device, model) as peak:
+    with memory.PeakMemory(device, model) as peak, linearpack.prepacked(model):
         for t in targets:
             t_rows, t_metrics = _score(model, tok, t, spec, arm, task)
             rows += t_rows

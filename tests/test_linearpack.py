@@ -1,0 +1,97 @@
+"""Evaluation on prepacked linear weights (harness.run.linearpack): the same logits and greedy
+text as plain transformers, the layers given back after, gradients never through it, and
+nothing packed when the copies would not fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.run import linearpack
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                                reason="torch built without oneDNN")
+
+
+def _model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.eval()
+    return model
+
+
+def test_prepacked_logits_and_greedy_text_equal_plain_transformers(tiny_model_dir):
+    model = _model(tiny_model_dir)
+    ids = torch.randint(5, 300, (3, 17), generator=torch.Generator().manual_seed(0))
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+        text = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False)
+        with linearpack.prepacked(model) as n:
+            assert n == linears == 15  # 2 layers x 7 projections + the LM head
+            packed = model(input_ids=ids).logits
+            packed_text = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False)
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
+    assert torch.equal(packed_text, text)
+    assert not any("forward" in vars(m) for m in model.modules())  # the class's own again
+
+
+def test_gradients_never_run_through_the_packed_weights(tiny_model_dir):
+    """A forward that asks for gradients runs the plain layer, so its gradients are the
+    plain ones (the packed product has no backward)."""
+    model = _model(tiny_model_dir)
+    ids = torch.randint(5, 300, (2, 9), generator=torch.Generator().manual_seed(1))
+
+    def grads() -> list[torch.Tensor]:
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = grads()
+    with linearpack.prepacked(model):
+        packed = grads()
+    assert len(packed) == len(plain) > 0
+    for a, b in zip(packed, plain):
+        assert torch.equal(a, b)
+
+
+def test_nothing_is_packed_when_the_copies_would_not_fit(tiny_model_dir, monkeypatch):
+    model = _model(tiny_model_dir)
+    weights = sum(m.weight.numel() * 4 for m in model.modules() if type(m) is torch.nn.Linear)
+    monkeypatch.setattr(linearpack, "_available_bytes", lambda: 4 * weights - 1)
+    with linearpack.prepacked(model) as n:
+        assert n == 0
+    monkeypatch.setattr(linearpack, "_available_bytes", lambda: 4 * weights)
+    with linearpack.prepacked(model) as n:
+        assert n == 15
+
+
+def test_a_run_scores_on_packed_weights_what_plain_transformers_computes(
+        suite_dir, tiny_model_dir, tmp_path):
+    """Zero-shot eval through the CLI: every item's loss equals plain transformers' mean
+    token cross-entropy of its response (1e-5 relative)."""
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.run import encoding, modeling
+    from harness.rundir.record import load_run
+    from harness.suite import data, suitefile
+
+    res = CliRunner().invoke(app, ["run", str(suite_dir / "tiny.toml"), "--eval-only",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    run = load_run(next((tmp_path / "out" / "tiny").iterdir()))
+    by_id = {r["id"]: r for r in run.items("baseline")}
+    suite = suitefile.load_suite(suite_dir / "tiny.toml")
+    tok = modeling.load_tokenizer(suite.model, str(tiny_model_dir))
+    items, _ = encoding.encode_all(data.load_splits(suite).eval, tok, suite.data)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.eval()
+    assert len(items) == len(by_id) == 12
+    with torch.no_grad():
+        for e in items:
+            want = model(input_ids=torch.tensor([e.input_ids]),
+                         labels=torch.tensor([e.labels])).loss.item()
+            assert by_id[e.id]["loss"] == pytest.approx(want, rel=1e-5), e.id
