@@ -12,7 +12,8 @@ TrainingArguments (built by harness.run.train) — only the data pipeline differ
   random sampler.
 - harness unpacked (`train.packing = false`): that collator plus length-grouped batches.
 - harness packed (the default), random sampler: each step's 8 examples in one padding-free row,
-  attention per example, the LM head only at scored positions. Same sampler and seed as the
+  the prompt prefix they share computed once, attention per example, the LM head only at
+  scored positions. Same sampler and seed as the
   dynamic-padding Trainer, so each step sees the same 8 examples: per-step losses must agree
   (asserted, relative `LOSS_RTOL`).
 
@@ -141,6 +142,7 @@ def test_train_vs_hf_trainer(benchmark: Any, smollm2_dir: str, splits: Any, toke
     vs_max, vs_dyn = timer.ratio("max_length", "packed"), timer.ratio("dynamic", "packed")
     record(steps=steps, batch=batch, items=n, real_tokens=real_tokens, rounds=sizes["rounds"],
            step_loss_max_rel_gap=f"{loss_gap:.1e}",
+           packed_shared_prefix_tokens=s["shared_prefix_tokens"],
            unpacked_padding_efficiency=u["padding_efficiency"],
            max_length_padding_efficiency=round(real_tokens / (n * TINYLLAMA_LORA_MAX_LENGTH), 4),
            packed_tokens_per_s=round(real_tokens / timer.mean("packed"), 1),

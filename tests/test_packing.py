@@ -109,6 +109,10 @@ def test_packed_training_takes_the_unpacked_steps(sets, suite_dir, tmp_path):
     assert tp["batch_tokens"] == (120 if sets else 8 * longest)
     assert not tu["packed"] and tu["padding_efficiency"] < 1.0
     assert tp["train_tokens"] == tu["train_tokens"]  # the same examples, fewer computed
+    # the "### Instruction:" prompt every item starts with runs once per pack (packs of 120
+    # tokens hold one ~56-token example or two)
+    assert (tp["shared_prefix_tokens"] > 0 or sets) and tu["shared_prefix_tokens"] == 0
+    assert tp["computed_tokens"] + tp["shared_prefix_tokens"] == tp["train_tokens"]
 
 
 def test_a_batch_token_budget_below_8_is_exit_2(suite_dir, tmp_path):
