@@ -42,9 +42,16 @@ def _items(prompts):
             for k, p in enumerate(prompts)]
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["aten", "prepacked"])
 @pytest.mark.parametrize("shared", [0, 12])
-def test_greedy_equals_generate_with_rows_stopping_early(model, shared):
+def test_greedy_equals_generate_with_rows_stopping_early(model, shared, packed):
+    """Also on prepacked weights, as an arm's evaluation runs on the CPU (linearpack): the
+    reference is plain `generate` on the model's own layers."""
+    import contextlib
+
     import torch
+
+    from harness.run import linearpack
 
     prompts = _prompts(9, shared)
     free = _reference(model, prompts, 10, eos=[1])
@@ -54,9 +61,10 @@ def test_greedy_equals_generate_with_rows_stopping_early(model, shared):
     assert len({len(r) for r in want}) > 1  # rows do stop on different steps
     prefix = scoring.shared_prefix(model, _items(prompts)) if shared else None
     assert (prefix is not None) == bool(shared)
-    with torch.inference_mode():
+    with torch.inference_mode(), (linearpack.prepacked(model) if packed
+                                  else contextlib.nullcontext()) as n:
         got = decoding.greedy(model, prompts, 10, set(eos), pad_id=0, prefix=prefix)
-    assert got == want
+    assert got == want and (n == 15 if packed else n is None)
 
 
 def test_generate_uses_the_loop_and_matches_the_model_generate_path(model, monkeypatch):
