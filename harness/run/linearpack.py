@@ -10,9 +10,9 @@ another summation order: logits differ by ~1e-6 relative, the greedy text of the
 suite's prompts was identical (32 of 32).
 
 The cost is memory: the packed copy sits beside the weight for the evaluation (538 MB of
-float32 for SmolLM2-135M, whose LM head is a linear layer too), so it is made only when the copies take at most a quarter of the
-memory still available, and only for float32 `nn.Linear` layers (not peft's, not
-bitsandbytes'); training never runs under it.
+float32 for SmolLM2-135M, whose LM head is a linear layer too), so it is made only when the
+copies take at most a quarter of the memory still available, and only for float32
+`nn.Linear` layers (not peft's, not bitsandbytes'); training never runs under it.
 """
 
 from __future__ import annotations
