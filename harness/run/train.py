@@ -94,6 +94,8 @@ def training_arguments(spec: TrainSpec, out: Path, device: str, has_validation: 
         disable_tqdm=True,
         use_cpu=device == "cpu",
         auto_find_batch_size=spec.auto_find_batch_size and device == "cuda",
+        torch_compile=spec.compile,
+        use_liger_kernel=spec.liger,
     )
 
 
