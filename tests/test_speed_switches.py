@@ -91,10 +91,19 @@ def test_liger_with_neither_names_both(suite_dir, liger_missing, monkeypatch):
                   extra=["--set", "train.liger=true"])
 
 
+def test_liger_with_an_adapter_on_the_lm_head_is_exit_2(suite_dir, liger_installed,
+                                                        monkeypatch):
+    """The tiny suite adapts lm_head; Liger's loss would use its base weight alone."""
+    _cuda(monkeypatch, True)
+    check_refused(suite_dir, "train.liger:", "lm_head", "train.target_modules",
+                  extra=["--set", "train.liger=true"])
+
+
 def test_liger_with_package_and_gpu_validates(suite_dir, liger_installed, monkeypatch):
     _cuda(monkeypatch, True)
     res = CliRunner().invoke(app, ["validate", str(suite_dir / "tiny.toml"),
-                                   "--set", "train.liger=true"])
+                                   "--set", "train.liger=true",
+                                   "--set", 'train.target_modules=["q_proj", "v_proj"]'])
     assert res.exit_code == 0, res.output
 
 
@@ -112,3 +121,58 @@ def test_plan_shows_the_kernels_asked_for(suite_dir, sets, line):
     assert res.exit_code == 0, res.output
     kernels = [ln.strip() for ln in res.output.splitlines() if ln.strip().startswith("kernels")]
     assert kernels == ([] if line is None else [line])
+
+
+def _liger_apply(model) -> None:
+    """The Trainer's own call for use_liger_kernel (patches only: no kernel runs here)."""
+    pytest.importorskip("liger_kernel", reason="pip install 'harness[gpu]'")
+    from transformers.integrations.liger import apply_liger_kernel
+
+    apply_liger_kernel(model, None)
+
+
+def _stand_in_apply(model) -> None:
+    """What Liger's patching does, where it is not installed: forwards bound onto module
+    instances, the family module's function and classes replaced, and a global loss."""
+    import torch.nn.functional as F
+    from transformers.models.llama import modeling_llama
+
+    base = model.get_base_model()
+    for m in base.modules():
+        if type(m).__name__ in ("LlamaRMSNorm", "LlamaMLP"):
+            m.__dict__["forward"] = (lambda self, x: x * 0).__get__(m)
+    modeling_llama.apply_rotary_pos_emb = lambda q, k, *a, **kw: (q, k)
+    modeling_llama.LlamaRMSNorm = torch.nn.Identity
+    F.cross_entropy = lambda *a, **kw: torch.zeros(())
+
+
+@pytest.mark.parametrize("apply", [_liger_apply, _stand_in_apply], ids=["liger", "stand-in"])
+def test_liger_patches_end_with_training(apply, tiny_model_dir):
+    """train.liger patches the model for training only: afterwards the model, the model
+    family and torch compute exactly what they did before (here on the CPU, where Liger's
+    Triton kernels could not run at all)."""
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama import modeling_llama
+
+    from harness.run import kernels
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    ids = torch.tensor([[1, 20, 30, 40, 50, 60]])
+    family = dict(vars(modeling_llama))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    cross_entropy = F.cross_entropy
+    with kernels.training_only(model, enabled=True):
+        apply(model)
+        patched = [m for m in model.modules() if "forward" in m.__dict__]
+        assert patched  # the patch took
+    assert not [m for m in model.modules() if "forward" in m.__dict__]
+    assert {k for k, v in vars(modeling_llama).items() if family.get(k) is not v} == set()
+    assert F.cross_entropy is cross_entropy
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)
+    later = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # built after: all eager
+    assert type(later.model.norm) is family["LlamaRMSNorm"]

@@ -151,7 +151,12 @@ def _check_targets(shape: shapes.ModelShape, cells: list[tuple[str, Suite]]) -> 
         assert cell.train is not None
         targets = cell.train.knob("target_modules")
         if targets is not None:
-            shapes.lora_targets(shape, targets)
+            picked, _ = shapes.lora_targets(shape, targets)
+            if cell.train.liger and shape.output_layer in {x.name for x in picked}:
+                raise InputError(
+                    f"train.liger: its fused cross-entropy multiplies by the LM head's base "
+                    f"weight and would leave out an adapter on {shape.output_layer}; drop it "
+                    "from train.target_modules or set train.liger = false")
 
 
 def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, data.DataSplits]]:
