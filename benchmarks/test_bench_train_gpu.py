@@ -11,8 +11,9 @@ the same random sampler and seed, so step i trains the same 8 examples on both:
 - Trainer: `DataCollatorForSeq2Seq` (pad to the batch's longest, labels -100), the model's
   own SDPA over the padded batch, logits at every position.
 - harness: `train_adapter`, each step's examples one padding-free row, attention per example,
-  the LM head only at scored positions; then the same with `train.compile = true` and with
-  `train.liger = true` (skipped when liger-kernel is not installed), once each.
+  the prefix they share run once, the LM head only at scored positions; then the same
+  with `train.compile = true` and with `train.liger = true` (skipped when liger-kernel is
+  not installed), once each.
 
 tokens/s counts real tokens (prompt + response, no padding) over the steps after
 `WARMUP_STEPS`, each step's end CUDA-synchronised; both sides count the same tokens per step
@@ -211,6 +212,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], items: list) -> dict[str, A
         "steps": STEPS, "timed_steps": STEPS - WARMUP_STEPS, "batch": BATCH,
         "item_tokens": f"{LENGTHS[0]}-{LENGTHS[1]}", "real_tokens": sum(step_tokens),
         "rounds": ROUNDS, "lora_params": h["lora_params"], "flops_per_token": flops,
+        # tokens of the examples that a pack's shared prefix, run once, stood in for
+        "shared_prefix_tokens": h["summary"].get("shared_prefix_tokens"),
         "step_loss_max_rel_gap": max(abs(a - b) / abs(b) for a, b in zip(
             h["losses"], runs["trainer"][0]["losses"])),
     }
