@@ -304,6 +304,37 @@ def eval_vs_lm_eval(model: Any, lm: Any, items: list, tokenizer: Any, batch: int
     }
 
 
+# TinyLlama/TinyLlama-1.1B-Chat-v1.0 config.json: the GPU benchmarks' training shape
+TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
+                 num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                 max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                 hidden_act="silu", bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tinyllama_dir(tmp_path_factory) -> Path:
+    """TinyLlama-1.1B architecture, random weights, bf16 safetensors + a stub tokenizer; built
+    once per session on the GPU (the GPU training benchmarks share it)."""
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tinyllama-random")
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(LlamaConfig(**TINYLLAMA)).to(torch.bfloat16)
+    model.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    # Items arrive as token ids; the collator only needs a tokenizer that knows its pad token.
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, "<unk>")),
+                                  bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="</s>")
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def sizes() -> dict[str, int]:
     return {"eval_items": EVAL_ITEMS, "gen_items": GEN_ITEMS, "rounds": ROUNDS,

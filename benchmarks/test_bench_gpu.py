@@ -34,6 +34,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import TINYLLAMA  # noqa: E402
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(),
@@ -41,11 +43,6 @@ pytestmark = [
     pytest.mark.benchmark(group="gpu-train", warmup=False),
 ]
 
-# TinyLlama/TinyLlama-1.1B-Chat-v1.0 config.json
-TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
-                 num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-                 max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
-                 hidden_act="silu", bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
 SEQ = int(os.environ.get("HARNESS_BENCH_GPU_SEQ", 512))
 BATCH = int(os.environ.get("HARNESS_BENCH_GPU_BATCH", 8))  # 8 seqs * 512 tok = 4,096 tok/step
 STEPS = int(os.environ.get("HARNESS_BENCH_GPU_STEPS", 40))
@@ -73,28 +70,6 @@ def matmul_params(cfg: dict[str, Any]) -> int:
     kv = d // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
     per_layer = d * d * 2 + d * kv * 2 + 3 * d * ff  # q, o; k, v; gate, up, down
     return L * per_layer + d * cfg["vocab_size"]
-
-
-@pytest.fixture(scope="module")
-def tinyllama_dir(tmp_path_factory) -> Path:
-    """TinyLlama-1.1B architecture, random weights, bf16 safetensors + a stub tokenizer."""
-    from tokenizers import Tokenizer, models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tinyllama-random")
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(LlamaConfig(**TINYLLAMA)).to(torch.bfloat16)
-    model.save_pretrained(path)
-    del model
-    torch.cuda.empty_cache()
-    # Items arrive as token ids; the collator only needs a tokenizer that knows its pad token.
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, "<unk>")),
-                                  bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="</s>")
-    tok.save_pretrained(path)
-    return path
 
 
 def gpu_suite(model_dir: Path, quantized: bool, checkpointing: bool) -> Any:

@@ -11,8 +11,9 @@ from typing import Any
 
 import harness
 
-_PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets",
-             "rouge-score", "numpy", "scipy")
+# liger-kernel: None (and not shown) unless installed; train.liger runs its kernels
+_PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "liger-kernel",
+             "datasets", "rouge-score", "numpy", "scipy")
 
 
 def versions() -> dict[str, str | None]:

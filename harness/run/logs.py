@@ -16,8 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 LOG_FILE = "harness.log"
-LIBRARIES = ("transformers", "peft", "accelerate", "bitsandbytes", "torch", "datasets",
-             "huggingface_hub", "py.warnings", "mlflow", "alembic", "wandb")
+# torch._dynamo and torch._inductor (train.compile) log through stderr handlers of their own,
+# not through "torch": dynamo's recompile-limit warning alone is 6 lines per frame.
+LIBRARIES = ("transformers", "peft", "accelerate", "bitsandbytes", "torch", "torch._dynamo",
+             "torch._inductor", "datasets", "huggingface_hub", "py.warnings", "mlflow",
+             "alembic", "wandb")
+# Handlers of their own that write to the terminal, set aside while a run executes.
+_OWN_STDERR = ("torch", "torch._dynamo", "torch._inductor")
 
 
 @contextlib.contextmanager
@@ -36,14 +41,21 @@ def library_output_to(path: Path) -> Iterator[None]:
             logging.captureWarnings(False)
             logging.raiseExceptions = raise_exceptions
             _hf_default_handler(off=not hf)
-            for logger, state in zip((logging.getLogger(n) for n in LIBRARIES), saved):
+            for logger, (propagate, level, own) in zip(
+                    (logging.getLogger(n) for n in LIBRARIES), saved):
                 logger.removeHandler(handler)
-                logger.propagate, logger.level = state
+                for h in own:
+                    logger.addHandler(h)
+                logger.propagate, logger.level = propagate, level
             handler.close()
 
 
-def _redirect(logger: logging.Logger, handler: logging.Handler) -> tuple[bool, int]:
-    state = (logger.propagate, logger.level)
+def _redirect(logger: logging.Logger, handler: logging.Handler
+              ) -> tuple[bool, int, list[logging.Handler]]:
+    own = list(logger.handlers) if logger.name in _OWN_STDERR else []
+    for h in own:
+        logger.removeHandler(h)
+    state = (logger.propagate, logger.level, own)
     logger.addHandler(handler)
     logger.propagate = False
     logger.setLevel(logging.WARNING)

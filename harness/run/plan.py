@@ -407,8 +407,16 @@ def _single(plan: Plan, c: CellPlan) -> list[str]:
         f"  total steps   {_n(sc.total_steps)}{_total_why(t, sc)}",
         f"  warmup        {_n(sc.warmup_steps)} steps{_warmup_why(t)}",
         f"  optimizer     {t.optimizer}, lr {_lr(t.learning_rate)} {t.scheduler}, {t.precision}",
+        *_speedups(t),
         *_train_memory(c.memory),
     ]
+
+
+def _speedups(t: TrainSpec) -> list[str]:
+    """The opt-in kernels (train.compile, train.liger), when any is on."""
+    on = [name for name, flag in (("torch.compile", t.compile), ("Liger kernels", t.liger))
+          if flag]
+    return [f"  kernels       {' + '.join(on)}"] if on else []
 
 
 def _layers(c: CellPlan) -> str:

@@ -56,6 +56,7 @@ def check(suite: Suite, offline_ok: bool = False) -> Preflight:
     splits = _unless_unreachable(lambda: data.load_splits(suite), offline_ok, unchecked)
     cells = sweep.expand(suite)
     _check_arm_names(suite, cells)
+    _check_kernels(cells)
     shape = None
     if cells or suite.adapters:
         shape = _unless_unreachable(lambda: shapes.model_shape(suite.model, source), offline_ok,
@@ -113,6 +114,26 @@ def _check_gguf(suite: Suite, shape: shapes.ModelShape) -> None:
                          "merged, merged-nf4 and merged-int8 work for any")
 
 
+LIGER_INSTALL = "pip install 'harness[gpu]'"
+
+
+def _check_kernels(cells: list[tuple[str, Suite]]) -> None:
+    """train.liger needs Liger's package and a CUDA device (its kernels are Triton): refused
+    before the baseline is evaluated, not at the Trainer's start minutes later."""
+    for _, cell in cells:
+        if cell.train is None or not cell.train.liger:
+            continue
+        why = []
+        if not tracking.importable("liger_kernel"):
+            why.append(f"the liger-kernel package is not installed ({LIGER_INSTALL})")
+        device = modeling.pick_device(cell.model)
+        if device != "cuda":
+            where = "model.device = 'cpu'" if cell.model.device == "cpu" else "no CUDA GPU here"
+            why.append(f"its Triton kernels run on a CUDA GPU only ({where})")
+        if why:
+            raise InputError(f"train.liger: {'; '.join(why)}; or set train.liger = false")
+
+
 def _unless_unreachable(check, offline_ok: bool, unchecked: list[str]):
     try:
         return check()
@@ -130,7 +151,12 @@ def _check_targets(shape: shapes.ModelShape, cells: list[tuple[str, Suite]]) -> 
         assert cell.train is not None
         targets = cell.train.knob("target_modules")
         if targets is not None:
-            shapes.lora_targets(shape, targets)
+            picked, _ = shapes.lora_targets(shape, targets)
+            if cell.train.liger and shape.output_layer in {x.name for x in picked}:
+                raise InputError(
+                    f"train.liger: its fused cross-entropy multiplies by the LM head's base "
+                    f"weight and would leave out an adapter on {shape.output_layer}; drop it "
+                    "from train.target_modules or set train.liger = false")
 
 
 def _variants(suite: Suite, splits: data.DataSplits) -> list[tuple[str, Suite, data.DataSplits]]:

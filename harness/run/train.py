@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from harness.errors import one_line
-from harness.run import distributed, packing, peftconfig
+from harness.run import distributed, kernels, packing, peftconfig
 from harness.run.encoding import Encoded
 from harness.suite.config import TrainSpec
 
@@ -94,6 +94,8 @@ def training_arguments(spec: TrainSpec, out: Path, device: str, has_validation: 
         disable_tqdm=True,
         use_cpu=device == "cpu",
         auto_find_batch_size=spec.auto_find_batch_size and device == "cuda",
+        torch_compile=spec.compile,
+        use_liger_kernel=spec.liger,
     )
 
 
@@ -254,21 +256,23 @@ def train_adapter(
     # the suite saves nothing, yet the Trainer does: checkpoints only for resuming
     resume_only = spec.save_strategy == "no" and args.save_strategy != "no"
     tally = _tally_callback(resume_from, save_last=resume_only)
-    trainer = _trainer_class()(
-        model=model, args=args, data_collator=collator, train_dataset=_Items(train_items),
-        eval_dataset=_Items(val_items) if val_items else None,
-        callbacks=[_log_callback(arm, log_row, on_step), tally, *reporters,
-                   *([peftconfig.budget_callback(model)] if spec.method == "adalora" else [])],
-    )
-    tally.attach(trainer)
-    trainer.resume_only = resume_only
-    trainer.batch_tokens = _batch_tokens(spec, model, train_items)
-    trainer.share_prefix = trainer.batch_tokens is not None and packing.shares_prefix(model)
-    trainer.remove_callback(PrinterCallback)  # prints raw dicts; train_log.jsonl has them
-    attention = (packing.packed_attention(model) if trainer.batch_tokens
-                 else contextlib.nullcontext())
-    with attention:
-        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    # The Trainer applies Liger (train.liger) as it starts; its patches end with training.
+    with kernels.training_only(model, spec.liger):
+        trainer = _trainer_class()(
+            model=model, args=args, data_collator=collator, train_dataset=_Items(train_items),
+            eval_dataset=_Items(val_items) if val_items else None,
+            callbacks=[_log_callback(arm, log_row, on_step), tally, *reporters,
+                       *([peftconfig.budget_callback(model)] if spec.method == "adalora" else [])],
+        )
+        tally.attach(trainer)
+        trainer.resume_only = resume_only
+        trainer.batch_tokens = _batch_tokens(spec, model, train_items)
+        trainer.share_prefix = trainer.batch_tokens is not None and packing.shares_prefix(model)
+        trainer.remove_callback(PrinterCallback)  # prints raw dicts; train_log.jsonl has them
+        attention = (packing.packed_attention(model) if trainer.batch_tokens
+                     else contextlib.nullcontext())
+        with attention:
+            out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return TrainResult(model=trainer.model, summary=_summary(trainer, out, spec, tally))
 
 

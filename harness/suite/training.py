@@ -84,6 +84,13 @@ class TrainSpec(Strict):
     # packing never needs more activation memory than padding did (and a step of
     # gradient_accumulation_steps micro-batches still merges into fewer forwards).
     batch_tokens: Optional[Tokens] = None
+    # Opt-in speed switches, off by default: neither changes what is computed, only how.
+    # compile: torch.compile (inductor) of the model; packed rows break its graph at each
+    # example's attention, which stays eager. liger: Liger's Triton kernels (RMSNorm, RoPE,
+    # SwiGLU, fused linear cross-entropy) for the model's layers: CUDA only, and the
+    # liger-kernel package (pip install 'harness[gpu]').
+    compile: Flag = False
+    liger: Flag = False
     # On CUDA out-of-memory, halve the per-device batch (accelerate) instead of failing.
     auto_find_batch_size: Flag = True
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []

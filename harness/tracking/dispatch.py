@@ -33,7 +33,7 @@ def missing(spec: TrackingSpec) -> list[str]:
         modules, install = PACKAGES[name]
         if name == "mlflow" and spec.mlflow and _mlflow_uri(spec.mlflow).startswith("sqlite:"):
             modules += SQLITE_MODULES
-        absent = [m for m in modules if not _importable(m)]
+        absent = [m for m in modules if not importable(m)]
         if absent:
             out.append(f"tracking.{name}: {', '.join(absent)} not installed; install it with: "
                        f"{install}")
@@ -46,7 +46,7 @@ def _mlflow_uri(target: MlflowTarget) -> str:
     return target.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:"
 
 
-def _importable(module: str) -> bool:
+def importable(module: str) -> bool:
     """Found without importing it (a None in sys.modules, Python's "blocked", is not)."""
     try:
         return importlib.util.find_spec(module) is not None
