@@ -47,23 +47,31 @@ def _tokenizer():
     return build_tokenizer()
 
 
-@pytest.fixture(scope="module", params=list(SHAPES))
-def model_dir(request, tmp_path_factory) -> tuple[str, Path]:
+def random_model_dir(name: str, folder: Path, dtype: Any, vocab: str = "shape"
+                     ) -> tuple[str, Path]:
+    """SHAPES[name] with random weights in ``dtype``, saved with the test tokenizer.
+    ``vocab``: "shape" keeps the real vocabulary size, "tokenizer" cuts the LM head to the
+    tokenizer's rows (every generated id then decodes to text)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _tokenizer()
-    cfg = LlamaConfig(**SHAPES[request.param], max_position_embeddings=2048,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    shape = {**SHAPES[name], **({"vocab_size": len(tok)} if vocab == "tokenizer" else {})}
+    cfg = LlamaConfig(**shape, max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    path = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+        model = LlamaForCausalLM(cfg).to(dtype)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
     del model
     torch.cuda.empty_cache()
-    return request.param, path
+    return name, folder
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def model_dir(request, tmp_path_factory) -> tuple[str, Path]:
+    return random_model_dir(request.param, tmp_path_factory.mktemp(request.param),
+                            torch.bfloat16)
 
 
 def test_teacher_forced_vs_lm_eval_on_gpu(benchmark: Any, model_dir: tuple[str, Path],

@@ -26,7 +26,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_bench_eval_gpu import REPO, SHAPES, _tokenizer  # noqa: E402
+from test_bench_eval_gpu import REPO, SHAPES, random_model_dir  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -44,21 +44,8 @@ DEVICE = "cuda"
 
 @pytest.fixture(scope="module", params=list(SHAPES))
 def gen_model_dir(request, tmp_path_factory) -> tuple[str, Path]:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = _tokenizer()
-    cfg = LlamaConfig(**{**SHAPES[request.param], "vocab_size": len(tok)},
-                      max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    with torch.device(DEVICE):
-        model = LlamaForCausalLM(cfg).to(getattr(torch, DTYPE))
-    path = tmp_path_factory.mktemp(f"{request.param}-gen")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    del model
-    torch.cuda.empty_cache()
-    return request.param, path
+    return random_model_dir(request.param, tmp_path_factory.mktemp(f"{request.param}-gen"),
+                            getattr(torch, DTYPE), vocab="tokenizer")
 
 
 def test_generate_vs_lm_eval_on_gpu(benchmark: Any, gen_model_dir: tuple[str, Path],
