@@ -68,6 +68,21 @@ def random_model_dir(name: str, folder: Path, dtype: Any, vocab: str = "shape"
     return name, folder
 
 
+def default_suite_items(path: Path, n: int, *overrides: str) -> tuple[Any, Any, list, list]:
+    """(suite, tokenizer, eval examples, encoded eval items) of the default suite's first
+    ``n`` eval items over the random-weight model in ``path``, as `harness run` encodes them."""
+    from harness.run import encoding, modeling
+    from harness.suite import data, suitefile
+
+    suite = suitefile.load_suite(REPO / "suites" / "default.toml", [
+        f"model.name_or_path={path}", f"data.eval_size={n}", "data.max_length=512",
+        "data.validation_size=0", "data.train_size=1", *overrides])
+    tok = modeling.load_tokenizer(suite.model, str(path))
+    examples = data.load_splits(suite).eval
+    items, _ = encoding.encode_all(examples, tok, suite.data)
+    return suite, tok, examples, items
+
+
 @pytest.fixture(scope="module", params=list(SHAPES))
 def model_dir(request, tmp_path_factory) -> tuple[str, Path]:
     return random_model_dir(request.param, tmp_path_factory.mktemp(request.param),
@@ -79,15 +94,8 @@ def test_teacher_forced_vs_lm_eval_on_gpu(benchmark: Any, model_dir: tuple[str, 
     pytest.importorskip("lm_eval", reason="pip install -e '.[bench]' (lm-eval>=0.4.8)")
     from lm_eval.models.huggingface import HFLM
 
-    from harness.run import encoding, modeling
-    from harness.suite import data, suitefile
-
     name, path = model_dir
-    suite = suitefile.load_suite(REPO / "suites" / "default.toml", [
-        f"model.name_or_path={path}", f"data.eval_size={ITEMS}", "data.max_length=512",
-        "data.validation_size=0", "data.train_size=1"])
-    tok = modeling.load_tokenizer(suite.model, str(path))
-    items, _ = encoding.encode_all(data.load_splits(suite).eval, tok, suite.data)
+    _, tok, _, items = default_suite_items(path, ITEMS)
     lm = HFLM(pretrained=str(path), batch_size=BATCH, device="cuda", dtype="bfloat16")
     from conftest import eval_vs_lm_eval
 

@@ -26,7 +26,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_bench_eval_gpu import REPO, SHAPES, random_model_dir  # noqa: E402
+from test_bench_eval_gpu import SHAPES, default_suite_items, random_model_dir  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -54,16 +54,11 @@ def test_generate_vs_lm_eval_on_gpu(benchmark: Any, gen_model_dir: tuple[str, Pa
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from harness.run import encoding, modeling, scoring
-    from harness.suite import data, suitefile
+    from harness.run import encoding, scoring
 
     name, path = gen_model_dir
-    suite = suitefile.load_suite(REPO / "suites" / "default.toml", [
-        f"model.name_or_path={path}", f"data.eval_size={ITEMS}", "data.max_length=512",
-        "data.validation_size=0", "data.train_size=1", f"eval.generate_batch_size={BATCH}"])
-    tok = modeling.load_tokenizer(suite.model, str(path))
-    examples = data.load_splits(suite).eval
-    items, _ = encoding.encode_all(examples, tok, suite.data)
+    suite, tok, examples, items = default_suite_items(
+        path, ITEMS, f"eval.generate_batch_size={BATCH}")
     # add_bos_token=False: a chat-templated prompt gets no BOS from harness either (this
     # tokenizer would add one); the assert below checks that both feed the same tokens
     lm = HFLM(pretrained=str(path), batch_size=BATCH, device=DEVICE, dtype=DTYPE,

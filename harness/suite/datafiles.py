@@ -98,8 +98,6 @@ def _load_file(path: Path, fmt: str, key: str, text: str | None) -> Rows:
     return ds.to_list()
 
 
-
-
 def _bad_json(text: str) -> tuple[int, str] | None:
     """(line, problem) of the first line that is not a JSON object: datasets' error names
     neither the file's line nor the problem."""
