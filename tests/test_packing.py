@@ -165,6 +165,46 @@ def test_a_shared_prefix_runs_once_and_changes_no_logit(tiny_model_dir):
     assert packing.PREFIX not in unshared and packing.shared_tokens(unshared) == 0
 
 
+def test_a_shared_prefix_row_takes_the_examples_gradients(tiny_model_dir):
+    """Backward through the packed attention (split segments, grouped-query heads, the prefix
+    read by every example) gives every weight the gradient of the examples' summed loss, each
+    computed alone by plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA
+    examples = _sharing([7, 12, 3, 9], shared=[11, 12, 13, 14, 15, 16], prompt=5)
+
+    def grads(loss_of):
+        model.zero_grad()
+        loss_of().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    def alone():
+        total = 0
+        for e in examples:
+            logits = model(input_ids=torch.tensor([e["input_ids"]])).logits[0, :-1]
+            labels = torch.tensor(e["labels"][1:])
+            total = total + torch.nn.functional.cross_entropy(logits, labels, reduction="sum",
+                                                              ignore_index=-100)
+        return total
+
+    def packed():
+        row = packing.collate(examples, share=True)
+        inputs = {k: v for k, v in row.items() if k not in ("labels", "shift_labels")}
+        logits = model(**inputs).logits[0]
+        return torch.nn.functional.cross_entropy(logits, row["shift_labels"][0],
+                                                 reduction="sum")
+
+    expected = grads(alone)
+    with packing.packed_attention(model):
+        got = grads(packed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+
+
 @pytest.mark.parametrize(("examples", "expected"), [
     ([{"input_ids": [1, 2, 3], "labels": [-100] * 3}] * 2, 2),  # each keeps 1 own token
     (_sharing([3], shared=[9, 9, 9], prompt=3), 0),  # one example: nothing to share
