@@ -84,3 +84,39 @@ def test_generate_uses_the_loop_and_matches_the_model_generate_path(model, monke
     assert not decoding.supported(model, scoring.generation_config(model, tok, sampled))
     first = scoring.generate(model, tok, items, sampled).texts
     assert first == scoring.generate(model, tok, items, sampled).texts
+
+
+def test_a_reserved_cache_layer_holds_what_cat_would():
+    """``reserve``: writes into a buffer give the keys and values transformers' own
+    ``DynamicLayer`` builds by cat, past the reserved room too, after rows leave and after a
+    crop."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    g = torch.Generator().manual_seed(0)
+
+    def kv(rows: int, n: int):
+        return torch.randn(rows, 2, n, 4, generator=g), torch.randn(rows, 2, n, 4, generator=g)
+
+    class Cache:  # what reserve reads: the layers
+        layers = [DynamicLayer(), DynamicLayer()]
+
+    ours, plain = Cache.layers[0], Cache.layers[1]
+    for layer, states in ((ours, kv(3, 5)), (plain, None)):
+        layer.update(*(states or (ours.keys.clone(), ours.values.clone())))
+    decoding.reserve(Cache, 2)
+    assert type(ours).__name__ == "Reserved" and ours.get_seq_length() == 5
+
+    def step(rows: int, n: int = 1) -> None:
+        k, v = kv(rows, n)
+        got, want = ours.update(k, v), plain.update(k.clone(), v.clone())
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    step(3), step(3), step(3, 2)  # the last two tokens go past the 2 reserved
+    keep = torch.tensor([0, 2])
+    ours.batch_select_indices(keep), plain.batch_select_indices(keep)
+    step(2)
+    ours.crop(-3), plain.crop(-3)
+    step(2)
+    assert ours.get_seq_length() == plain.get_seq_length() == 8

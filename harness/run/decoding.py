@@ -7,13 +7,16 @@ What it does that `generate` does not:
   prefill runs only each row's own suffix;
 - a row that produced EOS leaves the batch (its KV rows are dropped), so the later steps of a
   batch whose answers differ in length run on the rows still writing;
-- nothing per step but the forward, an argmax and one host transfer of the [B] new tokens.
+- nothing per step but the forward, an argmax and one host transfer of the [B] new tokens;
+- each layer's keys and values go into a buffer sized for the whole answer (``reserve``)
+  instead of being copied into a new tensor one token longer at every step.
 The text is the same greedy text (tested against `generate` token for token); sampling and
 beam search stay with `generate`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +46,7 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], max_new: int, eos: set[
                  position_ids=pos.to(device), past_key_values=cache, use_cache=True,
                  logits_to_keep=1)
     pos, mask = pos[:, -1:] + 1, mask.to(device)
+    reserve(step.past_key_values, max_new)
     for _ in range(max_new):
         nxt = step.logits[:, -1].argmax(-1)  # [B']
         tokens = nxt.tolist()  # the loop's one host transfer per step
@@ -61,6 +65,68 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], max_new: int, eos: set[
                      past_key_values=step.past_key_values, use_cache=True)
         pos = pos + 1
     return out
+
+
+def reserve(cache: Any, tokens: int) -> None:
+    """Room for ``tokens`` more positions in each plain (``DynamicLayer``) layer of ``cache``:
+    later tokens are written into the buffer and the layer's keys and values are views of
+    its filled part. At batch 32 of the default suite, growing the cache by ``cat`` copied
+    ~5 MB per layer and step (200 us) where the write costs 7 us; SDPA reads the views as
+    fast as contiguous tensors. Other layer types (sliding windows, quantized) are left."""
+    from transformers.cache_utils import DynamicLayer
+
+    for layer in getattr(cache, "layers", []):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
+            layer.__class__ = _reserved_class()
+            layer.grow(tokens)
+
+
+@functools.cache
+def _reserved_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class Reserved(DynamicLayer):
+        """A ``DynamicLayer`` whose keys and values are the filled part of larger buffers."""
+
+        def grow(self, tokens: int) -> None:
+            n = self.keys.shape[-2]
+            self._n = n
+            self._k = self._widened(self.keys, n + tokens)
+            self._v = self._widened(self.values, n + tokens)
+            self._views()
+
+        @staticmethod
+        def _widened(t: Any, capacity: int) -> Any:
+            buf = t.new_empty((*t.shape[:2], capacity, t.shape[-1]))
+            buf[:, :, :t.shape[-2]] = t
+            return buf
+
+        def _views(self) -> None:
+            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any):
+            m = key_states.shape[-2]
+            if self._n + m > self._k.shape[-2]:  # more than reserved: as much again
+                self.grow(self._k.shape[-2] + m)
+            self._k[:, :, self._n:self._n + m] = key_states
+            self._v[:, :, self._n:self._n + m] = value_states
+            self._n += m
+            self._views()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: Any) -> None:
+            self._k, self._v = self._k[indices, ...], self._v[indices, ...]
+            self._views()
+
+        def crop(self, tokens_to_remove: int) -> None:
+            super().crop(tokens_to_remove)
+            self._n = self.keys.shape[-2]
+
+        def reset(self) -> None:  # back to a plain layer that grows by cat
+            self.__class__ = DynamicLayer
+            self.reset()
+
+    return Reserved
 
 
 def _left_padded(suffixes: Sequence[Sequence[int]], skip: int, pad_id: int):
