@@ -75,8 +75,10 @@ def reserve(cache: Any, tokens: int) -> None:
     fast as contiguous tensors. Other layer types (sliding windows, quantized) are left."""
     from transformers.cache_utils import DynamicLayer
 
-    for layer in getattr(cache, "layers", []):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
+    layers: list[Any] = list(getattr(cache, "layers", []))
+    for layer in layers:
+        plain = type(layer) is DynamicLayer  # subclasses (sliding windows) manage their own
+        if plain and layer.is_initialized and layer.keys.dim() == 4:
             layer.__class__ = _reserved_class()
             layer.grow(tokens)
 
@@ -87,6 +89,9 @@ def _reserved_class() -> type:
 
     class Reserved(DynamicLayer):
         """A ``DynamicLayer`` whose keys and values are the filled part of larger buffers."""
+
+        keys: Any
+        values: Any
 
         def grow(self, tokens: int) -> None:
             n = self.keys.shape[-2]
@@ -123,8 +128,9 @@ def _reserved_class() -> type:
             self._n = self.keys.shape[-2]
 
         def reset(self) -> None:  # back to a plain layer that grows by cat
-            self.__class__ = DynamicLayer
-            self.reset()
+            plain: Any = self
+            plain.__class__ = DynamicLayer
+            plain.reset()
 
     return Reserved
 
