@@ -214,3 +214,26 @@ def test_a_shared_prefix_row_takes_the_examples_gradients(tiny_model_dir):
 ], ids=["keeps-one-own-token", "single", "parting", "first-token-scored"])
 def test_the_shared_prefix_stops_where_it_must(examples, expected):
     assert packing.shared_prefix(examples) == expected
+
+
+@pytest.mark.parametrize("kwarg", ["softcap", "position_bias"])
+def test_packed_attention_refuses_what_sdpa_cannot_apply(kwarg):
+    """A soft cap or an additive position bias cannot go through SDPA: the packed attention
+    says so instead of attending without it."""
+    q = torch.zeros(1, 2, 4, 8)
+    kv = torch.zeros(1, 1, 4, 8)
+    bounds = torch.tensor([0, 2, 4])
+    with pytest.raises(ValueError, match=f"cannot apply {kwarg}.*train.packing = false"):
+        packing.attention(object(), q, kv, kv, None, cu_seq_lens_q=bounds,
+                          **{kwarg: torch.zeros(1) if kwarg == "position_bias" else 50.0})
+
+
+def test_a_soft_capped_model_trains_unpacked(tiny_model_dir):
+    """A model whose attention soft-caps its logits (Gemma 2's config key) is not packed
+    under SDPA: the run trains it unpacked, with the reason as its warning."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    assert packing.unpackable(model) is None
+    model.config.attn_logit_softcapping = 50.0
+    assert "soft-capping" in packing.unpackable(model)

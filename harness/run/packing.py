@@ -122,6 +122,10 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     bounds = kwargs.get("cu_seq_lens_q")
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    extra = sorted(k for k in ("softcap", "position_bias") if kwargs.get(k) is not None)
+    if extra:  # SDPA cannot express them; running without would be another model's attention
+        raise ValueError(f"packed training's attention cannot apply {', '.join(extra)}: "
+                         "set train.packing = false")
     n = int(kwargs.get(PREFIX, 0))
     cuts = bounds.tolist()
     sizes = [e - s for s, e in zip(cuts, cuts[1:])]
@@ -170,6 +174,8 @@ def unpackable(model: Any) -> str | None:
         return f"{type(base).__name__} does not pass sequence bounds to its attention"
     if impl != "sdpa" and not str(impl).startswith("flash_attention"):
         return f"attention {impl!r} (packing needs sdpa or flash_attention_*)"
+    if impl == "sdpa" and getattr(base.config, "attn_logit_softcapping", None):
+        return "attention logit soft-capping (SDPA, which packed rows run, cannot apply it)"
     return None
 
 
