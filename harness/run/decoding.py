@@ -95,10 +95,9 @@ def _reserved_class() -> type:
 
         def grow(self, tokens: int) -> None:
             n = self.keys.shape[-2]
-            self._n = n
             self._k = self._widened(self.keys, n + tokens)
             self._v = self._widened(self.values, n + tokens)
-            self._views()
+            self._views(n)
 
         @staticmethod
         def _widened(t: Any, capacity: int) -> Any:
@@ -106,26 +105,22 @@ def _reserved_class() -> type:
             buf[:, :, :t.shape[-2]] = t
             return buf
 
-        def _views(self) -> None:
-            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+        def _views(self, filled: int) -> None:
+            self.keys, self.values = self._k[:, :, :filled], self._v[:, :, :filled]
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any):
-            m = key_states.shape[-2]
-            if self._n + m > self._k.shape[-2]:  # more than reserved: as much again
+            n, m = self.keys.shape[-2], key_states.shape[-2]  # filled, new
+            if n + m > self._k.shape[-2]:  # more than reserved: as much again
                 self.grow(self._k.shape[-2] + m)
-            self._k[:, :, self._n:self._n + m] = key_states
-            self._v[:, :, self._n:self._n + m] = value_states
-            self._n += m
-            self._views()
+            self._k[:, :, n:n + m] = key_states
+            self._v[:, :, n:n + m] = value_states
+            self._views(n + m)
             return self.keys, self.values
 
         def batch_select_indices(self, indices: Any) -> None:
+            n = self.keys.shape[-2]
             self._k, self._v = self._k[indices, ...], self._v[indices, ...]
-            self._views()
-
-        def crop(self, tokens_to_remove: int) -> None:
-            super().crop(tokens_to_remove)
-            self._n = self.keys.shape[-2]
+            self._views(n)
 
         def reset(self) -> None:  # back to a plain layer that grows by cat
             plain: Any = self
