@@ -86,6 +86,7 @@ def evaluate(model: Any, tok: Any, targets: Sequence[Target], spec: EvalSpec, *,
     model.eval()
     rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
+    textmetrics.preload([m for t in targets for m in t.metrics])  # not the arm's memory
     with memory.PeakMemory(device, model) as peak, linearpack.prepacked(model):
         for t in targets:
             t_rows, t_metrics = _score(model, tok, t, spec, arm, task)
