@@ -1,6 +1,7 @@
-"""Evaluation on prepacked linear weights (harness.run.linearpack): the same logits and greedy
-text as plain transformers, the layers given back after, gradients never through it, and
-nothing packed when the copies would not fit."""
+"""Evaluation and LoRA training on prepacked linear weights (harness.run.linearpack): the same
+logits and greedy text as plain transformers, the same LoRA gradients as plain peft, trainable
+weights never through it, the layers given back after, and nothing packed when the copies
+would not fit."""
 
 from __future__ import annotations
 
@@ -54,6 +55,52 @@ def test_gradients_never_run_through_the_packed_weights(tiny_model_dir):
     assert len(packed) == len(plain) > 0
     for a, b in zip(packed, plain):
         assert torch.equal(a, b)
+
+
+def _lora(tiny_model_dir, **extra):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = _model(tiny_model_dir)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                            target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False, **extra))
+
+
+def _trainable_grads(model, ids) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_lora_training_on_packed_frozen_weights_takes_plain_peft_gradients(tiny_model_dir):
+    """Training packs every frozen layer (forward weight and its transpose for the input's
+    gradient): the adapter's gradients equal plain peft's, through all 2 layers and the LM
+    head, and a backward that skipped the packed transpose would give other ones."""
+    model = _lora(tiny_model_dir)
+    ids = torch.randint(5, 300, (2, 9), generator=torch.Generator().manual_seed(2))
+    plain = _trainable_grads(model, ids)
+    with linearpack.prepacked(model, training=True) as n:
+        assert n == 15  # the 4 LoRA-wrapped base layers too: their weights are frozen
+        packed = _trainable_grads(model, ids)
+    assert plain.keys() == packed.keys() and len(plain) == 8  # A and B of 2 x 2 modules
+    for name in plain:
+        torch.testing.assert_close(packed[name], plain[name], rtol=1e-4, atol=1e-6)
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_a_trainable_linear_keeps_the_plain_path_in_training(tiny_model_dir):
+    """A layer whose weight trains (peft's modules_to_save: the LM head here) gets its own
+    gradient, which a packed product could not give."""
+    model = _lora(tiny_model_dir, modules_to_save=["lm_head"])
+    ids = torch.randint(5, 300, (2, 9), generator=torch.Generator().manual_seed(3))
+    plain = _trainable_grads(model, ids)
+    with linearpack.prepacked(model, training=True):
+        packed = _trainable_grads(model, ids)
+    head = [n for n in plain if "lm_head" in n]
+    assert head and all(packed[n].abs().sum() > 0 for n in head)
+    for name in plain:
+        torch.testing.assert_close(packed[name], plain[name], rtol=1e-4, atol=1e-6)
 
 
 def test_nothing_is_packed_when_the_copies_would_not_fit(tiny_model_dir, monkeypatch):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from harness.errors import one_line
-from harness.run import distributed, kernels, packing, peftconfig
+from harness.run import distributed, kernels, linearpack, packing, peftconfig
 from harness.run.encoding import Encoded
 from harness.suite.config import TrainSpec
 
@@ -271,7 +271,11 @@ def train_adapter(
         trainer.remove_callback(PrinterCallback)  # prints raw dicts; train_log.jsonl has them
         attention = (packing.packed_attention(model) if trainer.batch_tokens
                      else contextlib.nullcontext())
-        with attention:
+        # frozen base weights prepacked on the CPU (1.12x the default suite's steps); a
+        # compiled model is left to inductor, which cannot lower the packed product
+        packed = (linearpack.prepacked(model, training=True) if not spec.compile
+                  else contextlib.nullcontext())
+        with attention, packed:
             out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return TrainResult(model=trainer.model, summary=_summary(trainer, out, spec, tally))
 
