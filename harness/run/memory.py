@@ -16,7 +16,7 @@ MEMORY_KINDS = {
             "the model's weights and buffers (bytes of its tensors) plus the peak increase of the "
             "process's anonymous resident memory during this arm's evaluation over its start "
             "(sampled every 10 ms; glibc's free heap released first, its mmap threshold fixed "
-            "at 32 MiB for evals, each training in a thread and malloc arena of its own), so "
+            "at 128 KiB for evals, each training in a thread and malloc arena of its own), so "
             "what earlier phases such as training left resident is not counted"),
 }
 _RSS_INTERVAL_S = 0.01  # a decode step of a 135M model takes ~30 ms on 2 cores
@@ -91,23 +91,26 @@ def weight_bytes(model: Any) -> int:
 # So training runs in a thread of its own (its own malloc arena, whose fragments the main
 # thread's evals never reuse) with a 4 MiB threshold (as fast as the dynamic one: 249 vs
 # 233 tokens/s; 32 MiB measured no faster: 15.4-16.6 vs 14.6-16.5 s for 6 steps), and evals
-# keep a fixed threshold of their own. At 128 KiB every activation over 128 KiB was a fresh
-# mapping whose pages the kernel faults in and zeroes: `harness run suites/default.toml
-# --eval-only` (the zero-shot arm, uncached) took 59.7-60.5 s, 29.7-29.9 s of it system time
-# (14.9M page faults); at 32 MiB (the ceiling of glibc's own dynamic threshold) the heap
-# reuses what the previous batch freed: 45.6-46.4 s, 6.7-7.7 s system, 2.5-2.8M faults, the
-# same numbers (alternating runs, 2 idle cores). With training in its own arena the arms stay
-# comparable at 32 MiB: whole default suite, zero-shot 1.88 GiB, adapter after training
-# 1.93 GiB, the same adapter in a fresh process 1.90 GiB (at 128 KiB: 1.72 vs 1.63 GiB).
-EVAL_MMAP_THRESHOLD = 32 * 2**20
+# keep 128 KiB. That costs time: every activation over 128 KiB is a fresh mapping whose pages
+# the kernel faults in and zeroes. `harness run suites/default.toml --eval-only` (the
+# zero-shot arm, uncached) took 59.7-60.5 s, 29.7-29.9 s of it system time (14.9M page
+# faults); with evals at 32 MiB (the ceiling of glibc's own dynamic threshold) 45.6-46.4 s,
+# 6.7-7.7 s system, 2.5-2.8M faults, the same scores (alternating runs, 2 idle cores). But
+# the heap then keeps what it freed, laid out differently from run to run, and the number
+# stopped repeating: the zero-shot arm's peak_memory_bytes ranged 1.75-1.95 GiB over 7 runs
+# of the same evaluation (the adapter's 1.86-1.96, so the arms differed by +19 to +107 MiB),
+# against 1.72-1.73 GiB at 128 KiB. glibc's count of bytes in use (mallinfo2) repeated to
+# the byte (1,562.2 MiB, 3 runs) but took 4.1-4.4 ms a call, 40% of a core at the 10 ms
+# sampling. A number that does not repeat is worse than a slower eval, so 128 KiB stays.
+EVAL_MMAP_THRESHOLD = 128 * 2**10
 TRAIN_MMAP_THRESHOLD = 4 * 2**20
 T = TypeVar("T")
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
 def steady_allocator() -> None:
-    """Fix glibc's mmap threshold at the evals' 32 MiB (CPU runs, from before the first
-    model loads; a training sets its own while it runs), so every arm's eval phase, before or
+    """Fix glibc's mmap threshold at its initial 128 KiB (CPU runs, from before the first
+    model loads; a training raises it while it runs), so every arm's eval phase, before or
     after a training, allocates the same way (a no-op where the C library is not glibc)."""
     _mmap_threshold(EVAL_MMAP_THRESHOLD)
 
