@@ -127,8 +127,6 @@ def _frozen_linear() -> Any:
     return FrozenLinear
 
 
-
-
 def _available_bytes() -> int:
     import psutil
 
