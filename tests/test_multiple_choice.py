@@ -260,12 +260,59 @@ def _encoded(tok, n_items: int = 3):
     return [encode_choices(ex, tok, spec) for ex in items]
 
 
+def _one_pass_per_choice(model, e) -> list[float]:
+    """Each choice's log-likelihood from one full forward pass of context + choice."""
+    import torch
+
+    want = []
+    for c in e.continuations:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([[*e.context_ids, *c]])).logits[0]
+                                     .double(), -1)
+        want.append(sum(float(logp[len(e.context_ids) - 1 + j, t]) for j, t in enumerate(c)))
+    return want
+
+
+def _forward_shapes(model) -> tuple[list[tuple[int, ...]], object]:
+    calls: list[tuple[int, ...]] = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    return calls, hook
+
+
 @pytest.mark.parametrize("batch_size", [1, 2])
-def test_the_context_runs_once_per_item_and_its_cache_serves_every_choice(tiny_model_dir,
-                                                                          batch_size):
-    """Two forward passes per batch of items: their contexts (one row each, left-padded),
-    then every item's choices from the KV cache (5 rows per item, no context token among
-    them); numbers equal one full forward pass per choice, whatever the padding."""
+def test_the_context_runs_once_per_item_and_its_choices_share_one_row(tiny_model_dir,
+                                                                      batch_size):
+    """Per batch of items: their contexts (one row each, left-padded), then every choice's
+    tokens after its first in one tree-masked row per item (no context token among them). The
+    model's first batch also runs one row per choice from the repeated cache, the check the
+    tree is trusted on. Numbers equal one full forward pass per choice, whatever the padding."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.run.scoring import choice_loglikelihoods
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    items = _encoded(tok)
+    calls, hook = _forward_shapes(model)
+    lls = choice_loglikelihoods(model, items, tok.pad_token_id, batch_size)
+    hook.remove()
+    longest = max(len(c) for c in items[0].continuations)
+    tree = sum(len(c) - 1 for c in items[0].continuations)
+    by_length = sorted(items, key=lambda e: -len(e.context_ids))
+    batches = [by_length[i: i + batch_size] for i in range(0, len(items), batch_size)]
+    assert len({len(e.context_ids) for e in items}) == len(items)  # padding is exercised
+    want = [s for b in batches for s in ((len(b), len(b[0].context_ids)), (len(b), tree))]
+    want.insert(2, (len(batches[0]) * len(CHOICES), longest - 1))  # the first batch's check
+    assert calls == want
+    for e, got in zip(items, lls):
+        assert got == pytest.approx(_one_pass_per_choice(model, e), abs=1e-4)
+
+
+def test_a_model_that_lets_choices_see_each_other_is_scored_one_row_per_choice(tiny_model_dir):
+    """A model whose attention ignores the tree mask (here: it lets every token see the whole
+    row) disagrees with the repeated cache on the first batch; from then on every batch runs
+    one row per choice, and the numbers are the true ones."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -274,25 +321,41 @@ def test_the_context_runs_once_per_item_and_its_cache_serves_every_choice(tiny_m
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     items = _encoded(tok)
-    calls: list[tuple[int, ...]] = []
-    hook = model.register_forward_pre_hook(
-        lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
-    lls = choice_loglikelihoods(model, items, tok.pad_token_id, batch_size)
+
+    def see_all(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 4:
+            kwargs["attention_mask"] = torch.ones_like(mask)
+        return args, kwargs
+
+    spoil = model.register_forward_pre_hook(see_all, with_kwargs=True)
+    calls, hook = _forward_shapes(model)
+    lls = choice_loglikelihoods(model, items, tok.pad_token_id, 1)
     hook.remove()
-    longest = max(len(c) for c in items[0].continuations)
-    by_length = sorted(items, key=lambda e: -len(e.context_ids))
-    batches = [by_length[i: i + batch_size] for i in range(0, len(items), batch_size)]
-    assert len({len(e.context_ids) for e in items}) == len(items)  # padding is exercised
-    assert calls == [s for b in batches for s in ((len(b), len(b[0].context_ids)),
-                                                   (len(b) * len(CHOICES), longest - 1))]
+    spoil.remove()
+    rows = [s[0] for s in calls]
+    assert rows == [1, 1, len(CHOICES), 1, len(CHOICES), 1, len(CHOICES)]
     for e, got in zip(items, lls):
-        want = []
-        for c in e.continuations:
-            with torch.no_grad():
-                logp = torch.log_softmax(model(torch.tensor([[*e.context_ids, *c]])).logits[0]
-                                         .double(), -1)
-            want.append(sum(float(logp[len(e.context_ids) - 1 + j, t]) for j, t in enumerate(c)))
-        assert got == pytest.approx(want, abs=1e-4)
+        assert got == pytest.approx(_one_pass_per_choice(model, e), abs=1e-4)
+
+
+def test_a_sliding_window_model_never_gets_a_tree_mask(tiny_model_dir):
+    """A custom 4D mask would replace a sliding window: such a model scores one row per choice
+    from the start, and so does attention that is not SDPA."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.run import choicetree
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert choicetree.eligible(model)
+    model.config.sliding_window = 8
+    assert not choicetree.eligible(model)
+    model.config.sliding_window = None
+    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+    assert not choicetree.eligible(model)
+    model.config.layer_types = ["full_attention"] * model.config.num_hidden_layers
+    model.set_attn_implementation("eager")
+    assert not choicetree.eligible(model)
 
 
 def test_a_model_without_a_repeatable_cache_gives_the_same_numbers(tiny_model_dir):

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import copy
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.run import decoding, encoding
+from harness.run import choicetree, decoding, encoding
 from harness.run.encoding import IGNORE_INDEX, Encoded, EncodedChoices
 from harness.run.modeling import count_params
 from harness.suite.config import EvalSpec
@@ -220,9 +221,10 @@ def choice_loglikelihoods(model: Any, items: Sequence[EncodedChoices], pad_id: i
                           batch_size: int = 1, advance: Advance = _noop) -> list[list[float]]:
     """Per item, each choice's log-likelihood given the context: the sum of log p over the
     continuation's tokens. Items go in length-sorted batches of ``batch_size``: the batch's
-    contexts run once (left-padded), then every choice of every item in one right-padded
-    pass from their KV cache, each row starting from its own item's cache row (8 items of 4
-    choices: 2 forward passes, where one pass per choice would run each context 4 times)."""
+    contexts run once (left-padded), then every choice of every item in one pass from their
+    KV cache, an item's choices tree-masked in its own row (``choicetree``) or one row per
+    choice (8 items of 4 choices: 2 forward passes, where one pass per choice would run each
+    context 4 times)."""
     import torch
 
     out: list[list[float]] = [[] for _ in items]
@@ -261,21 +263,69 @@ def _batch_loglikelihoods(model: Any, batch: Sequence[EncodedChoices], pad_id: i
     owner = [b for b, e in enumerate(batch) for _ in e.continuations]  # choice row -> item
     conts = [c for e in batch for c in e.continuations]
     lls = [float(first[b, c[0]]) for b, c in zip(owner, conts)]
-    more = max(len(c) for c in conts) - 1  # inputs after the context: each c[:-1]
-    if more > 0:
-        rows = torch.tensor(owner, device=device)
-        cache.batch_select_indices(rows)  # [choices, heads, width, d]: each its item's
-        # Right padding after the real tokens: causal attention never reaches them.
-        cids = torch.tensor([[*c[:-1], *[pad_id] * (more - len(c) + 1)] for c in conts],
-                            device=device)
-        full = torch.cat([mask[rows], torch.ones_like(cids)], dim=1)
-        pos = lens[rows, None] + torch.arange(more, device=device)[None, :]
-        logp = model(input_ids=cids, attention_mask=full, position_ids=pos,
-                     past_key_values=cache, use_cache=True
-                     ).logits.float().log_softmax(-1)  # [choices, more, V]
-        lls = [ll + _gathered_sum(logp[k], c[1:]) for k, (ll, c) in enumerate(zip(lls, conts))]
+    if max(len(c) for c in conts) > 1:  # tokens after the first: from the context's cache
+        rest = _rest_loglikelihoods(model, batch, cache, mask, lens, owner, pad_id)
+        lls = [ll + r for ll, r in zip(lls, rest)]
     it = iter(lls)
     return [[next(it) for _ in e.continuations] for e in batch]
+
+
+# Per model: whether its tree-masked pass gave the repeated-cache numbers on its first batch.
+_TREE_AGREES: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _rest_loglikelihoods(model: Any, batch: Sequence[EncodedChoices], cache: Any, mask: Any,
+                         lens: Any, owner: list[int], pad_id: int) -> list[float]:
+    """Each choice's log-likelihood after its first token. One row per item with its choices
+    tree-masked (choicetree) where the model honours the mask: checked on its first batch
+    against the repeated cache, which is kept for good where they disagree."""
+    conts = [e.continuations for e in batch]
+    if not choicetree.eligible(model) or _TREE_AGREES.get(model) is False:
+        return _repeated_rest(model, cache, mask, lens, owner, conts, pad_id)
+    import torch
+
+    width = mask.shape[1]
+    try:
+        tree = choicetree.rest_loglikelihoods(model, cache, mask, lens, conts, pad_id)
+    except torch.OutOfMemoryError:
+        raise
+    except (TypeError, ValueError, RuntimeError, IndexError):  # a model that refuses 4D masks
+        _TREE_AGREES[model] = False
+        _crop_to(cache, width)
+        return _repeated_rest(model, cache, mask, lens, owner, conts, pad_id)
+    if model not in _TREE_AGREES:
+        _crop_to(cache, width)  # back to the contexts alone
+        repeated = _repeated_rest(model, cache, mask, lens, owner, conts, pad_id)
+        tol = choicetree.AGREE_NATS.get(model.dtype.itemsize, 5e-2)
+        _TREE_AGREES[model] = all(abs(a - b) <= tol for a, b in zip(tree, repeated))
+        return repeated
+    return tree
+
+
+def _crop_to(cache: Any, width: int) -> None:
+    extra = cache.get_seq_length() - width
+    if extra > 0:
+        cache.crop(-extra)  # transformers 5 takes a count to remove, not a length to keep
+
+
+def _repeated_rest(model: Any, cache: Any, mask: Any, lens: Any, owner: list[int],
+                   conts: Sequence[Sequence[Sequence[int]]], pad_id: int) -> list[float]:
+    """The same as choicetree's pass, one row per choice: the context's cache repeated for
+    each, its tokens right-padded (causal attention never reaches the pads)."""
+    import torch
+
+    flat = [c for item in conts for c in item]
+    more = max(len(c) for c in flat) - 1  # inputs after the context: each c[:-1]
+    rows = torch.tensor(owner, device=mask.device)
+    cache.batch_select_indices(rows)  # [choices, heads, width, d]: each its item's
+    cids = torch.tensor([[*c[:-1], *[pad_id] * (more - len(c) + 1)] for c in flat],
+                        device=mask.device)
+    full = torch.cat([mask[rows], torch.ones_like(cids)], dim=1)
+    pos = lens[rows, None] + torch.arange(more, device=mask.device)[None, :]
+    logp = model(input_ids=cids, attention_mask=full, position_ids=pos,
+                 past_key_values=cache, use_cache=True
+                 ).logits.float().log_softmax(-1)  # [choices, more, V]
+    return [_gathered_sum(logp[k], c[1:]) for k, c in enumerate(flat)]
 
 
 def _positions(mask: Any) -> Any:
