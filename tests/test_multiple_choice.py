@@ -391,3 +391,34 @@ def test_a_cached_zero_shot_arm_keeps_its_choices_and_a_changed_set_is_not_reuse
     third = load_run(cli_run(suite, tmp_path / "r3"))
     assert "cached" not in third.record["arms"]["baseline"]
     assert all(r["prediction"] in CHOICES for r in _rows(third.path, "baseline"))
+
+
+def test_a_prefix_every_context_shares_runs_once(tiny_model_dir):
+    """Few-shot examples that are the same for every item (lm-eval's MMLU) run once: each
+    batch feeds only what follows them, left-padded after them, and every choice's
+    log-likelihood equals one full forward pass of its context and choice."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.run.encoding import encode_choices
+    from harness.run.scoring import choice_loglikelihoods
+    from harness.suite.config import DataSpec
+    from harness.suite.prompts import Example
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    shots = "".join(f"Q: what colour is thing {k}?\nA: blue\n\n" for k in range(4))
+    spec = DataSpec(path="x", prompt_template="", response_template="")
+    items = [encode_choices(Example(id=f"q{i}", prompt=f"{shots}Q: which{' very' * i} colour "
+                                    "is the sky?\nA:", response=" blue", choices=tuple(CHOICES),
+                                    continuations=tuple(" " + c for c in CHOICES), gold=0),
+                            tok, spec) for i in range(3)]
+    shared = min(len(e.context_ids) for e in items) - 1
+    common = next(n for n in range(shared) if len({e.context_ids[n] for e in items}) > 1)
+    calls, hook = _forward_shapes(model)
+    lls = choice_loglikelihoods(model, items, tok.pad_token_id, 2)
+    hook.remove()
+    longest = max(len(e.context_ids) for e in items)
+    assert calls[0] == (1, common)  # the prefix, once
+    assert calls[1] == (2, longest - common)  # a batch: what follows it, padded
+    for e, got in zip(items, lls):
+        assert got == pytest.approx(_one_pass_per_choice(model, e), abs=1e-4)

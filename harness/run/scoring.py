@@ -145,18 +145,23 @@ def shared_prefix(model: Any, items: Sequence[Encoded]) -> Prefix | None:
     The default suite's items share 26 of ~102 tokens. The prefix stops before the first
     scored position, whose logits must come from the batch. None when there is too little to
     share or the model keeps no usable cache."""
-    import torch
 
     if len(items) < 2:
         return None
-    n = min(encoding.common_prefix_len([e.input_ids for e in items]),
-            min(e.prompt_len for e in items) - 1)
+    return _run_prefix(model, [e.input_ids for e in items], min(e.prompt_len for e in items) - 1)
+
+
+def _run_prefix(model: Any, seqs: Sequence[Sequence[int]], stop: int) -> Prefix | None:
+    """The tokens every sequence starts with, at most ``stop`` of them, run once."""
+    import torch
+
+    n = min(encoding.common_prefix_len(seqs), stop)
     if n < MIN_SHARED_PREFIX:
         return None
     device = next(model.parameters()).device
     if device.type == "cuda" and count_params(model)[1] < MIN_PARAMS_FOR_PREFIX_ON_GPU:
         return None
-    ids = torch.tensor([items[0].input_ids[:n]], device=device)
+    ids = torch.tensor([list(seqs[0][:n])], device=device)
     try:
         with torch.inference_mode():  # a graph-free cache: batches copy it
             cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
@@ -229,31 +234,49 @@ def choice_loglikelihoods(model: Any, items: Sequence[EncodedChoices], pad_id: i
 
     out: list[list[float]] = [[] for _ in items]
     with torch.inference_mode():
+        prefix = _context_prefix(model, items)
         for batch in length_sorted_batches([len(e.context_ids) for e in items], batch_size):
             lls = split_on_oom(lambda b: _batch_loglikelihoods(model, [items[i] for i in b],
-                                                               pad_id), batch)
+                                                               pad_id, prefix), batch)
             for i, ll in zip(batch, lls):
                 out[i] = ll
             advance(len(batch))
     return out
 
 
-def _batch_loglikelihoods(model: Any, batch: Sequence[EncodedChoices], pad_id: int
-                          ) -> list[list[float]]:
+def _context_prefix(model: Any, items: Sequence[EncodedChoices]) -> Prefix | None:
+    """The context tokens every item starts with (an instruction; few-shot examples that are
+    the same for every item, as lm-eval's MMLU draws them), run once. It stops before each
+    context's last token, whose logits score the choices' first tokens. The default suite's
+    `modules` set draws its examples per item: its 60 contexts share 11 of ~124 tokens."""
+    if len(items) < 2:
+        return None
+    return _run_prefix(model, [e.context_ids for e in items],
+                       min(len(e.context_ids) for e in items) - 1)
+
+
+def _batch_loglikelihoods(model: Any, batch: Sequence[EncodedChoices], pad_id: int,
+                          prefix: Prefix | None = None) -> list[list[float]]:
     import torch
 
     device = next(model.parameters()).device
+    skip = prefix.length if prefix is not None else 0
     lens = torch.tensor([len(e.context_ids) for e in batch], device=device)
-    width = int(lens.max())
+    width = int(lens.max()) - skip
     # Left padding: every context ends at column width - 1, whose logits predict each
     # continuation's first token; the mask keeps real tokens off the pads, positions start at
-    # 0 on each row's first real token.
-    ids = torch.tensor([[pad_id] * (width - len(e.context_ids)) + list(e.context_ids)
-                        for e in batch], device=device)
-    mask = (torch.arange(width, device=device)[None, :] >= (width - lens)[:, None]).long()
+    # 0 on each row's first real token. After a shared prefix the pads sit between it and the
+    # rest of each context, masked the same way.
+    ids = torch.tensor([[*[pad_id] * (skip + width - len(e.context_ids)),
+                         *e.context_ids[skip:]] for e in batch], device=device)
+    col = torch.arange(skip + width, device=device)[None, :]
+    mask = ((col < skip) | (col >= (2 * skip + width - lens)[:, None])).long()
+    extra: dict[str, Any] = {}
+    if prefix is not None:  # a private copy: the choices' pass below changes it
+        extra["past_key_values"] = prefix.private_cache(len(batch))
     try:
-        res = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
-                    use_cache=True, logits_to_keep=1)
+        res = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1,
+                    position_ids=_positions(mask)[:, skip:], **extra)
     except TypeError:  # remote-code models without these arguments
         return [_whole_loglikelihoods(model, e, pad_id) for e in batch]
     cache = res.past_key_values
