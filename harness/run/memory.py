@@ -101,7 +101,12 @@ def weight_bytes(model: Any) -> int:
 # of the same evaluation (the adapter's 1.86-1.96, so the arms differed by +19 to +107 MiB),
 # against 1.72-1.73 GiB at 128 KiB. glibc's count of bytes in use (mallinfo2) repeated to
 # the byte (1,562.2 MiB, 3 runs) but took 4.1-4.4 ms a call, 40% of a core at the 10 ms
-# sampling. A number that does not repeat is worse than a slower eval, so 128 KiB stays.
+# sampling (3-5 ms at 128 KiB too: ~18k small free chunks in the main arena to walk). With no
+# mapping at all (M_MMAP_MAX 0, no trimming) the eval took 42-59 s (0.48M faults) but its
+# peak ranged 1.90-1.95 GB over 13 runs (1.63-1.64 GB at 128 KiB over 4): in-use bytes equal
+# at every batch, heap sizes not; 6 MB apart with one torch thread, so the threads' timing
+# lays the heap out. Trimming before every batch: 2.0M faults, 1.70-1.73 GB over 3 runs.
+# A number that does not repeat is worse than a slower eval, so 128 KiB stays.
 EVAL_MMAP_THRESHOLD = 128 * 2**10
 TRAIN_MMAP_THRESHOLD = 4 * 2**20
 T = TypeVar("T")
