@@ -188,3 +188,24 @@ def test_the_suite_reference_is_a_valid_suite(tmp_path):
     suite = suitefile.validate_suite(raw, path=tmp_path / "ref.toml", text=_reference(), origins={})
     assert suite.sweep is not None and len(suite.sweep.grid) == 2
     assert list(suite.eval.baseline_templates) == ["terse"]
+
+
+# ---------------------------------------------------------------- a quiet terminal offline
+
+
+def test_importing_bitsandbytes_offline_prints_nothing_after_the_cli_quiets_libraries():
+    """The README's first command runs offline, and importing bitsandbytes there (peft does)
+    made the `kernels` package that transformers requires log a hub trust-check warning to the
+    terminal on every run; bitsandbytes' own warning was already quieted."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("kernels")
+    code = ("import logging; logging.basicConfig(); "
+            "from harness.run.progress import quiet_libraries; quiet_libraries(); "
+            "import bitsandbytes")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "kernels-community" not in out.stderr, out.stderr

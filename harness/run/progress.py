@@ -105,8 +105,11 @@ def console_progress(console: Console) -> Iterator[RichProgress]:
 
 def quiet_libraries() -> None:
     """transformers/datasets draw their own tqdm bars and warnings; ours replace them.
-    bitsandbytes warns on import (no optional `kernels` package) before a run has a log file."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    bitsandbytes warns on import (no optional `kernels` package) before a run has a log file,
+    and offline the `kernels` package (which transformers requires) warns that it skipped a
+    hub trust check for bitsandbytes' CPU kernel, on every run of the README's first command."""
+    for name in ("bitsandbytes", "kernels"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     with contextlib.suppress(ImportError):
         import transformers
 
