@@ -145,7 +145,6 @@ def shared_prefix(model: Any, items: Sequence[Encoded]) -> Prefix | None:
     The default suite's items share 26 of ~102 tokens. The prefix stops before the first
     scored position, whose logits must come from the batch. None when there is too little to
     share or the model keeps no usable cache."""
-
     if len(items) < 2:
         return None
     return _run_prefix(model, [e.input_ids for e in items], min(e.prompt_len for e in items) - 1)
