@@ -247,13 +247,15 @@ def test_choice_metrics_are_refused_on_the_suites_own_set(tmp_path, tiny_model_d
 # ---------------------------------------------------------------- the shared context
 
 
-def _encoded(tok, n_items: int = 3):
+def _encoded(tok, n_items: int = 3, lead: str = ""):
+    """Items of unequal context length; ``lead``: text every context starts with."""
     from harness.run.encoding import encode_choices
     from harness.suite.config import DataSpec
     from harness.suite.prompts import Example
 
     spec = DataSpec(path="x", prompt_template="", response_template="")
-    items = [Example(id=f"q{i}", prompt=f"Item {i}: which{' very' * i} colour is the sky?\nAnswer:",
+    items = [Example(id=f"q{i}",
+                     prompt=f"{lead}Item {i}: which{' very' * i} colour is the sky?\nAnswer:",
                      response=" blue", choices=tuple(CHOICES),
                      continuations=tuple(" " + c for c in CHOICES), gold=0)
              for i in range(n_items)]
@@ -399,19 +401,12 @@ def test_a_prefix_every_context_shares_runs_once(tiny_model_dir):
     log-likelihood equals one full forward pass of its context and choice."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.run.encoding import encode_choices
     from harness.run.scoring import choice_loglikelihoods
-    from harness.suite.config import DataSpec
-    from harness.suite.prompts import Example
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     shots = "".join(f"Q: what colour is thing {k}?\nA: blue\n\n" for k in range(4))
-    spec = DataSpec(path="x", prompt_template="", response_template="")
-    items = [encode_choices(Example(id=f"q{i}", prompt=f"{shots}Q: which{' very' * i} colour "
-                                    "is the sky?\nA:", response=" blue", choices=tuple(CHOICES),
-                                    continuations=tuple(" " + c for c in CHOICES), gold=0),
-                            tok, spec) for i in range(3)]
+    items = _encoded(tok, lead=shots)
     shared = min(len(e.context_ids) for e in items) - 1
     common = next(n for n in range(shared) if len({e.context_ids[n] for e in items}) > 1)
     calls, hook = _forward_shapes(model)

@@ -7,8 +7,8 @@ the choices follow each other in the item's own row, each at the positions it wo
 alone, and a 4D mask lets a choice's token see the context and its own earlier tokens only.
 
 Only where the mask is honoured as given: SDPA through transformers' attention interface, no
-sliding window (a custom 4D mask replaces the window), no soft-capping. ``honours`` is also
-checked once per model against the repeated-cache numbers (``scoring``) before it is trusted.
+sliding window (a custom 4D mask replaces the window), no soft-capping (``eligible``); and
+``scoring`` checks the numbers once per model against the repeated cache before trusting them.
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ def eligible(model: Any) -> bool:
     return not getattr(config, "sliding_window", None)
 
 
-def rest_loglikelihoods(model: Any, cache: Any, context_mask: Any, lens: Any,
-                        conts: Sequence[Sequence[Sequence[int]]], pad_id: int) -> list[float]:
-    """Per choice (items in order, choices in order), sum of log p(c[j] | context, c[:j]) for
-    j >= 1, from ``cache`` (the items' contexts, left-padded to ``context_mask``'s width; one
-    row per item). The cache grows by the tree tokens."""
+def rest_logprobs(model: Any, cache: Any, context_mask: Any, lens: Any,
+                  conts: Sequence[Sequence[Sequence[int]]], pad_id: int) -> list[Any]:
+    """Per choice (items in order, choices in order), the log-probability rows of its tokens
+    after the first: row j predicts c[j + 1] given the context and c[:j + 1] ([len(c) - 1, V]),
+    from ``cache`` (the items' contexts, left-padded to ``context_mask``'s width; one row per
+    item). The cache grows by the tree tokens."""
     import torch
 
     device = context_mask.device
@@ -52,17 +53,15 @@ def rest_loglikelihoods(model: Any, cache: Any, context_mask: Any, lens: Any,
     seg = torch.tensor([[*s, *[-1] * (width - len(s))] for _, s in rows], device=device)
     offset = torch.tensor([[*_offsets(s), *[0] * (width - len(s))] for _, s in rows],
                           device=device)
-    mask = _mask(context_mask, seg)
-    logp = model(input_ids=ids, attention_mask=mask, position_ids=lens[:, None] + offset,
-                 past_key_values=cache, use_cache=True).logits.float().log_softmax(-1)
-    out: list[float] = []
+    logp = model(input_ids=ids, attention_mask=_mask(context_mask, seg),
+                 position_ids=lens[:, None] + offset, past_key_values=cache, use_cache=True
+                 ).logits.float().log_softmax(-1)
+    out: list[Any] = []
     for b, item in enumerate(conts):
         at = 0
         for c in item:
-            n = len(c) - 1
-            picked = logp[b, at:at + n].gather(-1, torch.tensor(c[1:], device=device)[:, None])
-            out.append(float(picked.sum()))
-            at += n
+            out.append(logp[b, at:at + len(c) - 1])
+            at += len(c) - 1
     return out
 
 

@@ -117,9 +117,7 @@ class Prefix:
 
     def cache_for(self, rows: int) -> Any:
         if self._wide is not None and rows == self._rows:
-            extra = self._wide.get_seq_length() - self.length
-            if extra > 0:
-                self._wide.crop(-extra)  # a negative count removes tokens in transformers 4-5
+            _crop_to(self._wide, self.length)
             return self._wide
         cache = self.private_cache(rows)
         if self._wide is None or rows > self._rows:
@@ -220,8 +218,7 @@ def token_nll(logits: Any, target: Any) -> Any:
     picked = logits.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
     top = logits.amax(1)
     lse = logits.sub_(top[:, None]).exp_().sum(1).log_().add_(top)
-    return torch.where(target != IGNORE_INDEX, lse - picked, torch.zeros((), dtype=lse.dtype,
-                                                                         device=lse.device))
+    return torch.where(target != IGNORE_INDEX, lse - picked, lse.new_zeros(()))
 
 
 def _logits(model: Any, ids: Any, keep: Any, extra: dict[str, Any]) -> Any:
@@ -321,7 +318,8 @@ def _rest_loglikelihoods(model: Any, batch: Sequence[EncodedChoices], cache: Any
 
     width = mask.shape[1]
     try:
-        tree = choicetree.rest_loglikelihoods(model, cache, mask, lens, conts, pad_id)
+        rows = choicetree.rest_logprobs(model, cache, mask, lens, conts, pad_id)
+        tree = [_gathered_sum(r, c[1:]) for r, c in zip(rows, [c for i in conts for c in i])]
     except torch.OutOfMemoryError:
         raise
     except (TypeError, ValueError, RuntimeError, IndexError):  # a model that refuses 4D masks
@@ -338,9 +336,10 @@ def _rest_loglikelihoods(model: Any, batch: Sequence[EncodedChoices], cache: Any
 
 
 def _crop_to(cache: Any, width: int) -> None:
+    """Cut ``cache`` back to its first ``width`` tokens (slices, no copy)."""
     extra = cache.get_seq_length() - width
     if extra > 0:
-        cache.crop(-extra)  # transformers 5 takes a count to remove, not a length to keep
+        cache.crop(-extra)  # a negative count removes tokens in transformers 4-5
 
 
 def _repeated_rest(model: Any, cache: Any, mask: Any, lens: Any, owner: list[int],
