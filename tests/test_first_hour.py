@@ -197,6 +197,7 @@ def test_importing_bitsandbytes_offline_prints_nothing_after_the_cli_quiets_libr
     """The README's first command runs offline, and importing bitsandbytes there (peft does)
     made the `kernels` package that transformers requires log a hub trust-check warning to the
     terminal on every run; bitsandbytes' own warning was already quieted."""
+    import os
     import subprocess
     import sys
 
@@ -206,6 +207,6 @@ def test_importing_bitsandbytes_offline_prints_nothing_after_the_cli_quiets_libr
             "from harness.run.progress import quiet_libraries; quiet_libraries(); "
             "import bitsandbytes")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "kernels-community" not in out.stderr, out.stderr
