@@ -103,6 +103,52 @@ def test_a_trainable_linear_keeps_the_plain_path_in_training(tiny_model_dir):
         torch.testing.assert_close(packed[name], plain[name], rtol=1e-4, atol=1e-6)
 
 
+def _autocast_grads(model, ids) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="oneDNN has no bf16 on this CPU")
+def test_bf16_training_packs_bf16_copies_and_takes_plain_autocast_gradients(tiny_model_dir):
+    """Under bf16 autocast (train.precision = "bf16") the frozen layers run on packed bf16
+    copies, not fp32 ones (fp32 products under autocast made the default suite's steps 1.37x
+    slower), and the adapter's gradients are those of plain peft under torch.autocast: the
+    same bf16 products summed in another order. Outside autocast the layers are plain."""
+    model = _lora(tiny_model_dir)
+    ids = torch.randint(5, 300, (2, 9), generator=torch.Generator().manual_seed(4))
+    plain = _autocast_grads(model, ids)
+    fp32 = _trainable_grads(model, ids)
+    seen: list[torch.dtype] = []
+    head = model.get_base_model().lm_head
+    hook = head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with linearpack.prepacked(model, training=True, autocast=torch.bfloat16) as n:
+        assert n == 15
+        packed = _autocast_grads(model, ids)
+        assert seen == [torch.bfloat16]
+        outside = _trainable_grads(model, ids)  # no autocast: the plain fp32 layer
+    hook.remove()
+    assert seen == [torch.bfloat16, torch.float32]
+    for name in plain:
+        torch.testing.assert_close(packed[name], plain[name], rtol=2e-2, atol=1e-4)
+        torch.testing.assert_close(outside[name], fp32[name], rtol=0, atol=0)
+    # bf16 is another computation than fp32: the tolerance above could not hide a slip to it
+    assert max(float((plain[k] - fp32[k]).abs().max() / fp32[k].abs().max())
+               for k in plain) > 1e-4
+
+
+def test_bf16_copies_are_counted_at_two_bytes(tiny_model_dir, monkeypatch):
+    model = _model(tiny_model_dir)
+    weights = sum(m.weight.numel() * 4 for m in model.modules() if type(m) is torch.nn.Linear)
+    # the copies may take a quarter of what is available: half the fp32 weights' size here
+    monkeypatch.setattr(linearpack, "_available_bytes", lambda: 2 * weights)
+    assert len(linearpack.usable(model, compute=torch.bfloat16)) == 15
+    assert linearpack.usable(model) == []
+
+
 def test_nothing_is_packed_when_the_copies_would_not_fit(tiny_model_dir, monkeypatch):
     model = _model(tiny_model_dir)
     weights = sum(m.weight.numel() * 4 for m in model.modules() if type(m) is torch.nn.Linear)

@@ -34,9 +34,10 @@ ROWS_HINT = 32  # the row count oneDNN picks its blocking for: a decode step's b
 MEMORY_SHARE = 0.25  # of the available memory the packed copies may take
 
 
-def usable(model: Any, training: bool = False) -> list[Any]:
+def usable(model: Any, training: bool = False, compute: Any = None) -> list[Any]:
     """The layers to pack: float32 `nn.Linear` on the CPU (frozen ones for ``training``),
-    when oneDNN is there and their packed copies fit (empty: pack nothing)."""
+    when oneDNN is there and their packed copies (in ``compute``, default float32) fit
+    (empty: pack nothing)."""
     import torch
 
     if not torch.backends.mkldnn.is_available():
@@ -45,19 +46,24 @@ def usable(model: Any, training: bool = False) -> list[Any]:
               and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
               and not (training and _trains(m))]
     copies = 2 if training else 1  # training: the weight and its transpose
-    size = copies * sum(m.weight.numel() * m.weight.element_size() for m in layers)
+    width = (compute or torch.float32).itemsize
+    size = copies * sum(m.weight.numel() * width for m in layers)
     return layers if size <= MEMORY_SHARE * _available_bytes() else []
 
 
 @contextlib.contextmanager
-def prepacked(model: Any, training: bool = False) -> Iterator[int]:
+def prepacked(model: Any, training: bool = False, autocast: Any = None) -> Iterator[int]:
     """Inside: ``model``'s usable layers run on packed weights when no gradient is asked
     for, and with ``training`` also when one is (for their input: they are frozen). Yields
-    how many were packed; a layer oneDNN refuses stays as it is."""
+    how many were packed; a layer oneDNN refuses stays as it is.
+
+    ``autocast`` (torch.bfloat16): the model runs under CPU autocast to that dtype, which
+    casts a frozen weight anew on every call; the copies are packed in that dtype instead
+    and each input cast to it, as autocast would (outside autocast: the plain layer)."""
     packed = []
     try:
-        for layer in usable(model, training):
-            if _pack(layer, training):
+        for layer in usable(model, training, autocast):
+            if _pack(layer, training, autocast):
                 packed.append(layer)
         yield len(packed)
     finally:
@@ -65,26 +71,31 @@ def prepacked(model: Any, training: bool = False) -> Iterator[int]:
             del layer.forward  # back to the class's own
 
 
-def _pack(layer: Any, training: bool) -> bool:
+def _pack(layer: Any, training: bool, autocast: Any = None) -> bool:
     import torch
 
+    dtype = autocast or torch.float32
     try:
         with torch.no_grad():
-            weight = _reorder(layer.weight.detach())
-            transposed = _reorder(layer.weight.detach().t().contiguous()) if training else None
+            w = layer.weight.detach().to(dtype)
+            weight = _reorder(w)
+            transposed = _reorder(w.t().contiguous()) if training else None
+            bias = None if layer.bias is None else layer.bias.detach().to(dtype)
     except (RuntimeError, AttributeError):  # a torch built without this op
         return False
 
     def forward(self: Any, x: Any) -> Any:
-        if x.dtype != torch.float32:
+        if autocast is not None and torch.is_autocast_enabled("cpu") \
+                and torch.get_autocast_dtype("cpu") == autocast:
+            x = x.to(autocast)
+        elif autocast is not None or x.dtype != torch.float32:
             return torch.nn.functional.linear(x, self.weight, self.bias)
-        if torch.is_grad_enabled():
-            if transposed is None or _trains(self):
-                return torch.nn.functional.linear(x, self.weight, self.bias)
-            flat = _frozen_linear().apply(x.reshape(-1, x.shape[-1]), weight, transposed,
-                                          self.bias)
+        if not torch.is_grad_enabled():
+            flat = _linear(x.reshape(-1, x.shape[-1]), weight, bias)
+        elif transposed is None or _trains(self):
+            return torch.nn.functional.linear(x, self.weight, self.bias)
         else:
-            flat = _linear(x.reshape(-1, x.shape[-1]), weight, self.bias)
+            flat = _frozen_linear().apply(x.reshape(-1, x.shape[-1]), weight, transposed, bias)
         return flat.reshape(*x.shape[:-1], flat.shape[-1])
 
     layer.forward = types.MethodType(forward, layer)

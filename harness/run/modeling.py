@@ -277,6 +277,36 @@ def torch_dtype(spec: ModelSpec, device: str):
     return torch.float32
 
 
+# A bf16 product on a CPU without bf16 instructions takes oneDNN's or ATen's fallback: at the
+# default suite's training shapes (800 x 576 x 1536) 591 ms against fp32's 9.5 ms with oneDNN
+# limited to AVX2, while with AVX512-BF16 bf16 took 3.6 ms against fp32's 10.4 ms (2 cores).
+_CPU_BF16 = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")  # x86, then ARM64
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU with bf16 (not
+    emulated), or a CPU with bf16 instructions that torch routes its bf16 products to."""
+    import torch
+
+    if device == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    caps = torch.cpu.get_capabilities()
+    try:
+        routed = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+    return routed and any(caps.get(c, False) for c in _CPU_BF16)
+
+
+def train_precision(precision: str, device: str) -> str:
+    """train.precision as it runs on ``device``: "auto" is bf16 mixed precision where the
+    device has native bf16 (on the default suite's CPU 1.5-1.75x fp32's step time; see
+    suites/default.toml), else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def context_length(spec: ModelSpec, path: str) -> int | None:
     """Positions the model was built for (its config; no weights), None when it does not say."""
     from transformers import AutoConfig

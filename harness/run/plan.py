@@ -89,6 +89,7 @@ class CellPlan:
     unmatched_targets: tuple[str, ...]
     schedule: Schedule
     memory: Memory | None
+    precision: str  # train.precision as this machine runs it ("auto" resolved)
 
     @property
     def trainable(self) -> int | None:
@@ -182,7 +183,8 @@ def cell_plan(name: str, cell: Suite, shape: ModelShape | None, n_train: int | N
     if shape is None:  # no config here: the schedule only
         return CellPlan(name=name, train=spec, lora_layers=None, lora_params=None,
                         bias_params=None, unmatched_targets=(),
-                        schedule=train.schedule(spec, n_train), memory=None)
+                        schedule=train.schedule(spec, n_train), memory=None,
+                        precision=_precision(cell))
     schedule = train.schedule(spec, n_train)
     targets = spec.knob("target_modules")
     matched, unmatched = lora_targets(shape, targets) if targets is not None else ([], ())
@@ -191,6 +193,7 @@ def cell_plan(name: str, cell: Suite, shape: ModelShape | None, n_train: int | N
         name=name, train=spec, lora_layers=len(matched) or None, lora_params=added,
         bias_params=max(trainable - added, 0), unmatched_targets=unmatched,
         schedule=schedule, memory=train_memory(shape, cell, trainable),
+        precision=_precision(cell),
     )
 
 
@@ -292,7 +295,7 @@ def activation_bytes(shape: ModelShape, cell: Suite, tokens: int) -> int | None:
 def _activation_dtype_bytes(cell: Suite) -> int:
     spec = cell.train
     assert spec is not None
-    if spec.precision in ("fp16", "bf16"):
+    if _precision(cell) in ("fp16", "bf16"):
         return 2
     if cell.model.quantization:  # fp32 training of a k-bit model: norms upcast -> fp32 states
         return 4
@@ -393,6 +396,17 @@ def _quant_words(plan: Plan) -> str:
             f"{_human(s.total_params - s.quantizable_params)} unquantized x {rest} B")
 
 
+def _precision(cell: Suite) -> str:
+    """train.precision as this machine would run it ("auto" resolved for the cell's device)."""
+    assert cell.train is not None
+    return modeling.train_precision(cell.train.precision, modeling.pick_device(cell.model))
+
+
+def _precision_label(c: CellPlan) -> str:
+    return c.train.precision if c.train.precision == c.precision else (
+        f"{c.train.precision}: {c.precision} on this machine")
+
+
 def _single(plan: Plan, c: CellPlan) -> list[str]:
     t, sc = c.train, c.schedule
     return [
@@ -406,7 +420,8 @@ def _single(plan: Plan, c: CellPlan) -> list[str]:
         f"  steps/epoch   {_n(sc.steps_per_epoch)}{_per_epoch_why(sc)}",
         f"  total steps   {_n(sc.total_steps)}{_total_why(t, sc)}",
         f"  warmup        {_n(sc.warmup_steps)} steps{_warmup_why(t)}",
-        f"  optimizer     {t.optimizer}, lr {_lr(t.learning_rate)} {t.scheduler}, {t.precision}",
+        f"  optimizer     {t.optimizer}, lr {_lr(t.learning_rate)} {t.scheduler}, "
+        f"{_precision_label(c)}",
         *_speedups(t),
         *_train_memory(c.memory),
     ]

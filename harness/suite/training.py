@@ -59,7 +59,10 @@ class TrainSpec(Strict):
     ] = "adamw_torch"
     weight_decay: Scale = 0.0
     max_grad_norm: Scale = 1.0
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # "auto": bf16 mixed precision where the device multiplies bf16 natively (a CUDA GPU with
+    # bf16, a CPU with AVX512-BF16 or AMX), else fp32; the run's training summary records
+    # which one ran (modeling.train_precision).
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "fp32"
     seed: Seed = 0
     # Train the recipe once per seed (arms <arm>@s<seed>); the report then compares the recipe
     # with its baseline across seeds (seedstats), beside each seed's paired results.

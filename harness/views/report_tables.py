@@ -62,6 +62,7 @@ TRAIN_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("train_runtime_s", "Train time", F.seconds),
     ("train_tokens_per_s", "Train tokens/s", lambda v: F.metric("eval_tokens_per_s", v)),
     ("padding_efficiency", "Padding efficiency", lambda v: F.percent(v, signed=False)),
+    ("precision", "Precision (as trained)", str),
     ("packed", "Packed (padding-free rows)", lambda v: "yes" if v else "no"),
     ("batch_tokens", "Tokens per packed forward (at most)", F.count),
     ("train_tokens", "Train tokens", F.count),
