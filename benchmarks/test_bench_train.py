@@ -20,6 +20,12 @@ TrainingArguments (built by harness.run.train) — only the data pipeline differ
 tokens/s counts real (non-padding) tokens, identical for all, over the Trainer's own
 `train_runtime` (model loading excluded), so every ratio is a runtime ratio.
 Targets: >= 1.3x over max_length padding, >= 1.5x over dynamic padding.
+
+Where the CPU has bf16 instructions (`train.precision = "auto"` trains in bf16 there), the
+same two run again in bf16 mixed precision: harness packed (bf16 packed copies of the frozen
+layers, fp32 attention) against the Trainer's own `bf16 = True` with dynamic padding. bf16
+rounds every product's inputs, so their losses are compared loosely (`BF16_LOSS_RTOL`), and
+packed bf16 against packed fp32 is recorded as what bf16 buys on this CPU.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import pytest
 TARGET_VS_MAX_LENGTH = 1.3
 TARGET_VS_DYNAMIC = 1.5
 LOSS_RTOL = 1e-4  # per-step train loss, packed vs dynamic padding (fp32, same examples)
+BF16_LOSS_RTOL = 5e-2  # the same in bf16: attention in fp32 here, in bf16 in the Trainer
 # the TinyLlama LoRA report's padding length
 TINYLLAMA_LORA_MAX_LENGTH = 512
 
@@ -88,15 +95,19 @@ def test_train_vs_hf_trainer(benchmark: Any, smollm2_dir: str, splits: Any, toke
                              sizes: dict[str, int], tmp_path: Path) -> None:
     from transformers import DataCollatorForSeq2Seq, default_data_collator
 
-    from harness.run import encoding, train
+    from harness.run import encoding, modeling, train
     from harness.suite import suitefile
 
     steps, batch = sizes["train_steps"], sizes["batch"]
     n = steps * batch  # one epoch == `steps` optimizer steps: every contender sees every item
     suite = make_suite(f"train.max_steps={steps}", f"train.batch_size={batch}",
-                       "train.eval_strategy='no'", "train.logging_steps=1", "train.dropout=0.0")
+                       "train.eval_strategy='no'", "train.logging_steps=1", "train.dropout=0.0",
+                       "train.precision='fp32'")  # the default suite's "auto" is bf16 here
     packed = suitefile.with_overrides(suite, {"train.group_by_length": False}).train
     unpacked = suitefile.with_overrides(suite, {"train.packing": False}).train
+    bf16 = modeling.native_bf16("cpu")
+    bf16_suite = suitefile.with_overrides(suite, {"train.precision": "bf16"})
+    packed_bf16 = suitefile.with_overrides(bf16_suite, {"train.group_by_length": False}).train
     items, _ = encoding.encode_all(splits.train[:n], tokenizer, suite.data)
     real_tokens = sum(len(e.input_ids) for e in items)
     padded = max_length_dataset(tokenizer, splits, suite, n)
@@ -105,7 +116,8 @@ def test_train_vs_hf_trainer(benchmark: Any, smollm2_dir: str, splits: Any, toke
                 "attention_mask": [1] * len(e.input_ids)} for e in items]
     seq2seq = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
     summaries: dict[str, dict] = {}
-    losses: dict[str, list[float]] = {"packed": [], "dynamic": []}
+    losses: dict[str, list[float]] = {"packed": [], "dynamic": [], "packed_bf16": [],
+                                      "dynamic_bf16": []}
 
     def harness_side(name: str, spec: Any) -> None:
         rows: list[dict] = []
@@ -115,17 +127,23 @@ def test_train_vs_hf_trainer(benchmark: Any, smollm2_dir: str, splits: Any, toke
             log_row=rows.append)
         summaries[name] = result.summary
         timer.add(name, result.summary["train_runtime_s"])
-        if name == "packed":
-            losses["packed"] = [r["loss"] for r in rows if "loss" in r]
+        if name in losses:
+            losses[name] = [r["loss"] for r in rows if "loss" in r]
 
     def ours(_round: int) -> None:
         harness_side("packed", packed)
+        if bf16:
+            harness_side("packed_bf16", packed_bf16)
 
     def theirs(_round: int) -> None:
         timer.add("dynamic", plain_trainer(fresh_lora_model(suite, smollm2_dir), suite,
                                            tmp_path / "dynamic", dynamic, seq2seq,
                                            losses["dynamic"]))
         harness_side("unpacked", unpacked)
+        if bf16:
+            timer.add("dynamic_bf16", plain_trainer(fresh_lora_model(suite, smollm2_dir),
+                                                    bf16_suite, tmp_path / "dynamic_bf16",
+                                                    dynamic, seq2seq, losses["dynamic_bf16"]))
         if "max_length" not in timer.times:  # 5x the work and a ratio far from 1: once is enough
             timer.add("max_length", plain_trainer(fresh_lora_model(suite, smollm2_dir), suite,
                                                   tmp_path / "max_length", padded,
@@ -154,4 +172,23 @@ def test_train_vs_hf_trainer(benchmark: Any, smollm2_dir: str, splits: Any, toke
            run_ratio_vs_dynamic_min_max=timer.pair_ratios("dynamic", "packed"),
            ratio_vs_unpacked=round(timer.ratio("unpacked", "packed"), 3),
            target_vs_dynamic=TARGET_VS_DYNAMIC,
-           meets_targets=vs_max >= TARGET_VS_MAX_LENGTH and vs_dyn >= TARGET_VS_DYNAMIC)
+           meets_targets=vs_max >= TARGET_VS_MAX_LENGTH and vs_dyn >= TARGET_VS_DYNAMIC,
+           **(_bf16_figures(timer, summaries, losses, real_tokens) if bf16 else {}))
+
+
+def _bf16_figures(timer: Any, summaries: dict, losses: dict, real_tokens: int) -> dict:
+    """bf16 packed vs the Trainer's bf16 with dynamic padding, and vs packed fp32."""
+    assert summaries["packed_bf16"]["precision"] == "bf16"
+    a, b = losses["packed_bf16"], losses["dynamic_bf16"]
+    assert len(a) == len(b) == len(losses["packed"])
+    gap = max(abs(x - y) / abs(y) for x, y in zip(a, b))
+    vs_fp32 = max(abs(x - y) / abs(y) for x, y in zip(a, losses["packed"]))
+    assert gap <= BF16_LOSS_RTOL, (a, b)
+    return {"bf16_step_loss_max_rel_gap": f"{gap:.1e}",
+            "bf16_vs_fp32_step_loss_max_rel_gap": f"{vs_fp32:.1e}",
+            "packed_bf16_tokens_per_s": round(real_tokens / timer.mean("packed_bf16"), 1),
+            "dynamic_bf16_tokens_per_s": round(real_tokens / timer.mean("dynamic_bf16"), 1),
+            "bf16_ratio_vs_dynamic_bf16": round(timer.ratio("dynamic_bf16", "packed_bf16"), 3),
+            "bf16_run_ratio_vs_dynamic_bf16_min_max": timer.pair_ratios("dynamic_bf16",
+                                                                        "packed_bf16"),
+            "packed_bf16_vs_packed_fp32": round(timer.ratio("packed", "packed_bf16"), 3)}

@@ -111,3 +111,18 @@ def test_plan_says_what_auto_is_on_this_machine(without, suite_dir, monkeypatch)
     assert res.exit_code == 0, res.output
     here = "bf16" if modeling.native_bf16("cpu") and not without else "fp32"
     assert f"auto: {here} on this machine" in res.output, res.output
+
+
+@pytest.mark.parametrize("without", [False, True])
+def test_the_trainer_arguments_resolve_auto_as_the_training_does(without, suite_dir, tmp_path,
+                                                                 monkeypatch):
+    """Anything that builds the Trainer's arguments from a suite (a benchmark's plain Trainer
+    beside ours) trains in the precision harness would: "auto" is never read as fp32."""
+    from harness.run import train
+    from harness.suite import suitefile
+
+    if without:
+        _without_bf16_instructions(monkeypatch)
+    spec = suitefile.load_suite(suite_dir / "tiny.toml", ["train.precision='auto'"]).train
+    args = train.training_arguments(spec, tmp_path, "cpu", has_validation=False)
+    assert args.bf16 == (modeling.native_bf16("cpu") and not without) and not args.fp16

@@ -61,6 +61,7 @@ def training_arguments(spec: TrainSpec, out: Path, device: str, has_validation: 
     from transformers import TrainingArguments
 
     evaluate = spec.eval_strategy if has_validation else "no"
+    precision = modeling.train_precision(spec.precision, device)
     warmup: float = spec.warmup_steps if spec.warmup_steps else spec.warmup_ratio
     return TrainingArguments(
         output_dir=str(out),
@@ -75,8 +76,8 @@ def training_arguments(spec: TrainSpec, out: Path, device: str, has_validation: 
         optim=spec.optimizer,
         weight_decay=spec.weight_decay,
         max_grad_norm=spec.max_grad_norm,
-        fp16=spec.precision == "fp16",
-        bf16=spec.precision == "bf16",
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
         seed=spec.seed,
         data_seed=spec.seed,
         logging_strategy="steps",
