@@ -126,3 +126,12 @@ def test_the_trainer_arguments_resolve_auto_as_the_training_does(without, suite_
     spec = suitefile.load_suite(suite_dir / "tiny.toml", ["train.precision='auto'"]).train
     args = train.training_arguments(spec, tmp_path, "cpu", has_validation=False)
     assert args.bf16 == (modeling.native_bf16("cpu") and not without) and not args.fp16
+
+
+def test_a_torch_that_cannot_tell_its_cpu_trains_auto_in_fp32(monkeypatch):
+    """torch before `torch.cpu.get_capabilities` (the dependency floor is 2.5): "auto" falls
+    back to fp32, never to a bf16 that may be the slow fallback, and never to a traceback."""
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    assert not modeling.native_bf16("cpu")
+    assert modeling.train_precision("auto", "cpu") == "fp32"
+    assert modeling.train_precision("bf16", "cpu") == "bf16"  # asked for: as asked

@@ -290,10 +290,10 @@ def native_bf16(device: str) -> bool:
 
     if device == "cuda":
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    caps = torch.cpu.get_capabilities()
     try:
         routed = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # no oneDNN, or a torch before get_capabilities
         return False
     return routed and any(caps.get(c, False) for c in _CPU_BF16)
 
