@@ -259,6 +259,22 @@ def test_speed_and_memory_rules_across_processes_say_not_comparable(base: Path, 
     assert res.exit_code == 0 and "zero-shot cache" in res.checks[0].message
 
 
+def test_arms_trained_in_different_precisions_warn(base: Path, tmp_path: Path):
+    """train.precision = "auto" is bf16 on one machine and fp32 on another: the gate still
+    runs its rules, and says the two trainings were different computations."""
+    cand = derive(base, tmp_path)
+    for path, precision in ((base, "fp32"), (cand, "bf16")):
+        rec = json.loads((path / "run.json").read_text())
+        rec["training"]["lora"]["precision"] = precision
+        (path / "run.json").write_text(json.dumps(rec))
+    res = outcome(cand, base, "rougeL:-1%")
+    assert res.exit_code == 0
+    assert "arms trained in different precisions (candidate vs baseline): lora bf16 vs fp32" \
+        in res.warnings
+    same = outcome(base, base, "rougeL:-1%")
+    assert not any("precisions" in w for w in same.warnings)
+
+
 def test_library_version_differences_only_warn(base: Path, tmp_path: Path):
     cand = derive(base, tmp_path, env={"transformers": "4.57.0"})
     res = outcome(cand, base, "rougeL:-1%")

@@ -278,7 +278,20 @@ def env_warnings(cand: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
              if env_c.get(lib) != env_b.get(lib)]
     if diffs:
         out.append("library versions differ (candidate vs baseline): " + ", ".join(diffs))
+    precisions = _precision_diffs(cand.get("training") or {}, base.get("training") or {})
+    if precisions:  # train.precision = "auto" resolves per machine: bf16 is another training
+        out.append("arms trained in different precisions (candidate vs baseline): "
+                   + ", ".join(precisions))
     return out
+
+
+def _precision_diffs(cand: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
+    """Same-named trained arms whose recorded training precision differs (records from
+    before it was recorded say nothing)."""
+    pairs = {arm: (cand[arm].get("precision"), base[arm].get("precision"))
+             for arm in sorted(cand.keys() & base.keys())
+             if isinstance(cand[arm], Mapping) and isinstance(base[arm], Mapping)}
+    return [f"{arm} {c} vs {b}" for arm, (c, b) in pairs.items() if c and b and c != b]
 
 
 def arm_pairs(candidate: LoadedRun, baseline: LoadedRun, warnings: list[str]
