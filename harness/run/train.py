@@ -250,7 +250,6 @@ def train_adapter(
     Nothing else is written."""
     from transformers import DataCollatorForSeq2Seq, PrinterCallback
 
-    spec = spec.model_copy(update={"precision": modeling.train_precision(spec.precision, device)})
     report_to, reporters = _reporting(spec, tensorboard_dir)
     args = training_arguments(spec, output_dir, device, has_validation=bool(val_items),
                               report_to=report_to, checkpoint_steps=checkpoint_steps)
@@ -276,17 +275,22 @@ def train_adapter(
         # frozen base weights prepacked on the CPU (1.12x the default suite's fp32 steps), in
         # bf16 under bf16 autocast; a compiled model is left to inductor, which cannot lower
         # the packed product
-        packed = (linearpack.prepacked(model, training=True, autocast=_autocast_dtype(spec))
-                  if not spec.compile and spec.precision != "fp16" else contextlib.nullcontext())
+        packed = (linearpack.prepacked(model, training=True, autocast=_autocast_dtype(args))
+                  if not spec.compile and not args.fp16 else contextlib.nullcontext())
         with attention, packed:
             out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return TrainResult(model=trainer.model, summary=_summary(trainer, out, spec, tally))
 
 
-def _autocast_dtype(spec: TrainSpec) -> Any:
+def _autocast_dtype(args: Any) -> Any:
     import torch
 
-    return torch.bfloat16 if spec.precision == "bf16" else None
+    return torch.bfloat16 if args.bf16 else None
+
+
+def _precision(args: Any) -> str:
+    """The precision the Trainer's arguments train in ("auto" resolved by them)."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
 def _batch_tokens(spec: TrainSpec, model: Any, items: Sequence[Encoded]) -> int | None:
@@ -433,7 +437,7 @@ def _summary(trainer: Any, out: Any, spec: TrainSpec, tally: Any) -> dict[str, A
         "shared_prefix_tokens": shared,  # examples' tokens a prefix run once per pack served
         "train_tokens_per_s": round(real / runtime, 2) if runtime else None,
         "padding_efficiency": round(real / (computed + shared), 4) if computed else None,
-        "precision": spec.precision,  # as it ran: train.precision = "auto" resolved
+        "precision": _precision(trainer.args),  # as it ran: train.precision = "auto" resolved
         "packed": trainer.batch_tokens is not None,  # padding-free rows (train.packing)
         "batch_tokens": trainer.batch_tokens,
         "train_batch_size": state.train_batch_size,  # per device; smaller after an OOM back-off
